@@ -1,0 +1,796 @@
+//! The `ironcell` command line, driven as a container engine drives runc:
+//! lifecycle, exec, list/ps, pause/resume, logging, and bad input.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn run_reports_output_and_exit_status() {
+    if !need_root("run_reports_output_and_exit_status") {
+        return;
+    }
+    let env = Env::new();
+    let b = env.bundle("hello", |_| {});
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("hello from ironcell"), "{text}");
+    assert!(text.contains("uid=0(root)"), "{text}");
+    assert!(text.lines().any(|l| l == "ironcell"), "hostname: {text}");
+    assert_no_leftovers(&env, "hello", None);
+
+    let b = env.bundle("exit7", |c| args(c, &["/bin/sh", "-c", "exit 7"]));
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "exit7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_no_leftovers(&env, "exit7", None);
+
+    // Killed by a signal: 128+N. (The container's pid 1 ignores signals
+    // it has no handler for, even SIGKILL from inside, so kill it from the host.)
+    let b = env.bundle("killed", |c| args(c, &["/bin/sleep", "4242420"]));
+    let mut child = env
+        .cmd(&["run", "-b", b.to_str().unwrap(), "killed"])
+        .spawn()
+        .unwrap();
+    wait_until(|| processes_with("4242420").len() == 1);
+    let pid = processes_with("4242420")[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(137), "128+SIGKILL");
+    assert_no_leftovers(&env, "killed", Some("4242420"));
+}
+
+#[test]
+fn run_with_relative_bundle_and_no_pivot() {
+    if !need_root("run_with_relative_bundle_and_no_pivot") {
+        return;
+    }
+    let env = Env::new();
+    let b = env.bundle("nopivot", |c| args(c, &["/bin/sh", "-c", "echo pivot-ok"]));
+    let out = env
+        .cmd(&["run", "--no-pivot", "nopivot"])
+        .current_dir(&b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "pivot-ok");
+    assert_no_leftovers(&env, "nopivot", None);
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    if !need_root("lifecycle_create_start_state_kill_delete") {
+        return;
+    }
+    let env = Env::new();
+    let marker = "4242421";
+    let id = "life";
+    // pid 1 of a pid namespace ignores SIGTERM unless it handles it.
+    let script = format!("trap 'exit 0' TERM; : {marker}; while true; do sleep 0.05; done");
+    let b = env.bundle(id, |c| args(c, &["/bin/sh", "-c", &script]));
+    let pid_file = env.dir.path().join("life.pid");
+    env.ok(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        id,
+    ]);
+    let st = env.state(id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], id);
+    assert_eq!(st["bundle"], json!(b));
+    assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    // The process exists but has not run the user's program yet.
+    let early: Vec<String> = processes_with(marker)
+        .iter()
+        .map(|p| fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+        .collect();
+    assert!(early.is_empty(), "{early:?}");
+
+    env.ok(&["start", id]);
+    assert_eq!(env.status(id), "running");
+    env.fails(&["start", id], "cannot start container life: it is running");
+    env.fails(&["delete", id], "stop it first or use --force");
+
+    let list = env.ok(&["list"]);
+    let header = list.lines().next().unwrap();
+    assert!(header.starts_with("ID") && header.contains("STATUS") && header.contains("OWNER"));
+    assert!(list
+        .lines()
+        .any(|l| l.starts_with("life ") && l.contains("running")));
+    let json: Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["id"], id);
+    assert_eq!(json[0]["pid"], pid);
+    assert_eq!(env.ok(&["list", "-q"]).trim(), id);
+
+    let pids: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "--format", "json", id])).unwrap();
+    assert!(pids.contains(&pid), "{pids:?}");
+    let table = env.ok(&["ps", id]);
+    assert!(table.lines().next().unwrap().contains("PID"));
+    assert!(table.contains(marker), "{table}");
+
+    env.ok(&["kill", id]); // SIGTERM by default
+    env.wait_status(id, "stopped");
+    assert_eq!(env.state(id)["pid"], 0);
+    env.fails(&["kill", id, "KILL"], "not running");
+    env.ok(&["delete", id]);
+    env.fails(&["state", id], "container life does not exist");
+    assert_no_leftovers(&env, id, Some(marker));
+}
+
+#[test]
+fn kill_by_name_number_and_all() {
+    if !need_root("kill_by_name_number_and_all") {
+        return;
+    }
+    let env = Env::new();
+    // A shell that reports USR1 and exits on it.
+    let id = "sigs";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'echo got-usr1; exit 5' USR1; echo ready; while true; do sleep 0.05; done",
+            ],
+        )
+    });
+    let log = env.dir.path().join("sigs.out");
+    let status = env
+        .cmd(&["create", "-b", b.to_str().unwrap(), id])
+        .stdout(fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.ok(&["start", id]);
+    wait_for_file_text(&log, "ready");
+    env.fails(&["kill", id, "NOTASIGNAL"], "unknown signal \"NOTASIGNAL\"");
+    env.fails(&["kill", id, "99"], "unknown signal \"99\"");
+    env.ok(&["kill", id, "usr1"]);
+    env.wait_status(id, "stopped");
+    wait_for_file_text(&log, "got-usr1");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+
+    // --all reaches every process of the container, not just init.
+    let id = "all";
+    let marker = "4242422";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("sleep {marker} & sleep {marker} & wait"),
+            ],
+        )
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    // The shell's command line carries the marker too.
+    wait_until(|| processes_with(marker).len() == 3);
+    let pids: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "-f", "json", id])).unwrap();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    env.ok(&["kill", "--all", id, "9"]);
+    env.wait_status(id, "stopped");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some(marker));
+}
+
+#[test]
+fn delete_force_kills_running_container() {
+    if !need_root("delete_force_kills_running_container") {
+        return;
+    }
+    let env = Env::new();
+    let id = "forced";
+    let marker = "4242423";
+    let b = env.bundle(id, |c| args(c, &["/bin/sleep", marker]));
+    env.ok(&["run", "--detach", "-b", b.to_str().unwrap(), id]);
+    assert_eq!(env.status(id), "running");
+    env.ok(&["delete", "--force", id]);
+    assert_no_leftovers(&env, id, Some(marker));
+    // A created (never started) container can be deleted without --force.
+    let id = "created";
+    let b = env.bundle(id, |c| args(c, &["/bin/sleep", marker]));
+    env.ok(&["create", "-b", b.to_str().unwrap(), id]);
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some(marker));
+}
+
+#[test]
+fn exec_runs_in_the_container() {
+    if !need_root("exec_runs_in_the_container") {
+        return;
+    }
+    let env = Env::new();
+    let id = "ex";
+    let marker = "4242424";
+    let b = env.bundle(id, |c| {
+        args(c, &["/bin/sleep", marker]);
+        c["process"]["env"] = json!(["PATH=/bin", "FROM_SPEC=yes"]);
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+
+    // Same pid namespace: the container's init is pid 1.
+    let out = env.ok(&[
+        "exec",
+        id,
+        "/bin/sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    assert!(out.contains(marker), "{out}");
+    let out = env.run(&["exec", id, "/bin/sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9));
+    let out = env.ok(&[
+        "exec",
+        "-e",
+        "EXTRA=1",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "65534:65534",
+        id,
+        "/bin/sh",
+        "-c",
+        "echo $FROM_SPEC $EXTRA $(pwd) $(id -u) $(id -g)",
+    ]);
+    assert_eq!(out.trim(), "yes 1 /tmp 65534 65534");
+
+    // --process with a process.json, as containerd and conmon call it.
+    let proc_file = env.dir.path().join("process.json");
+    fs::write(
+        &proc_file,
+        json!({
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/sh", "-c", "echo from-process-json $P"],
+            "env": ["PATH=/bin", "P=42"],
+            "cwd": "/"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = env.ok(&["exec", "--process", proc_file.to_str().unwrap(), id]);
+    assert_eq!(out.trim(), "from-process-json 42");
+
+    // Detached exec with a pid file.
+    let pid_file = env.dir.path().join("exec.pid");
+    let marker2 = "4242425";
+    env.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        id,
+        "/bin/sleep",
+        marker2,
+    ]);
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(processes_with(marker2), vec![pid]);
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "-f", "json", id])).unwrap();
+    assert!(pids.contains(&pid));
+
+    env.fails(&["exec", id], "exec needs a command");
+    env.fails(
+        &["exec", "--process", "/nonexistent.json", id],
+        "no such file",
+    );
+    env.fails(
+        &["exec", "nosuch", "/bin/true"],
+        "container nosuch does not exist",
+    );
+    env.ok(&["kill", id, "KILL"]);
+    env.wait_status(id, "stopped");
+    env.fails(&["exec", id, "/bin/true"], "it is stopped, not running");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some(marker2));
+}
+
+#[test]
+fn pause_and_resume_freeze_the_container() {
+    if !need_root("pause_and_resume_freeze_the_container") {
+        return;
+    }
+    let env = Env::new();
+    let id = "frozen";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "while true; do date +%s%N > /dev/shm/tick; sleep 0.02; done",
+            ],
+        )
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    let pid = env.state(id)["pid"].as_i64().unwrap();
+    env.ok(&["pause", id]);
+    assert_eq!(env.status(id), "paused");
+    let state = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // A frozen task sleeps in the freezer (state D or S, never R).
+    assert!(!state.contains("State:\tR"), "{state}");
+    let tick = |env: &Env| env.ok(&["exec", "--ignore-paused", id, "/bin/cat", "/dev/shm/tick"]);
+    let _ = tick; // exec into a frozen cgroup would block: read from the host side instead.
+    let shm = format!("/proc/{pid}/root/dev/shm/tick");
+    let before = fs::read_to_string(&shm).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        before,
+        fs::read_to_string(&shm).unwrap(),
+        "ticked while paused"
+    );
+    env.fails(&["pause", id], "it is paused, not running");
+    env.ok(&["resume", id]);
+    assert_eq!(env.status(id), "running");
+    wait_until(|| fs::read_to_string(&shm).unwrap() != before);
+    env.fails(&["resume", id], "it is running, not paused");
+    env.ok(&["delete", "-f", id]);
+    assert_no_leftovers(&env, id, None);
+}
+
+#[test]
+fn foreground_run_forwards_signals() {
+    if !need_root("foreground_run_forwards_signals") {
+        return;
+    }
+    let env = Env::new();
+    let id = "fwd";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.05; done",
+            ],
+        )
+    });
+    let log = env.dir.path().join("fwd.out");
+    let mut child = env
+        .cmd(&["run", "-b", b.to_str().unwrap(), id])
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file_text(&log, "ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(fs::read_to_string(&log).unwrap().contains("got-term"));
+    assert_no_leftovers(&env, id, None);
+}
+
+#[test]
+fn preserve_fds_passes_descriptors() {
+    if !need_root("preserve_fds_passes_descriptors") {
+        return;
+    }
+    let env = Env::new();
+    let id = "fds";
+    let b = env.bundle(id, |c| args(c, &["/bin/sh", "-c", "cat <&3"]));
+    let input = env.dir.path().join("fd3.txt");
+    fs::write(&input, "through-fd-3\n").unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<{}; {} --root {} run --preserve-fds 1 -b {} {id}",
+            input.display(),
+            ironcell().display(),
+            env.root.display(),
+            b.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "through-fd-3");
+}
+
+#[test]
+fn console_socket_receives_the_pty() {
+    if !need_root("console_socket_receives_the_pty") {
+        return;
+    }
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::{IoSliceMut, Read};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::net::UnixListener;
+
+    let env = Env::new();
+    let id = "tty";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "if [ -t 0 ] && [ -t 1 ]; then echo is-a-tty; fi; tty",
+            ],
+        );
+        c["process"]["terminal"] = json!(true);
+    });
+    let sock = env.dir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    // Without a console socket a detached terminal container is refused.
+    env.fails(&["create", "-b", b.to_str().unwrap(), id], "console");
+    assert!(!env.root.join(id).exists());
+
+    env.ok(&[
+        "create",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "-b",
+        b.to_str().unwrap(),
+        id,
+    ]);
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("pty master fd");
+    // SAFETY: the fd was just received and is owned by nobody else.
+    let mut master = unsafe { fs::File::from_raw_fd(fd) };
+    env.ok(&["start", id]);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut chunk = [0u8; 512];
+        match master.read(&mut chunk) {
+            Ok(0) | Err(_) => break, // EIO once the slave side is closed
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+        if String::from_utf8_lossy(&out).contains("/dev/") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("is-a-tty"), "{text}");
+    assert!(
+        text.contains("/dev/pts/") || text.contains("/dev/console"),
+        "{text}"
+    );
+    env.wait_status(id, "stopped");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing() {
+    if !need_root("bad_input_is_one_line_and_leaves_nothing") {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.dir.path();
+    let broken = dir.join("broken");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(
+        broken.join("config.json"),
+        "{\n \"ociVersion\": \"1.0.2\",\n oops }",
+    )
+    .unwrap();
+    env.fails(
+        &["create", "-b", broken.to_str().unwrap(), "broken"],
+        "malformed JSON at line 3",
+    );
+    env.fails(
+        &["run", "-b", broken.to_str().unwrap(), "broken"],
+        "config.json: malformed JSON",
+    );
+
+    let schema = env.bundle("schema", |c| c["process"]["args"] = json!("not-a-list"));
+    env.fails(
+        &["create", "-b", schema.to_str().unwrap(), "schema"],
+        "does not match the OCI runtime spec",
+    );
+    let norootfs = env.bundle("norootfs", |c| {
+        c["root"]["path"] = json!("/nonexistent/rootfs")
+    });
+    env.fails(
+        &["create", "-b", norootfs.to_str().unwrap(), "norootfs"],
+        "root.path /nonexistent/rootfs: no such directory",
+    );
+    env.fails(
+        &["create", "-b", "/nonexistent/bundle", "x"],
+        "bundle /nonexistent/bundle: no such directory",
+    );
+    let noconfig = dir.join("noconfig");
+    fs::create_dir_all(&noconfig).unwrap();
+    env.fails(
+        &["create", "-b", noconfig.to_str().unwrap(), "x"],
+        "config.json: no such file",
+    );
+
+    let good = env.bundle("good", |c| args(c, &["/bin/sleep", "4242426"]));
+    let g = good.to_str().unwrap();
+    env.fails(&["create", "-b", g, "a/b"], "invalid container id \"a/b\"");
+    env.fails(&["create", "-b", g, ".."], "\"..\" are not allowed");
+    env.fails(&["create", "-b", g, "../escape"], "invalid container id");
+    env.fails(&["create", "-b", g, ""], "must not be empty");
+    env.fails(
+        &["--sandbox", "vm", "create", "-b", g, "vm1"],
+        "vm sandbox is not built yet",
+    );
+    let out = env.run(&["--sandbox", "kvm", "create", "-b", g, "x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown sandbox kind"),
+        "{}",
+        stderr(&out)
+    );
+    let wasm = env.bundle("wasm", |c| {
+        c["annotations"] = json!({"io.ironcell.sandbox": "wasm"})
+    });
+    env.fails(
+        &["create", "-b", wasm.to_str().unwrap(), "wasm"],
+        "wasm sandbox is not built yet",
+    );
+    env.fails(
+        &[
+            "create",
+            "--console-socket",
+            "/nonexistent.sock",
+            "-b",
+            g,
+            "x",
+        ],
+        "console",
+    );
+
+    for cmd in ["start", "state", "kill", "pause", "resume", "ps"] {
+        env.fails(&[cmd, "ghost"], "container ghost does not exist");
+    }
+    env.fails(&["delete", "ghost"], "container ghost does not exist");
+    env.ok(&["delete", "--force", "ghost"]);
+    env.fails(&["state", "../etc"], "invalid container id");
+
+    env.ok(&["create", "-b", g, "good"]);
+    env.fails(
+        &["create", "-b", g, "good"],
+        "container good already exists",
+    );
+    env.ok(&["delete", "good"]);
+
+    // Nothing of any refused container exists.
+    for id in [
+        "broken", "schema", "norootfs", "x", "vm1", "wasm", "good", "a", "..",
+    ] {
+        if id != ".." {
+            assert_no_leftovers(&env, id, Some("4242426"));
+        }
+    }
+    let left: Vec<_> = fs::read_dir(&env.root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state root not empty: {left:?}");
+}
+
+#[test]
+fn failed_start_cleans_up() {
+    if !need_root("failed_start_cleans_up") {
+        return;
+    }
+    let env = Env::new();
+    // The program does not exist in the rootfs: create succeeds (runc checks
+    // at exec time), run must fail and remove everything.
+    let id = "noprog";
+    let b = env.bundle(id, |c| args(c, &["/no/such/program"]));
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), id]);
+    assert!(!out.status.success());
+    assert_no_leftovers(&env, id, None);
+}
+
+#[test]
+fn json_log_carries_errors_for_containerd() {
+    if !need_root("json_log_carries_errors_for_containerd") {
+        return;
+    }
+    let env = Env::new();
+    let log = env.dir.path().join("log.json");
+    env.fails(
+        &[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "start",
+            "ghost",
+        ],
+        "container ghost does not exist",
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error");
+    assert!(last["msg"]
+        .as_str()
+        .unwrap()
+        .contains("container ghost does not exist"));
+    assert!(last["time"].as_str().unwrap().ends_with('Z'));
+
+    let log = env.dir.path().join("log.txt");
+    env.fails(
+        &["--log", log.to_str().unwrap(), "state", "ghost"],
+        "does not exist",
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("level=error msg=\"container ghost does not exist\""),
+        "{text}"
+    );
+
+    // --debug logs the engine's work.
+    let b = env.bundle("dbg", |c| args(c, &["/bin/true"]));
+    let log = env.dir.path().join("debug.json");
+    env.ok(&[
+        "--debug",
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "run",
+        "-b",
+        b.to_str().unwrap(),
+        "dbg",
+    ]);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("\"level\":\"debug\"")),
+        "{text}"
+    );
+}
+
+#[test]
+fn spec_features_version() {
+    let env = Env::new();
+    let dir = env.dir.path().join("spec");
+    fs::create_dir_all(&dir).unwrap();
+    env.ok(&["spec", "--bundle", dir.to_str().unwrap()]);
+    let spec: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["root"]["path"], "rootfs");
+    assert!(spec["linux"]["namespaces"].as_array().unwrap().len() >= 4);
+    env.fails(&["spec", "--bundle", dir.to_str().unwrap()], "file exists");
+
+    let f: Value = serde_json::from_str(&env.ok(&["features"])).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.2.0");
+    assert!(f["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "createRuntime"));
+    assert_eq!(f["linux"]["cgroup"]["v1"], true);
+    assert_eq!(f["linux"]["cgroup"]["v2"], true);
+
+    let v = env.ok(&["--version"]);
+    assert!(v.starts_with("ironcell version "), "{v}");
+    let out = env.run(&["--systemd-cgroup", "list"]);
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("systemd is not running"));
+    }
+}
+
+#[test]
+fn hooks_run_in_order_with_state() {
+    if !need_root("hooks_run_in_order_with_state") {
+        return;
+    }
+    let env = Env::new();
+    let id = "hooks";
+    let logdir = env.dir.path().join("hooklog");
+    fs::create_dir_all(&logdir).unwrap();
+    fs::set_permissions(&logdir, fs::Permissions::from_mode(0o777)).unwrap();
+    let host_log = logdir.join("log");
+    // Runtime-namespace hooks write the host path; container-namespace hooks
+    // (createContainer, startContainer) see the same dir bind-mounted at /hooklog.
+    let host_hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("read -r s; case \"$s\" in *'\"id\":\"{id}\"'*|*'\"id\": \"{id}\"'*) echo {name} >> {};; *) echo {name}-nostate >> {};; esac", host_log.display(), host_log.display())]})
+    };
+    // createContainer runs in the container's mount namespace before
+    // pivot_root (the host's paths still resolve); startContainer after it.
+    let ctr_hook = |name: &str, path: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {path}")]});
+    let host_log_str = host_log.to_str().unwrap().to_string();
+    let b = env.bundle(id, |c| {
+        args(c, &["/bin/sh", "-c", "echo process >> /hooklog/log"]);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/hooklog", "type": "bind", "source": logdir, "options": ["rbind", "rw"]}));
+        c["hooks"] = json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "createContainer": [ctr_hook("createContainer", &host_log_str)],
+            "startContainer": [ctr_hook("startContainer", "/hooklog/log")],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+        });
+    });
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = fs::read_to_string(&host_log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let pos = |n: &str| {
+        lines
+            .iter()
+            .position(|l| *l == n)
+            .unwrap_or_else(|| panic!("hook {n} did not run (or without state): {lines:?}"))
+    };
+    assert!(pos("prestart") < pos("createContainer"));
+    assert!(pos("createRuntime") < pos("createContainer"));
+    assert!(pos("createContainer") < pos("startContainer"));
+    assert!(pos("startContainer") < pos("poststop"));
+    assert!(pos("poststart") < pos("poststop"));
+    assert!(pos("process") < pos("poststop"));
+    assert_no_leftovers(&env, id, None);
+
+    // A failing createRuntime hook fails the create and leaves nothing.
+    let id = "badhook";
+    let b = env.bundle(id, |c| {
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]});
+    });
+    let out = env.run(&["create", "-b", b.to_str().unwrap(), id]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert_no_leftovers(&env, id, None);
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "condition never met"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_file_text(path: &std::path::Path, text: &str) {
+    wait_until(|| fs::read_to_string(path).is_ok_and(|t| t.contains(text)));
+}

@@ -1,0 +1,378 @@
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use chrono::SecondsFormat;
+use ironcell_oci::{validate_id, Bundle, ContainerState, Status, OCI_VERSION};
+use libcgroups::common::CgroupManager;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::ContainerStatus;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::error::ContainerError;
+
+/// The file libcontainer keeps a container's state in, inside its directory.
+const STATE_FILE: &str = "state.json";
+
+/// Options of `create` / `run`, named as runc names them.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: i32,
+    pub no_pivot: bool,
+    /// false when the caller waits for the container in the foreground.
+    pub detach: bool,
+}
+
+/// All containers under one state root (runc's `--root`).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    root: PathBuf,
+    systemd_cgroup: bool,
+}
+
+impl Engine {
+    pub fn new(root: impl Into<PathBuf>, systemd_cgroup: bool) -> Self {
+        Engine {
+            root: root.into(),
+            systemd_cgroup,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The state directory of container `id`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Whether a container with this id has state on disk.
+    pub fn exists(&self, id: &str) -> bool {
+        self.dir(id).join(STATE_FILE).exists()
+    }
+
+    fn ensure_root(&self) -> Result<(), ContainerError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| {
+                ContainerError::io(
+                    format!("cannot create state root {}", self.root.display()),
+                    e,
+                )
+            })
+    }
+
+    /// Creates container `id` from `bundle`: namespaces, cgroups, rootfs,
+    /// and an init process that waits for `start`. On failure nothing of the
+    /// container is left: no state directory, cgroup or process.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+    ) -> Result<Container, ContainerError> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if dir.exists() {
+            return Err(ContainerError::Exists(id.to_string()));
+        }
+        self.ensure_root()?;
+        if let Some(socket) = &opts.console_socket {
+            if !socket.exists() {
+                return Err(ContainerError::Invalid(format!(
+                    "console socket {}: no such file",
+                    socket.display()
+                )));
+            }
+        }
+        let result = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_pid_file(opts.pid_file.as_ref())
+            .and_then(|b| b.with_root_path(&self.root))
+            .map(|b| {
+                b.with_console_socket(opts.console_socket.as_ref())
+                    .with_preserved_fds(opts.preserve_fds)
+            })
+            .and_then(|b| b.validate_id())
+            .and_then(|b| {
+                b.as_init(&bundle.path)
+                    .with_systemd(self.systemd_cgroup)
+                    .with_detach(opts.detach)
+                    .with_no_pivot(opts.no_pivot)
+                    .build()
+            });
+        match result {
+            Ok(inner) => Ok(Container { inner }),
+            Err(e) => {
+                let err = ContainerError::engine(format!("cannot create container {id}"), e);
+                self.remove_failed(id, &dir);
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes what a failed create left (libcontainer cleans up after
+    /// itself on most paths; this covers the rest).
+    fn remove_failed(&self, id: &str, dir: &Path) {
+        if dir.join(STATE_FILE).exists() {
+            if let Ok(mut c) = libcontainer::container::Container::load(dir.to_path_buf()) {
+                if let Err(e) = c.delete(true) {
+                    tracing::warn!(id, error = %e, "cleanup of failed container");
+                }
+            }
+        }
+        if dir.exists() {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!(id, error = %e, "cannot remove {}", dir.display());
+            }
+        }
+    }
+
+    /// Loads container `id` and refreshes its status from the live process.
+    pub fn load(&self, id: &str) -> Result<Container, ContainerError> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(ContainerError::NotFound(id.to_string()));
+        }
+        let inner = libcontainer::container::Container::load(dir)
+            .map_err(|e| ContainerError::engine(format!("cannot load container {id}"), e))?;
+        Ok(Container { inner })
+    }
+
+    /// Ids of every container under the root, sorted.
+    pub fn ids(&self) -> Result<Vec<String>, ContainerError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ContainerError::io(
+                    format!("cannot read state root {}", self.root.display()),
+                    e,
+                ))
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join(STATE_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// runc's `delete` of a directory without state (an aborted create):
+    /// removes it. Returns whether there was anything to remove.
+    pub fn remove_stale(&self, id: &str) -> Result<bool, ContainerError> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&dir)
+            .map_err(|e| ContainerError::io(format!("cannot remove {}", dir.display()), e))?;
+        Ok(true)
+    }
+}
+
+/// One container on disk.
+pub struct Container {
+    pub(crate) inner: libcontainer::container::Container,
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    pub fn status(&self) -> Status {
+        match self.inner.status() {
+            ContainerStatus::Creating => Status::Creating,
+            ContainerStatus::Created => Status::Created,
+            ContainerStatus::Running => Status::Running,
+            ContainerStatus::Paused => Status::Paused,
+            ContainerStatus::Stopped => Status::Stopped,
+        }
+    }
+
+    /// The init process's pid, while it lives.
+    pub fn pid(&self) -> Option<i32> {
+        match self.status() {
+            Status::Stopped => None,
+            _ => self.inner.pid().map(Pid::as_raw),
+        }
+    }
+
+    pub fn bundle(&self) -> &Path {
+        self.inner.bundle()
+    }
+
+    /// Who created the container (runc's OWNER column): the owner of the
+    /// state directory.
+    pub fn owner(&self) -> String {
+        let uid = fs::metadata(&self.inner.root)
+            .map(|m| m.uid())
+            .unwrap_or_default();
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string())
+    }
+
+    /// The container's root filesystem as its bundle names it.
+    pub fn rootfs(&self) -> PathBuf {
+        let bundle = self.bundle();
+        fs::read_to_string(bundle.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["root"]["path"].as_str().map(PathBuf::from))
+            .map(|p| if p.is_absolute() { p } else { bundle.join(p) })
+            .unwrap_or_else(|| bundle.join("rootfs"))
+    }
+
+    /// The state runc's `state` prints.
+    pub fn state(&self, sandbox: &str) -> ContainerState {
+        ContainerState {
+            oci_version: OCI_VERSION.to_string(),
+            id: self.id().to_string(),
+            pid: self.pid().unwrap_or(0),
+            status: self.status(),
+            bundle: self.bundle().to_path_buf(),
+            rootfs: self.rootfs(),
+            created: self
+                .inner
+                .created()
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+                .unwrap_or_default(),
+            annotations: self.inner.state.annotations.clone().unwrap_or_default(),
+            owner: self.owner(),
+            sandbox: sandbox.to_string(),
+        }
+    }
+
+    fn wrong_status(&self, op: &'static str, hint: &'static str) -> ContainerError {
+        ContainerError::WrongStatus {
+            op,
+            id: self.id().to_string(),
+            status: self.status(),
+            hint,
+        }
+    }
+
+    /// Runs the user's process in a created container.
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        if self.status() != Status::Created {
+            return Err(self.wrong_status("start", ", not created"));
+        }
+        let id = self.id().to_string();
+        self.inner
+            .start()
+            .map_err(|e| ContainerError::engine(format!("cannot start container {id}"), e))
+    }
+
+    /// Sends `signal` to the init process, or with `all` to every process of
+    /// the container.
+    pub fn kill(&mut self, signal: i32, all: bool) -> Result<(), ContainerError> {
+        match self.status() {
+            Status::Created | Status::Running | Status::Paused => {}
+            _ => return Err(self.wrong_status("kill", ", not running")),
+        }
+        let id = self.id().to_string();
+        match Signal::try_from(signal) {
+            Ok(sig) => {
+                let sig = libcontainer::signal::Signal::try_from(sig as i32).map_err(|e| {
+                    ContainerError::Invalid(format!("cannot signal container {id}: {e}"))
+                })?;
+                self.inner
+                    .kill(sig, all)
+                    .map_err(|e| ContainerError::engine(format!("cannot kill container {id}"), e))
+            }
+            // Real-time signals: libcontainer's Signal cannot carry them.
+            Err(_) => {
+                let pids = if all {
+                    self.pids()?
+                } else {
+                    self.pid().into_iter().collect()
+                };
+                for pid in pids {
+                    // SAFETY: kill(2) takes plain integers and touches no memory.
+                    if unsafe { nix::libc::kill(pid, signal) } != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(nix::libc::ESRCH) {
+                            return Err(ContainerError::io(
+                                format!("cannot signal container {id} process {pid}"),
+                                e,
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes the container's state, cgroup and processes. Without `force`
+    /// only a created or stopped container can be deleted (as runc).
+    pub fn delete(&mut self, force: bool) -> Result<(), ContainerError> {
+        if !force && matches!(self.status(), Status::Running | Status::Paused) {
+            return Err(self.wrong_status("delete", ", stop it first or use --force"));
+        }
+        let id = self.id().to_string();
+        self.inner
+            .delete(force)
+            .map_err(|e| ContainerError::engine(format!("cannot delete container {id}"), e))
+    }
+
+    pub fn pause(&mut self) -> Result<(), ContainerError> {
+        if self.status() != Status::Running {
+            return Err(self.wrong_status("pause", ", not running"));
+        }
+        let id = self.id().to_string();
+        self.inner
+            .pause()
+            .map_err(|e| ContainerError::engine(format!("cannot pause container {id}"), e))
+    }
+
+    pub fn resume(&mut self) -> Result<(), ContainerError> {
+        if self.status() != Status::Paused {
+            return Err(self.wrong_status("resume", ", not paused"));
+        }
+        let id = self.id().to_string();
+        self.inner
+            .resume()
+            .map_err(|e| ContainerError::engine(format!("cannot resume container {id}"), e))
+    }
+
+    /// Pids of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        let id = self.id().to_string();
+        let config = self
+            .inner
+            .spec()
+            .map_err(|e| ContainerError::engine(format!("cannot read config of {id}"), e))?;
+        let manager = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+            cgroup_path: config.cgroup_path,
+            systemd_cgroup: self.inner.systemd(),
+            container_name: id.clone(),
+        })
+        .map_err(|e| ContainerError::Engine {
+            what: format!("cannot open cgroup of {id}"),
+            msg: crate::error::chain(&e),
+        })?;
+        let pids = manager.get_all_pids().map_err(|e| ContainerError::Engine {
+            what: format!("cannot list processes of {id}"),
+            msg: crate::error::chain(&e),
+        })?;
+        let mut pids: Vec<i32> = pids.into_iter().map(Pid::as_raw).collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+}

@@ -1,0 +1,194 @@
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::{Capability, Process, Spec};
+
+use crate::engine::{Container, Engine};
+use crate::error::ContainerError;
+
+/// Options of `exec`, named as runc names them.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// A process.json to run (`--process`); the other process fields below
+    /// are then ignored, as in runc.
+    pub process: Option<PathBuf>,
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries added to (or replacing in) the container's env.
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<(u32, Option<u32>)>,
+    pub additional_gids: Vec<u32>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+    pub tty: bool,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+    pub preserve_fds: i32,
+    pub ignore_paused: bool,
+    pub sub_cgroup: Option<String>,
+}
+
+/// Removes the temporary process file when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+impl Engine {
+    /// Starts another process inside running container `id`. Returns its
+    /// pid on the host; the caller waits for it unless `detach`.
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, ContainerError> {
+        let container = self.load(id)?;
+        match container.status() {
+            ironcell_oci::Status::Running => {}
+            ironcell_oci::Status::Paused if opts.ignore_paused => {}
+            _ => {
+                return Err(ContainerError::WrongStatus {
+                    op: "exec in",
+                    id: id.to_string(),
+                    status: container.status(),
+                    hint: ", not running",
+                })
+            }
+        }
+        let process = match &opts.process {
+            Some(path) => read_process(path)?,
+            None => process_from_container(&container, opts)?,
+        };
+        // libcontainer reads the process from a file; write ours next to the
+        // container's state so it never outlives the container.
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let file = TempFile(
+            self.dir(id)
+                .join(format!("exec-{}-{stamp}.json", std::process::id())),
+        );
+        let text = serde_json::to_vec(&process)
+            .map_err(|e| ContainerError::Invalid(format!("cannot encode process: {e}")))?;
+        fs::write(&file.0, text)
+            .map_err(|e| ContainerError::io(format!("cannot write {}", file.0.display()), e))?;
+
+        let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(self.root())
+            .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
+            .map(|b| {
+                b.with_console_socket(opts.console_socket.as_ref())
+                    .with_preserved_fds(opts.preserve_fds)
+            })
+            .and_then(|b| b.validate_id())
+            .and_then(|b| {
+                b.as_tenant()
+                    .with_detach(opts.detach)
+                    .with_process(Some(&file.0))
+                    .with_ignore_paused(opts.ignore_paused)
+                    .with_sub_cgroup(opts.sub_cgroup.clone())
+                    .build()
+            })
+            .map_err(|e| ContainerError::engine(format!("cannot exec in container {id}"), e))?;
+        Ok(pid.as_raw())
+    }
+}
+
+fn read_process(path: &Path) -> Result<Process, ContainerError> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            ContainerError::Invalid(format!("process file {}: no such file", path.display()))
+        } else {
+            ContainerError::io(format!("cannot read process file {}", path.display()), e)
+        }
+    })?;
+    let process: Process = serde_json::from_str(&text)
+        .map_err(|e| ContainerError::Invalid(format!("process file {}: {e}", path.display())))?;
+    match process.args() {
+        Some(a) if !a.is_empty() => Ok(process),
+        _ => Err(ContainerError::Invalid(format!(
+            "process file {}: args must name a program",
+            path.display()
+        ))),
+    }
+}
+
+/// runc's exec without `--process`: the container's own process spec with
+/// the command line's changes.
+fn process_from_container(
+    container: &Container,
+    opts: &ExecOptions,
+) -> Result<Process, ContainerError> {
+    if opts.args.is_empty() {
+        return Err(ContainerError::Invalid(
+            "exec needs a command to run, or --process".into(),
+        ));
+    }
+    let config = container.bundle().join("config.json");
+    let spec = Spec::load(&config)
+        .map_err(|e| ContainerError::Invalid(format!("cannot read {}: {e}", config.display())))?;
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(opts.args.clone()));
+    p.set_terminal(Some(opts.tty));
+    if let Some(cwd) = &opts.cwd {
+        if !cwd.is_absolute() {
+            return Err(ContainerError::Invalid(format!(
+                "--cwd {}: must be an absolute path",
+                cwd.display()
+            )));
+        }
+        p.set_cwd(cwd.clone());
+    }
+    if !opts.env.is_empty() {
+        let mut env = p.env().clone().unwrap_or_default();
+        for kv in &opts.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        p.set_env(Some(env));
+    }
+    if let Some((uid, gid)) = opts.user {
+        let mut user = p.user().clone();
+        user.set_uid(uid);
+        if let Some(gid) = gid {
+            user.set_gid(gid);
+        }
+        p.set_user(user);
+    }
+    if !opts.additional_gids.is_empty() {
+        let mut user = p.user().clone();
+        user.set_additional_gids(Some(opts.additional_gids.clone()));
+        p.set_user(user);
+    }
+    if !opts.caps.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &opts.caps {
+            let cap: Capability = name
+                .to_ascii_uppercase()
+                .parse()
+                .map_err(|_| ContainerError::Invalid(format!("unknown capability {name:?}")))?;
+            let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+                let mut set = set.clone().unwrap_or_default();
+                set.insert(cap);
+                Some(set)
+            };
+            let (b, e, p2) = (
+                add(caps.bounding()),
+                add(caps.effective()),
+                add(caps.permitted()),
+            );
+            caps.set_bounding(b).set_effective(e).set_permitted(p2);
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if opts.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
+}

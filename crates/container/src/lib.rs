@@ -1,0 +1,21 @@
+//! ironcell's container engine: a container inside a set of Linux namespaces,
+//! with its mounts, pivot_root, devices, cgroups (v1 and v2), seccomp,
+//! capabilities, rlimits, user, hooks and console.
+//!
+//! The heavy lifting is youki's `libcontainer`, a maintained implementation
+//! of exactly this (see docs/design.md for why we wrap it rather than write
+//! our own). This crate is the one place ironcell talks to it: the namespace
+//! sandbox on the host uses it, and the guest agent will use it inside the VM.
+//! It adds what the runc-compatible CLI needs on top: errors that name the
+//! container and what is wrong, runc's state shape, exec based on the
+//! container's own process spec, and no leftovers when a create fails.
+
+mod engine;
+mod error;
+mod exec;
+mod signal;
+
+pub use engine::{Container, CreateOptions, Engine};
+pub use error::ContainerError;
+pub use exec::ExecOptions;
+pub use signal::{parse_signal, SignalError};

@@ -1,0 +1,306 @@
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use thiserror::Error;
+
+/// The config.json annotation that selects an ironcell sandbox kind.
+pub const SANDBOX_ANNOTATION: &str = "io.ironcell.sandbox";
+
+/// Why a bundle could not be used. Each message names the file and the part
+/// of it that is wrong, on one line.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("bundle {0}: no such directory")]
+    NoBundle(PathBuf),
+    #[error("bundle {path}: {source}")]
+    BundleIo { path: PathBuf, source: io::Error },
+    #[error("{0}: no such file (is this an OCI bundle?)")]
+    NoConfig(PathBuf),
+    #[error("{path}: cannot read: {source}")]
+    ReadConfig { path: PathBuf, source: io::Error },
+    #[error("{path}: malformed JSON at line {line} column {column}: {msg}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("{path}: does not match the OCI runtime spec at line {line} column {column}: {msg}")]
+    Schema {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("{path}: root.path {rootfs}: no such directory")]
+    NoRootfs { path: PathBuf, rootfs: PathBuf },
+}
+
+/// A loaded and checked OCI bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub path: PathBuf,
+    pub spec: Spec,
+    /// Absolute path of the root filesystem.
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Loads `<dir>/config.json` and checks it. `dir` may be relative; the
+    /// bundle keeps its absolute form.
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let path = match fs::canonicalize(dir) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BundleError::NoBundle(dir.to_path_buf()))
+            }
+            Err(source) => {
+                return Err(BundleError::BundleIo {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        if !path.is_dir() {
+            return Err(BundleError::NoBundle(dir.to_path_buf()));
+        }
+        let config = path.join("config.json");
+        let text = match fs::read_to_string(&config) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BundleError::NoConfig(config))
+            }
+            Err(source) => {
+                return Err(BundleError::ReadConfig {
+                    path: config,
+                    source,
+                })
+            }
+        };
+        let spec = parse_spec(&config, &text)?;
+        let rootfs = check_spec(&config, &path, &spec)?;
+        Ok(Bundle { path, spec, rootfs })
+    }
+
+    /// The sandbox kind named by the `io.ironcell.sandbox` annotation.
+    pub fn sandbox_annotation(&self) -> Option<&str> {
+        self.spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SANDBOX_ANNOTATION))
+            .map(String::as_str)
+    }
+}
+
+/// Parses config.json text, telling malformed JSON apart from JSON that does
+/// not fit the runtime spec's schema.
+pub fn parse_spec(path: &Path, text: &str) -> Result<Spec, BundleError> {
+    // Syntax first, so that a schema message is never shown for broken JSON.
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+        return Err(BundleError::Malformed {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            msg: strip_position(&e),
+        });
+    }
+    serde_json::from_str::<Spec>(text).map_err(|e| BundleError::Schema {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        msg: strip_position(&e),
+    })
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Semantic checks the schema cannot express. Returns the absolute rootfs.
+fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, BundleError> {
+    let invalid = |msg: String| BundleError::Invalid {
+        path: config.to_path_buf(),
+        msg,
+    };
+    let version = spec.version();
+    if !version.starts_with("1.") {
+        return Err(invalid(format!(
+            "ociVersion {version:?} is not supported (want 1.x)"
+        )));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root is missing".into()))?;
+    if root.path().as_os_str().is_empty() {
+        return Err(invalid("root.path is empty".into()));
+    }
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    if !rootfs.is_dir() {
+        return Err(BundleError::NoRootfs {
+            path: config.to_path_buf(),
+            rootfs,
+        });
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process is missing".into()))?;
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return Err(invalid("process.args must name a program".into())),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(format!(
+            "process.cwd {:?} must be an absolute path",
+            process.cwd()
+        )));
+    }
+    if let Some(mounts) = spec.mounts() {
+        for (i, m) in mounts.iter().enumerate() {
+            if !m.destination().is_absolute() {
+                return Err(invalid(format!(
+                    "mounts[{i}].destination {:?} must be an absolute path",
+                    m.destination()
+                )));
+            }
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        if let Some(namespaces) = linux.namespaces() {
+            let mut seen = HashSet::new();
+            for ns in namespaces {
+                if !seen.insert(ns.typ()) {
+                    return Err(invalid(format!(
+                        "linux.namespaces: {:?} namespace listed twice",
+                        ns.typ()
+                    )));
+                }
+                if let Some(p) = ns.path() {
+                    if !p.exists() {
+                        return Err(invalid(format!(
+                            "linux.namespaces: {:?} namespace path {} does not exist",
+                            ns.typ(),
+                            p.display()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}
+    }"#;
+
+    fn bundle_with(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("rootfs")).unwrap();
+        fs::write(dir.path().join("config.json"), config).unwrap();
+        dir
+    }
+
+    #[test]
+    fn loads_minimal_bundle() {
+        let dir = bundle_with(MINIMAL);
+        let b = Bundle::load(dir.path()).unwrap();
+        assert_eq!(
+            b.rootfs,
+            fs::canonicalize(dir.path()).unwrap().join("rootfs")
+        );
+        assert_eq!(b.sandbox_annotation(), None);
+    }
+
+    #[test]
+    fn reads_sandbox_annotation() {
+        let dir = bundle_with(&MINIMAL.replace(
+            "\"root\"",
+            "\"annotations\": {\"io.ironcell.sandbox\": \"wasm\"}, \"root\"",
+        ));
+        assert_eq!(
+            Bundle::load(dir.path()).unwrap().sandbox_annotation(),
+            Some("wasm")
+        );
+    }
+
+    #[test]
+    fn malformed_json_names_line() {
+        let dir = bundle_with("{\n  \"ociVersion\": \"1.0.2\",\n  oops\n}");
+        let e = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("malformed JSON at line 3"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn schema_error_names_field() {
+        let dir =
+            bundle_with(r#"{"ociVersion": "1.0.2", "process": {"args": "notalist", "cwd": "/"}}"#);
+        let e = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("does not match the OCI runtime spec"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn missing_rootfs_and_config() {
+        let dir = bundle_with(&MINIMAL.replace("rootfs", "nothere"));
+        let e = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("root.path") && e.contains("nothere"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = Bundle::load(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("config.json: no such file"), "{e}");
+        let e = Bundle::load(Path::new("/definitely/not/here"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such directory"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let cases = [
+            (MINIMAL.replace("1.0.2", "0.9"), "ociVersion"),
+            (MINIMAL.replace("[\"/bin/true\"]", "[]"), "process.args"),
+            (MINIMAL.replace("\"cwd\": \"/\"", "\"cwd\": \"rel\""), "process.cwd"),
+            (
+                MINIMAL.replace(
+                    "\"root\"",
+                    "\"mounts\": [{\"destination\": \"rel\", \"type\": \"tmpfs\"}], \"root\"",
+                ),
+                "mounts[0].destination",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"root\"",
+                    "\"linux\": {\"namespaces\": [{\"type\": \"pid\"}, {\"type\": \"pid\"}]}, \"root\"",
+                ),
+                "listed twice",
+            ),
+        ];
+        for (config, want) in cases {
+            let dir = bundle_with(&config);
+            let e = Bundle::load(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+}

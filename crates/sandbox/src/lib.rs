@@ -1,0 +1,236 @@
+//! Sandboxes: the isolation a container runs in. Every front end (the
+//! `ironcell` CLI now, the `ironcelld` daemon later) goes through
+//! [`Sandboxes`], which picks the backend for a new container and routes
+//! every later operation to the backend that owns the container's id.
+//!
+//! Backends: `namespace` (host namespaces and cgroups, built on the
+//! `ironcell-container` engine). `vm`, `wasm` and `app-kernel` are named so
+//! that selecting them gives a clear "not built yet" error rather than a
+//! silent fallback.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ironcell_container::{ContainerError, CreateOptions, Engine, ExecOptions};
+use ironcell_oci::{Bundle, ContainerState};
+use thiserror::Error;
+
+mod namespace;
+
+pub use namespace::NamespaceSandbox;
+
+/// A sandbox family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Namespace,
+    Vm,
+    Wasm,
+    AppKernel,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Vm, Kind::Wasm, Kind::AppKernel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Vm => "vm",
+            Kind::Wasm => "wasm",
+            Kind::AppKernel => "app-kernel",
+        }
+    }
+
+    /// Whether this build of ironcell can run this kind.
+    pub fn is_built(self) -> bool {
+        matches!(self, Kind::Namespace)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = SandboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| SandboxError::UnknownKind(s.to_string()))
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("unknown sandbox kind {0:?} (known: namespace, vm, wasm, app-kernel)")]
+    UnknownKind(String),
+    #[error("the {0} sandbox is not built yet in this version of ironcell (available: namespace)")]
+    NotBuilt(Kind),
+    #[error("annotation io.ironcell.sandbox: {0}")]
+    Annotation(Box<SandboxError>),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+}
+
+pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
+
+/// What every backend does for the runtime CLI and the daemon.
+pub trait Sandbox {
+    fn kind(&self) -> Kind;
+    /// Whether container `id` belongs to this backend.
+    fn owns(&self, id: &str) -> bool;
+    fn ids(&self) -> Result<Vec<String>>;
+    fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()>;
+    fn start(&self, id: &str) -> Result<()>;
+    fn state(&self, id: &str) -> Result<ContainerState>;
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()>;
+    fn delete(&self, id: &str, force: bool) -> Result<()>;
+    fn pause(&self, id: &str) -> Result<()>;
+    fn resume(&self, id: &str) -> Result<()>;
+    fn pids(&self, id: &str) -> Result<Vec<i32>>;
+    /// Starts a process in the container; returns its host pid.
+    fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32>;
+}
+
+/// Every backend under one state root.
+pub struct Sandboxes {
+    root: PathBuf,
+    backends: Vec<Box<dyn Sandbox>>,
+}
+
+impl Sandboxes {
+    pub fn new(root: impl Into<PathBuf>, systemd_cgroup: bool) -> Self {
+        let root = root.into();
+        let engine = Engine::new(root.clone(), systemd_cgroup);
+        Sandboxes {
+            root,
+            backends: vec![Box::new(NamespaceSandbox::new(engine))],
+        }
+    }
+
+    pub fn root(&self) -> &PathBuf {
+        &self.root
+    }
+
+    /// Picks the kind for a new container: the command line's choice, else
+    /// the bundle's `io.ironcell.sandbox` annotation, else `namespace`.
+    pub fn select(flag: Option<Kind>, bundle: &Bundle) -> Result<Kind> {
+        let kind = match (flag, bundle.sandbox_annotation()) {
+            (Some(k), _) => k,
+            (None, Some(a)) => a
+                .parse()
+                .map_err(|e| SandboxError::Annotation(Box::new(e)))?,
+            (None, None) => Kind::Namespace,
+        };
+        if !kind.is_built() {
+            return Err(SandboxError::NotBuilt(kind));
+        }
+        Ok(kind)
+    }
+
+    fn backend(&self, kind: Kind) -> Result<&dyn Sandbox> {
+        self.backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .map(|b| b.as_ref())
+            .ok_or(SandboxError::NotBuilt(kind))
+    }
+
+    /// The backend that owns container `id`.
+    pub fn owner(&self, id: &str) -> Result<&dyn Sandbox> {
+        ironcell_oci::validate_id(id).map_err(ContainerError::from)?;
+        self.backends
+            .iter()
+            .find(|b| b.owns(id))
+            .map(|b| b.as_ref())
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()).into())
+    }
+
+    /// Creates a container in the sandbox `kind` picked by [`Self::select`].
+    pub fn create(
+        &self,
+        kind: Kind,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+    ) -> Result<()> {
+        ironcell_oci::validate_id(id).map_err(ContainerError::from)?;
+        if self.backends.iter().any(|b| b.owns(id)) || self.root.join(id).exists() {
+            return Err(ContainerError::Exists(id.to_string()).into());
+        }
+        self.backend(kind)?.create(id, bundle, opts)
+    }
+
+    /// Ids of every container, of every kind, sorted.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for b in &self.backends {
+            ids.extend(b.ids()?);
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// runc's delete of an id with a directory but no state (an aborted
+    /// create): removes the directory. Returns whether there was one.
+    pub fn remove_stale(&self, id: &str) -> Result<bool> {
+        Ok(Engine::new(self.root.clone(), false).remove_stale(id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>().unwrap(), k);
+        }
+        assert!(matches!(
+            "kvm".parse::<Kind>(),
+            Err(SandboxError::UnknownKind(_))
+        ));
+    }
+
+    #[test]
+    fn selection_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let write = |ann: &str| {
+            std::fs::write(
+                dir.path().join("config.json"),
+                format!(
+                    r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},{ann}
+                    "process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}}}}"#
+                ),
+            )
+            .unwrap();
+            Bundle::load(dir.path()).unwrap()
+        };
+        let plain = write("");
+        assert_eq!(Sandboxes::select(None, &plain).unwrap(), Kind::Namespace);
+        let e = Sandboxes::select(Some(Kind::Vm), &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vm sandbox is not built yet"), "{e}");
+        let wasm = write(r#""annotations":{"io.ironcell.sandbox":"wasm"},"#);
+        let e = Sandboxes::select(None, &wasm).unwrap_err().to_string();
+        assert!(e.contains("wasm sandbox is not built yet"), "{e}");
+        assert_eq!(
+            Sandboxes::select(Some(Kind::Namespace), &wasm).unwrap(),
+            Kind::Namespace
+        );
+        let bad = write(r#""annotations":{"io.ironcell.sandbox":"bogus"},"#);
+        let e = Sandboxes::select(None, &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("annotation io.ironcell.sandbox: unknown sandbox kind"),
+            "{e}"
+        );
+    }
+}

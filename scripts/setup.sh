@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything ironcell's build, demo and tests need on a fresh Debian 12
+# machine, as root. Idempotent: a second run only checks.
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential pkg-config libseccomp-dev protobuf-compiler
+  # the bundled test image
+  busybox-static
+  # real clients and reference runtimes for the tests and benchmarks
+  podman conmon containerd runc crun docker.io iptables
+  # tools used by the tests and benchmarks
+  jq procps util-linux iproute2 time
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # No init system runs services here: keep package scripts from starting daemons.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  rm -f /usr/sbin/policy-rc.d
+else
+  echo "setup: all packages present"
+fi
+
+# crun (Debian 12: 1.8.1) refuses to start on cgroup v1 unless the hugetlb
+# controller is mounted.
+if [ ! -d /sys/fs/cgroup/unified ] || grep -q ' /sys/fs/cgroup cgroup2 ' /proc/self/mountinfo; then
+  :
+fi
+if grep -q ' /sys/fs/cgroup tmpfs ' /proc/self/mountinfo \
+   && ! grep -q ' /sys/fs/cgroup/hugetlb ' /proc/self/mountinfo \
+   && grep -qw hugetlb /proc/cgroups; then
+  mkdir -p /sys/fs/cgroup/hugetlb
+  mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || echo "setup: warning: could not mount hugetlb cgroup"
+fi
