@@ -1,0 +1,41 @@
+# ironcell — the two commands of the README:
+#   make demo   set up this machine, build, and run a container from the bundled test image
+#   make test   set up this machine and run every test (needs root, like any container runtime)
+# Both install what they need from Debian's packages through scripts/setup.sh.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+IMAGE_DIR ?= build/test-image
+IRONCELL := target/release/ironcell
+
+.PHONY: setup build image demo test lint unit bench clean
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --workspace
+
+image: setup
+	bash scripts/build-test-image.sh $(IMAGE_DIR)
+
+demo: build image
+	@echo "== ironcell run of the bundled test image ($(IMAGE_DIR)/bundle)"
+	$(IRONCELL) --root /run/ironcell run --bundle $(IMAGE_DIR)/bundle ironcell-demo-$$$$
+	@echo "== the same image through podman with ironcell as its runtime"
+	CONTAINERS_CONF=$(CURDIR)/scripts/containers.conf podman load -q -i $(IMAGE_DIR)/ironcell-test.docker.tar
+	CONTAINERS_CONF=$(CURDIR)/scripts/containers.conf podman --runtime $(CURDIR)/$(IRONCELL) run --rm localhost/ironcell-test:latest sh -c 'echo hello from podman + ironcell; uname -a'
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: setup image lint
+	IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture
+
+bench: build image
+	python3 bench/run_bench.py --runtime ironcell=$(IRONCELL) --runtime runc=/usr/sbin/runc --runtime crun=/usr/bin/crun --bundle $(IMAGE_DIR)/bundle
+
+clean:
+	$(CARGO) clean
+	rm -rf build

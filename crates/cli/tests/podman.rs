@@ -1,0 +1,384 @@
+//! Real podman (Debian's) driving ironcell as its OCI runtime through conmon,
+//! on the bundled test image imported from its archive.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+const IMAGE: &str = "localhost/ironcell-test:latest";
+
+/// podman with private storage and the project's containers.conf
+/// (scripts/containers.conf): this host lacks CAP_SYS_RESOURCE, so the
+/// default ulimits podman would ask for (nofile 1048576) cannot be set; the
+/// config lowers them to the host's hard limits.
+struct Podman {
+    dir: tempfile::TempDir,
+    state_root: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Option<Podman> {
+        if !need_root("podman") {
+            return None;
+        }
+        if Command::new("podman").arg("--version").output().is_err() {
+            panic!("podman is not installed: run `make setup` (scripts/setup.sh)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ironcell-podman-")
+            .tempdir()
+            .unwrap();
+        let p = Podman {
+            state_root: PathBuf::from("/run/ironcell"),
+            dir,
+        };
+        let out = p.run(&[
+            "load",
+            "-i",
+            image().join("ironcell-test.docker.tar").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "podman load: {}", stderr(&out));
+        Some(p)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", containers_conf())
+            .arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--runtime")
+            .arg(ironcell())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {} {}",
+            out.status,
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-af", "-t", "0"]).output();
+        // Unmount overlay layers podman left under the private storage.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+    }
+}
+
+fn state_dirs(root: &Path) -> Vec<String> {
+    fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn podman_run_stdout_exit_codes_and_cleanup() {
+    let Some(p) = Podman::new() else { return };
+    assert_eq!(
+        p.ok(&["run", "--rm", IMAGE, "echo", "hello via podman"])
+            .trim(),
+        "hello via podman"
+    );
+    let out = p.run(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo to-stderr >&2; exit 42",
+    ]);
+    assert_eq!(out.status.code(), Some(42));
+    assert!(stderr(&out).contains("to-stderr"));
+    // A container podman ran is ironcell's: podman records the runtime, and
+    // while it runs ironcell's state root holds it.
+    let id = p.ok(&["run", "-d", "--name", "owned", IMAGE, "sleep", "4343431"]);
+    let id = id.trim();
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.OCIRuntime}}", "owned"])
+            .trim(),
+        ironcell().to_str().unwrap()
+    );
+    assert!(
+        state_dirs(&p.state_root).contains(&id.to_string()),
+        "no ironcell state for {id}"
+    );
+    let st: serde_json::Value = serde_json::from_slice(
+        &Command::new(ironcell())
+            .args(["state", id])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["sandbox"], "namespace");
+    p.ok(&["rm", "-f", "-t", "0", "owned"]);
+    assert!(
+        !state_dirs(&p.state_root).contains(&id.to_string()),
+        "state of {id} left"
+    );
+    assert!(processes_with("4343431").is_empty());
+}
+
+#[test]
+fn podman_interactive_terminal() {
+    let Some(p) = Podman::new() else { return };
+    // `script` gives podman a real terminal, as a person at a shell has.
+    let mut podman = vec!["podman".to_string()];
+    let cmd = p.cmd(&[
+        "run",
+        "--rm",
+        "-it",
+        IMAGE,
+        "sh",
+        "-c",
+        "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; stty size",
+    ]);
+    for a in cmd.get_args() {
+        podman.push(shell_quote(a.to_str().unwrap()));
+    }
+    let line = format!(
+        "CONTAINERS_CONF={} {}",
+        containers_conf().display(),
+        podman.join(" ")
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text} {}", stderr(&out));
+    assert!(text.contains("is-a-tty"), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+
+    // exec -it in a running container gets its own terminal too.
+    p.ok(&["run", "-d", "--name", "ttyhost", IMAGE, "sleep", "4343433"]);
+    let exec = p.cmd(&[
+        "exec",
+        "-it",
+        "ttyhost",
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo exec-is-a-tty; tty",
+    ]);
+    let line = format!(
+        "CONTAINERS_CONF={} podman {}",
+        containers_conf().display(),
+        exec.get_args()
+            .map(|a| shell_quote(a.to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("exec-is-a-tty") && text.contains("/dev/pts/"),
+        "{text} {}",
+        stderr(&out)
+    );
+    p.ok(&["rm", "-f", "-t", "0", "ttyhost"]);
+
+    // stdin reaches the container (-i) and its answer comes back.
+    let mut child = p
+        .cmd(&[
+            "run",
+            "--rm",
+            "-i",
+            IMAGE,
+            "sh",
+            "-c",
+            "read x; echo got:$x",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"typed-line\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("got:typed-line"), "{}", stdout(&out));
+}
+
+#[test]
+fn podman_exec_stop_kill() {
+    let Some(p) = Podman::new() else { return };
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "svc",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'echo stopping; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    assert_eq!(
+        p.ok(&["exec", "svc", "cat", "/etc/hostname"]).trim().len(),
+        12
+    );
+    let out = p.run(&["exec", "svc", "sh", "-c", "echo exec-out; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out).trim(), "exec-out");
+    assert_eq!(
+        p.ok(&[
+            "exec",
+            "-e",
+            "X=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "65534",
+            "svc",
+            "sh",
+            "-c",
+            "echo $X $(pwd) $(id -u)"
+        ])
+        .trim(),
+        "1 /tmp 65534"
+    );
+    let top = p.ok(&["top", "svc"]);
+    assert!(top.contains("sh -c"), "{top}");
+
+    p.ok(&["pause", "svc"]);
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.Status}}", "svc"])
+            .trim(),
+        "paused"
+    );
+    p.ok(&["unpause", "svc"]);
+
+    // stop: SIGTERM reaches the trap, the container exits 0 well before the timeout.
+    let t = std::time::Instant::now();
+    p.ok(&["stop", "-t", "20", "svc"]);
+    assert!(t.elapsed().as_secs() < 15, "stop waited for the timeout");
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "svc"])
+            .trim(),
+        "0"
+    );
+    let logs = p.ok(&["logs", "svc"]);
+    assert!(logs.contains("stopping"), "{logs}");
+
+    // kill: SIGKILL, exit 137.
+    p.ok(&["run", "-d", "--name", "victim", IMAGE, "sleep", "4343432"]);
+    p.ok(&["kill", "--signal", "KILL", "victim"]);
+    p.ok(&["wait", "victim"]);
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "victim"])
+            .trim(),
+        "137"
+    );
+    // kill with a named signal the process handles.
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 10' USR1; while true; do sleep 0.1; done",
+    ]);
+    p.ok(&["kill", "--signal", "USR1", "usr1"]);
+    p.ok(&["wait", "usr1"]);
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "usr1"])
+            .trim(),
+        "10"
+    );
+    p.ok(&["rm", "svc", "victim", "usr1"]);
+    assert!(processes_with("4343432").is_empty());
+}
+
+#[test]
+fn podman_memory_limit_is_enforced() {
+    let Some(p) = Podman::new() else { return };
+    let limit = 32 * 1024 * 1024;
+    let path = if cgroup_v2_only() {
+        "/sys/fs/cgroup/memory.max"
+    } else {
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    };
+    let seen = p.ok(&["run", "--rm", "-m", "32m", IMAGE, "cat", path]);
+    assert_eq!(seen.trim(), limit.to_string());
+    // Filling tmpfs (charged to the container's memory) past the limit gets
+    // the writer OOM-killed; under the limit it is fine. dd is the
+    // container's init here, so its death is the container's exit status.
+    let fill = |mib: u32| {
+        p.run(&[
+            "run",
+            "--rm",
+            "-m",
+            "32m",
+            "--memory-swap",
+            "32m",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!("exec dd if=/dev/zero of=/dev/shm/fill bs=1M count={mib}"),
+        ])
+    };
+    let small = fill(8);
+    assert!(small.status.success(), "{}", stderr(&small));
+    let big = fill(96);
+    assert_eq!(
+        big.status.code(),
+        Some(137),
+        "out: {} err: {}",
+        stdout(&big),
+        stderr(&big)
+    );
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn containers_conf() -> PathBuf {
+    workspace().join("scripts/containers.conf")
+}
