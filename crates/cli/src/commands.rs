@@ -357,8 +357,6 @@ fn features() -> serde_json::Value {
 }
 
 fn capability_names() -> Vec<String> {
-    use oci_spec::runtime::Capability;
-    use std::str::FromStr;
     // Every capability name the kernel headers define up to CAP_CHECKPOINT_RESTORE.
     const NAMES: [&str; 41] = [
         "CAP_CHOWN",
@@ -405,7 +403,7 @@ fn capability_names() -> Vec<String> {
     ];
     NAMES
         .iter()
-        .filter(|n| Capability::from_str(n).is_ok())
+        .filter(|n| ironcell_container::parse_capability(n).is_some())
         .map(|n| n.to_string())
         .collect()
 }

@@ -722,7 +722,7 @@ fn hooks_run_in_order_with_state() {
     fs::set_permissions(&logdir, fs::Permissions::from_mode(0o777)).unwrap();
     let host_log = logdir.join("log");
     // Runtime-namespace hooks write the host path; container-namespace hooks
-    // (createContainer, startContainer) see the same dir bind-mounted at /hooklog.
+    // (createContainer, startContainer) see the same dir bind-mounted at /run/hooklog.
     let host_hook = |name: &str| {
         json!({"path": "/bin/sh", "args": ["sh", "-c",
             format!("read -r s; case \"$s\" in *'\"id\":\"{id}\"'*|*'\"id\": \"{id}\"'*) echo {name} >> {};; *) echo {name}-nostate >> {};; esac", host_log.display(), host_log.display())]})
@@ -732,16 +732,20 @@ fn hooks_run_in_order_with_state() {
     let ctr_hook = |name: &str, path: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {name} >> {path}")]});
     let host_log_str = host_log.to_str().unwrap().to_string();
     let b = env.bundle(id, |c| {
-        args(c, &["/bin/sh", "-c", "echo process >> /hooklog/log"]);
+        args(c, &["/bin/sh", "-c", "echo process >> /run/hooklog/log"]);
         c["mounts"]
             .as_array_mut()
             .unwrap()
-            .push(json!({"destination": "/hooklog", "type": "bind", "source": logdir, "options": ["rbind", "rw"]}));
+            .extend([
+                // A tmpfs first, so the mount point is not made in the shared image rootfs.
+                json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}),
+                json!({"destination": "/run/hooklog", "type": "bind", "source": logdir, "options": ["rbind", "rw"]}),
+            ]);
         c["hooks"] = json!({
             "prestart": [host_hook("prestart")],
             "createRuntime": [host_hook("createRuntime")],
             "createContainer": [ctr_hook("createContainer", &host_log_str)],
-            "startContainer": [ctr_hook("startContainer", "/hooklog/log")],
+            "startContainer": [ctr_hook("startContainer", "/run/hooklog/log")],
             "poststart": [host_hook("poststart")],
             "poststop": [host_hook("poststop")],
         });

@@ -559,6 +559,11 @@ fn rootfs_propagation_is_applied() {
     let b = env.bundle(id, |c| c["linux"]["rootfsPropagation"] = json!("bogus"));
     let out = run_fg(&env, &b, id);
     assert!(!out.status.success(), "bogus propagation accepted");
+    assert!(
+        stderr(&out).contains("linux.rootfsPropagation \"bogus\""),
+        "{}",
+        stderr(&out)
+    );
     assert_no_leftovers(&env, id, None);
 }
 
@@ -1135,10 +1140,9 @@ echo deleted=$(test -e {cg} && echo present || echo gone)
 
 /// runc mounts the v1 hierarchies read-only when the spec's cgroup mount
 /// says `ro` (as its default spec does); otherwise a container's root can
-/// rewrite its own limits. libcontainer 0.7 bind-mounts each hierarchy with
-/// hard-coded `rw` options, so this fails today.
+/// rewrite its own limits. libcontainer 0.7 bind-mounted each hierarchy with
+/// hard-coded `rw` options; ironcell carries a fix (third_party/libcontainer).
 #[test]
-#[ignore = "libcontainer 0.7 mounts v1 cgroup hierarchies rw, ignoring the spec's ro"]
 fn cgroup_v1_mount_is_read_only() {
     if !need_root("cgroup_v1_mount_is_read_only") {
         return;

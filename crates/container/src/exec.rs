@@ -169,10 +169,8 @@ fn process_from_container(
     if !opts.caps.is_empty() {
         let mut caps = p.capabilities().clone().unwrap_or_default();
         for name in &opts.caps {
-            let cap: Capability = name
-                .to_ascii_uppercase()
-                .parse()
-                .map_err(|_| ContainerError::Invalid(format!("unknown capability {name:?}")))?;
+            let cap = parse_capability(name)
+                .ok_or_else(|| ContainerError::Invalid(format!("unknown capability {name:?}")))?;
             let add = |set: &Option<oci_spec::runtime::Capabilities>| {
                 let mut set = set.clone().unwrap_or_default();
                 set.insert(cap);
@@ -191,4 +189,30 @@ fn process_from_container(
         p.set_no_new_privileges(Some(true));
     }
     Ok(p)
+}
+
+/// A capability by name, with or without the `CAP_` prefix, in any case.
+pub fn parse_capability(name: &str) -> Option<Capability> {
+    let up = name.to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    serde_json::from_value(serde_json::Value::String(full)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names() {
+        assert_eq!(
+            parse_capability("CAP_SYS_ADMIN"),
+            Some(Capability::SysAdmin)
+        );
+        assert_eq!(parse_capability("net_raw"), Some(Capability::NetRaw));
+        assert_eq!(parse_capability("CAP_NOPE"), None);
+    }
 }

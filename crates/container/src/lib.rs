@@ -17,5 +17,5 @@ mod signal;
 
 pub use engine::{Container, CreateOptions, Engine};
 pub use error::ContainerError;
-pub use exec::ExecOptions;
+pub use exec::{parse_capability, ExecOptions};
 pub use signal::{parse_signal, SignalError};

@@ -181,6 +181,24 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
         }
     }
     if let Some(linux) = spec.linux() {
+        if let Some(p) = linux.rootfs_propagation() {
+            const KNOWN: [&str; 9] = [
+                "",
+                "shared",
+                "rshared",
+                "slave",
+                "rslave",
+                "private",
+                "rprivate",
+                "unbindable",
+                "runbindable",
+            ];
+            if !KNOWN.contains(&p.as_str()) {
+                return Err(invalid(format!(
+                    "linux.rootfsPropagation {p:?} is not one of shared, slave, private, unbindable (or their r-forms)"
+                )));
+            }
+        }
         if let Some(namespaces) = linux.namespaces() {
             let mut seen = HashSet::new();
             for ns in namespaces {
@@ -295,6 +313,13 @@ mod tests {
                     "\"linux\": {\"namespaces\": [{\"type\": \"pid\"}, {\"type\": \"pid\"}]}, \"root\"",
                 ),
                 "listed twice",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"root\"",
+                    "\"linux\": {\"rootfsPropagation\": \"bogus\"}, \"root\"",
+                ),
+                "linux.rootfsPropagation \"bogus\"",
             ),
         ];
         for (config, want) in cases {
