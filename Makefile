@@ -6,7 +6,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 IMAGE_DIR ?= build/test-image
-IRONCELL := target/release/ironcell
+# The release binary is linked statically (glibc and libseccomp): no dynamic
+# loader work at each start and ~1 MiB less resident memory (bench/README.md).
+TARGET := x86_64-unknown-linux-gnu
+IRONCELL := target/$(TARGET)/release/ironcell
+STATIC_ENV := RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
 .PHONY: setup build image demo test lint unit bench clean
 
@@ -14,7 +18,7 @@ setup:
 	bash scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release --workspace
+	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) --workspace
 
 image: setup
 	bash scripts/build-test-image.sh $(IMAGE_DIR)

@@ -53,7 +53,7 @@ DEFAULT_IMAGE_DIR = os.path.join(REPO, "build", "test-image")
 DEFAULT_BUNDLE = os.path.join(DEFAULT_IMAGE_DIR, "bundle")
 BUILD_SCRIPT = os.path.join(REPO, "scripts", "build-test-image.sh")
 DEFAULT_RUNTIMES = [
-    ("ironcell", os.path.join(REPO, "target", "release", "ironcell")),
+    ("ironcell", os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "ironcell")),
     ("runc", "/usr/sbin/runc"),
     ("crun", "/usr/bin/crun"),
 ]
@@ -69,7 +69,7 @@ def parse_args(argv):
         "(wall time and peak RSS), interleaved round robin.")
     p.add_argument("--runtime", action="append", metavar="NAME=PATH", default=None,
                    help="a runtime to benchmark (repeatable; the first one is the "
-                   "reference for the ratios). Default: ironcell=target/release/ironcell, "
+                   "reference for the ratios). Default: ironcell=target/x86_64-unknown-linux-gnu/release/ironcell (make build), "
                    "runc=/usr/sbin/runc, crun=/usr/bin/crun")
     p.add_argument("--bundle", default=None,
                    help="source OCI bundle; its rootfs is shared, its config.json is "

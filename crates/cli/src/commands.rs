@@ -10,6 +10,7 @@ use ironcell_container::{parse_signal, ContainerError, CreateOptions, ExecOption
 use ironcell_oci::{Bundle, ContainerState, Status};
 use ironcell_sandbox::{Kind, SandboxError, Sandboxes};
 
+use crate::console::{ConsoleSocket, Relay};
 use crate::foreground::Blocked;
 use crate::{Command, CreateArgs, ExecArgs, Global};
 
@@ -74,7 +75,17 @@ fn create(
 ) -> Result<Kind> {
     ironcell_oci::validate_id(&args.id)?;
     let bundle = Bundle::load(&args.bundle)?;
-    let kind = Sandboxes::select(flag, &bundle)?;
+    create_from(sandboxes, flag, args, &bundle, detach)
+}
+
+fn create_from(
+    sandboxes: &Sandboxes,
+    flag: Option<Kind>,
+    args: &CreateArgs,
+    bundle: &Bundle,
+    detach: bool,
+) -> Result<Kind> {
+    let kind = Sandboxes::select(flag, bundle)?;
     let opts = CreateOptions {
         pid_file: args.pid_file.clone(),
         console_socket: args.console_socket.clone(),
@@ -82,7 +93,7 @@ fn create(
         no_pivot: args.no_pivot,
         detach,
     };
-    sandboxes.create(kind, &args.id, &bundle, &opts)?;
+    sandboxes.create(kind, &args.id, bundle, &opts)?;
     Ok(kind)
 }
 
@@ -93,15 +104,43 @@ fn run_container(
     detach: bool,
     keep: bool,
 ) -> Result<u8> {
-    create(sandboxes, flag, args, detach)?;
+    ironcell_oci::validate_id(&args.id)?;
+    let bundle = Bundle::load(&args.bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    // A foreground terminal with no console socket: ironcell holds the pty.
+    let console = if !detach && terminal && args.console_socket.is_none() {
+        Some(ConsoleSocket::new(sandboxes.root())?)
+    } else {
+        None
+    };
+    let mut args = args.clone();
+    if let Some(c) = &console {
+        args.console_socket = Some(c.path().to_path_buf());
+    }
+    create_from(sandboxes, flag, &args, &bundle, detach || console.is_some())?;
     let id = &args.id;
     let backend = sandboxes.owner(id)?;
+    let relay = match console.as_ref().map(|c| c.receive().and_then(Relay::start)) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            let _ = backend.delete(id, true);
+            return Err(e);
+        }
+        None => None,
+    };
+    drop(console);
     // Block signals before start so that a fast process's SIGCHLD is kept.
     let blocked = if detach { None } else { Some(Blocked::new()?) };
     // The init's pid, read before start: a fast process may be gone after.
     let pid = backend.state(id)?.pid;
     if let Err(e) = backend.start(id) {
         drop(blocked);
+        drop(relay);
         if let Err(d) = backend.delete(id, true) {
             tracing::warn!(%d, "cleanup after failed start");
         }
@@ -110,9 +149,16 @@ fn run_container(
     let Some(blocked) = blocked else {
         return Ok(0);
     };
-    let code = blocked.wait(pid);
+    let code = blocked.wait(pid, &|| {
+        if let Some(r) = &relay {
+            r.resize();
+        }
+    });
     // Restore the signal mask first: poststop hooks inherit it.
     drop(blocked);
+    if let Some(r) = relay {
+        r.finish();
+    }
     if !keep {
         backend.delete(id, true)?;
     }
@@ -178,9 +224,41 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
         backend.exec(&args.id, &opts)?;
         return Ok(0);
     }
+    let terminal = match &opts.process {
+        Some(p) => fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["terminal"].as_bool())
+            .unwrap_or(false),
+        None => opts.tty,
+    };
+    let mut opts = opts;
+    let console = if terminal && opts.console_socket.is_none() {
+        let c = ConsoleSocket::new(sandboxes.root())?;
+        opts.console_socket = Some(c.path().to_path_buf());
+        // The engine's "detach" only decides whether a console socket is
+        // required; ironcell still waits for the process below.
+        opts.detach = true;
+        Some(c)
+    } else {
+        None
+    };
     let blocked = Blocked::new()?;
     let pid = backend.exec(&args.id, &opts)?;
-    blocked.wait(pid)
+    let relay = match &console {
+        Some(c) => Some(c.receive().and_then(Relay::start)?),
+        None => None,
+    };
+    let code = blocked.wait(pid, &|| {
+        if let Some(r) = &relay {
+            r.resize();
+        }
+    });
+    drop(blocked);
+    if let Some(r) = relay {
+        r.finish();
+    }
+    code
 }
 
 fn states(sandboxes: &Sandboxes) -> Result<Vec<ContainerState>> {

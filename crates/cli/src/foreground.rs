@@ -29,7 +29,8 @@ impl Blocked {
     }
 
     /// Waits for `pid` (a child of this process), forwarding signals to it.
-    pub fn wait(&self, pid: i32) -> Result<u8> {
+    /// `on_winch` runs when ironcell's terminal is resized.
+    pub fn wait(&self, pid: i32, on_winch: &dyn Fn()) -> Result<u8> {
         let target = Pid::from_raw(pid);
         let all = SigSet::all();
         loop {
@@ -40,7 +41,8 @@ impl Blocked {
             match sig {
                 Signal::SIGCHLD => {}
                 // Go runtimes use SIGURG internally; runc does not forward it either.
-                Signal::SIGURG | Signal::SIGWINCH => {}
+                Signal::SIGURG => {}
+                Signal::SIGWINCH => on_winch(),
                 other => {
                     if let Err(e) = kill(target, other) {
                         tracing::warn!(%e, ?other, "cannot forward signal");

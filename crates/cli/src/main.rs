@@ -2,6 +2,7 @@
 //! podman, docker and containerd's runc shim can drive it unchanged.
 
 mod commands;
+mod console;
 mod foreground;
 mod logging;
 

@@ -495,6 +495,71 @@ fn console_socket_receives_the_pty() {
     assert_no_leftovers(&env, id, None);
 }
 
+/// `run` and `exec -t` in the foreground with no console socket: ironcell
+/// holds the pty itself and relays it to its own terminal (given here by
+/// `script`, as a person's shell would).
+#[test]
+fn foreground_terminal_without_console_socket() {
+    if !need_root("foreground_terminal_without_console_socket") {
+        return;
+    }
+    let env = Env::new();
+    let id = "fgtty";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "[ -t 0 ] && [ -t 1 ] && echo fg-is-a-tty; tty; exit 4",
+            ],
+        );
+        c["process"]["terminal"] = json!(true);
+    });
+    let in_script = |line: String| {
+        Command::new("script")
+            .args(["-qefc", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = in_script(format!(
+        "{} --root {} run -b {} {id}",
+        ironcell().display(),
+        env.root.display(),
+        b.display()
+    ));
+    let text = stdout(&out);
+    assert!(
+        text.contains("fg-is-a-tty") && text.contains("/dev/pts/"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert_no_leftovers(&env, id, None);
+
+    let id = "exectty";
+    let b = env.bundle(id, |c| args(c, &["/bin/sleep", "4242427"]));
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    let out = in_script(format!(
+        "{} --root {} exec -t {id} sh -c '[ -t 0 ] && echo exec-is-a-tty; tty'",
+        ironcell().display(),
+        env.root.display()
+    ));
+    let text = stdout(&out);
+    assert!(
+        text.contains("exec-is-a-tty") && text.contains("/dev/pts/"),
+        "{text} {}",
+        stderr(&out)
+    );
+    env.ok(&["delete", "-f", id]);
+    assert_no_leftovers(&env, id, Some("4242427"));
+    let left: Vec<_> = fs::read_dir(&env.root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "console socket or state left: {left:?}");
+}
+
 #[test]
 fn bad_input_is_one_line_and_leaves_nothing() {
     if !need_root("bad_input_is_one_line_and_leaves_nothing") {
