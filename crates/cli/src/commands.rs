@@ -274,8 +274,25 @@ fn states(sandboxes: &Sandboxes) -> Result<Vec<ContainerState>> {
     Ok(out)
 }
 
+/// Who created a container (runc's OWNER column): the owner of its state
+/// directory, whatever its sandbox.
+fn owner(sandboxes: &Sandboxes, id: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = fs::metadata(sandboxes.root().join(id))
+        .map(|m| m.uid())
+        .unwrap_or_default();
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
 fn list(sandboxes: &Sandboxes, format: &str, quiet: bool) -> Result<u8> {
-    let states = states(sandboxes)?;
+    let mut states = states(sandboxes)?;
+    for s in &mut states {
+        s.owner = owner(sandboxes, &s.id);
+    }
     let mut out = io::stdout().lock();
     if quiet {
         for s in &states {

@@ -1,6 +1,6 @@
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use chrono::SecondsFormat;
@@ -214,19 +214,6 @@ impl Container {
         self.inner.bundle()
     }
 
-    /// Who created the container (runc's OWNER column): the owner of the
-    /// state directory.
-    pub fn owner(&self) -> String {
-        let uid = fs::metadata(&self.inner.root)
-            .map(|m| m.uid())
-            .unwrap_or_default();
-        nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string())
-    }
-
     /// The container's root filesystem as its bundle names it.
     pub fn rootfs(&self) -> PathBuf {
         let bundle = self.bundle();
@@ -253,7 +240,8 @@ impl Container {
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
                 .unwrap_or_default(),
             annotations: self.inner.state.annotations.clone().unwrap_or_default(),
-            owner: self.owner(),
+            // runc fills the owner in `list` only.
+            owner: String::new(),
             sandbox: sandbox.to_string(),
         }
     }
