@@ -35,7 +35,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: setup image lint
-	IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture
+	set -o pipefail; IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' build/test.log
 
 bench: build image
 	python3 bench/run_bench.py --runtime ironcell=$(IRONCELL) --runtime runc=/usr/sbin/runc --runtime crun=/usr/bin/crun --bundle $(IMAGE_DIR)/bundle

@@ -149,16 +149,7 @@ fn run_container(
     let Some(blocked) = blocked else {
         return Ok(0);
     };
-    let code = blocked.wait(pid, &|| {
-        if let Some(r) = &relay {
-            r.resize();
-        }
-    });
-    // Restore the signal mask first: poststop hooks inherit it.
-    drop(blocked);
-    if let Some(r) = relay {
-        r.finish();
-    }
+    let code = wait_foreground(blocked, pid, relay);
     if !keep {
         backend.delete(id, true)?;
     }
@@ -249,6 +240,12 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
         Some(c) => Some(c.receive().and_then(Relay::start)?),
         None => None,
     };
+    wait_foreground(blocked, pid, relay)
+}
+
+/// Waits for a foreground process, keeping its terminal's size in step, then
+/// restores the signal mask (hooks run after inherit it) and the terminal.
+fn wait_foreground(blocked: Blocked, pid: i32, relay: Option<Relay>) -> Result<u8> {
     let code = blocked.wait(pid, &|| {
         if let Some(r) = &relay {
             r.resize();

@@ -137,18 +137,8 @@ impl Drop for Containerd {
             let _ = self.ctr(&["task", "delete", "-f", id]).output();
             let _ = self.ctr(&["container", "rm", id]).output();
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-                self.dir.path().display()
-            ))
-            .status();
+        terminate(&mut self.child);
+        unmount_below(self.dir.path());
     }
 }
 

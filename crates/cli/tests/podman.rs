@@ -82,13 +82,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd(&["rm", "-af", "-t", "0"]).output();
         // Unmount overlay layers podman left under the private storage.
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-                self.dir.path().display()
-            ))
-            .status();
+        unmount_below(self.dir.path());
     }
 }
 

@@ -290,3 +290,24 @@ fn read_all(mut f: fs::File) -> Vec<u8> {
     f.read_to_end(&mut v).unwrap();
     v
 }
+
+/// Lazily unmounts everything mounted below `dir` (a test daemon's private
+/// storage), deepest first.
+pub fn unmount_below(dir: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+            dir.display()
+        ))
+        .status();
+}
+
+/// Stops a test daemon with SIGTERM and reaps it.
+pub fn terminate(child: &mut std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
