@@ -10,9 +10,9 @@ use ironcell_container::{parse_signal, ContainerError, CreateOptions, ExecOption
 use ironcell_oci::{Bundle, ContainerState, Status};
 use ironcell_sandbox::{Kind, SandboxError, Sandboxes};
 
+use crate::args::{Command, CreateArgs, ExecArgs, Global};
 use crate::console::{ConsoleSocket, Relay};
 use crate::foreground::Blocked;
-use crate::{Command, CreateArgs, ExecArgs, Global};
 
 pub fn run(global: &Global, command: Command) -> Result<u8> {
     if global.systemd_cgroup && !Path::new("/run/systemd/system").exists() {
