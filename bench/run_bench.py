@@ -89,6 +89,10 @@ def parse_args(argv):
                    help="where to put the bench bundle and state dirs (default: a new "
                    "temp dir, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p.add_argument("--gap-ms", type=int, default=0, metavar="MS",
+                   help="idle time before each timed run (default 0: back to back). "
+                        "Container starts on a node are rarely back to back; an idle gap "
+                        "lets kernel state (RCU, caches) settle as it would between real starts")
     a = p.parse_args(argv)
     if a.runs < 1:
         p.error("--runs must be at least 1")
@@ -400,6 +404,8 @@ def main(argv=None):
             order = active[i % n:] + active[:i % n]
             for rt in order:
                 cid = f"bench-{rt['name']}-{tag}-{i}"
+                if a.gap_ms > 0:
+                    time.sleep(a.gap_ms / 1000)
                 rec = do_run(rt, bundle, cid, work, rss_tool)
                 rec["iteration"] = i
                 results[rt["name"]]["runs"].append(rec)
