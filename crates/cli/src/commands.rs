@@ -21,7 +21,9 @@ pub fn run(global: &Global, command: Command) -> Result<u8> {
     let sandboxes = Sandboxes::new(global.root.clone(), global.systemd_cgroup);
     match command {
         Command::Create(args) => {
-            create(&sandboxes, global.sandbox, &args, true)?;
+            ironcell_oci::validate_id(&args.id)?;
+            let bundle = Bundle::load(&args.bundle)?;
+            create(&sandboxes, global.sandbox, &args, &bundle, true)?;
             Ok(0)
         }
         Command::Start { id } => {
@@ -71,20 +73,9 @@ fn create(
     sandboxes: &Sandboxes,
     flag: Option<Kind>,
     args: &CreateArgs,
-    detach: bool,
-) -> Result<Kind> {
-    ironcell_oci::validate_id(&args.id)?;
-    let bundle = Bundle::load(&args.bundle)?;
-    create_from(sandboxes, flag, args, &bundle, detach)
-}
-
-fn create_from(
-    sandboxes: &Sandboxes,
-    flag: Option<Kind>,
-    args: &CreateArgs,
     bundle: &Bundle,
     detach: bool,
-) -> Result<Kind> {
+) -> Result<()> {
     let kind = Sandboxes::select(flag, bundle)?;
     let opts = CreateOptions {
         pid_file: args.pid_file.clone(),
@@ -94,7 +85,7 @@ fn create_from(
         detach,
     };
     sandboxes.create(kind, &args.id, bundle, &opts)?;
-    Ok(kind)
+    Ok(())
 }
 
 fn run_container(
@@ -122,7 +113,7 @@ fn run_container(
     if let Some(c) = &console {
         args.console_socket = Some(c.path().to_path_buf());
     }
-    create_from(sandboxes, flag, &args, &bundle, detach || console.is_some())?;
+    create(sandboxes, flag, &args, &bundle, detach || console.is_some())?;
     let id = &args.id;
     let backend = sandboxes.owner(id)?;
     let relay = match console.as_ref().map(|c| c.receive().and_then(Relay::start)) {
