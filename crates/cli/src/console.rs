@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -152,18 +151,15 @@ impl Relay {
         }
     }
 
-    /// Waits briefly for the last output, then restores the terminal.
+    /// Waits briefly for the last output, then restores the terminal. The
+    /// output thread ends on EIO once every holder of the container's side
+    /// of the pty has exited; a leftover background process that keeps it
+    /// open must not keep ironcell waiting.
     pub fn finish(mut self) {
         if let Some(out) = self.output.take() {
-            let fd = self.master.as_fd();
-            // Drain what the process wrote before it exited, then stop.
-            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::from(200u16));
-            if out.is_finished() || fds[0].revents().is_some() {
-                let deadline = Instant::now() + Duration::from_millis(500);
-                while !out.is_finished() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !out.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
             }
             if out.is_finished() {
                 let _ = out.join();
