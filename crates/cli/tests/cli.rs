@@ -516,19 +516,7 @@ fn foreground_terminal_without_console_socket() {
         );
         c["process"]["terminal"] = json!(true);
     });
-    let in_script = |line: String| {
-        Command::new("script")
-            .args(["-qefc", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let out = in_script(format!(
-        "{} --root {} run -b {} {id}",
-        ironcell().display(),
-        env.root.display(),
-        b.display()
-    ));
+    let out = in_terminal(&env.cmd(&["run", "-b", b.to_str().unwrap(), id]));
     let text = stdout(&out);
     assert!(
         text.contains("fg-is-a-tty") && text.contains("/dev/pts/"),
@@ -541,11 +529,14 @@ fn foreground_terminal_without_console_socket() {
     let id = "exectty";
     let b = env.bundle(id, |c| args(c, &["/bin/sleep", "4242427"]));
     env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
-    let out = in_script(format!(
-        "{} --root {} exec -t {id} sh -c '[ -t 0 ] && echo exec-is-a-tty; tty'",
-        ironcell().display(),
-        env.root.display()
-    ));
+    let out = in_terminal(&env.cmd(&[
+        "exec",
+        "-t",
+        id,
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo exec-is-a-tty; tty",
+    ]));
     let text = stdout(&out);
     assert!(
         text.contains("exec-is-a-tty") && text.contains("/dev/pts/"),

@@ -222,23 +222,11 @@ fn containerd_runc_shim_drives_ironcell() {
     assert!(processes_with(marker).is_empty());
 
     // A terminal (-t), given to ctr by `script`.
-    let line = format!(
-        "ctr --address {} {}",
-        c.dir.path().join("c.sock").display(),
-        c.run_args(
-            &["--rm", "-t"],
-            &["tty", "sh", "-c", "[ -t 0 ] && echo ctr-is-a-tty; tty"]
-        )
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let args = c.run_args(
+        &["--rm", "-t"],
+        &["tty", "sh", "-c", "[ -t 0 ] && echo ctr-is-a-tty; tty"],
     );
-    let out = Command::new("script")
-        .args(["-qefc", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = in_terminal(&c.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     let text = stdout(&out);
     assert!(
         text.contains("ctr-is-a-tty") && text.contains("/dev/pts/"),

@@ -148,9 +148,8 @@ fn podman_run_stdout_exit_codes_and_cleanup() {
 #[test]
 fn podman_interactive_terminal() {
     let Some(p) = Podman::new() else { return };
-    // `script` gives podman a real terminal, as a person at a shell has.
-    let mut podman = vec!["podman".to_string()];
-    let cmd = p.cmd(&[
+    // A real terminal, as a person at a shell has.
+    let out = in_terminal(&p.cmd(&[
         "run",
         "--rm",
         "-it",
@@ -158,20 +157,7 @@ fn podman_interactive_terminal() {
         "sh",
         "-c",
         "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; tty; stty size",
-    ]);
-    for a in cmd.get_args() {
-        podman.push(shell_quote(a.to_str().unwrap()));
-    }
-    let line = format!(
-        "CONTAINERS_CONF={} {}",
-        containers_conf().display(),
-        podman.join(" ")
-    );
-    let out = Command::new("script")
-        .args(["-qefc", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    ]));
     let text = stdout(&out);
     assert!(out.status.success(), "{text} {}", stderr(&out));
     assert!(text.contains("is-a-tty"), "{text}");
@@ -179,27 +165,14 @@ fn podman_interactive_terminal() {
 
     // exec -it in a running container gets its own terminal too.
     p.ok(&["run", "-d", "--name", "ttyhost", IMAGE, "sleep", "4343433"]);
-    let exec = p.cmd(&[
+    let out = in_terminal(&p.cmd(&[
         "exec",
         "-it",
         "ttyhost",
         "sh",
         "-c",
         "[ -t 0 ] && echo exec-is-a-tty; tty",
-    ]);
-    let line = format!(
-        "CONTAINERS_CONF={} podman {}",
-        containers_conf().display(),
-        exec.get_args()
-            .map(|a| shell_quote(a.to_str().unwrap()))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = Command::new("script")
-        .args(["-qefc", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    ]));
     let text = stdout(&out);
     assert!(
         text.contains("exec-is-a-tty") && text.contains("/dev/pts/"),
@@ -361,16 +334,6 @@ fn podman_memory_limit_is_enforced() {
         stdout(&big),
         stderr(&big)
     );
-}
-
-fn shell_quote(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 fn containers_conf() -> PathBuf {

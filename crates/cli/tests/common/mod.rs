@@ -311,3 +311,35 @@ pub fn terminate(child: &mut std::process::Child) {
     );
     let _ = child.wait();
 }
+
+/// Runs `cmd` with a real terminal as its stdio, the way a person at a shell
+/// runs it: `script` allocates a pty and runs the command line in it. The
+/// command's environment settings are passed on.
+pub fn in_terminal(cmd: &Command) -> Output {
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shell_quote(a.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = Command::new("script");
+    script
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    script.output().expect("run script(1)")
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
