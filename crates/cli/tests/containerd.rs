@@ -88,14 +88,7 @@ impl Containerd {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?}: {} {}",
-            out.status,
-            stderr(&out)
-        );
-        stdout(&out)
+        run_ok(self.ctr(args))
     }
 
     /// `ctr run` with ironcell as the runc binary.

@@ -86,14 +86,7 @@ impl Dockerd {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {} {}",
-            out.status,
-            stderr(&out)
-        );
-        stdout(&out)
+        run_ok(self.cmd(args))
     }
 }
 

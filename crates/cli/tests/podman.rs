@@ -67,14 +67,7 @@ impl Podman {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {} {}",
-            out.status,
-            stderr(&out)
-        );
-        stdout(&out)
+        run_ok(self.cmd(args))
     }
 }
 

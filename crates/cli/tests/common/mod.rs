@@ -343,3 +343,18 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
+
+/// Runs a client command (podman, ctr, docker) and asserts it succeeded;
+/// returns its stdout.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().expect("spawn client");
+    assert!(
+        out.status.success(),
+        "{:?} {:?}: {} {}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
+        out.status,
+        stderr(&out)
+    );
+    stdout(&out)
+}
