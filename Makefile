@@ -12,15 +12,20 @@ IMAGE_DIR ?= build/test-image
 # every start, and the unpacked table alone was ~700 KiB of pages read.
 TARGET := x86_64-unknown-linux-gnu
 IRONCELL := target/$(TARGET)/release/ironcell
-STATIC_ENV := RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
+# The functions a run executes are placed first in the text
+# (scripts/link-ordered.sh, list recorded by scripts/profile-link-order.py);
+# v0 symbol mangling gives that list names that survive rebuilds.
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C symbol-mangling-version=v0 -C linker=$(CURDIR)/scripts/link-ordered.sh
+STATIC_ENV := RUSTFLAGS="$(RELEASE_RUSTFLAGS)" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: setup build image demo test lint unit bench clean
+.PHONY: setup build image demo test lint unit bench clean print-rustflags link-order
 
 setup:
 	bash scripts/setup.sh
 
 build: setup
 	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) --workspace
+	@cat target/$(TARGET)/release/link-order.report
 
 image: setup
 	bash scripts/build-test-image.sh $(IMAGE_DIR)
@@ -42,6 +47,13 @@ test: setup image lint
 
 bench: build image
 	python3 bench/run_bench.py --runtime ironcell=$(IRONCELL) --runtime runc=/usr/sbin/runc --runtime crun=/usr/bin/crun --bundle $(IMAGE_DIR)/bundle
+
+# Re-record crates/cli/link-order.txt (root, tracefs; see the script).
+link-order: image
+	python3 scripts/profile-link-order.py
+
+print-rustflags:
+	@echo '$(RELEASE_RUSTFLAGS)'
 
 clean:
 	$(CARGO) clean
