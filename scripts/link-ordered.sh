@@ -12,7 +12,7 @@
 # IRONCELL_LINK_ORDER=off) is linked unchanged. An ordering never changes
 # what the program does, only where its functions lie.
 set -u
-CC=${IRONCELL_CC:-cc}
+CC=cc
 here=$(cd "$(dirname "$0")" && pwd)
 list="$here/../crates/cli/link-order.txt"
 
@@ -46,24 +46,25 @@ c++filt <"$tmp/mangled" | sed -E 's/\[[0-9a-f]+\]//g; s/::h[0-9a-f]{16}$//' >"$t
 paste -d '\t' "$tmp/plain" "$tmp/mangled" >"$tmp/map"
 
 # The ordering: for each listed name in order, every symbol it names; a C
-# name (glibc, libseccomp) is used as it is.
+# name (glibc, libseccomp, linked from system archives this script does not
+# read) is passed as it is, and lld skips those absent from the link.
 awk -F '\t' '
     NR == FNR { sym[$1] = sym[$1] ? sym[$1] "\n" $2 : $2; next }
     /^#/ || $0 == "" { next }
+    /^[A-Za-z_.][A-Za-z0-9_.]*$/ { print; c++; next }
     { total++ }
-    $0 in sym { print sym[$0]; found++; next }
-    /^[A-Za-z_.][A-Za-z0-9_.]*$/ { print; found++ }
-    END { printf "%d %d\n", found, total > "/dev/stderr" }
+    $0 in sym { print sym[$0]; found++ }
+    END { printf "%d %d %d\n", found, total, c > "/dev/stderr" }
 ' "$tmp/map" "$list" >"$tmp/order" 2>"$tmp/count"
-read -r found total <"$tmp/count"
+read -r found total c_names <"$tmp/count"
 # rustc hides a linker's messages when the link succeeds: the summary goes
 # to a file beside the release directory, which `make build` prints.
-msg="link order: ${found:-0} of ${total:-0} functions of crates/cli/link-order.txt found in this build and placed first"
+msg="link order: ${found:-0} of ${total:-0} Rust functions of crates/cli/link-order.txt found in this build and placed first, with ${c_names:-0} C functions"
 if [ "$((${found:-0} * 2))" -lt "${total:-0}" ]; then
     msg="$msg; WARNING: the list is stale, re-record it with 'make link-order'"
 fi
 echo "$msg" | tee "$(dirname -- "$out")/../link-order.report" >&2
-if [ "${found:-0}" -eq 0 ]; then
+if [ "$((${found:-0} + ${c_names:-0}))" -eq 0 ]; then
     exec "$CC" "$@"
 fi
 "$CC" "$@" -Wl,--symbol-ordering-file="$tmp/order" -Wl,--no-warn-symbol-ordering

@@ -193,10 +193,12 @@ def main():
         with open(os.path.join(tfs, path), mode) as f:
             f.write(text)
 
-    by_event = {}
+    by_event, buffer_kb = {}, None
     try:
         tw("tracing_on", "0")
         tw("trace", "")
+        with open(os.path.join(tfs, "buffer_size_kb")) as f:
+            buffer_kb = f.read().split()[0]
         tw("buffer_size_kb", "65536")
         # One write per probe: the kernel parses each write on its own.
         fd = os.open(os.path.join(tfs, "uprobe_events"), os.O_WRONLY | os.O_APPEND)
@@ -217,10 +219,11 @@ def main():
         order, seen = [], set()
         with open(os.path.join(tfs, "trace")) as f:
             for line in f:
-                m = re.search(rf"\b{GROUP}:?\s*\(?\s*(f\d+)|\s(f\d+): \(", line)
+                # "   ironcell-21960 [000] ... 9579.152367: f7318: (0x7fe2d8bf0060)"
+                m = re.search(r"\s(f\d+): \(", line)
                 if not m:
                     continue
-                ev = m.group(1) or m.group(2)
+                ev = m.group(1)
                 if ev not in seen:
                     seen.add(ev)
                     order.append(by_event[ev])
@@ -239,7 +242,8 @@ def main():
             for ev in ours:
                 os.write(fd, f"-:{ev}\n".encode())
             os.close(fd)
-        tw("buffer_size_kb", "1408")
+        if buffer_kb:
+            tw("buffer_size_kb", buffer_kb)
         subprocess.run([exe, "--root", os.path.join(work, "root"), "delete", "--force",
                         "prof-life"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
