@@ -1,0 +1,4 @@
+//! Devices: legacy PC devices on the port-I/O bus, virtio devices on MMIO.
+
+pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,284 @@
+//! `ironcell-vmm`: boots one microVM and runs it until the guest stops.
+//! Exit status 0 when the guest reset or powered off (or the API shut it
+//! down), 1 with a one-line reason otherwise.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use vmm::config::{BlockConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::Vmm;
+
+const USAGE: &str = "\
+usage: ironcell-vmm --kernel PATH [options]
+       ironcell-vmm --config FILE [options]
+       ironcell-vmm --print-seccomp
+
+Boots a KVM microVM (see docs/vmm.md). Options override the config file.
+  --kernel PATH        ELF kernel (vmlinux with a PVH note, or a 64-bit ELF entry)
+  --initrd PATH        initial ramdisk
+  --cmdline STR        kernel command line (virtio devices are appended)
+  --vcpus N            vCPUs (default 1)
+  --memory MIB         guest memory in MiB (default 128)
+  --serial DEST        stdout (default), none, or a file path
+  --config FILE        JSON config (fields: kernel, initrd, cmdline, vcpus,
+                       memory_mib, serial, api_socket, block, net, vsock, rng)
+  --api-socket PATH    control socket (pause, resume, shutdown, status)
+  --block SPEC         path=FILE[,ro][,serial=ID]   (repeatable)
+  --net SPEC           tap=NAME[,mac=MAC]          (repeatable)
+  --vsock SPEC         uds=PATH[,cid=N]
+  --rng                add a virtio-rng device
+  --no-seccomp         do not install the seccomp allowlists
+  --print-seccomp      print the allowlists as JSON and exit
+  --log PATH           log file (default stderr)
+  --log-format FMT     text (default) or json
+  --log-level LEVEL    error, warn (default), info, debug, trace
+";
+
+#[derive(Default)]
+struct Args {
+    config: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    vcpus: Option<u8>,
+    memory: Option<u32>,
+    serial: Option<String>,
+    api_socket: Option<PathBuf>,
+    block: Vec<String>,
+    net: Vec<String>,
+    vsock: Option<String>,
+    rng: bool,
+    no_seccomp: bool,
+    print_seccomp: bool,
+    log: Option<PathBuf>,
+    log_json: bool,
+    log_level: Option<String>,
+}
+
+fn string(v: OsString, flag: &str) -> Result<String> {
+    v.into_string()
+        .map_err(|_| anyhow::anyhow!("{flag}: value is not UTF-8"))
+}
+
+fn parse_args() -> Result<Args> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => a.config = Some(p.value()?.into()),
+            Long("kernel") => a.kernel = Some(p.value()?.into()),
+            Long("initrd") => a.initrd = Some(p.value()?.into()),
+            Long("cmdline") => a.cmdline = Some(string(p.value()?, "--cmdline")?),
+            Long("vcpus") => {
+                a.vcpus = Some(
+                    p.value()?
+                        .parse()
+                        .context("--vcpus: expected a number 1..=32")?,
+                )
+            }
+            Long("memory") => {
+                a.memory = Some(
+                    p.value()?
+                        .parse()
+                        .context("--memory: expected MiB as a number")?,
+                )
+            }
+            Long("serial") => a.serial = Some(string(p.value()?, "--serial")?),
+            Long("api-socket") => a.api_socket = Some(p.value()?.into()),
+            Long("block") => a.block.push(string(p.value()?, "--block")?),
+            Long("net") => a.net.push(string(p.value()?, "--net")?),
+            Long("vsock") => a.vsock = Some(string(p.value()?, "--vsock")?),
+            Long("rng") => a.rng = true,
+            Long("no-seccomp") => a.no_seccomp = true,
+            Long("print-seccomp") => a.print_seccomp = true,
+            Long("log") => a.log = Some(p.value()?.into()),
+            Long("log-format") => {
+                a.log_json = match string(p.value()?, "--log-format")?.as_str() {
+                    "json" => true,
+                    "text" => false,
+                    other => bail!("--log-format: unknown format {other:?} (text or json)"),
+                }
+            }
+            Long("log-level") => a.log_level = Some(string(p.value()?, "--log-level")?),
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            Short('V') | Long("version") => {
+                println!("ironcell-vmm {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(a)
+}
+
+fn build_config(a: &Args) -> Result<VmConfig> {
+    let mut cfg = match (&a.config, &a.kernel) {
+        (Some(path), _) => VmConfig::from_file(path)?,
+        (None, Some(k)) => VmConfig::new(k.clone()),
+        (None, None) => bail!("no kernel given (--kernel PATH or --config FILE); see --help"),
+    };
+    if let Some(k) = &a.kernel {
+        cfg.kernel = k.clone();
+    }
+    if let Some(i) = &a.initrd {
+        cfg.initrd = Some(i.clone());
+    }
+    if let Some(c) = &a.cmdline {
+        cfg.cmdline = c.clone();
+    }
+    if let Some(v) = a.vcpus {
+        cfg.vcpus = v;
+    }
+    if let Some(m) = a.memory {
+        cfg.memory_mib = m;
+    }
+    if let Some(s) = &a.serial {
+        cfg.serial = SerialOutput::parse(s)?;
+    }
+    if let Some(p) = &a.api_socket {
+        cfg.api_socket = Some(p.clone());
+    }
+    for b in &a.block {
+        cfg.block.push(BlockConfig::parse(b)?);
+    }
+    for n in &a.net {
+        cfg.net.push(NetConfig::parse(n)?);
+    }
+    if let Some(v) = &a.vsock {
+        cfg.vsock = Some(VsockConfig::parse(v)?);
+    }
+    cfg.rng |= a.rng;
+    Ok(cfg)
+}
+
+fn init_logging(a: &Args) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let level: tracing::Level = match a.log_level.as_deref() {
+        None => tracing::Level::WARN,
+        Some(l) => l
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--log-level: unknown level {l:?}"))?,
+    };
+    let writer: Box<dyn std::io::Write + Send + Sync> = match &a.log {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("--log {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let layer = vmm_log::Layer::new(writer, a.log_json, level);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).ok();
+    Ok(())
+}
+
+mod vmm_log {
+    //! A small tracing layer: one line per event, text or JSON, like the
+    //! `ironcell` CLI's `--log-format`.
+    use std::io::Write;
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::Context;
+
+    pub struct Layer {
+        out: Mutex<Box<dyn Write + Send + Sync>>,
+        json: bool,
+        level: tracing::Level,
+    }
+
+    impl Layer {
+        pub fn new(out: Box<dyn Write + Send + Sync>, json: bool, level: tracing::Level) -> Self {
+            Layer {
+                out: Mutex::new(out),
+                json,
+                level,
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Fields(String, Vec<(String, String)>);
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            } else {
+                self.1
+                    .push((field.name().to_string(), format!("{value:?}")));
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
+        fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+            *meta.level() <= self.level
+        }
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut f = Fields::default();
+            event.record(&mut f);
+            let level = event.metadata().level().as_str().to_lowercase();
+            let line = if self.json {
+                let mut obj = serde_json::json!({"level": level, "msg": f.0});
+                for (k, v) in f.1 {
+                    obj[k] = serde_json::Value::String(v);
+                }
+                obj.to_string()
+            } else {
+                let extra: String = f.1.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+                format!("ironcell-vmm: {level}: {}{extra}", f.0)
+            };
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+fn run() -> Result<i32> {
+    let args = parse_args()?;
+    if args.print_seccomp {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&vmm::seccomp::allowlist())?
+        );
+        return Ok(0);
+    }
+    init_logging(&args)?;
+    let config = build_config(&args)?;
+    let filters = if args.no_seccomp {
+        None
+    } else {
+        Some(vmm::seccomp::filters()?)
+    };
+    let vm = Vmm::new(config)?;
+    let reason = vm.run(filters)?;
+    let code = reason.exit_code();
+    if code == 0 {
+        tracing::info!("{reason}");
+    } else {
+        eprintln!("ironcell-vmm: {reason}");
+    }
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => {
+            // vCPU threads may still sit in KVM_RUN; exit the whole process.
+            std::process::exit(code);
+        }
+        Err(e) => {
+            // One line: the error and its causes.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("ironcell-vmm: {}", msg.join(": "));
+            ExitCode::from(1)
+        }
+    }
+}

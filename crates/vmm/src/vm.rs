@@ -1,0 +1,473 @@
+//! Building a VM from a `VmConfig` and running it: KVM setup, guest memory,
+//! boot, devices, vCPU threads, and the VMM thread's event loop (queue
+//! notifications, device backends, the control API, vCPU exits).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use serde_json::{json, Value};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{error_response, ApiServer, Request};
+use crate::arch::{boot, cpu, layout};
+use crate::bus::Bus;
+use crate::config::{SerialOutput, VmConfig};
+use crate::devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::{self, EventRegistrar, VirtioDevice, QUEUE_TOKEN};
+use crate::error::{Error, Result};
+pub use crate::vcpu::ExitReason;
+use crate::vcpu::{ExitNotifier, RunState, Vcpu, VcpuControl};
+use crate::GuestMemory;
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_API_LISTENER: u64 = 2;
+/// API connections: this bit plus the fd.
+const TOKEN_API_CONN: u64 = 1 << 31;
+
+struct VirtioSlot {
+    kind: &'static str,
+    base: u64,
+    gsi: u32,
+    transport: Arc<Mutex<MmioTransport>>,
+    queue_evts: Vec<EventFd>,
+}
+
+pub struct Vmm {
+    config: VmConfig,
+    // Kept for the VM's lifetime: KVM's memory slots point into `_mem`'s
+    // mappings, which must outlive the VM fd.
+    _kvm: Kvm,
+    _vm: VmFd,
+    _mem: GuestMemory,
+    vcpus: Vec<Vcpu>,
+    control: Arc<VcpuControl>,
+    exit: Arc<ExitNotifier>,
+    epoll: Arc<Epoll>,
+    api: Option<ApiServer>,
+    virtio: Vec<VirtioSlot>,
+    started: Instant,
+}
+
+fn open_kvm() -> Result<Kvm> {
+    // Kvm::new() opens with O_CLOEXEC; map the errno to a message that says
+    // what is missing.
+    Kvm::new().map_err(|e| Error::KvmOpen(std::io::Error::from_raw_os_error(e.errno())))
+}
+
+fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match cfg {
+        // A raw dup of fd 1: each byte leaves when the guest writes it,
+        // without Rust's line buffering of Stdout.
+        SerialOutput::Stdout => {
+            // SAFETY: dup of fd 1 has no memory-safety preconditions.
+            let fd = unsafe { libc::dup(1) };
+            if fd < 0 {
+                return Err(Error::io("dup stdout for the serial port")(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            Box::new(unsafe { std::fs::File::from_raw_fd(fd) })
+        }
+        SerialOutput::None => Box::new(std::io::sink()),
+        SerialOutput::File(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(Error::io(format!("serial output {}", p.display())))?,
+        ),
+    })
+}
+
+fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(u64::from(memory_mib) << 20)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    // Anonymous private mappings with MAP_NORESERVE: nothing is allocated
+    // until the guest touches a page.
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`; `Vmm` keeps
+        // `mem` as long as the VM fd (field order drops the VM first).
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
+
+impl Vmm {
+    /// Builds the VM. Nothing on the host is left behind if this fails.
+    pub fn new(config: VmConfig) -> Result<Self> {
+        config.validate()?;
+        // Devices that open host files go first, so bad paths are reported
+        // before KVM is touched.
+        let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
+        for b in &config.block {
+            let dev = virtio::block::Block::open(&b.path, b.read_only, b.serial.as_deref())
+                .map_err(|reason| Error::Device {
+                    device: "block".into(),
+                    reason,
+                })?;
+            devices.push(("block", Box::new(dev)));
+        }
+        for n in &config.net {
+            let dev = virtio::net::Net::new(n).map_err(|reason| Error::Device {
+                device: "net".into(),
+                reason,
+            })?;
+            devices.push(("net", Box::new(dev)));
+        }
+        if let Some(v) = &config.vsock {
+            let dev = virtio::vsock::Vsock::new(v).map_err(|reason| Error::Device {
+                device: "vsock".into(),
+                reason,
+            })?;
+            devices.push(("vsock", Box::new(dev)));
+        }
+        if config.rng {
+            devices.push(("rng", Box::new(virtio::rng::Rng::new())));
+        }
+
+        let kvm = open_kvm()?;
+        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        let mem = create_memory(&vm, config.memory_mib)?;
+        let epoll = Arc::new(Epoll::new().map_err(Error::io("epoll_create"))?);
+
+        // Legacy devices.
+        let mut pio = Bus::new();
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        vm.register_irqfd(&serial_irq, layout::SERIAL_GSI)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial = Serial::new(serial_irq, serial_output(&config.serial)?);
+        pio.insert(
+            SERIAL_PORT_BASE,
+            SERIAL_PORT_LEN,
+            Arc::new(Mutex::new(serial)),
+        )
+        .map_err(Error::Boot)?;
+        pio.insert(0x60, 5, Arc::new(Mutex::new(I8042)))
+            .map_err(Error::Boot)?;
+
+        // virtio-mmio devices, announced on the command line.
+        let mut mmio = Bus::new();
+        let mut cmdline = config.cmdline.clone();
+        let mut virtio = Vec::new();
+        for (index, (kind, dev)) in devices.into_iter().enumerate() {
+            let (base, gsi) = layout::virtio_window(index);
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+            vm.register_irqfd(&irq, gsi)
+                .map_err(Error::kvm("KVM_IRQFD"))?;
+            let registrar = EventRegistrar::new(epoll.clone(), index);
+            let transport = MmioTransport::new(dev, mem.clone(), irq, registrar.clone());
+            let mut queue_evts = Vec::new();
+            for q in 0..transport.num_queues() {
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+                vm.register_ioevent(
+                    &evt,
+                    &IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY),
+                    q as u32,
+                )
+                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        evt.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, registrar.token(QUEUE_TOKEN | q as u32)),
+                    )
+                    .map_err(Error::io("epoll_ctl"))?;
+                queue_evts.push(evt);
+            }
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())
+                .map_err(Error::Boot)?;
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+            virtio.push(VirtioSlot {
+                kind,
+                base,
+                gsi,
+                transport,
+                queue_evts,
+            });
+        }
+        if cmdline.len() > crate::config::MAX_CMDLINE_LEN {
+            return Err(Error::Config(format!(
+                "cmdline with the virtio device parameters is {} bytes, at most {} fit",
+                cmdline.len(),
+                crate::config::MAX_CMDLINE_LEN
+            )));
+        }
+
+        let entry = boot::setup(
+            &mem,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &cmdline,
+            config.vcpus,
+        )?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(mmio);
+        let control = Arc::new(VcpuControl::default());
+        let exit = Arc::new(ExitNotifier::new().map_err(Error::io("eventfd"))?);
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            cpu::setup_cpuid(&fd, &supported, id, config.vcpus)?;
+            cpu::setup_lint(&fd)?;
+            if id == 0 {
+                cpu::setup_fpu(&fd)?;
+                cpu::setup_sregs(&mem, &fd, entry)?;
+                cpu::setup_regs(&fd, entry)?;
+            }
+            vcpus.push(Vcpu {
+                id,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                control: control.clone(),
+                exit: exit.clone(),
+            });
+        }
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                exit.evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_EXIT),
+            )
+            .map_err(Error::io("epoll_ctl"))?;
+
+        // The API socket is the last thing created on the host.
+        let api = match &config.api_socket {
+            Some(path) => {
+                let api = ApiServer::bind(path)?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        api.listener_fd(),
+                        EpollEvent::new(EventSet::IN, TOKEN_API_LISTENER),
+                    )
+                    .map_err(Error::io("epoll_ctl"))?;
+                Some(api)
+            }
+            None => None,
+        };
+
+        Ok(Vmm {
+            config,
+            _kvm: kvm,
+            _vm: vm,
+            _mem: mem,
+            vcpus,
+            control,
+            exit,
+            epoll,
+            api,
+            virtio,
+            started: Instant::now(),
+        })
+    }
+
+    /// Starts the vCPUs and serves events until the VM stops.
+    /// `filters` are the seccomp programs for the vCPU and VMM threads.
+    pub fn run(mut self, filters: Option<crate::seccomp::Filters>) -> Result<ExitReason> {
+        crate::vcpu::install_kick_handler()
+            .map_err(Error::io("installing the vCPU kick signal handler"))?;
+        self.started = Instant::now();
+        let vcpu_filter = filters.as_ref().map(|f| Arc::new(f.vcpu.clone()));
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let filter = vcpu_filter.clone();
+            std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.id))
+                .spawn(move || vcpu.run(filter.as_deref()))
+                .map_err(Error::io("spawning a vCPU thread"))?;
+        }
+        if let Some(f) = &filters {
+            seccompiler::apply_filter(&f.vmm).map_err(|e| Error::Seccomp(e.to_string()))?;
+            if std::env::var_os(crate::seccomp::SELFTEST_ENV).is_some() {
+                crate::seccomp::selftest_forbidden_syscall();
+            }
+        }
+        let reason = self.event_loop();
+        // Park every vCPU for good before guest memory and devices go away.
+        self.control.pause(self.config.vcpus as usize);
+        self.cleanup();
+        Ok(reason)
+    }
+
+    fn event_loop(&mut self) -> ExitReason {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return ExitReason::VcpuError {
+                        vcpu: 0,
+                        reason: format!("epoll_wait: {e}"),
+                    }
+                }
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                match token {
+                    TOKEN_EXIT => {
+                        if let Some(reason) = self.exit.take() {
+                            return reason;
+                        }
+                    }
+                    TOKEN_API_LISTENER => self.api_accept(),
+                    t if t >> 32 == 0 && t & TOKEN_API_CONN != 0 => {
+                        if let Some(reason) = self.api_serve((t & !TOKEN_API_CONN) as RawFd) {
+                            return reason;
+                        }
+                    }
+                    t => self.device_event(t, ev.event_set()),
+                }
+            }
+        }
+    }
+
+    fn device_event(&mut self, token: u64, events: EventSet) {
+        let Some(slot) = ((token >> 32) as usize)
+            .checked_sub(1)
+            .and_then(|i| self.virtio.get(i))
+        else {
+            return;
+        };
+        let low = token as u32;
+        let mut transport = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        if low & QUEUE_TOKEN != 0 {
+            let q = (low & !QUEUE_TOKEN) as usize;
+            if let Some(evt) = slot.queue_evts.get(q) {
+                let _ = evt.read();
+            }
+            transport.notify(q);
+        } else {
+            transport.handle_event(low as RawFd, events);
+        }
+    }
+
+    fn api_accept(&mut self) {
+        let Some(api) = self.api.as_mut() else { return };
+        for fd in api.accept() {
+            let ev = EpollEvent::new(
+                EventSet::IN | EventSet::READ_HANG_UP,
+                TOKEN_API_CONN | fd as u64,
+            );
+            if self.epoll.ctl(ControlOperation::Add, fd, ev).is_err() {
+                api.close(fd);
+            }
+        }
+    }
+
+    /// Serves a connection's requests; returns an exit reason on shutdown.
+    fn api_serve(&mut self, fd: RawFd) -> Option<ExitReason> {
+        let (requests, done) = self.api.as_mut()?.read(fd);
+        let mut exit = None;
+        for req in requests {
+            let response = match req {
+                Err(msg) => error_response(&msg),
+                Ok(Request::Pause) => {
+                    self.control.pause(self.config.vcpus as usize);
+                    json!({"ok": true, "state": "paused"})
+                }
+                Ok(Request::Resume) => {
+                    self.control.resume();
+                    json!({"ok": true, "state": "running"})
+                }
+                Ok(Request::Status) => self.status(),
+                Ok(Request::Shutdown) => {
+                    exit = Some(ExitReason::Shutdown);
+                    json!({"ok": true, "state": "shutting-down"})
+                }
+            };
+            self.api.as_mut()?.reply(fd, &response);
+        }
+        if done {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.api.as_mut()?.close(fd);
+        }
+        exit
+    }
+
+    fn status(&self) -> Value {
+        let state = match self.control.state() {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+        };
+        let devices: Vec<Value> = self
+            .virtio
+            .iter()
+            .map(|s| {
+                let t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
+                json!({
+                    "type": s.kind,
+                    "mmio_base": format!("{:#x}", s.base),
+                    "gsi": s.gsi,
+                    "driver_status": t.status(),
+                    "needs_reset": t.is_broken(),
+                })
+            })
+            .collect();
+        json!({
+            "ok": true,
+            "state": state,
+            "vcpus": self.config.vcpus,
+            "memory_mib": self.config.memory_mib,
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "kernel": self.config.kernel,
+            "devices": devices,
+        })
+    }
+
+    fn cleanup(&mut self) {
+        self.api = None;
+        for slot in &self.virtio {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cleanup();
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
