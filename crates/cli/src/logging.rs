@@ -1,127 +1,24 @@
-//! runc-compatible logging: `--log FILE` (default stderr), `--log-format
-//! text|json`, `--debug`. The JSON shape is logrus's, as runc writes it
-//! (`{"level":"error","msg":"...","time":"..."}`): containerd's go-runc and
-//! podman read the last error line of that file to report a failure.
+//! The CLI's use of the shared runc-compatible logger (crate `logging`):
+//! with `--log`, warnings and errors go to that file; `--debug` adds debug
+//! lines (libcontainer's included). Without `--log`, stderr only gets the
+//! final one-line error, unless `--debug`.
 
-use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context as LayerContext, Layer};
-use tracing_subscriber::prelude::*;
+pub use logging::LogFormat;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-struct RuncLayer {
-    out: Mutex<Box<dyn Write + Send>>,
-    format: LogFormat,
-    max: Level,
-}
-
-#[derive(Default)]
-struct Fields {
-    msg: String,
-    extra: Vec<(String, String)>,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.msg = value.to_string();
-        } else {
-            self.extra
-                .push((field.name().to_string(), value.to_string()));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.msg = format!("{value:?}");
-        } else {
-            self.extra
-                .push((field.name().to_string(), format!("{value:?}")));
-        }
-    }
-}
-
-fn level_name(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "error",
-        Level::WARN => "warning",
-        Level::INFO => "info",
-        Level::DEBUG => "debug",
-        Level::TRACE => "trace",
-    }
-}
-
-impl<S: Subscriber> Layer<S> for RuncLayer {
-    fn enabled(&self, meta: &tracing::Metadata<'_>, _: LayerContext<'_, S>) -> bool {
-        meta.level() <= &self.max
-    }
-
-    fn on_event(&self, event: &Event<'_>, _: LayerContext<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let level = level_name(event.metadata().level());
-        let mut line = String::new();
-        match self.format {
-            LogFormat::Json => {
-                let mut obj = serde_json::Map::new();
-                obj.insert("level".into(), level.into());
-                obj.insert("msg".into(), fields.msg.into());
-                obj.insert("time".into(), time.into());
-                for (k, v) in fields.extra {
-                    obj.insert(k, v.into());
-                }
-                line = serde_json::Value::Object(obj).to_string();
-            }
-            LogFormat::Text => {
-                let _ = write!(line, "time={time:?} level={level} msg={:?}", fields.msg);
-                for (k, v) in fields.extra {
-                    let _ = write!(line, " {k}={v:?}");
-                }
-            }
-        }
-        line.push('\n');
-        if let Ok(mut out) = self.out.lock() {
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
-        }
-    }
-}
-
-/// Installs the global logger. With `--log`, warnings and errors go to that
-/// file; `--debug` adds debug lines (libcontainer's included). Without
-/// `--log`, stderr only gets the final one-line error, unless `--debug`.
 pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<()> {
     if log.is_none() && !debug {
         return Ok(());
     }
-    let out: Box<dyn Write + Send> = match log {
-        Some(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log file {}", path.display()))?,
-        ),
-        None => Box::new(io::stderr()),
+    let max = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
     };
-    let layer = RuncLayer {
-        out: Mutex::new(out),
-        format,
-        max: if debug { Level::DEBUG } else { Level::WARN },
-    };
-    let _ = tracing_subscriber::registry().with(layer).try_init();
-    Ok(())
+    logging::init(log, format, max).with_context(|| match log {
+        Some(path) => format!("cannot open log file {}", path.display()),
+        None => "cannot set up logging".to_string(),
+    })
 }

@@ -158,87 +158,21 @@ fn build_config(a: &Args) -> Result<VmConfig> {
 }
 
 fn init_logging(a: &Args) -> Result<()> {
-    use tracing_subscriber::layer::SubscriberExt;
     let level: tracing::Level = match a.log_level.as_deref() {
         None => tracing::Level::WARN,
         Some(l) => l
             .parse()
             .map_err(|_| anyhow::anyhow!("--log-level: unknown level {l:?}"))?,
     };
-    let writer: Box<dyn std::io::Write + Send + Sync> = match &a.log {
-        Some(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("--log {}", p.display()))?,
-        ),
-        None => Box::new(std::io::stderr()),
+    let format = if a.log_json {
+        logging::LogFormat::Json
+    } else {
+        logging::LogFormat::Text
     };
-    let layer = vmm_log::Layer::new(writer, a.log_json, level);
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).ok();
-    Ok(())
-}
-
-mod vmm_log {
-    //! A small tracing layer: one line per event, text or JSON, like the
-    //! `ironcell` CLI's `--log-format`.
-    use std::io::Write;
-    use std::sync::Mutex;
-    use tracing::field::{Field, Visit};
-    use tracing_subscriber::layer::Context;
-
-    pub struct Layer {
-        out: Mutex<Box<dyn Write + Send + Sync>>,
-        json: bool,
-        level: tracing::Level,
-    }
-
-    impl Layer {
-        pub fn new(out: Box<dyn Write + Send + Sync>, json: bool, level: tracing::Level) -> Self {
-            Layer {
-                out: Mutex::new(out),
-                json,
-                level,
-            }
-        }
-    }
-
-    #[derive(Default)]
-    struct Fields(String, Vec<(String, String)>);
-    impl Visit for Fields {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            if field.name() == "message" {
-                self.0 = format!("{value:?}");
-            } else {
-                self.1
-                    .push((field.name().to_string(), format!("{value:?}")));
-            }
-        }
-    }
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
-        fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-            *meta.level() <= self.level
-        }
-        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-            let mut f = Fields::default();
-            event.record(&mut f);
-            let level = event.metadata().level().as_str().to_lowercase();
-            let line = if self.json {
-                let mut obj = serde_json::json!({"level": level, "msg": f.0});
-                for (k, v) in f.1 {
-                    obj[k] = serde_json::Value::String(v);
-                }
-                obj.to_string()
-            } else {
-                let extra: String = f.1.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-                format!("ironcell-vmm: {level}: {}{extra}", f.0)
-            };
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = writeln!(out, "{line}");
-        }
-    }
+    logging::init(a.log.as_deref(), format, level).with_context(|| match &a.log {
+        Some(p) => format!("--log {}", p.display()),
+        None => "cannot set up logging".into(),
+    })
 }
 
 fn run() -> Result<i32> {
