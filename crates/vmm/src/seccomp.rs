@@ -50,8 +50,8 @@ const COMMON: Syscalls = syscalls!(
 );
 
 /// vCPU threads: KVM_RUN and the register reads of an error report. Device
-/// activation runs here too (the driver's DRIVER_OK write), which registers
-/// backend fds on the event loop.
+/// activation runs here too (the driver's DRIVER_OK write): it registers
+/// backend fds on the event loop and the device's irqfd (KVM_IRQFD).
 const VCPU: Syscalls = syscalls!(SYS_ioctl);
 
 /// The VMM thread: the event loop, the API socket, device backends (files,
@@ -89,6 +89,7 @@ const VMM: Syscalls = syscalls!(
 
 const KVM_RUN: u64 = 0xae80;
 const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_IRQFD: u64 = 0x4020_ae76;
 /// std's set_nonblocking on sockets.
 const FIONBIO: u64 = 0x5421;
 
@@ -110,7 +111,7 @@ pub fn allowlist() -> BTreeMap<&'static str, Vec<String>> {
     };
     let mut vcpu = names(VCPU);
     for s in vcpu.iter_mut().filter(|s| *s == "ioctl") {
-        *s = "ioctl(KVM_RUN | KVM_GET_REGS)".into();
+        *s = "ioctl(KVM_RUN | KVM_GET_REGS | KVM_IRQFD)".into();
     }
     let mut vmm = names(VMM);
     vmm.push("ioctl(FIONBIO)".into());
@@ -146,7 +147,10 @@ pub fn filters() -> Result<Filters> {
         SeccompRule::new(vec![cond]).map_err(|e| Error::Seccomp(e.to_string()))
     };
     Ok(Filters {
-        vcpu: compile(VCPU, vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?])?,
+        vcpu: compile(
+            VCPU,
+            vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?, ioctl(KVM_IRQFD)?],
+        )?,
         vmm: compile(VMM, vec![ioctl(FIONBIO)?])?,
     })
 }

@@ -24,6 +24,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::{self, EventRegistrar, VirtioDevice, QUEUE_TOKEN};
+use crate::devices::IrqLine;
 use crate::error::{Error, Result};
 pub use crate::vcpu::ExitReason;
 use crate::vcpu::{ExitNotifier, RunState, Vcpu, VcpuControl};
@@ -47,7 +48,7 @@ pub struct Vmm {
     // Kept for the VM's lifetime: KVM's memory slots point into `_mem`'s
     // mappings, which must outlive the VM fd.
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _mem: GuestMemory,
     vcpus: Vec<Vcpu>,
     control: Arc<VcpuControl>,
@@ -90,14 +91,20 @@ fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory> {
+/// Maps guest RAM: anonymous private mappings with MAP_NORESERVE, so
+/// nothing is allocated until the guest touches a page.
+fn map_memory(memory_mib: u32) -> Result<GuestMemory> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(u64::from(memory_mib) << 20)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    // Anonymous private mappings with MAP_NORESERVE: nothing is allocated
-    // until the guest touches a page.
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))?;
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(e.to_string()))
+}
+
+/// Gives KVM the guest RAM. Each new memory slot waits for an SRCU grace
+/// period in the host kernel (milliseconds on some hosts), so `Vmm::new`
+/// runs this on a second thread while it sets up everything else.
+fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -111,12 +118,22 @@ fn create_memory(vm: &VmFd, memory_mib: u32) -> Result<GuestMemory> {
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
+}
+
+/// What `Vmm::new` builds while the memory registers.
+struct Machine {
+    epoll: Arc<Epoll>,
+    vcpus: Vec<Vcpu>,
+    control: Arc<VcpuControl>,
+    exit: Arc<ExitNotifier>,
+    virtio: Vec<VirtioSlot>,
 }
 
 impl Vmm {
     /// Builds the VM. Nothing on the host is left behind if this fails.
     pub fn new(config: VmConfig) -> Result<Self> {
+        let t0 = Instant::now();
         config.validate()?;
         // Devices that open host files go first, so bad paths are reported
         // before KVM is touched.
@@ -148,24 +165,95 @@ impl Vmm {
         }
 
         let kvm = open_kvm()?;
-        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm.set_tss_address(0xfffb_d000)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
+        // No i8254 PIT by default: Linux on KVM keeps time with kvm-clock
+        // and the local APIC timer (QEMU's microvm runs it with pit=off
+        // too), and an in-kernel PIT costs a kernel thread to create and an
+        // SRCU grace period plus a thread stop to destroy, on every VM.
+        if config.legacy_pit {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        }
+        let mem = map_memory(config.memory_mib)?;
+        let t_vm = t0.elapsed();
+        let (machine, registered) = std::thread::scope(|s| {
+            let registering = s.spawn(|| {
+                let r = register_memory(&vm, &mem);
+                (r, t0.elapsed())
+            });
+            let machine = Self::build_machine(&config, &kvm, &vm, &mem, devices);
+            (machine, registering.join())
+        });
+        let (registered, t_mem) =
+            registered.map_err(|_| Error::Memory("registering guest memory failed".into()))?;
+        registered?;
+        let Machine {
+            epoll,
+            vcpus,
+            control,
+            exit,
+            virtio,
+        } = machine?;
+        // The API socket is the last thing created on the host.
+        let api = match &config.api_socket {
+            Some(path) => {
+                let api = ApiServer::bind(path)?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        api.listener_fd(),
+                        EpollEvent::new(EventSet::IN, TOKEN_API_LISTENER),
+                    )
+                    .map_err(Error::io("epoll_ctl"))?;
+                Some(api)
+            }
+            None => None,
         };
-        vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-        let mem = create_memory(&vm, config.memory_mib)?;
+
+        tracing::debug!(
+            "setup: devices and KVM_CREATE_VM {} us, guest memory (KVM_SET_USER_MEMORY_REGION) {} us, all {} us",
+            t_vm.as_micros(),
+            (t_mem - t_vm).as_micros(),
+            t0.elapsed().as_micros()
+        );
+        Ok(Vmm {
+            config,
+            _kvm: kvm,
+            _vm: vm,
+            _mem: mem,
+            vcpus,
+            control,
+            exit,
+            epoll,
+            api,
+            virtio,
+            started: Instant::now(),
+        })
+    }
+
+    /// Devices, boot structures and vCPUs: everything but guest memory
+    /// registration, which runs meanwhile.
+    fn build_machine(
+        config: &VmConfig,
+        kvm: &Kvm,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemory,
+        devices: Vec<(&'static str, Box<dyn VirtioDevice>)>,
+    ) -> Result<Machine> {
         let epoll = Arc::new(Epoll::new().map_err(Error::io("epoll_create"))?);
 
         // Legacy devices.
         let mut pio = Bus::new();
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
-        vm.register_irqfd(&serial_irq, layout::SERIAL_GSI)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial_irq = Arc::new(
+            IrqLine::new(layout::SERIAL_GSI, Some(vm.clone())).map_err(Error::io("eventfd"))?,
+        );
         let serial = Serial::new(serial_irq, serial_output(&config.serial)?);
         pio.insert(
             SERIAL_PORT_BASE,
@@ -182,9 +270,7 @@ impl Vmm {
         let mut virtio = Vec::new();
         for (index, (kind, dev)) in devices.into_iter().enumerate() {
             let (base, gsi) = layout::virtio_window(index);
-            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
-            vm.register_irqfd(&irq, gsi)
-                .map_err(Error::kvm("KVM_IRQFD"))?;
+            let irq = Arc::new(IrqLine::new(gsi, Some(vm.clone())).map_err(Error::io("eventfd"))?);
             let registrar = EventRegistrar::new(epoll.clone(), index);
             let transport = MmioTransport::new(dev, mem.clone(), irq, registrar.clone());
             let mut queue_evts = Vec::new();
@@ -226,7 +312,7 @@ impl Vmm {
         }
 
         let entry = boot::setup(
-            &mem,
+            mem,
             &config.kernel,
             config.initrd.as_deref(),
             &cmdline,
@@ -249,7 +335,7 @@ impl Vmm {
             cpu::setup_lint(&fd)?;
             if id == 0 {
                 cpu::setup_fpu(&fd)?;
-                cpu::setup_sregs(&mem, &fd, entry)?;
+                cpu::setup_sregs(mem, &fd, entry)?;
                 cpu::setup_regs(&fd, entry)?;
             }
             vcpus.push(Vcpu {
@@ -269,34 +355,12 @@ impl Vmm {
             )
             .map_err(Error::io("epoll_ctl"))?;
 
-        // The API socket is the last thing created on the host.
-        let api = match &config.api_socket {
-            Some(path) => {
-                let api = ApiServer::bind(path)?;
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        api.listener_fd(),
-                        EpollEvent::new(EventSet::IN, TOKEN_API_LISTENER),
-                    )
-                    .map_err(Error::io("epoll_ctl"))?;
-                Some(api)
-            }
-            None => None,
-        };
-
-        Ok(Vmm {
-            config,
-            _kvm: kvm,
-            _vm: vm,
-            _mem: mem,
+        Ok(Machine {
+            epoll,
             vcpus,
             control,
             exit,
-            epoll,
-            api,
             virtio,
-            started: Instant::now(),
         })
     }
 

@@ -4,4 +4,4 @@ mod i8042;
 mod serial;
 
 pub use i8042::I8042;
-pub use serial::{EventFdTrigger, Serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+pub use serial::{IrqTrigger, Serial, SERIAL_PORT_BASE, SERIAL_PORT_LEN};

@@ -4,40 +4,60 @@
 
 use std::io::Write;
 
+use std::sync::Arc;
+
 use vm_superio::serial::NoEvents;
-use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::IrqLine;
 
 use crate::bus::{BusAction, BusDevice};
 
 pub const SERIAL_PORT_BASE: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
 
-/// vm-superio raises interrupts through a `Trigger`; ours writes an irqfd.
-pub struct EventFdTrigger(pub EventFd);
+/// vm-superio raises interrupts through a `Trigger`; ours is an irqfd.
+pub struct IrqTrigger(pub Arc<IrqLine>);
 
-impl vm_superio::Trigger for EventFdTrigger {
+impl vm_superio::Trigger for IrqTrigger {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
+        self.0.trigger()
     }
 }
 
-pub struct Serial(vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>);
+/// Interrupt Enable Register (or, with DLAB set, the divisor's high byte).
+const IER: u64 = 1;
+
+pub struct Serial {
+    uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    irq: Arc<IrqLine>,
+}
 
 impl Serial {
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Serial(vm_superio::Serial::new(EventFdTrigger(irq), out))
+    pub fn new(irq: Arc<IrqLine>, out: Box<dyn Write + Send>) -> Self {
+        Serial {
+            uart: vm_superio::Serial::new(IrqTrigger(irq.clone()), out),
+            irq,
+        }
     }
 }
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        data[0] = self.0.read(offset as u8);
+        data[0] = self.uart.read(offset as u8);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
-        if let Err(e) = self.0.write(offset as u8, data[0]) {
+        // A driver that enables UART interrupts gets the irqfd now. (A
+        // non-zero divisor high byte, the same offset with DLAB set, only
+        // registers it early; harmless.)
+        if offset == IER && data[0] != 0 {
+            if let Err(e) = self.irq.enable() {
+                tracing::warn!("serial: {e}");
+            }
+        }
+        if let Err(e) = self.uart.write(offset as u8, data[0]) {
             // The output went away (closed pipe, full disk): the guest keeps
             // running, as it would with a disconnected serial cable.
             tracing::debug!("serial write: {e:?}");

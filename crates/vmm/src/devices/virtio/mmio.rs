@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::devices::IrqLine;
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     ActiveQueues, EventRegistrar, Interrupt, VirtioDevice, INTERRUPT_CONFIG, VIRTIO_F_VERSION_1,
@@ -49,7 +49,7 @@ impl MmioTransport {
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
-        irq: EventFd,
+        irq: Arc<IrqLine>,
         events: EventRegistrar,
     ) -> Self {
         let queues = device
@@ -184,6 +184,10 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        if let Err(e) = self.interrupt.line.enable() {
+            self.fail(&e);
+            return;
+        }
         let mut queues = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
@@ -338,7 +342,7 @@ mod tests {
     }
 
     fn transport(mem: &GuestMemory) -> MmioTransport {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq = Arc::new(IrqLine::new(5, None).unwrap());
         MmioTransport::new(
             Box::new(Rng::new()),
             mem.clone(),

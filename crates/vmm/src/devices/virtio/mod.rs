@@ -16,8 +16,8 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestMemoryBackend};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::IrqLine;
 use crate::GuestMemory;
 
 pub const TYPE_NET: u32 = 1;
@@ -45,23 +45,23 @@ pub enum DeviceError {
     Backend(String),
 }
 
-/// The device's interrupt: the ISR status bits and the irqfd.
+/// The device's interrupt: the ISR status bits and the interrupt line.
 pub struct Interrupt {
     status: AtomicU32,
-    evt: EventFd,
+    pub line: Arc<IrqLine>,
 }
 
 impl Interrupt {
-    pub fn new(evt: EventFd) -> Self {
+    pub fn new(line: Arc<IrqLine>) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
-            evt,
+            line,
         }
     }
 
     pub fn signal(&self, kind: u32) {
         self.status.fetch_or(kind, Ordering::SeqCst);
-        if let Err(e) = self.evt.write(1) {
+        if let Err(e) = self.line.trigger() {
             tracing::warn!("raising a virtio interrupt: {e}");
         }
     }
@@ -358,11 +358,11 @@ pub(crate) mod testing {
     }
 
     pub fn active(mem: &GuestMemory, queues: Vec<Queue>) -> ActiveQueues {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let line = Arc::new(IrqLine::new(5, None).unwrap());
         ActiveQueues {
             mem: mem.clone(),
             queues,
-            interrupt: Arc::new(Interrupt::new(evt)),
+            interrupt: Arc::new(Interrupt::new(line)),
             events: EventRegistrar::detached(),
         }
     }
