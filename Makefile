@@ -18,7 +18,7 @@ IRONCELL := target/$(TARGET)/release/ironcell
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C symbol-mangling-version=v0 -C linker=$(CURDIR)/scripts/link-ordered.sh
 STATIC_ENV := RUSTFLAGS="$(RELEASE_RUSTFLAGS)" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: setup build image demo test lint unit bench clean print-rustflags link-order
+.PHONY: setup build image demo test lint unit bench bench-vmm clean print-rustflags link-order guest-kernel
 
 setup:
 	bash scripts/setup.sh
@@ -41,12 +41,20 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The guest kernel is built (or taken from its cache) first: the VMM's
+# tests boot it (tests/vm.rs).
 test: setup image lint
-	set -o pipefail; IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
+	set -o pipefail; GUEST_KERNEL=$$(bash scripts/build-guest-kernel.sh | tail -n 1) && \
+	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' build/test.log
 
 bench: build image
 	python3 bench/run_bench.py --runtime ironcell=$(IRONCELL) --runtime runc=/usr/sbin/runc --runtime crun=/usr/bin/crun --bundle $(IMAGE_DIR)/bundle
+
+# ironcell-vmm against QEMU's microvm, minimal guest (bench/README.md).
+bench-vmm: build
+	bash scripts/setup.sh bench
+	python3 bench/vmm_bench.py --vmm target/$(TARGET)/release/ironcell-vmm
 
 # Re-record crates/cli/link-order.txt (root, tracefs; see the script).
 link-order: image
@@ -58,3 +66,7 @@ print-rustflags:
 clean:
 	$(CARGO) clean
 	rm -rf build
+
+# The microVM guest kernel (guest/README.md); prints the cached vmlinux path.
+guest-kernel:
+	bash scripts/build-guest-kernel.sh

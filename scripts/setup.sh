@@ -10,9 +10,13 @@ PKGS=(
   busybox-static
   # real clients and reference runtimes for the tests and benchmarks
   podman conmon containerd runc crun docker.io iptables
-  # tools used by the tests and benchmarks
-  jq procps util-linux iproute2 time
+  # tools used by the tests and benchmarks (cpio: the VMM's Linux boot test)
+  jq procps util-linux iproute2 time cpio
 )
+# `setup.sh bench` also installs what only benchmarks need.
+if [ "${1:-}" = bench ]; then
+  PKGS+=(qemu-system-x86)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
