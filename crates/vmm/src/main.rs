@@ -186,11 +186,13 @@ fn run() -> Result<i32> {
     }
     init_logging(&args)?;
     let config = build_config(&args)?;
+    let t = std::time::Instant::now();
     let filters = if args.no_seccomp {
         None
     } else {
         Some(vmm::seccomp::filters()?)
     };
+    tracing::debug!("seccomp filters compiled in {} us", t.elapsed().as_micros());
     let vm = Vmm::new(config)?;
     let reason = vm.run(filters)?;
     let code = reason.exit_code();
