@@ -49,9 +49,6 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub rng: bool,
-    /// Add an in-kernel i8254 PIT, for old guest kernels that need one.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub legacy_pit: bool,
 }
 
 fn default_cmdline() -> String {
@@ -251,7 +248,6 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
-            legacy_pit: false,
         }
     }
 

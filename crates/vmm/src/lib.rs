@@ -16,6 +16,16 @@ pub use config::VmConfig;
 pub use error::{Error, Result};
 pub use vm::{ExitReason, Vmm};
 
+/// Microseconds since the process started (the first call, from `main`):
+/// the startup phases logged at debug level use it.
+pub fn since_start_us() -> u128 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros()
+}
+
 /// The guest memory type used everywhere: anonymous mappings, populated by
 /// the host kernel page by page as the guest touches them.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -176,6 +176,7 @@ fn init_logging(a: &Args) -> Result<()> {
 }
 
 fn run() -> Result<i32> {
+    vmm::since_start_us();
     let args = parse_args()?;
     if args.print_seccomp {
         println!(
@@ -193,8 +194,8 @@ fn run() -> Result<i32> {
         Some(vmm::seccomp::filters()?)
     };
     tracing::debug!("seccomp filters compiled in {} us", t.elapsed().as_micros());
-    let vm = Vmm::new(config)?;
-    let reason = vm.run(filters)?;
+    let vm = Vmm::new(config, filters)?;
+    let reason = vm.run()?;
     let code = reason.exit_code();
     if code == 0 {
         tracing::info!("{reason}");

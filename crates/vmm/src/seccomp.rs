@@ -51,7 +51,8 @@ const COMMON: Syscalls = syscalls!(
 
 /// vCPU threads: KVM_RUN and the register reads of an error report. Device
 /// activation runs here too (the driver's DRIVER_OK write): it registers
-/// backend fds on the event loop and the device's irqfd (KVM_IRQFD).
+/// backend fds on the event loop. Serial interrupts and IOAPIC unmasks
+/// inject MSIs (KVM_SIGNAL_MSI).
 const VCPU: Syscalls = syscalls!(SYS_ioctl);
 
 /// The VMM thread: the event loop, the API socket, device backends (files,
@@ -89,7 +90,7 @@ const VMM: Syscalls = syscalls!(
 
 const KVM_RUN: u64 = 0xae80;
 const KVM_GET_REGS: u64 = 0x8090_ae81;
-const KVM_IRQFD: u64 = 0x4020_ae76;
+const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
 /// std's set_nonblocking on sockets.
 const FIONBIO: u64 = 0x5421;
 
@@ -111,10 +112,10 @@ pub fn allowlist() -> BTreeMap<&'static str, Vec<String>> {
     };
     let mut vcpu = names(VCPU);
     for s in vcpu.iter_mut().filter(|s| *s == "ioctl") {
-        *s = "ioctl(KVM_RUN | KVM_GET_REGS | KVM_IRQFD)".into();
+        *s = "ioctl(KVM_RUN | KVM_GET_REGS | KVM_SIGNAL_MSI)".into();
     }
     let mut vmm = names(VMM);
-    vmm.push("ioctl(FIONBIO)".into());
+    vmm.push("ioctl(FIONBIO | KVM_SIGNAL_MSI)".into());
     vmm.sort();
     BTreeMap::from([("vcpu", vcpu), ("vmm", vmm)])
 }
@@ -149,9 +150,13 @@ pub fn filters() -> Result<Filters> {
     Ok(Filters {
         vcpu: compile(
             VCPU,
-            vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?, ioctl(KVM_IRQFD)?],
+            vec![
+                ioctl(KVM_RUN)?,
+                ioctl(KVM_GET_REGS)?,
+                ioctl(KVM_SIGNAL_MSI)?,
+            ],
         )?,
-        vmm: compile(VMM, vec![ioctl(FIONBIO)?])?,
+        vmm: compile(VMM, vec![ioctl(FIONBIO)?, ioctl(KVM_SIGNAL_MSI)?])?,
     })
 }
 

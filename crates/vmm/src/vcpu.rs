@@ -208,16 +208,15 @@ impl Vcpu {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(me);
-        if let Some(f) = filter {
-            if let Err(e) = seccompiler::apply_filter(f) {
-                self.exit.report(ExitReason::VcpuError {
-                    vcpu: self.id,
-                    reason: format!("seccomp: {e}"),
-                });
-                self.control.exited();
-                return;
-            }
+        if let Err(e) = filter.map_or(Ok(()), |f| seccompiler::apply_filter(f)) {
+            self.exit.report(ExitReason::VcpuError {
+                vcpu: self.id,
+                reason: format!("seccomp: {e}"),
+            });
+            self.control.exited();
+            return;
         }
+        tracing::debug!("vCPU {} starts at {} us", self.id, crate::since_start_us());
         loop {
             self.control.park_if_paused();
             if let Some(reason) = self.run_once() {
@@ -273,6 +272,8 @@ impl Vcpu {
                 reason: format!("KVM entry failed (hardware reason {reason:#x} on host CPU {cpu})"),
             }),
             Ok(VcpuExit::Intr) => None,
+            // The IOAPIC delivers edges only; no remote IRR to clear.
+            Ok(VcpuExit::IoapicEoi(_)) => None,
             Ok(other) => Some(ExitReason::VcpuError {
                 vcpu: id,
                 reason: format!("unexpected KVM exit {other:?}"),

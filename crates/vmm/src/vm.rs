@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use serde_json::{json, Value};
@@ -22,7 +22,9 @@ use crate::api::{error_response, ApiServer, Request};
 use crate::arch::{boot, cpu, layout};
 use crate::bus::Bus;
 use crate::config::{SerialOutput, VmConfig};
-use crate::devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::devices::legacy::{
+    Ioapic, KvmMsiSink, Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::{self, EventRegistrar, VirtioDevice, QUEUE_TOKEN};
 use crate::devices::IrqLine;
@@ -52,6 +54,8 @@ pub struct Vmm {
     _vm: Arc<VmFd>,
     _mem: GuestMemory,
     vcpus: Vec<Vcpu>,
+    vcpu_filter: Option<seccompiler::BpfProgram>,
+    vmm_filter: Option<seccompiler::BpfProgram>,
     control: Arc<VcpuControl>,
     exit: Arc<ExitNotifier>,
     epoll: Arc<Epoll>,
@@ -131,8 +135,11 @@ struct Machine {
 
 impl Vmm {
     /// Builds the VM. Nothing on the host is left behind if this fails.
-    pub fn new(config: VmConfig) -> Result<Self> {
+    /// `filters` are the seccomp programs for the vCPU and VMM threads
+    /// (None: no seccomp).
+    pub fn new(config: VmConfig, filters: Option<crate::seccomp::Filters>) -> Result<Self> {
         let t0 = Instant::now();
+        tracing::debug!("setup starts at {} us", crate::since_start_us());
         config.validate()?;
         // Devices that open host files go first, so bad paths are reported
         // before KVM is touched.
@@ -178,19 +185,17 @@ impl Vmm {
         let t_mem = t0.elapsed();
         vm.set_tss_address(0xfffb_d000)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        // No i8254 PIT by default: Linux on KVM keeps time with kvm-clock
-        // and the local APIC timer (QEMU's microvm runs it with pit=off
-        // too), and an in-kernel PIT costs a kernel thread to create and an
-        // SRCU grace period plus a thread stop to destroy, on every VM.
-        if config.legacy_pit {
-            let pit = kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            };
-            vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-        }
+        // KVM's split irqchip: the local APICs in the kernel, the IOAPIC in
+        // the VMM (devices/legacy/ioapic.rs says why), no 8259 PIC and no
+        // PIT. Linux on KVM keeps time with kvm-clock and the local APIC
+        // timer (QEMU's microvm runs it with pic=off,pit=off too).
+        let mut split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        split.args[0] = layout::IOAPIC_PINS as u64;
+        vm.enable_cap(&split)
+            .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
         let t_irq = t0.elapsed();
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -232,6 +237,8 @@ impl Vmm {
             _vm: vm,
             _mem: mem,
             vcpus,
+            vcpu_filter: filters.as_ref().map(|f| f.vcpu.clone()),
+            vmm_filter: filters.map(|f| f.vmm),
             control,
             exit,
             epoll,
@@ -252,10 +259,15 @@ impl Vmm {
         let epoll = Arc::new(Epoll::new().map_err(Error::io("epoll_create"))?);
 
         // Legacy devices.
+        let mut mmio = Bus::new();
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(
+            config.vcpus,
+            Arc::new(KvmMsiSink(vm.clone())),
+        )));
+        mmio.insert(layout::IOAPIC_ADDR, layout::IOAPIC_SIZE, ioapic.clone())
+            .map_err(Error::Boot)?;
         let mut pio = Bus::new();
-        let serial_irq = Arc::new(
-            IrqLine::new(layout::SERIAL_GSI, Some(vm.clone())).map_err(Error::io("eventfd"))?,
-        );
+        let serial_irq = Arc::new(IrqLine::new(layout::SERIAL_GSI, Some(ioapic.clone())));
         let serial = Serial::new(serial_irq, serial_output(&config.serial)?);
         pio.insert(
             SERIAL_PORT_BASE,
@@ -267,12 +279,11 @@ impl Vmm {
             .map_err(Error::Boot)?;
 
         // virtio-mmio devices, announced on the command line.
-        let mut mmio = Bus::new();
         let mut cmdline = config.cmdline.clone();
         let mut virtio = Vec::new();
         for (index, (kind, dev)) in devices.into_iter().enumerate() {
             let (base, gsi) = layout::virtio_window(index);
-            let irq = Arc::new(IrqLine::new(gsi, Some(vm.clone())).map_err(Error::io("eventfd"))?);
+            let irq = Arc::new(IrqLine::new(gsi, Some(ioapic.clone())));
             let registrar = EventRegistrar::new(epoll.clone(), index);
             let transport = MmioTransport::new(dev, mem.clone(), irq, registrar.clone());
             let mut queue_evts = Vec::new();
@@ -364,12 +375,11 @@ impl Vmm {
     }
 
     /// Starts the vCPUs and serves events until the VM stops.
-    /// `filters` are the seccomp programs for the vCPU and VMM threads.
-    pub fn run(mut self, filters: Option<crate::seccomp::Filters>) -> Result<ExitReason> {
+    pub fn run(mut self) -> Result<ExitReason> {
+        self.started = Instant::now();
         crate::vcpu::install_kick_handler()
             .map_err(Error::io("installing the vCPU kick signal handler"))?;
-        self.started = Instant::now();
-        let vcpu_filter = filters.as_ref().map(|f| Arc::new(f.vcpu.clone()));
+        let vcpu_filter = self.vcpu_filter.take().map(Arc::new);
         for vcpu in std::mem::take(&mut self.vcpus) {
             let filter = vcpu_filter.clone();
             std::thread::Builder::new()
@@ -377,8 +387,8 @@ impl Vmm {
                 .spawn(move || vcpu.run(filter.as_deref()))
                 .map_err(Error::io("spawning a vCPU thread"))?;
         }
-        if let Some(f) = &filters {
-            seccompiler::apply_filter(&f.vmm).map_err(|e| Error::Seccomp(e.to_string()))?;
+        if let Some(f) = self.vmm_filter.take() {
+            seccompiler::apply_filter(&f).map_err(|e| Error::Seccomp(e.to_string()))?;
             if std::env::var_os(crate::seccomp::SELFTEST_ENV).is_some() {
                 crate::seccomp::selftest_forbidden_syscall();
             }

@@ -541,7 +541,7 @@ fn seccomp_allowlist_is_printable_and_a_forbidden_syscall_kills() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(
-        vcpu.contains(&"ioctl(KVM_RUN | KVM_GET_REGS | KVM_IRQFD)"),
+        vcpu.contains(&"ioctl(KVM_RUN | KVM_GET_REGS | KVM_SIGNAL_MSI)"),
         "{vcpu:?}"
     );
     assert!(

@@ -35,6 +35,7 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 pub const SERIAL_GSI: u32 = 4;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+pub const IOAPIC_SIZE: u64 = 0x1000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// The in-kernel IOAPIC has 24 pins.
 pub const IOAPIC_PINS: u32 = 24;

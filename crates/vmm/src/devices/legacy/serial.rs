@@ -1,43 +1,37 @@
-//! COM1: vm-superio's 16550 UART on ports 0x3f8..0x3ff, its interrupt an
-//! irqfd on GSI 4, its output a raw file descriptor (stdout or a file) so
+//! COM1: vm-superio's 16550 UART on ports 0x3f8..0x3ff, its interrupt
+//! IOAPIC pin 4, its output a raw file descriptor (stdout or a file) so
 //! each byte leaves the VMM when the guest writes it.
 
 use std::io::Write;
-
 use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 
-use crate::devices::IrqLine;
-
 use crate::bus::{BusAction, BusDevice};
+use crate::devices::IrqLine;
 
 pub const SERIAL_PORT_BASE: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
 
-/// vm-superio raises interrupts through a `Trigger`; ours is an irqfd.
+/// vm-superio raises interrupts through a `Trigger`; ours is an IOAPIC pin.
 pub struct IrqTrigger(pub Arc<IrqLine>);
 
 impl vm_superio::Trigger for IrqTrigger {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.trigger()
+        self.0.trigger();
+        Ok(())
     }
 }
 
-/// Interrupt Enable Register (or, with DLAB set, the divisor's high byte).
-const IER: u64 = 1;
-
 pub struct Serial {
     uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
-    irq: Arc<IrqLine>,
 }
 
 impl Serial {
     pub fn new(irq: Arc<IrqLine>, out: Box<dyn Write + Send>) -> Self {
         Serial {
-            uart: vm_superio::Serial::new(IrqTrigger(irq.clone()), out),
-            irq,
+            uart: vm_superio::Serial::new(IrqTrigger(irq), out),
         }
     }
 }
@@ -49,14 +43,6 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
-        // A driver that enables UART interrupts gets the irqfd now. (A
-        // non-zero divisor high byte, the same offset with DLAB set, only
-        // registers it early; harmless.)
-        if offset == IER && data[0] != 0 {
-            if let Err(e) = self.irq.enable() {
-                tracing::warn!("serial: {e}");
-            }
-        }
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
             // The output went away (closed pipe, full disk): the guest keeps
             // running, as it would with a disconnected serial cable.

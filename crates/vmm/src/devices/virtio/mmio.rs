@@ -184,10 +184,6 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        if let Err(e) = self.interrupt.line.enable() {
-            self.fail(&e);
-            return;
-        }
         let mut queues = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
@@ -342,7 +338,7 @@ mod tests {
     }
 
     fn transport(mem: &GuestMemory) -> MmioTransport {
-        let irq = Arc::new(IrqLine::new(5, None).unwrap());
+        let irq = Arc::new(IrqLine::new(5, None));
         MmioTransport::new(
             Box::new(Rng::new()),
             mem.clone(),
