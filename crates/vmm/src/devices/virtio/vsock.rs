@@ -525,18 +525,10 @@ impl Vsock {
         };
         while let Some(h) = self.control.front().copied() {
             let a = self.active.as_mut().expect("checked above");
-            let Some(chain) = a.pop(&mem, RX)? else {
+            let Some((head, mut writer)) = pop_rx_buffer(a, &mem, HDR_LEN)? else {
                 return Ok(());
             };
-            let head = chain.head_index();
-            let mut writer = chain
-                .writer(&mem)
-                .map_err(|e| DeviceError::Memory(e.to_string()))?;
             self.control.pop_front();
-            if writer.available_bytes() < HDR_LEN {
-                a.complete(RX, head, 0)?;
-                continue;
-            }
             writer
                 .write_obj(h)
                 .map_err(|e| DeviceError::Memory(e.to_string()))?;
@@ -559,18 +551,10 @@ impl Vsock {
                     break;
                 }
                 let a = self.active.as_mut().expect("checked above");
-                let Some(chain) = a.pop(&mem, RX)? else {
+                let Some((head, mut writer)) = pop_rx_buffer(a, &mem, HDR_LEN + 1)? else {
                     return Ok(());
                 };
-                let head = chain.head_index();
-                let mut writer = chain
-                    .writer(&mem)
-                    .map_err(|e| DeviceError::Memory(e.to_string()))?;
                 let room = writer.available_bytes();
-                if room <= HDR_LEN {
-                    a.complete(RX, head, 0)?;
-                    continue;
-                }
                 let c = self.conns.get_mut(&key).expect("present above");
                 let want = (room - HDR_LEN).min(credit).min(MAX_PAYLOAD);
                 let mut data = vec![0u8; want];
@@ -624,6 +608,26 @@ impl Vsock {
         }
         Ok(())
     }
+}
+
+/// The next rx buffer with room for at least `min` bytes: (head, writer).
+/// Smaller ones go back to the driver empty.
+fn pop_rx_buffer<'m>(
+    a: &mut ActiveQueues,
+    mem: &'m crate::GuestMemory,
+    min: usize,
+) -> Result<Option<(u16, virtio_queue::Writer<'m>)>, DeviceError> {
+    while let Some(chain) = a.pop(mem, RX)? {
+        let head = chain.head_index();
+        let writer = chain
+            .writer(mem)
+            .map_err(|e| DeviceError::Memory(e.to_string()))?;
+        if writer.available_bytes() >= min {
+            return Ok(Some((head, writer)));
+        }
+        a.complete(RX, head, 0)?;
+    }
+    Ok(None)
 }
 
 impl VirtioDevice for Vsock {
@@ -956,6 +960,21 @@ mod tests {
             Some(&OP_RST),
             "the guest is told with a RST: {ops:?}"
         );
+    }
+
+    #[test]
+    fn too_small_rx_buffer_goes_back_empty_and_the_packet_waits() {
+        let mem = memory();
+        let mut r = Rig::new(&mem);
+        r.post_rx(16);
+        r.send(guest_hdr(OP_RW, 7, 8, 1), b"x").unwrap();
+        assert_eq!(r.rx.used(0).1, 0, "16 bytes cannot hold a header");
+        assert_eq!(r.dev.control.len(), 1, "the RST waits for a real buffer");
+        r.post_rx(4096);
+        r.dev.queue_notify(RX).unwrap();
+        let (h, _) = r.last_rx();
+        let op = h.op;
+        assert_eq!(op, OP_RST);
     }
 
     #[test]
