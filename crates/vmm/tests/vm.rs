@@ -624,6 +624,8 @@ fn bad_input_is_one_line_and_leaves_nothing_behind() {
         &vsock,
     ]);
     assert!(e.contains("not an ELF file"), "{e}");
+    let e = bad(&["--kernel", dir.path().to_str().unwrap()]);
+    assert!(e.contains("not a regular file"), "{e}");
     let e = bad(&["--kernel", "/k", "--memory", "1"]);
     assert!(e.contains("too small"), "{e}");
     let e = bad(&["--kernel", "/k", "--vcpus", "0"]);
