@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the ironcell test guests: build.sh OUTDIR writes OUTDIR/<name>.elf
-# for hello, triple, block, rng, vsock and net, and hello64 (a 64-bit ELF
+# for hello, triple, block, rng, vsock, net and irq, and hello64 (a 64-bit ELF
 # without PVH note: the VMM's long-mode entry).
 #
 # Only gcc, as, ld and objcopy (Debian's build-essential/binutils; no
@@ -67,7 +67,14 @@ $LD -m elf_x86_64 -nostdlib -static --no-dynamic-linker --build-id=none -z noexe
 # C guests on the shared runtime.
 assemble "$SRC/start.S" "$OBJ/start.o"
 compile_c "$SRC/lib.c" "$OBJ/lib.o"
-for g in block rng vsock net; do
+# A guest with assembly of its own has it in <name>-stubs.S (irq: GDT,
+# interrupt entry stubs).
+for g in block rng vsock net irq; do
 	compile_c "$SRC/$g.c" "$OBJ/$g.o"
-	link "$g" "$OBJ/start.o" "$OBJ/$g.o" "$OBJ/lib.o"
+	if [ -f "$SRC/$g-stubs.S" ]; then
+		assemble "$SRC/$g-stubs.S" "$OBJ/$g-stubs.o"
+		link "$g" "$OBJ/start.o" "$OBJ/$g.o" "$OBJ/$g-stubs.o" "$OBJ/lib.o"
+	else
+		link "$g" "$OBJ/start.o" "$OBJ/$g.o" "$OBJ/lib.o"
+	fi
 done

@@ -12,9 +12,9 @@
 //!
 //! Semantics: every pin is delivered as an edge (the MP table declares the
 //! ISA pins edge-triggered, and our devices raise pulses); an edge that
-//! arrives while its entry is masked is latched and delivered at unmask, as
-//! QEMU's IOAPIC does. Remote IRR is never set, so the EOI broadcast needs
-//! no handling.
+//! arrives while its entry is masked is lost, as on the 82093AA and in
+//! QEMU's and KVM's IOAPICs (Linux resends edges it masked itself). Remote
+//! IRR is never set, so the EOI broadcast needs no handling.
 
 use std::sync::Arc;
 
@@ -60,8 +60,6 @@ pub struct Ioapic {
     id: u32,
     select: u32,
     entries: [u64; IOAPIC_PINS],
-    /// Edges waiting for their entry to be unmasked.
-    pending: u32,
     sink: Arc<dyn MsiSink>,
 }
 
@@ -83,7 +81,6 @@ impl Ioapic {
             id: u32::from(id),
             select: 0,
             entries: [MASKED; IOAPIC_PINS],
-            pending: 0,
             sink,
         }
     }
@@ -93,15 +90,12 @@ impl Ioapic {
         if pin >= IOAPIC_PINS {
             return;
         }
-        if self.entries[pin] & MASKED != 0 {
-            self.pending |= 1 << pin;
-        } else {
+        if self.entries[pin] & MASKED == 0 {
             self.deliver(pin);
         }
     }
 
     fn deliver(&mut self, pin: usize) {
-        self.pending &= !(1 << pin);
         let entry = self.entries[pin];
         if (entry >> 8) & 7 == DELIVERY_EXTINT {
             // ExtINT means "ask the 8259", which does not exist here.
@@ -141,9 +135,6 @@ impl Ioapic {
                 } else {
                     (old & 0xffff_ffff) | (u64::from(value) << 32)
                 };
-                if self.entries[pin] & MASKED == 0 && self.pending & (1 << pin) != 0 {
-                    self.deliver(pin);
-                }
             }
             _ => {}
         }
@@ -235,21 +226,16 @@ mod tests {
     }
 
     #[test]
-    fn masked_edge_is_latched_until_unmask() {
+    fn masked_edge_is_lost() {
         let rec = Arc::new(Recorder::default());
         let mut io = Ioapic::new(1, rec.clone());
         set(&mut io, 0x10 + 2 * 4, 0x24 | MASKED as u32);
         io.service_irq(4);
-        io.service_irq(4);
         assert!(rec.0.lock().unwrap().is_empty());
         set(&mut io, 0x10 + 2 * 4, 0x24);
-        assert_eq!(
-            *rec.0.lock().unwrap(),
-            vec![(0xfee0_0000, 0x24)],
-            "one delivery for the latched edges"
-        );
-        set(&mut io, 0x10 + 2 * 4, 0x25);
-        assert_eq!(rec.0.lock().unwrap().len(), 1, "nothing pending any more");
+        assert!(rec.0.lock().unwrap().is_empty(), "not delivered at unmask");
+        io.service_irq(4);
+        assert_eq!(*rec.0.lock().unwrap(), vec![(0xfee0_0000, 0x24)]);
     }
 
     #[test]
