@@ -506,3 +506,11 @@ u32 virtq_transfer(struct virtq *q, const struct vbuf *bufs, u32 n, u32 timeout_
 		fail("%s: device returned chain %u, want %u", what, id, head);
 	return len;
 }
+
+u32 chain_slot(const u16 *heads, u32 n, u32 id)
+{
+	for (u32 i = 0; i < n; i++)
+		if (heads[i] == id)
+			return i;
+	fail("rx: device returned unknown chain %u", id);
+}

@@ -76,6 +76,9 @@ void print_hex(const void *p, u32 n);     /* n bytes as lowercase hex, no separa
 void reset(void) __attribute__((noreturn));             /* outb 0xFE, 0x64 (+ triple fault) */
 void pass(void) __attribute__((noreturn));              /* IRONCELL-TEST PASS <name> */
 void fail(const char *fmt, ...) __attribute__((noreturn)); /* IRONCELL-TEST FAIL <name>: <reason> */
+/* The index in heads[0..n) of the buffer whose chain head the device
+ * returned as id; fails the test for an id the guest never posted. */
+u32 chain_slot(const u16 *heads, u32 n, u32 id);
 
 /* ---- simple bump allocator for DMA memory at fixed guest addresses
  * (2 MiB upwards; the image itself ends well below 2 MiB) ---- */

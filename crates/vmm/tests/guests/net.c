@@ -86,12 +86,7 @@ void guest_main(void)
 				fail("no frame with ethertype 88b6 within 10 s (%u other frames)", other);
 			continue;
 		}
-		u32 slot = RX_BUFS;
-		for (u32 i = 0; i < RX_BUFS; i++)
-			if (rxhead[i] == id)
-				slot = i;
-		if (slot == RX_BUFS)
-			fail("rx: device returned unknown chain %u", id);
+		u32 slot = chain_slot(rxhead, RX_BUFS, id);
 		u8 *p = rxbuf[slot];
 		if (len > RX_BUF_LEN)
 			fail("rx: used length %u larger than the buffer", len);

@@ -254,12 +254,7 @@ static int poll_once(void)
 	}
 	if (!virtq_get_used(&rxq, &id, &len))
 		return 0;
-	u32 slot = RX_BUFS;
-	for (u32 i = 0; i < RX_BUFS; i++)
-		if (rxhead[i] == id)
-			slot = i;
-	if (slot == RX_BUFS)
-		fail("rx: device returned unknown chain %u", id);
+	u32 slot = chain_slot(rxhead, RX_BUFS, id);
 	const struct vsock_hdr *h = (const struct vsock_hdr *)rxbuf[slot];
 	if (len < sizeof(*h))
 		fail("rx: used length %u shorter than the header", len);
