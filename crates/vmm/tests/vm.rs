@@ -182,12 +182,27 @@ fn interrupts_reach_the_guest_through_the_ioapic() {
     }
     // The guest routes the rng's pin through the VMM's IOAPIC to a vector
     // of its own, and checks delivery, masking and unmasking.
-    let o = run(&["--kernel", guest("irq").to_str().unwrap(), "--rng", "--vcpus", "2"]);
+    let o = run(&[
+        "--kernel",
+        guest("irq").to_str().unwrap(),
+        "--rng",
+        "--vcpus",
+        "2",
+    ]);
     assert_pass(&o, "irq");
     let out = stdout(&o);
-    assert!(out.contains("irq: ioapic version 0x11 max entry 23"), "{out}");
-    assert!(out.contains("irq: interrupt delivered on pin 5 vector 0x30"), "{out}");
-    assert!(out.contains("irq: masked edge dropped, next one delivered after unmask"), "{out}");
+    assert!(
+        out.contains("irq: ioapic version 0x11 max entry 23"),
+        "{out}"
+    );
+    assert!(
+        out.contains("irq: interrupt delivered on pin 5 vector 0x30"),
+        "{out}"
+    );
+    assert!(
+        out.contains("irq: masked edge dropped, next one delivered after unmask"),
+        "{out}"
+    );
 }
 
 fn disk(dir: &Path) -> PathBuf {
