@@ -37,16 +37,16 @@ mounts and cgroups).
 """
 
 import argparse
-import glob
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchlib
+from benchlib import log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_IMAGE_DIR = os.path.join(REPO, "build", "test-image")
@@ -57,10 +57,6 @@ DEFAULT_RUNTIMES = [
     ("runc", "/usr/sbin/runc"),
     ("crun", "/usr/bin/crun"),
 ]
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv):
@@ -76,9 +72,7 @@ def parse_args(argv):
                    "copied with process.args=[/bin/true] and terminal=false. Default: "
                    "build/test-image/bundle (built with scripts/build-test-image.sh "
                    "if missing)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per runtime (default 30)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed runs per runtime before timing (default 1)")
+    benchlib.add_run_args(p, "runtime")
     p.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     p.add_argument("--rss-tool", default="/usr/bin/time", metavar="PATH",
                    help="GNU time, used for a second run per slot that measures peak RSS "
@@ -94,10 +88,7 @@ def parse_args(argv):
                         "Container starts on a node are rarely back to back; an idle gap "
                         "lets kernel state (RCU, caches) settle as it would between real starts")
     a = p.parse_args(argv)
-    if a.runs < 1:
-        p.error("--runs must be at least 1")
-    if a.warmup < 0:
-        p.error("--warmup must be >= 0")
+    benchlib.check_run_args(p, a)
     runtimes = []
     if a.runtime is None:
         runtimes = list(DEFAULT_RUNTIMES)
@@ -112,16 +103,6 @@ def parse_args(argv):
         p.error("runtime names must be distinct")
     a.runtimes = runtimes
     return a
-
-
-def resolve_runtime(path):
-    """Absolute path of an executable, or None."""
-    if os.sep not in path:
-        return shutil.which(path)
-    path = os.path.abspath(path)
-    if os.path.isfile(path) and os.access(path, os.X_OK):
-        return path
-    return None
 
 
 def runtime_version(path):
@@ -256,47 +237,33 @@ def do_run(rt, bundle, cid, work, rss_tool):
     if rss_tool:
         rcid = cid + "-m"
         tfile = os.path.join(work, "last-time.txt")
-        argv = [rss_tool, "-f", "%x %M", "-o", tfile] + run_argv(rt, bundle, rcid)
+        argv = benchlib.gnu_time_argv(rss_tool, tfile, run_argv(rt, bundle, rcid))
         _, tcode, _ = spawn_wait(argv, out_path)
         rec["rss_run"] = {"id": rcid, "exit": tcode}
-        last = tail(tfile).splitlines()[-1:] or [""]
-        fields = last[0].split()
-        if tcode != 0 or len(fields) != 2 or not all(f.isdigit() for f in fields):
+        rec["maxrss_kib"] = benchlib.gnu_time_maxrss(tfile, tcode)
+        if rec["maxrss_kib"] is None:
             rec["errors"].append(f"RSS run {rcid} failed (exit {tcode}, time: "
                                  f"{tail(tfile)!r}): {tail(out_path)}")
-            rec["maxrss_kib"] = None
-        else:
-            rec["maxrss_kib"] = int(fields[1])
         rec["errors"] += check_cleaned(rt, rcid)
 
     rec["ok"] = not rec["errors"]
     return rec
 
 
-def summarize(runs):
-    good = [r for r in runs if r["ok"]]
-    s = {"runs": len(runs), "ok": len(good), "failed": len(runs) - len(good)}
-    if good:
-        w = [r["wall_ms"] for r in good]
-        m = [r["maxrss_kib"] for r in good]
-        s.update(median_ms=statistics.median(w), min_ms=min(w), max_ms=max(w),
-                 median_rss_kib=statistics.median(m), max_rss_kib=max(m))
-    return s
+# Summary keys (also in the JSON) per record field.
+SUMMARY_COLUMNS = [
+    ("wall_ms", {"median": "median_ms", "min": "min_ms", "max": "max_ms"}),
+    ("maxrss_kib", {"median": "median_rss_kib", "max": "max_rss_kib"}),
+]
+TABLE_CELLS = [("median_ms", ".2f"), ("min_ms", ".2f"), ("max_ms", ".2f"),
+               ("median_rss_kib", ".0f"), ("max_rss_kib", ".0f")]
 
 
 def print_table(active, results):
     headers = ["runtime", "runs", "median ms", "min ms", "max ms",
                "median peak RSS KiB", "max peak RSS KiB"]
-    rows = []
-    for rt in active:
-        s = results[rt["name"]]["summary"]
-        runs = f"{s['ok']}/{s['runs']}"
-        if s["ok"]:
-            rows.append([rt["name"], runs, f"{s['median_ms']:.2f}", f"{s['min_ms']:.2f}",
-                         f"{s['max_ms']:.2f}", f"{s['median_rss_kib']:.0f}",
-                         f"{s['max_rss_kib']:.0f}"])
-        else:
-            rows.append([rt["name"], runs] + ["-"] * 5)
+    rows = [benchlib.summary_row(rt["name"], results[rt["name"]]["summary"], TABLE_CELLS)
+            for rt in active]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     fmt = lambda cells: "  ".join(  # noqa: E731
         c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
@@ -330,7 +297,7 @@ def main(argv=None):
     # Runtimes: a missing binary is reported and skipped.
     active, skipped = [], {}
     for name, path in a.runtimes:
-        real = resolve_runtime(path)
+        real = benchlib.resolve(path)
         if real is None:
             skipped[name] = f"binary {path} not found or not executable"
             log(f"run_bench: SKIPPING {name}: {skipped[name]}")
@@ -341,15 +308,9 @@ def main(argv=None):
         return 2
 
     # Peak RSS measurement (see the module docstring).
-    rss_tool = None
-    if a.rss_tool != "none":
-        rss_tool = resolve_runtime(a.rss_tool)
-        if rss_tool is None:
-            log(f"run_bench: WARNING: {a.rss_tool} (GNU time, Debian package 'time') not "
-                "found: peak RSS falls back to the timed run's own ru_maxrss, which is "
-                "floored at this Python process's RSS")
-    rss_method = ("GNU time %M of a second run per slot" if rss_tool else
-                  "ru_maxrss of the timed run (floored at Python's own RSS)")
+    rss_tool, rss_method = benchlib.resolve_rss_tool(
+        "run_bench", a.rss_tool, "peak RSS falls back to the timed run's own ru_maxrss, "
+        "which is floored at this Python process's RSS")
 
     # Bundle.
     bundle_src = a.bundle
@@ -363,20 +324,13 @@ def main(argv=None):
         log(f"run_bench: {bundle_src} is not a bundle (no config.json)")
         return 2
 
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = None
-    if load1 is not None and load1 > 0.5 * (os.cpu_count() or 1):
-        log(f"run_bench: note: load average is {load1:.2f} on {os.cpu_count()} CPU(s); "
-            "timings will be noisy (is a build running?)")
+    load1 = benchlib.check_load("run_bench")
 
     if a.work_dir:
         work = os.path.abspath(a.work_dir)
         os.makedirs(work, exist_ok=True)
     else:
         work = tempfile.mkdtemp(prefix="ironcell-bench-")
-    failed_any = False
     try:
         bundle = prepare_bundle(bundle_src, os.path.join(work, "bundle"))
         for rt in active:
@@ -391,73 +345,35 @@ def main(argv=None):
             + f"; {a.warmup} warm-up + {a.runs} timed run(s) each; bundle {bundle}; "
             + f"peak RSS: {rss_method}")
 
-        n = len(active)
-        for w in range(a.warmup):
-            for rt in active:
-                rec = do_run(rt, bundle, f"bench-{rt['name']}-{tag}-w{w}", work, rss_tool)
-                results[rt["name"]]["warmup"].append(rec)
-                if not rec["ok"]:
-                    log(f"run_bench: {rt['name']} warm-up run failed: " + "; ".join(rec["errors"]))
-
-        first_error_shown = set()
-        for i in range(a.runs):
-            order = active[i % n:] + active[:i % n]
-            for rt in order:
-                cid = f"bench-{rt['name']}-{tag}-{i}"
-                if a.gap_ms > 0:
-                    time.sleep(a.gap_ms / 1000)
-                rec = do_run(rt, bundle, cid, work, rss_tool)
-                rec["iteration"] = i
-                results[rt["name"]]["runs"].append(rec)
-                if not rec["ok"]:
-                    failed_any = True
-                    if rt["name"] not in first_error_shown:
-                        first_error_shown.add(rt["name"])
-                        log(f"run_bench: {rt['name']} run {i} ({cid}) FAILED: "
-                            + "; ".join(rec["errors"]))
-            if (i + 1) % 10 == 0 or i + 1 == a.runs:
-                log(f"run_bench: {i + 1}/{a.runs} iterations done")
-
-        for rt in active:
-            results[rt["name"]]["summary"] = summarize(results[rt["name"]]["runs"])
+        # Container ids: bench-NAME-TAG-w<k> (warm-up), bench-NAME-TAG-<iteration>.
+        failed_any = benchlib.run_interleaved(
+            "run_bench", active, results, a.runs, a.warmup,
+            lambda rt, slot: do_run(rt, bundle, f"bench-{rt['name']}-{tag}-{slot}", work, rss_tool),
+            SUMMARY_COLUMNS, gap_ms=a.gap_ms)
 
         print()
         print_table(active, results)
-        print(f"(wall time: direct runs; peak RSS: {rss_method})")
-        for name, why in skipped.items():
-            print(f"skipped: {name} ({why})")
-        for rt in active:
-            s = results[rt["name"]]["summary"]
-            if s["failed"]:
-                print(f"FAILED: {rt['name']}: {s['failed']} of {s['runs']} runs failed "
-                      "(not counted in the table)")
-
-        if a.json:
-            doc = {
-                "bench": "run /bin/true",
-                "started_tag": tag,
-                "host": {"kernel": platform.release(), "machine": platform.machine(),
-                         "cpus": os.cpu_count(), "python": platform.python_version(),
-                         "loadavg_1min_at_start": load1},
-                "bundle_source": bundle_src,
-                "runs": a.runs,
-                "warmup": a.warmup,
-                "order": [rt["name"] for rt in active],
-                "rss_method": rss_method,
-                "rss_tool": rss_tool,
-                "maxrss_note": "maxrss_kib: ru_maxrss from wait4() on the runtime process "
-                               "(max RSS over it and the descendants it transitively "
-                               "reaped, KiB), taken by GNU time on a second run so that "
-                               "Python's RSS does not leak in at exec; "
-                               "direct_wait4_maxrss_kib: the timed run's own value, "
-                               "floored at Python's RSS",
-                "results": results,
-                "skipped": skipped,
-            }
-            with open(a.json, "w") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-            log(f"run_bench: raw results written to {a.json}")
+        doc = {
+            "bench": "run /bin/true",
+            "started_tag": tag,
+            "host": benchlib.host_info(load1),
+            "bundle_source": bundle_src,
+            "runs": a.runs,
+            "warmup": a.warmup,
+            "order": [rt["name"] for rt in active],
+            "rss_method": rss_method,
+            "rss_tool": rss_tool,
+            "maxrss_note": "maxrss_kib: ru_maxrss from wait4() on the runtime process "
+                           "(max RSS over it and the descendants it transitively "
+                           "reaped, KiB), taken by GNU time on a second run so that "
+                           "Python's RSS does not leak in at exec; "
+                           "direct_wait4_maxrss_kib: the timed run's own value, "
+                           "floored at Python's RSS",
+            "results": results,
+            "skipped": skipped,
+        }
+        benchlib.finish("run_bench", f"wall time: direct runs; peak RSS: {rss_method}",
+                        skipped, active, results, a.json, doc)
     finally:
         if a.keep or a.work_dir:
             log(f"run_bench: work dir kept: {work}")

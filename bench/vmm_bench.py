@@ -47,16 +47,16 @@ Python 3 standard library only. Needs read/write access to /dev/kvm.
 """
 
 import argparse
-import json
 import os
-import platform
 import selectors
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchlib
+from benchlib import log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_BUILD = os.path.join(REPO, "crates", "vmm", "tests", "guests", "build.sh")
@@ -68,10 +68,6 @@ HELLO_LINE = b"hello from ironcell guest\n"
 MEMORY_MIB = 128
 QEMU_MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=off,pit=off,pic=off,acpi=off"
 QEMU_CPU_FALLBACK = "host,-arch-capabilities"
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv):
@@ -90,9 +86,7 @@ def parse_args(argv):
     p.add_argument("--kernel", metavar="ELF",
                    help="guest ELF (default: hello.elf built by "
                    "crates/vmm/tests/guests/build.sh into a temp dir)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per VMM (default 30)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed runs per VMM before timing (default 1)")
+    benchlib.add_run_args(p, "VMM")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds before a run is killed and counted as failed (default 10)")
     p.add_argument("--rss-tool", default="/usr/bin/time", metavar="PATH",
@@ -100,22 +94,12 @@ def parse_args(argv):
                    "without Python's RSS leaking in (default /usr/bin/time); 'none' "
                    "to use the timed run's own ru_maxrss")
     p.add_argument("--json", metavar="FILE", help="also write every run and the summaries")
+    p.add_argument("--gap-ms", type=int, default=0, metavar="MS",
+                   help="idle time before each timed run (default 0: back to back, each VMM "
+                        "starting while the other's exit is still being torn down by the kernel)")
     a = p.parse_args(argv)
-    if a.runs < 1:
-        p.error("--runs must be at least 1")
-    if a.warmup < 0:
-        p.error("--warmup must be >= 0")
+    benchlib.check_run_args(p, a)
     return a
-
-
-def resolve(path):
-    """Absolute path of an executable, or None."""
-    if os.sep not in path:
-        return shutil.which(path)
-    path = os.path.abspath(path)
-    if os.path.isfile(path) and os.access(path, os.X_OK):
-        return path
-    return None
 
 
 def ironcell_argv(vmm, kernel):
@@ -184,23 +168,19 @@ def rss_run(argv, rss_tool, timeout, work):
     ofile = os.path.join(work, "rss-run.out")
     with open(ofile, "wb") as out:
         try:
-            r = subprocess.run([rss_tool, "-f", "%x %M", "-o", tfile] + argv,
+            r = subprocess.run(benchlib.gnu_time_argv(rss_tool, tfile, argv),
                                stdin=subprocess.DEVNULL, stdout=out,
                                stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, f"RSS run timed out after {timeout} s"
     with open(ofile, "rb") as f:
         output = f.read()
-    try:
-        with open(tfile) as f:
-            fields = (f.read().strip().splitlines() or [""])[-1].split()
-    except OSError:
-        fields = []
-    if r.returncode != 0 or len(fields) != 2 or not all(x.isdigit() for x in fields):
+    kib = benchlib.gnu_time_maxrss(tfile, r.returncode)
+    if kib is None:
         return None, f"RSS run failed (exit {r.returncode}): {short(output)}"
     if HELLO_LINE not in output:
         return None, f"RSS run: no hello line in the output: {short(output)}"
-    return int(fields[1]), None
+    return kib, None
 
 
 def short(b, n=300):
@@ -246,18 +226,17 @@ def probe_qemu_cpu(qemu, kernel, timeout):
     return "host"
 
 
-def summarize(runs):
-    good = [r for r in runs if r["ok"]]
-    s = {"runs": len(runs), "ok": len(good), "failed": len(runs) - len(good)}
-    if good:
-        fb = [r["first_byte_ms"] for r in good]
-        ex = [r["exit_ms"] for r in good]
-        m = [r["maxrss_kib"] for r in good]
-        s.update(first_byte_median_ms=statistics.median(fb), first_byte_min_ms=min(fb),
-                 first_byte_max_ms=max(fb), exit_median_ms=statistics.median(ex),
-                 exit_min_ms=min(ex), exit_max_ms=max(ex),
-                 rss_median_kib=statistics.median(m), rss_max_kib=max(m))
-    return s
+# Summary keys (also in the JSON) per record field.
+SUMMARY_COLUMNS = [
+    ("first_byte_ms", {"median": "first_byte_median_ms", "min": "first_byte_min_ms",
+                       "max": "first_byte_max_ms"}),
+    ("exit_ms", {"median": "exit_median_ms", "min": "exit_min_ms", "max": "exit_max_ms"}),
+    ("maxrss_kib", {"median": "rss_median_kib", "max": "rss_max_kib"}),
+]
+TABLE_CELLS = [("first_byte_median_ms", ".2f"), ("first_byte_min_ms", ".2f"),
+               ("first_byte_max_ms", ".2f"), ("exit_median_ms", ".2f"),
+               ("exit_min_ms", ".2f"), ("exit_max_ms", ".2f"),
+               ("rss_median_kib", ".0f"), ("rss_max_kib", ".0f")]
 
 
 def print_table(active, results):
@@ -266,15 +245,7 @@ def print_table(active, results):
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|")
     for vm in active:
-        s = results[vm["name"]]["summary"]
-        row = [vm["name"], f"{s['ok']}/{s['runs']}"]
-        if s["ok"]:
-            row += [f"{s['first_byte_median_ms']:.2f}", f"{s['first_byte_min_ms']:.2f}",
-                    f"{s['first_byte_max_ms']:.2f}", f"{s['exit_median_ms']:.2f}",
-                    f"{s['exit_min_ms']:.2f}", f"{s['exit_max_ms']:.2f}",
-                    f"{s['rss_median_kib']:.0f}", f"{s['rss_max_kib']:.0f}"]
-        else:
-            row += ["-"] * 8
+        row = benchlib.summary_row(vm["name"], results[vm["name"]]["summary"], TABLE_CELLS)
         print("| " + " | ".join(row) + " |")
     names = [vm["name"] for vm in active]
     if "ironcell" in names and "QEMU" in names:
@@ -299,7 +270,7 @@ def main(argv=None):
     skipped = {}
     vmm = None
     for cand in ([a.vmm] if a.vmm else VMM_CANDIDATES):
-        vmm = resolve(cand)
+        vmm = benchlib.resolve(cand)
         if vmm:
             break
     if vmm is None:
@@ -310,7 +281,7 @@ def main(argv=None):
         log("vmm_bench: " + "!" * 60)
         log(f"vmm_bench: SKIPPING ironcell-vmm: {why}")
         log("vmm_bench: " + "!" * 60)
-    qemu = resolve(a.qemu)
+    qemu = benchlib.resolve(a.qemu)
     if qemu is None:
         skipped["QEMU"] = f"{a.qemu} not found (Debian package qemu-system-x86)"
         log(f"vmm_bench: SKIPPING QEMU: {skipped['QEMU']}")
@@ -318,26 +289,13 @@ def main(argv=None):
         log("vmm_bench: no VMM to benchmark")
         return 2
 
-    rss_tool = None
-    if a.rss_tool != "none":
-        rss_tool = resolve(a.rss_tool)
-        if rss_tool is None:
-            log(f"vmm_bench: WARNING: {a.rss_tool} (GNU time, Debian package 'time') not "
-                "found: peak RSS is the timed run's own ru_maxrss, floored at this "
-                "Python process's RSS")
-    rss_method = ("GNU time %M of a second run per slot" if rss_tool else
-                  "ru_maxrss of the timed run (floored at Python's own RSS)")
+    rss_tool, rss_method = benchlib.resolve_rss_tool(
+        "vmm_bench", a.rss_tool, "peak RSS is the timed run's own ru_maxrss, floored at "
+        "this Python process's RSS")
 
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = None
-    if load1 is not None and load1 > 0.5 * (os.cpu_count() or 1):
-        log(f"vmm_bench: note: load average is {load1:.2f} on {os.cpu_count()} CPU(s); "
-            "timings will be noisy (is a build running?)")
+    load1 = benchlib.check_load("vmm_bench")
 
     work = tempfile.mkdtemp(prefix="ironcell-vmm-bench-")
-    failed_any = False
     try:
         kernel = a.kernel
         if kernel is None:
@@ -362,64 +320,32 @@ def main(argv=None):
         log(f"vmm_bench: {a.warmup} warm-up + {a.runs} timed run(s) each; peak RSS: {rss_method}")
 
         results = {vm["name"]: {"argv": vm["argv"], "runs": [], "warmup": []} for vm in active}
-        for w in range(a.warmup):
-            for vm in active:
-                rec = do_run(vm, kernel, a.timeout, rss_tool, work)
-                results[vm["name"]]["warmup"].append(rec)
-                if not rec["ok"]:
-                    log(f"vmm_bench: {vm['name']} warm-up run failed: " + "; ".join(rec["errors"]))
-
-        shown = set()
-        n = len(active)
-        for i in range(a.runs):
-            for vm in active[i % n:] + active[:i % n]:
-                rec = do_run(vm, kernel, a.timeout, rss_tool, work)
-                rec["iteration"] = i
-                results[vm["name"]]["runs"].append(rec)
-                if not rec["ok"]:
-                    failed_any = True
-                    if vm["name"] not in shown:
-                        shown.add(vm["name"])
-                        log(f"vmm_bench: {vm['name']} run {i} FAILED: " + "; ".join(rec["errors"]))
-            if (i + 1) % 10 == 0 or i + 1 == a.runs:
-                log(f"vmm_bench: {i + 1}/{a.runs} iterations done")
-
-        for vm in active:
-            results[vm["name"]]["summary"] = summarize(results[vm["name"]]["runs"])
+        failed_any = benchlib.run_interleaved(
+            "vmm_bench", active, results, a.runs, a.warmup,
+            lambda vm, slot: do_run(vm, kernel, a.timeout, rss_tool, work), SUMMARY_COLUMNS,
+            gap_ms=a.gap_ms)
 
         print()
         print(f"Guest `hello` ({os.path.basename(kernel)}), 1 vCPU, {MEMORY_MIB} MiB, "
-              f"{a.runs} runs per VMM, interleaved:")
+              f"{a.runs} runs per VMM, interleaved"
+              + (f", {a.gap_ms} ms idle before each:" if a.gap_ms else ":"))
         print()
         print_table(active, results)
         print()
-        print(f"(first byte and exit: from just before Popen; peak RSS: {rss_method})")
-        for name, why in skipped.items():
-            print(f"skipped: {name} ({why})")
-        for vm in active:
-            s = results[vm["name"]]["summary"]
-            if s["failed"]:
-                print(f"FAILED: {vm['name']}: {s['failed']} of {s['runs']} runs failed "
-                      "(not counted in the table)")
-
-        if a.json:
-            doc = {
-                "bench": "boot the hello guest",
-                "kernel": kernel,
-                "host": {"kernel": platform.release(), "machine": platform.machine(),
-                         "cpus": os.cpu_count(), "python": platform.python_version(),
-                         "loadavg_1min_at_start": load1},
-                "runs": a.runs,
-                "warmup": a.warmup,
-                "timeout_s": a.timeout,
-                "rss_method": rss_method,
-                "results": results,
-                "skipped": skipped,
-            }
-            with open(a.json, "w") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-            log(f"vmm_bench: raw results written to {a.json}")
+        doc = {
+            "bench": "boot the hello guest",
+            "kernel": kernel,
+            "host": benchlib.host_info(load1),
+            "runs": a.runs,
+            "warmup": a.warmup,
+            "timeout_s": a.timeout,
+            "rss_method": rss_method,
+            "results": results,
+            "skipped": skipped,
+        }
+        benchlib.finish("vmm_bench",
+                        f"first byte and exit: from just before Popen; peak RSS: {rss_method}",
+                        skipped, active, results, a.json, doc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed_any else 0
