@@ -185,27 +185,24 @@ impl Vmm {
         config.validate()?;
         // Devices that open host files go first, so bad paths are reported
         // before KVM is touched.
+        let device_error = |device: &'static str| {
+            move |reason| Error::Device {
+                device: device.into(),
+                reason,
+            }
+        };
         let mut devices: Vec<(&'static str, Box<dyn VirtioDevice>)> = Vec::new();
         for b in &config.block {
             let dev = virtio::block::Block::open(&b.path, b.read_only, b.serial.as_deref())
-                .map_err(|reason| Error::Device {
-                    device: "block".into(),
-                    reason,
-                })?;
+                .map_err(device_error("block"))?;
             devices.push(("block", Box::new(dev)));
         }
         for n in &config.net {
-            let dev = virtio::net::Net::new(n).map_err(|reason| Error::Device {
-                device: "net".into(),
-                reason,
-            })?;
+            let dev = virtio::net::Net::new(n).map_err(device_error("net"))?;
             devices.push(("net", Box::new(dev)));
         }
         if let Some(v) = &config.vsock {
-            let dev = virtio::vsock::Vsock::new(v).map_err(|reason| Error::Device {
-                device: "vsock".into(),
-                reason,
-            })?;
+            let dev = virtio::vsock::Vsock::new(v).map_err(device_error("vsock"))?;
             devices.push(("vsock", Box::new(dev)));
         }
         if config.rng {
@@ -286,7 +283,7 @@ impl Vmm {
             epoll,
             api,
             virtio,
-            started: Instant::now(),
+            started: t0,
         })
     }
 
@@ -309,7 +306,7 @@ impl Vmm {
         mmio.insert(layout::IOAPIC_ADDR, layout::IOAPIC_SIZE, ioapic.clone())
             .map_err(Error::Boot)?;
         let mut pio = Bus::new();
-        let serial_irq = Arc::new(IrqLine::new(layout::SERIAL_GSI, Some(ioapic.clone())));
+        let serial_irq = IrqLine::new(layout::SERIAL_GSI, Some(ioapic.clone()));
         let serial = Serial::new(serial_irq, serial_output(&config.serial)?);
         pio.insert(
             SERIAL_PORT_BASE,
@@ -325,7 +322,7 @@ impl Vmm {
         let mut virtio = Vec::new();
         for (index, (kind, dev)) in devices.into_iter().enumerate() {
             let (base, gsi) = layout::virtio_window(index);
-            let irq = Arc::new(IrqLine::new(gsi, Some(ioapic.clone())));
+            let irq = IrqLine::new(gsi, Some(ioapic.clone()));
             let registrar = EventRegistrar::new(epoll.clone(), index);
             let transport = MmioTransport::new(dev, mem.clone(), irq, registrar.clone());
             let mut queue_evts = Vec::new();
@@ -442,9 +439,9 @@ impl Vmm {
             }
         }
         let reason = self.event_loop();
-        // Park every vCPU for good before guest memory and devices go away.
+        // Park every vCPU for good before guest memory and devices go away
+        // (when `self` is dropped on return; Drop removes the sockets).
         self.control.pause(self.config.vcpus as usize);
-        self.cleanup();
         Ok(reason)
     }
 

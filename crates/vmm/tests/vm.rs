@@ -46,18 +46,16 @@ fn guest(name: &str) -> PathBuf {
     guests().join(format!("{name}.elf"))
 }
 
+/// `ironcell-vmm` with `args`, its stdout (the guest's serial port) and
+/// stderr captured.
 fn vmm(args: &[&str]) -> Command {
     let mut c = Command::new(VMM);
-    c.args(args);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 fn run(args: &[&str]) -> Output {
-    let child = vmm(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ironcell-vmm");
+    let child = vmm(args).spawn().expect("spawn ironcell-vmm");
     wait_output(child, Duration::from_secs(60))
 }
 
@@ -313,8 +311,6 @@ fn vsock_guest_moves_bytes_both_ways() {
         "--vsock",
         &format!("uds={},cid=7", uds.display()),
     ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
 
@@ -469,8 +465,6 @@ fn net_guest_exchanges_frames_with_the_tap() {
         "--net",
         &format!("tap={},mac=02:00:00:00:00:07", tap.0),
     ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     let frame = sock.recv();
@@ -518,8 +512,6 @@ fn api_pauses_resumes_reports_and_shuts_down() {
         "--api-socket",
         sock.to_str().unwrap(),
     ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     let st = api(&sock, r#"{"action":"status"}"#);
@@ -583,8 +575,6 @@ fn seccomp_allowlist_is_printable_and_a_forbidden_syscall_kills() {
     }
     let child = vmm(&["--kernel", guest("hello").to_str().unwrap()])
         .env("IRONCELL_VMM_SECCOMP_SELFTEST", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let o = wait_output(child, Duration::from_secs(20));
@@ -597,8 +587,6 @@ fn seccomp_allowlist_is_printable_and_a_forbidden_syscall_kills() {
     // Without the filter the same syscall is harmless.
     let child = vmm(&["--kernel", guest("hello").to_str().unwrap(), "--no-seccomp"])
         .env("IRONCELL_VMM_SECCOMP_SELFTEST", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     assert!(wait_output(child, Duration::from_secs(20)).status.success());
@@ -817,8 +805,6 @@ fn linux_pvh_entry_prints_its_boot_log_on_pvm() {
         cmdline,
         "--rng",
     ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     let o = wait_output(child, Duration::from_secs(300));

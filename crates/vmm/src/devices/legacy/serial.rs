@@ -3,7 +3,6 @@
 //! each byte leaves the VMM when the guest writes it.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 
@@ -14,7 +13,7 @@ pub const SERIAL_PORT_BASE: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
 
 /// vm-superio raises interrupts through a `Trigger`; ours is an IOAPIC pin.
-pub struct IrqTrigger(pub Arc<IrqLine>);
+pub struct IrqTrigger(pub IrqLine);
 
 impl vm_superio::Trigger for IrqTrigger {
     type E = std::io::Error;
@@ -29,7 +28,7 @@ pub struct Serial {
 }
 
 impl Serial {
-    pub fn new(irq: Arc<IrqLine>, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
         Serial {
             uart: vm_superio::Serial::new(IrqTrigger(irq), out),
         }

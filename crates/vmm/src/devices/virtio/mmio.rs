@@ -49,7 +49,7 @@ impl MmioTransport {
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
-        irq: Arc<IrqLine>,
+        irq: IrqLine,
         events: EventRegistrar,
     ) -> Self {
         let queues = device
@@ -338,7 +338,7 @@ mod tests {
     }
 
     fn transport(mem: &GuestMemory) -> MmioTransport {
-        let irq = Arc::new(IrqLine::new(5, None));
+        let irq = IrqLine::new(5, None);
         MmioTransport::new(
             Box::new(Rng::new()),
             mem.clone(),

@@ -48,11 +48,11 @@ pub enum DeviceError {
 /// The device's interrupt: the ISR status bits and the interrupt line.
 pub struct Interrupt {
     status: AtomicU32,
-    pub line: Arc<IrqLine>,
+    line: IrqLine,
 }
 
 impl Interrupt {
-    pub fn new(line: Arc<IrqLine>) -> Self {
+    pub fn new(line: IrqLine) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
             line,
@@ -356,7 +356,7 @@ pub(crate) mod testing {
     }
 
     pub fn active(mem: &GuestMemory, queues: Vec<Queue>) -> ActiveQueues {
-        let line = Arc::new(IrqLine::new(5, None));
+        let line = IrqLine::new(5, None);
         ActiveQueues {
             mem: mem.clone(),
             queues,
