@@ -334,12 +334,8 @@ impl Vmm {
                     q as u32,
                 )
                 .map_err(Error::kvm("KVM_IOEVENTFD"))?;
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        evt.as_raw_fd(),
-                        EpollEvent::new(EventSet::IN, registrar.token(QUEUE_TOKEN | q as u32)),
-                    )
+                registrar
+                    .add_queue(evt.as_raw_fd(), q as u32)
                     .map_err(Error::io("epoll_ctl"))?;
                 queue_evts.push(evt);
             }

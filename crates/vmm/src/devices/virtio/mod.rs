@@ -102,6 +102,15 @@ impl EventRegistrar {
         )
     }
 
+    /// Watches `fd`, the ioeventfd of queue `queue`'s notifications.
+    pub fn add_queue(&self, fd: RawFd, queue: u32) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, self.token(QUEUE_TOKEN | queue)),
+        )
+    }
+
     pub fn modify(&self, fd: RawFd, events: EventSet) -> std::io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Modify,
