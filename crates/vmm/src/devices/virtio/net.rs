@@ -30,8 +30,12 @@ pub struct Net {
     tap_name: String,
     mac: Option<[u8; 6]>,
     active: Option<ActiveQueues>,
-    /// A frame read from the tap that found no rx buffer yet.
-    pending: Option<Vec<u8>>,
+    /// Length (header included) of a frame in `rx_buf` that found no rx
+    /// buffer yet.
+    pending: Option<usize>,
+    /// Receive buffer, reused for every frame: the virtio-net header (all
+    /// zero but num_buffers = 1), then the frame read from the tap.
+    rx_buf: Vec<u8>,
     /// Tap reads are paused until the driver posts rx buffers.
     rx_blocked: bool,
 }
@@ -72,6 +76,12 @@ fn open_tap(name: &str) -> Result<File, String> {
     Ok(tun)
 }
 
+fn rx_buffer() -> Vec<u8> {
+    let mut buf = vec![0u8; NET_HDR_LEN + MAX_FRAME];
+    buf[10] = 1; // num_buffers
+    buf
+}
+
 impl Net {
     pub fn new(cfg: &NetConfig) -> Result<Self, String> {
         let mac = cfg
@@ -87,6 +97,7 @@ impl Net {
             mac,
             active: None,
             pending: None,
+            rx_buf: rx_buffer(),
             rx_blocked: false,
         })
     }
@@ -130,23 +141,17 @@ impl Net {
         };
         let mem = a.mem.clone();
         loop {
-            let frame = match self.pending.take() {
-                Some(f) => f,
-                None => {
-                    let mut buf = vec![0u8; NET_HDR_LEN + MAX_FRAME];
-                    match self.tap.read(&mut buf[NET_HDR_LEN..]) {
-                        Ok(n) => {
-                            buf.truncate(NET_HDR_LEN + n);
-                            buf[10] = 1; // num_buffers
-                            buf
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(DeviceError::Backend(format!("tap read: {e}"))),
-                    }
-                }
+            let len = match self.pending.take() {
+                Some(len) => len,
+                None => match self.tap.read(&mut self.rx_buf[NET_HDR_LEN..]) {
+                    Ok(n) => NET_HDR_LEN + n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(DeviceError::Backend(format!("tap read: {e}"))),
+                },
             };
+            let frame = &self.rx_buf[..len];
             let Some(chain) = a.pop(&mem, RX)? else {
-                self.pending = Some(frame);
+                self.pending = Some(len);
                 if !self.rx_blocked {
                     self.rx_blocked = true;
                     let _ = a.events.modify(self.tap.as_raw_fd(), EventSet::empty());
@@ -169,7 +174,7 @@ impl Net {
                 continue;
             }
             writer
-                .write_all(&frame)
+                .write_all(frame)
                 .map_err(|e| DeviceError::Memory(e.to_string()))?;
             a.complete(RX, head, frame.len() as u32)?;
         }
@@ -259,6 +264,7 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 1]),
             active: None,
             pending: None,
+            rx_buf: rx_buffer(),
             rx_blocked: false,
         };
         n.activate(active(mem, vec![rx.queue(), tx.queue()]))
