@@ -11,7 +11,11 @@ use ironcell_oci::{Bundle, ContainerState, Status};
 use ironcell_sandbox::{Kind, SandboxError, Sandboxes};
 
 use crate::args::{Command, CreateArgs, ExecArgs, Global};
-use crate::console::{ConsoleSocket, Relay};
+use crate::console::Relay;
+use ironcell_container::ConsoleSocket;
+
+/// How long a container has to send its pty master.
+const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::foreground::Blocked;
 
 pub fn run(global: &Global, command: Command) -> Result<u8> {
@@ -116,7 +120,11 @@ fn run_container(
     create(sandboxes, flag, &args, &bundle, detach || console.is_some())?;
     let id = &args.id;
     let backend = sandboxes.owner(id)?;
-    let relay = match console.as_ref().map(|c| c.receive().and_then(Relay::start)) {
+    let relay = match console.as_ref().map(|c| {
+        c.receive(CONSOLE_TIMEOUT)
+            .map_err(anyhow::Error::from)
+            .and_then(Relay::start)
+    }) {
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
             let _ = backend.delete(id, true);
@@ -228,7 +236,7 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
     let blocked = Blocked::new()?;
     let pid = backend.exec(&args.id, &opts)?;
     let relay = match &console {
-        Some(c) => Some(c.receive().and_then(Relay::start)?),
+        Some(c) => Some(Relay::start(c.receive(CONSOLE_TIMEOUT)?)?),
         None => None,
     };
     wait_foreground(blocked, pid, relay)

@@ -4,83 +4,13 @@
 //! mode and relays bytes both ways until the process ends.
 
 use std::fs::File;
-use std::io::{self, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use anyhow::{Context, Result};
 use nix::sys::termios::{self, SetArg, Termios};
-
-/// A listening socket the container's init sends its pty master to.
-pub struct ConsoleSocket {
-    path: PathBuf,
-    listener: UnixListener,
-}
-
-impl ConsoleSocket {
-    /// Listens on a fresh socket inside `dir` (ironcell's state root).
-    pub fn new(dir: &Path) -> Result<ConsoleSocket> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!(".console-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .with_context(|| format!("cannot listen on {}", path.display()))?;
-        Ok(ConsoleSocket { path, listener })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Accepts the container's connection and takes the pty master from it.
-    pub fn receive(&self) -> Result<File> {
-        self.listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let conn = loop {
-            match self.listener.accept() {
-                Ok((c, _)) => break c,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        bail!("the container did not send its terminal within 10 s");
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => return Err(e).context("accept on console socket"),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        let mut buf = [0u8; 256];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .context("receive the pty master")?;
-        for cmsg in msg.cmsgs().context("read control message")? {
-            if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                if let Some(&fd) = fds.first() {
-                    // SAFETY: the fd was just received over SCM_RIGHTS and
-                    // nothing else owns it.
-                    return Ok(unsafe { File::from_raw_fd(fd) });
-                }
-            }
-        }
-        bail!("the container sent no terminal over the console socket")
-    }
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 /// Bytes relayed between ironcell's stdio and the container's pty.
 pub struct Relay {

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use chrono::SecondsFormat;
 use ironcell_oci::{validate_id, Bundle, ContainerState, Status, OCI_VERSION};
 use libcgroups::common::CgroupManager;
+use libcgroups::stats::Stats;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
 
 use crate::error::ContainerError;
 
@@ -339,14 +341,14 @@ impl Container {
             .map_err(|e| ContainerError::engine(format!("cannot resume container {id}"), e))
     }
 
-    /// Pids of every process in the container's cgroup.
-    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+    /// The container's cgroup, as its config names it.
+    fn cgroup(&self) -> Result<libcgroups::common::AnyCgroupManager, ContainerError> {
         let id = self.id().to_string();
         let config = self
             .inner
             .spec()
             .map_err(|e| ContainerError::engine(format!("cannot read config of {id}"), e))?;
-        let manager = libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
             cgroup_path: config.cgroup_path,
             systemd_cgroup: self.inner.systemd(),
             container_name: id.clone(),
@@ -354,13 +356,52 @@ impl Container {
         .map_err(|e| ContainerError::Engine {
             what: format!("cannot open cgroup of {id}"),
             msg: crate::error::chain(&e),
-        })?;
-        let pids = manager.get_all_pids().map_err(|e| ContainerError::Engine {
-            what: format!("cannot list processes of {id}"),
-            msg: crate::error::chain(&e),
-        })?;
+        })
+    }
+
+    /// Pids of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
+        let pids = self
+            .cgroup()?
+            .get_all_pids()
+            .map_err(|e| ContainerError::Engine {
+                what: format!("cannot list processes of {}", self.id()),
+                msg: crate::error::chain(&e),
+            })?;
         let mut pids: Vec<i32> = pids.into_iter().map(Pid::as_raw).collect();
         pids.sort_unstable();
         Ok(pids)
+    }
+
+    /// Resource usage of the container's cgroup (cgroup v1 or v2).
+    pub fn stats(&self) -> Result<Stats, ContainerError> {
+        self.cgroup()?.stats().map_err(|e| ContainerError::Engine {
+            what: format!("cannot read statistics of {}", self.id()),
+            msg: crate::error::chain(&e),
+        })
+    }
+
+    /// Applies new resource limits to a live container's cgroup.
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), ContainerError> {
+        match self.status() {
+            Status::Created | Status::Running | Status::Paused => {}
+            _ => return Err(self.wrong_status("update", ", not running")),
+        }
+        let opt = libcgroups::common::ControllerOpt {
+            resources,
+            disable_oom_killer: resources
+                .memory()
+                .as_ref()
+                .and_then(|m| m.disable_oom_killer())
+                .unwrap_or(false),
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        self.cgroup()?
+            .apply(&opt)
+            .map_err(|e| ContainerError::Engine {
+                what: format!("cannot update resources of {}", self.id()),
+                msg: crate::error::chain(&e),
+            })
     }
 }

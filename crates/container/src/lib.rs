@@ -10,12 +10,17 @@
 //! container and what is wrong, runc's state shape, exec based on the
 //! container's own process spec, and no leftovers when a create fails.
 
+mod console;
 mod engine;
 mod error;
 mod exec;
 mod signal;
 
+pub use console::ConsoleSocket;
 pub use engine::{Container, CreateOptions, Engine};
 pub use error::ContainerError;
 pub use exec::{parse_capability, ExecOptions};
 pub use signal::{parse_signal, SignalError};
+
+/// cgroup statistics as [`Container::stats`] returns them.
+pub use libcgroups::stats;

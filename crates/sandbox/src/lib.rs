@@ -12,8 +12,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ironcell_container::stats::Stats;
 use ironcell_container::{ContainerError, CreateOptions, Engine, ExecOptions};
 use ironcell_oci::{Bundle, ContainerState};
+use oci_spec::runtime::LinuxResources;
 use thiserror::Error;
 
 mod namespace;
@@ -94,6 +96,10 @@ pub trait Sandbox {
     fn pids(&self, id: &str) -> Result<Vec<i32>>;
     /// Starts a process in the container; returns its host pid.
     fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32>;
+    /// Resource usage (cgroup statistics).
+    fn stats(&self, id: &str) -> Result<Stats>;
+    /// Applies new resource limits to a live container.
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
 }
 
 /// Every backend under one state root.

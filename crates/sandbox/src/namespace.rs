@@ -1,7 +1,9 @@
 //! The namespace sandbox: a runc-style container on the host.
 
+use ironcell_container::stats::Stats;
 use ironcell_container::{CreateOptions, Engine, ExecOptions};
 use ironcell_oci::{Bundle, ContainerState};
+use oci_spec::runtime::LinuxResources;
 
 use crate::{Kind, Result, Sandbox};
 
@@ -63,5 +65,13 @@ impl Sandbox for NamespaceSandbox {
 
     fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
         Ok(self.engine.exec(id, opts)?)
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        Ok(self.engine.load(id)?.stats()?)
+    }
+
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        Ok(self.engine.load(id)?.update(resources)?)
     }
 }

@@ -1,0 +1,224 @@
+//! The daemon's private control socket, used by `containerd-shim-ironcell-v2`:
+//! one JSON request per line, one JSON reply per line.
+//!
+//! - `{"register":{"namespace":N,"id":I,"containerd":ADDR}}`: the shim's
+//!   `start` asks for the Task API address of its containerd (ttrpc address)
+//!   and namespace (`endpoint.rs`); the reply carries it.
+//! - `{"cleanup":{"namespace":N,"id":I}}`: the shim's `delete` (containerd
+//!   lost its connection to the task): the task is killed and deleted.
+//! - `{"ping":{}}`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::endpoint::{EndpointKey, Endpoints};
+use crate::task::{TaskError, Tasks};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+/// How long cleanup waits for a killed task's init to exit.
+const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Register {
+        namespace: String,
+        id: String,
+        containerd: String,
+    },
+    Cleanup {
+        namespace: String,
+        id: String,
+    },
+    Ping {},
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// Nanoseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_at: Option<u64>,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub struct Control {
+    pub tasks: Arc<Tasks>,
+    pub endpoints: Arc<Endpoints>,
+}
+
+impl Control {
+    pub async fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Ping {} => Reply::default(),
+            Request::Register {
+                namespace,
+                id,
+                containerd,
+            } => {
+                let key = EndpointKey {
+                    containerd,
+                    namespace,
+                };
+                match self.endpoints.get(&key).await {
+                    Ok(address) => {
+                        tracing::debug!(%id, %address, "shim start");
+                        Reply {
+                            address: Some(address),
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => Reply {
+                        error: Some(format!("{e:#}")),
+                        ..Default::default()
+                    },
+                }
+            }
+            Request::Cleanup { namespace, id } => self.cleanup(&namespace, &id).await,
+        }
+    }
+
+    async fn cleanup(&self, ns: &str, id: &str) -> Reply {
+        let now = SystemTime::now();
+        let gone = Reply {
+            pid: Some(0),
+            exit_status: Some(137),
+            exited_at: Some(nanos(now)),
+            ..Default::default()
+        };
+        match self.tasks.get(ns, id) {
+            Err(TaskError::NotFound(_)) => return gone,
+            Err(e) => {
+                return Reply {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                }
+            }
+            Ok(_) => {}
+        }
+        tracing::warn!(
+            namespace = ns,
+            id,
+            "containerd gave up on the task: killing it"
+        );
+        let _ = self
+            .tasks
+            .kill(ns, id, "", libc::SIGKILL as u32, true)
+            .await;
+        let _ = tokio::time::timeout(CLEANUP_WAIT, self.tasks.wait(ns, id, "")).await;
+        match self.tasks.delete(ns, id, "").await {
+            Ok((pid, exit)) => Reply {
+                pid: Some(pid.max(0) as u32),
+                exit_status: Some(exit.map(|e| e.status).unwrap_or(137)),
+                exited_at: Some(nanos(exit.map(|e| e.at).unwrap_or(now))),
+                ..Default::default()
+            },
+            Err(TaskError::NotFound(_)) => gone,
+            Err(e) => Reply {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let c = self.clone();
+                    tokio::spawn(async move { c.connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = match (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_line(&mut line)
+                .await
+            {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            if n == 0 {
+                return;
+            }
+            let reply = if line.len() > MAX_LINE {
+                Reply {
+                    error: Some(format!("request longer than {MAX_LINE} bytes")),
+                    ..Default::default()
+                }
+            } else {
+                match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => self.handle(req).await,
+                    Err(e) => Reply {
+                        error: Some(format!("bad request: {e}")),
+                        ..Default::default()
+                    },
+                }
+            };
+            let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+            out.push(b'\n');
+            if write.write_all(&out).await.is_err() || line.len() > MAX_LINE {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        let r: Request = serde_json::from_str(
+            r#"{"register":{"namespace":"default","id":"c1","containerd":"/run/c.sock.ttrpc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Register {
+                namespace: "default".into(),
+                id: "c1".into(),
+                containerd: "/run/c.sock.ttrpc".into()
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"ping":{}}"#).is_ok());
+        for bad in [
+            r#"{"register":{"namespace":"default"}}"#,
+            r#"{"explode":{}}"#,
+            r#"{"ping":{},"cleanup":{}}"#,
+            "not json",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+}

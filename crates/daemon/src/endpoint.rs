@@ -1,0 +1,168 @@
+//! Task API endpoints: one ttrpc socket per (containerd, namespace).
+//!
+//! containerd 1.6 and 1.7 send Task API requests without naming their
+//! namespace, and the same task id may exist in two namespaces (or under
+//! two containerds). So the shim's `start` asks for the endpoint of its
+//! containerd and namespace, and the daemon listens on one socket for each
+//! pair it has been asked for: every task of that namespace shares it, and
+//! it names the containerd that gets the tasks' events. Endpoints are
+//! listed in `endpoints.json` so that a restarted daemon listens on the same
+//! addresses containerd has recorded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use containerd_shim_protos::shim_async::create_task;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::service::Service;
+use crate::task::{validate_namespace, Tasks};
+
+/// Which containerd and namespace an endpoint serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndpointKey {
+    pub containerd: String,
+    pub namespace: String,
+}
+
+/// FNV-1a: a stable short name for an endpoint's socket (the same after a
+/// restart, whatever Rust's hasher does).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl EndpointKey {
+    fn socket(&self, root: &Path) -> PathBuf {
+        let mut key = self.containerd.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(self.namespace.as_bytes());
+        root.join("t").join(format!("{:016x}.sock", fnv1a(&key)))
+    }
+}
+
+/// The Task service under both names containerd uses:
+/// `containerd.task.v2.Task` (containerd 1.6, 1.7, and 2.x with a version 2
+/// shim) and `containerd.task.v3.Task` (2.x with version 3). The messages
+/// are the same.
+fn task_services(service: Arc<Service>) -> HashMap<String, ttrpc::asynchronous::Service> {
+    let mut all = create_task(service.clone());
+    for (name, svc) in create_task(service) {
+        all.insert(name.replace(".v3.", ".v2."), svc);
+    }
+    all
+}
+
+pub struct Endpoints {
+    root: PathBuf,
+    tasks: Arc<Tasks>,
+    servers: Mutex<HashMap<EndpointKey, (String, ttrpc::asynchronous::Server)>>,
+}
+
+impl Endpoints {
+    pub fn new(root: PathBuf, tasks: Arc<Tasks>) -> Endpoints {
+        Endpoints {
+            root,
+            tasks,
+            servers: Mutex::default(),
+        }
+    }
+
+    fn list_file(&self) -> PathBuf {
+        self.root.join("endpoints.json")
+    }
+
+    /// The address of the endpoint for `key`, listening from now on.
+    pub async fn get(&self, key: &EndpointKey) -> Result<String> {
+        validate_namespace(&key.namespace)?;
+        if key.containerd.is_empty() || key.containerd.contains('\0') {
+            anyhow::bail!("invalid containerd address {:?}", key.containerd);
+        }
+        let mut servers = self.servers.lock().await;
+        if let Some((address, _)) = servers.get(key) {
+            return Ok(address.clone());
+        }
+        let path = key.socket(&self.root);
+        let dir = path.parent().expect("socket path has a parent");
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let _ = std::fs::remove_file(&path);
+        let address = format!("unix://{}", path.display());
+        let service = Arc::new(Service {
+            tasks: self.tasks.clone(),
+            namespace: key.namespace.clone(),
+            containerd: key.containerd.clone(),
+        });
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&address)
+            .with_context(|| format!("cannot listen on {}", path.display()))?
+            .register_service(task_services(service));
+        crate::server::private_socket(&path)?;
+        server
+            .start()
+            .await
+            .with_context(|| format!("cannot serve {address}"))?;
+        tracing::info!(%address, namespace = %key.namespace, containerd = %key.containerd, "endpoint");
+        servers.insert(key.clone(), (address.clone(), server));
+        let keys: Vec<&EndpointKey> = servers.keys().collect();
+        let list = self.list_file();
+        if let Err(e) = std::fs::write(&list, serde_json::to_vec(&keys).unwrap_or_default()) {
+            tracing::warn!(error = %e, "cannot write {}", list.display());
+        }
+        Ok(address)
+    }
+
+    /// Listens again on every endpoint a previous daemon listed.
+    pub async fn restore(&self) {
+        let Ok(text) = std::fs::read(self.list_file()) else {
+            return;
+        };
+        let keys: Vec<EndpointKey> = match serde_json::from_slice(&text) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed endpoints.json");
+                return;
+            }
+        };
+        for key in keys {
+            if let Err(e) = self.get(&key).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot restore an endpoint");
+            }
+        }
+    }
+
+    /// Stops listening and removes the sockets (the list stays).
+    pub async fn shutdown(&self) {
+        let mut servers = self.servers.lock().await;
+        for (key, (_, mut server)) in servers.drain() {
+            let _ = server.shutdown().await;
+            let _ = std::fs::remove_file(key.socket(&self.root));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_differ_by_namespace_and_containerd() {
+        let root = Path::new("/r");
+        let a = EndpointKey {
+            containerd: "/run/containerd/containerd.sock.ttrpc".into(),
+            namespace: "default".into(),
+        };
+        let mut b = a.clone();
+        b.namespace = "k8s.io".into();
+        let mut c = a.clone();
+        c.containerd = "/other.sock.ttrpc".into();
+        assert_ne!(a.socket(root), b.socket(root));
+        assert_ne!(a.socket(root), c.socket(root));
+        assert_eq!(a.socket(root), a.clone().socket(root));
+        // Short enough for sun_path with any reasonable root.
+        assert!(a.socket(root).as_os_str().len() < 40);
+    }
+}

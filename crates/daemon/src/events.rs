@@ -1,0 +1,201 @@
+//! Task events, forwarded to the containerd that owns the task.
+//!
+//! Every task remembers the ttrpc address of its containerd (the shim's
+//! `start` tells the daemon). Events go out in order through one queue: a
+//! TaskExit must never overtake the TaskStart before it. A containerd that
+//! is down costs a few retries, then the event is dropped with a warning
+//! (containerd's runc shim does the same).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{MessageDyn, MessageFull};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::{Client, EventsClient};
+use containerd_shim_protos::topics;
+use tokio::sync::mpsc;
+
+const ATTEMPTS: u32 = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One event for one containerd.
+pub struct Event {
+    /// containerd's ttrpc socket (a path, or a `unix://` address).
+    pub address: String,
+    pub namespace: String,
+    pub topic: &'static str,
+    pub event: Any,
+}
+
+/// Converts a time to protobuf's form.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+/// containerd's typeurl names an event by its protobuf full name, without
+/// the `type.googleapis.com/` prefix that `Any::pack` would add.
+fn to_any(msg: &dyn MessageDyn) -> Any {
+    Any {
+        type_url: msg.descriptor_dyn().full_name().to_string(),
+        value: msg.write_to_bytes_dyn().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The topic of each task event containerd knows.
+pub trait Topic: MessageFull {
+    const TOPIC: &'static str;
+}
+
+macro_rules! topic {
+    ($($t:ty => $c:ident),* $(,)?) => {
+        $(impl Topic for $t { const TOPIC: &'static str = topics::$c; })*
+    };
+}
+
+topic! {
+    TaskCreate => TASK_CREATE_EVENT_TOPIC,
+    TaskStart => TASK_START_EVENT_TOPIC,
+    TaskExit => TASK_EXIT_EVENT_TOPIC,
+    TaskDelete => TASK_DELETE_EVENT_TOPIC,
+    TaskExecAdded => TASK_EXEC_ADDED_EVENT_TOPIC,
+    TaskExecStarted => TASK_EXEC_STARTED_EVENT_TOPIC,
+    TaskOOM => TASK_OOM_EVENT_TOPIC,
+    TaskPaused => TASK_PAUSED_EVENT_TOPIC,
+    TaskResumed => TASK_RESUMED_EVENT_TOPIC,
+}
+
+/// The sending side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Publisher {
+    /// Starts the forwarding task (inside the tokio runtime).
+    pub fn start() -> Publisher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(rx));
+        Publisher { tx }
+    }
+
+    /// Queues `event` for the containerd at `address`; a task with no
+    /// known containerd publishes nothing.
+    pub fn publish<T: Topic>(&self, address: Option<&str>, namespace: &str, event: T) {
+        let Some(address) = address.filter(|a| !a.is_empty()) else {
+            return;
+        };
+        tracing::debug!(topic = T::TOPIC, namespace, "event");
+        let _ = self.tx.send(Event {
+            address: address.to_string(),
+            namespace: namespace.to_string(),
+            topic: T::TOPIC,
+            event: to_any(&event),
+        });
+    }
+}
+
+fn ttrpc_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    }
+}
+
+async fn forward(mut rx: mpsc::UnboundedReceiver<Event>) {
+    let mut clients: HashMap<String, EventsClient> = HashMap::new();
+    while let Some(ev) = rx.recv().await {
+        let mut req = ForwardRequest::new();
+        req.envelope = Some(Envelope {
+            timestamp: Some(timestamp(SystemTime::now())).into(),
+            namespace: ev.namespace.clone(),
+            topic: ev.topic.to_string(),
+            event: Some(ev.event.clone()).into(),
+            ..Default::default()
+        })
+        .into();
+        let mut sent = false;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            let client = match clients.get(&ev.address) {
+                Some(c) => c.clone(),
+                None => match Client::connect(&ttrpc_address(&ev.address)).await {
+                    Ok(c) => {
+                        let c = EventsClient::new(c);
+                        clients.insert(ev.address.clone(), c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        tracing::debug!(address = %ev.address, error = %e, "cannot reach containerd");
+                        continue;
+                    }
+                },
+            };
+            let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
+            match client.forward(ctx, &req).await {
+                Ok(_) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(address = %ev.address, error = %e, "event not forwarded");
+                    clients.remove(&ev.address);
+                }
+            }
+        }
+        if !sent {
+            tracing::warn!(
+                topic = ev.topic,
+                address = %ev.address,
+                "event dropped: containerd did not take it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_containerds_type_names() {
+        let exit = TaskExit {
+            container_id: "c".into(),
+            pid: 5,
+            exit_status: 3,
+            ..Default::default()
+        };
+        let any = to_any(&exit);
+        assert_eq!(any.type_url, "containerd.events.TaskExit");
+        assert_eq!(<TaskExit as Topic>::TOPIC, "/tasks/exit");
+        let back =
+            <TaskExit as containerd_shim_protos::protobuf::Message>::parse_from_bytes(&any.value)
+                .unwrap();
+        assert_eq!(back.exit_status, 3);
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            ttrpc_address("/run/c.sock.ttrpc"),
+            "unix:///run/c.sock.ttrpc"
+        );
+        assert_eq!(ttrpc_address("unix:///x"), "unix:///x");
+    }
+}

@@ -1,0 +1,331 @@
+//! The short-lived helper that forks a container's processes.
+//!
+//! Creating a container forks (namespaces, the init process) and the forked
+//! child runs a good deal of code before it execs. Doing that from the
+//! daemon, a multi-threaded process, risks a child that inherits a lock some
+//! other thread held. So the daemon re-executes its own binary as
+//! `ironcelld helper create|exec ...`: a fresh single-threaded process that
+//! calls the same `sandbox` library the `ironcell` CLI calls, with the
+//! container's stdio as its own stdio, and exits once the container's process
+//! exists. That process is then re-parented to the daemon (a subreaper).
+//!
+//! The helper reports a failure on the pipe named by `IRONCELLD_ERROR_FD`
+//! (one line), because its stderr is the container's.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+use ironcell_container::{CreateOptions, ExecOptions};
+use ironcell_oci::Bundle;
+use ironcell_sandbox::Sandboxes;
+
+use crate::reaper::Reaper;
+
+const ERROR_FD_ENV: &str = "IRONCELLD_ERROR_FD";
+/// The fd number the error pipe gets in the helper.
+const ERROR_FD: i32 = 3;
+
+/// What a helper is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    Create {
+        root: PathBuf,
+        id: String,
+        bundle: PathBuf,
+        pid_file: PathBuf,
+        console_socket: Option<PathBuf>,
+        systemd_cgroup: bool,
+    },
+    Exec {
+        root: PathBuf,
+        id: String,
+        process: PathBuf,
+        pid_file: PathBuf,
+        console_socket: Option<PathBuf>,
+    },
+}
+
+impl Job {
+    fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["helper".into()];
+        let (root, id, pid_file, console) = match self {
+            Job::Create {
+                root,
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                systemd_cgroup,
+            } => {
+                a.push("create".into());
+                a.push("--bundle".into());
+                a.push(bundle.into());
+                if *systemd_cgroup {
+                    a.push("--systemd-cgroup".into());
+                }
+                (root, id, pid_file, console_socket)
+            }
+            Job::Exec {
+                root,
+                id,
+                process,
+                pid_file,
+                console_socket,
+            } => {
+                a.push("exec".into());
+                a.push("--process".into());
+                a.push(process.into());
+                (root, id, pid_file, console_socket)
+            }
+        };
+        a.push("--root".into());
+        a.push(root.into());
+        a.push("--pid-file".into());
+        a.push(pid_file.into());
+        if let Some(c) = console {
+            a.push("--console-socket".into());
+            a.push(c.into());
+        }
+        a.push(id.into());
+        a
+    }
+
+    fn parse(args: &[OsString]) -> Result<Job> {
+        use lexopt::prelude::*;
+        let mut p = lexopt::Parser::from_args(args.iter().cloned());
+        let kind = match p.next()? {
+            Some(Value(v)) => v.string()?,
+            _ => bail!("helper: expected create or exec"),
+        };
+        let (mut root, mut bundle, mut process, mut pid_file, mut console, mut id) =
+            (None, None, None, None, None, None);
+        let mut systemd = false;
+        while let Some(arg) = p.next()? {
+            match arg {
+                Long("root") => root = Some(PathBuf::from(p.value()?)),
+                Long("bundle") => bundle = Some(PathBuf::from(p.value()?)),
+                Long("process") => process = Some(PathBuf::from(p.value()?)),
+                Long("pid-file") => pid_file = Some(PathBuf::from(p.value()?)),
+                Long("console-socket") => console = Some(PathBuf::from(p.value()?)),
+                Long("systemd-cgroup") => systemd = true,
+                Value(v) if id.is_none() => id = Some(v.string()?),
+                _ => return Err(arg.unexpected().into()),
+            }
+        }
+        let root = root.context("helper: --root is required")?;
+        let id = id.context("helper: container id is required")?;
+        let pid_file = pid_file.context("helper: --pid-file is required")?;
+        Ok(match kind.as_str() {
+            "create" => Job::Create {
+                root,
+                id,
+                bundle: bundle.context("helper create: --bundle is required")?,
+                pid_file,
+                console_socket: console,
+                systemd_cgroup: systemd,
+            },
+            "exec" => Job::Exec {
+                root,
+                id,
+                process: process.context("helper exec: --process is required")?,
+                pid_file,
+                console_socket: console,
+            },
+            other => bail!("helper: unknown job {other:?}"),
+        })
+    }
+
+    fn run(&self) -> Result<()> {
+        match self {
+            Job::Create {
+                root,
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                systemd_cgroup,
+            } => {
+                let sandboxes = Sandboxes::new(root, *systemd_cgroup);
+                let bundle = Bundle::load(bundle)?;
+                let kind = Sandboxes::select(None, &bundle)?;
+                let opts = CreateOptions {
+                    pid_file: Some(pid_file.clone()),
+                    console_socket: console_socket.clone(),
+                    detach: true,
+                    ..Default::default()
+                };
+                sandboxes.create(kind, id, &bundle, &opts)?;
+            }
+            Job::Exec {
+                root,
+                id,
+                process,
+                pid_file,
+                console_socket,
+            } => {
+                let sandboxes = Sandboxes::new(root, false);
+                let opts = ExecOptions {
+                    process: Some(process.clone()),
+                    pid_file: Some(pid_file.clone()),
+                    console_socket: console_socket.clone(),
+                    tty: console_socket.is_some(),
+                    detach: true,
+                    ..Default::default()
+                };
+                sandboxes.owner(id)?.exec(id, &opts)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ironcelld helper ...`: runs in the re-executed binary.
+pub fn main(args: &[OsString]) -> ExitCode {
+    let mut errors = std::env::var(ERROR_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(|fd| {
+            // SAFETY: the daemon passed this fd to us for this purpose and
+            // nothing else in this process owns it.
+            let f = unsafe { File::from_raw_fd(fd) };
+            // Not inherited by the container's process.
+            let _ = nix::fcntl::fcntl(
+                f.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            f
+        });
+    let result = Job::parse(args).and_then(|job| job.run());
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            match errors.as_mut() {
+                Some(f) => {
+                    let _ = writeln!(f, "{msg}");
+                }
+                None => eprintln!("ironcelld helper: {msg}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The container's stdio for a helper: what its fds 0, 1 and 2 become.
+pub struct HelperStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+fn stdio(fd: Option<OwnedFd>) -> Stdio {
+    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+/// Runs `job` in a helper process and waits for it. The error is the
+/// helper's one-line report.
+pub async fn run(reaper: &Reaper, exe: &Path, job: &Job, io: HelperStdio) -> Result<()> {
+    let (err_read, err_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    let mut err_read = File::from(err_read);
+    let err_fd = err_write.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    let cwd = match job {
+        Job::Create { bundle, .. } => bundle.as_path(),
+        Job::Exec { .. } => Path::new("/"),
+    };
+    cmd.args(job.to_args())
+        .current_dir(cwd)
+        .env(ERROR_FD_ENV, ERROR_FD.to_string())
+        .stdin(stdio(io.stdin))
+        .stdout(stdio(io.stdout))
+        .stderr(stdio(io.stderr));
+    // SAFETY: dup2 is async-signal-safe; the closure touches no memory of
+    // the parent beyond the copied integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(err_fd, ERROR_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    drop(cmd);
+    drop(err_write);
+    let exit = reaper.watch(child.id() as i32);
+    let exit = exit.await.context("the daemon stopped reaping")?;
+    if exit.status == 0 {
+        return Ok(());
+    }
+    // The pipe's other end may still be open in the container's process (it
+    // closes at exec): read what is there without waiting for EOF.
+    nix::fcntl::fcntl(
+        err_read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = err_read.read(&mut chunk) {
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > 64 * 1024 {
+            break;
+        }
+    }
+    let msg = String::from_utf8_lossy(&buf).trim().to_string();
+    if msg.is_empty() {
+        bail!("the helper exited with status {}", exit.status);
+    }
+    bail!("{msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_round_trip_through_args() {
+        let jobs = [
+            Job::Create {
+                root: "/r".into(),
+                id: "c1".into(),
+                bundle: "/b".into(),
+                pid_file: "/p".into(),
+                console_socket: Some("/s".into()),
+                systemd_cgroup: true,
+            },
+            Job::Exec {
+                root: "/r".into(),
+                id: "c1".into(),
+                process: "/x.json".into(),
+                pid_file: "/p".into(),
+                console_socket: None,
+            },
+        ];
+        for job in jobs {
+            let args = job.to_args();
+            assert_eq!(Job::parse(&args[1..]).unwrap(), job);
+        }
+    }
+
+    #[test]
+    fn bad_helper_args_are_errors() {
+        for args in [
+            vec![],
+            vec!["destroy"],
+            vec!["create", "--root", "/r", "--pid-file", "/p", "id"],
+            vec!["exec", "--root", "/r", "id"],
+        ] {
+            let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
+            assert!(Job::parse(&args).is_err(), "{args:?}");
+        }
+    }
+}

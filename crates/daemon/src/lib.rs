@@ -1,0 +1,15 @@
+//! ironcelld: one daemon per node serving containerd's shim v2 Task API for
+//! every task of every namespace (1:N), on the `sandbox` library that the
+//! `ironcell` CLI also uses. See docs/daemon.md.
+
+pub mod control;
+pub mod endpoint;
+pub mod events;
+pub mod helper;
+pub mod metrics;
+pub mod mount;
+pub mod reaper;
+pub mod server;
+pub mod service;
+pub mod stdio;
+pub mod task;

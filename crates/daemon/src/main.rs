@@ -1,0 +1,101 @@
+//! `ironcelld`: the node's sandboxer daemon (docs/daemon.md).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ironcelld::server;
+
+const USAGE: &str = "\
+usage: ironcelld [options]
+
+Serves containerd's shim v2 Task API for every task on this node (one
+daemon, every pod). containerd reaches it through containerd-shim-ironcell-v2.
+  --root DIR          state and sockets (default /run/ironcell/ironcelld)
+  --log PATH          log file (default stderr)
+  --log-format FMT    text (default) or json
+  --log-level LEVEL   error, warn, info (default), debug, trace
+";
+
+struct Args {
+    root: PathBuf,
+    log: Option<PathBuf>,
+    log_json: bool,
+    log_level: tracing::Level,
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<Args> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        root: PathBuf::from(server::DEFAULT_ROOT),
+        log: None,
+        log_json: false,
+        log_level: tracing::Level::INFO,
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("root") => a.root = p.value()?.into(),
+            Long("log") => a.log = Some(p.value()?.into()),
+            Long("log-format") => {
+                a.log_json = match p.value()?.string()?.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => bail!("--log-format: unknown format {other:?} (text or json)"),
+                }
+            }
+            Long("log-level") => {
+                let v = p.value()?.string()?;
+                a.log_level = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--log-level: unknown level {v:?}"))?;
+            }
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if !a.root.is_absolute() {
+        bail!("--root {}: must be an absolute path", a.root.display());
+    }
+    Ok(a)
+}
+
+fn run(args: Args) -> Result<()> {
+    let format = if args.log_json {
+        logging::LogFormat::Json
+    } else {
+        logging::LogFormat::Text
+    };
+    logging::init(args.log.as_deref(), format, args.log_level)
+        .with_context(|| format!("cannot open log {:?}", args.log))?;
+    let _lock = server::lock(&args.root)?;
+    // Started by the shim inside a bundle that will be deleted: a daemon
+    // must not hold any directory.
+    std::env::set_current_dir("/").context("cannot change to /")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(server::serve(args.root))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "helper") {
+        return ironcelld::helper::main(&args[1..]);
+    }
+    match parse_args(args).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            tracing::error!("{msg}");
+            eprintln!("ironcelld: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

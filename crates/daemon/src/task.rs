@@ -1,0 +1,991 @@
+//! Tasks: every container the daemon runs, of every containerd namespace,
+//! with their processes (the init and each exec), their stdio and their
+//! exits. The shim v2 Task service (`service.rs`) is a thin layer on this.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::MessageField;
+use ironcell_container::stats::Stats;
+use ironcell_container::{ConsoleSocket, ContainerError};
+use ironcell_oci::Bundle;
+use ironcell_sandbox::{SandboxError, Sandboxes};
+use oci_spec::runtime::{LinuxResources, Process};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::events::{timestamp, Publisher};
+use crate::helper::{self, HelperStdio, Job};
+use crate::mount::{self, Mount};
+use crate::reaper::{Exit, Reaper};
+use crate::stdio::{self, StdinRelay};
+
+/// How long a container may take to send its pty master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a task operation can fail with; each maps to the gRPC code
+/// containerd expects (see `service.rs`).
+#[derive(Debug, Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SandboxError> for TaskError {
+    fn from(e: SandboxError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SandboxError::Container(ContainerError::NotFound(_)) => TaskError::NotFound(msg),
+            SandboxError::Container(ContainerError::Exists(_)) => TaskError::AlreadyExists(msg),
+            SandboxError::Container(ContainerError::WrongStatus { .. }) => {
+                TaskError::FailedPrecondition(msg)
+            }
+            SandboxError::Container(ContainerError::Id(_))
+            | SandboxError::Container(ContainerError::Bundle(_))
+            | SandboxError::UnknownKind(_)
+            | SandboxError::Annotation(_)
+            | SandboxError::NotBuilt(_) => TaskError::InvalidArgument(msg),
+            _ => TaskError::Internal(msg),
+        }
+    }
+}
+
+pub type Result<T, E = TaskError> = std::result::Result<T, E>;
+
+/// Runs blocking sandbox work off the async threads.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TaskError::Internal(format!("internal error: {e}")))?
+}
+
+/// A process's stdio as containerd gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoSpec {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcStatus {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// The init process or one exec'd process.
+struct Proc {
+    pid: i32,
+    io: IoSpec,
+    started: bool,
+    exit: watch::Sender<Option<Exit>>,
+    stdin: Option<StdinRelay>,
+    master: Option<File>,
+    /// An exec's process.json (written at Exec, used at Start).
+    spec: Option<PathBuf>,
+}
+
+impl Proc {
+    fn new(io: IoSpec) -> Proc {
+        Proc {
+            pid: 0,
+            io,
+            started: false,
+            exit: watch::channel(None).0,
+            stdin: None,
+            master: None,
+            spec: None,
+        }
+    }
+
+    fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    fn close_stdin(&mut self) {
+        if let Some(s) = self.stdin.take() {
+            s.close();
+        }
+    }
+}
+
+/// A process's view for State and Wait.
+#[derive(Debug, Clone)]
+pub struct ProcView {
+    pub pid: i32,
+    pub status: ProcStatus,
+    pub io: IoSpec,
+    pub exit: Option<Exit>,
+}
+
+struct TaskInner {
+    init: Proc,
+    execs: HashMap<String, Proc>,
+}
+
+/// One container of one containerd namespace.
+pub struct Task {
+    pub namespace: String,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// containerd's ttrpc address, for this task's events.
+    containerd: Option<String>,
+    /// The sandbox library's state root for this namespace.
+    root: PathBuf,
+    /// Pid files, process specs.
+    dir: PathBuf,
+    rootfs_mounted: bool,
+    inner: Mutex<TaskInner>,
+}
+
+impl Task {
+    fn sandboxes(&self) -> Sandboxes {
+        Sandboxes::new(&self.root, false)
+    }
+
+    fn view(&self, p: &Proc, paused: bool) -> ProcView {
+        let status = match (p.exited(), p.started, paused) {
+            (Some(_), _, _) => ProcStatus::Stopped,
+            (None, false, _) => ProcStatus::Created,
+            (None, true, true) => ProcStatus::Paused,
+            (None, true, false) => ProcStatus::Running,
+        };
+        ProcView {
+            pid: p.pid,
+            status,
+            io: p.io.clone(),
+            exit: p.exited(),
+        }
+    }
+}
+
+type Key = (String, String);
+
+/// Every task of every namespace.
+pub struct Tasks {
+    root: PathBuf,
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+    events: Publisher,
+    /// Ids being created (a second Create of the same id fails at once).
+    creating: Mutex<std::collections::HashSet<Key>>,
+    tasks: Mutex<HashMap<Key, Arc<Task>>>,
+    paused: Mutex<std::collections::HashSet<Key>>,
+    counter: AtomicU64,
+}
+
+/// A containerd namespace name is used in paths: it must be a plain name.
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    ironcell_oci::validate_id(ns)
+        .map_err(|e| TaskError::InvalidArgument(format!("namespace {ns:?}: {e}")))
+}
+
+fn validate_id(what: &str, id: &str) -> Result<()> {
+    ironcell_oci::validate_id(id).map_err(|e| TaskError::InvalidArgument(format!("{what}: {e}")))
+}
+
+fn not_found(ns: &str, id: &str) -> TaskError {
+    TaskError::NotFound(format!("task {id} not found in namespace {ns}"))
+}
+
+fn exec_not_found(id: &str, exec_id: &str) -> TaskError {
+    TaskError::NotFound(format!("exec {exec_id} not found in task {id}"))
+}
+
+/// A cgroups path in systemd's `slice:prefix:name` form.
+fn systemd_cgroup(bundle: &Bundle) -> bool {
+    bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .and_then(|p| p.to_str())
+        .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3)
+}
+
+/// What Create needs.
+pub struct CreateRequest {
+    pub namespace: String,
+    /// containerd's ttrpc address, for the task's events.
+    pub containerd: Option<String>,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<Mount>,
+    pub io: IoSpec,
+}
+
+impl Tasks {
+    pub fn new(root: PathBuf, exe: PathBuf, reaper: Arc<Reaper>, events: Publisher) -> Tasks {
+        Tasks {
+            root,
+            exe,
+            reaper,
+            events,
+            creating: Mutex::default(),
+            tasks: Mutex::default(),
+            paused: Mutex::default(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, namespace: &str, id: &str) -> Result<Arc<Task>> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .get(&(namespace.to_string(), id.to_string()))
+            .cloned()
+            .ok_or_else(|| not_found(namespace, id))
+    }
+
+    pub fn count(&self) -> usize {
+        self.tasks.lock().unwrap().len()
+    }
+
+    fn is_paused(&self, t: &Task) -> bool {
+        self.paused
+            .lock()
+            .unwrap()
+            .contains(&(t.namespace.clone(), t.id.clone()))
+    }
+
+    fn unique(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<i32> {
+        validate_namespace(&req.namespace)?;
+        validate_id("task id", &req.id)?;
+        let key = (req.namespace.clone(), req.id.clone());
+        if self.tasks.lock().unwrap().contains_key(&key)
+            || !self.creating.lock().unwrap().insert(key.clone())
+        {
+            return Err(TaskError::AlreadyExists(format!(
+                "task {} already exists in namespace {}",
+                req.id, req.namespace
+            )));
+        }
+        let result = self.create_inner(&req).await;
+        self.creating.lock().unwrap().remove(&key);
+        let task = result?;
+        let pid = task.inner.lock().unwrap().init.pid;
+        self.tasks.lock().unwrap().insert(key, task.clone());
+        self.watch_exit(&task, None, pid);
+        self.events.publish(
+            task.containerd.as_deref(),
+            &task.namespace,
+            TaskCreate {
+                container_id: task.id.clone(),
+                bundle: task.bundle.display().to_string(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.io.stdin.clone(),
+                    stdout: req.io.stdout.clone(),
+                    stderr: req.io.stderr.clone(),
+                    terminal: req.io.terminal,
+                    ..Default::default()
+                }),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        tracing::info!(namespace = %task.namespace, id = %task.id, pid, "task created");
+        Ok(pid)
+    }
+
+    async fn create_inner(&self, req: &CreateRequest) -> Result<Arc<Task>> {
+        if !req.bundle.is_absolute() {
+            return Err(TaskError::InvalidArgument(format!(
+                "bundle {} is not an absolute path",
+                req.bundle.display()
+            )));
+        }
+        let bundle_path = req.bundle.clone();
+        let bundle = blocking(move || {
+            Bundle::load(&bundle_path).map_err(|e| TaskError::InvalidArgument(format!("{e}")))
+        })
+        .await?;
+        let systemd = systemd_cgroup(&bundle);
+        let root = self.root.join("containers").join(&req.namespace);
+        let dir = self.root.join("tasks").join(&req.namespace).join(&req.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TaskError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let rootfs = req.bundle.join("rootfs");
+        let mut task = Task {
+            namespace: req.namespace.clone(),
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            containerd: req.containerd.clone(),
+            root,
+            dir,
+            rootfs_mounted: false,
+            inner: Mutex::new(TaskInner {
+                init: Proc::new(req.io.clone()),
+                execs: HashMap::new(),
+            }),
+        };
+        let undo = |task: &Task| {
+            if task.rootfs_mounted {
+                mount::unmount_all(&rootfs);
+            }
+            let _ = std::fs::remove_dir_all(&task.dir);
+        };
+        if !req.rootfs.is_empty() {
+            let (mounts, target) = (req.rootfs.clone(), rootfs.clone());
+            let r = blocking(move || {
+                std::fs::create_dir_all(&target).map_err(|e| {
+                    TaskError::Internal(format!("cannot create {}: {e}", target.display()))
+                })?;
+                mount::mount_all(&mounts, &target)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))
+            })
+            .await;
+            if let Err(e) = r {
+                undo(&task);
+                return Err(e);
+            }
+            task.rootfs_mounted = true;
+        }
+        let pid_file = task.dir.join("init.pid");
+        let job = |console: Option<PathBuf>| Job::Create {
+            root: task.root.clone(),
+            id: task.id.clone(),
+            bundle: task.bundle.clone(),
+            pid_file: pid_file.clone(),
+            console_socket: console,
+            systemd_cgroup: systemd,
+        };
+        let started = self.spawn_process(&task, &req.io, job, &pid_file).await;
+        match started {
+            Ok(proc_io) => {
+                let mut inner = task.inner.lock().unwrap();
+                inner.init.pid = proc_io.pid;
+                inner.init.stdin = proc_io.stdin;
+                inner.init.master = proc_io.master;
+            }
+            Err(e) => {
+                undo(&task);
+                return Err(e);
+            }
+        }
+        Ok(Arc::new(task))
+    }
+
+    /// Opens `io`, runs the helper job that forks the process, and returns
+    /// the new process's pid and the daemon's ends of its stdio.
+    async fn spawn_process(
+        &self,
+        task: &Task,
+        io: &IoSpec,
+        job: impl FnOnce(Option<PathBuf>) -> Job,
+        pid_file: &Path,
+    ) -> Result<SpawnedIo> {
+        let bad = |e: stdio::StdioError| TaskError::InvalidArgument(e.to_string());
+        let console = if io.terminal {
+            let dir = self.root.join("console");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                TaskError::Internal(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let path = dir.join(format!("{}-{}.sock", std::process::id(), self.unique()));
+            Some(ConsoleSocket::bind(path).map_err(|e| TaskError::Internal(e.to_string()))?)
+        } else {
+            None
+        };
+        let mut stdin_relay = None;
+        let hio = if io.terminal {
+            HelperStdio {
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            }
+        } else {
+            let stdin = if io.stdin.is_empty() {
+                None
+            } else {
+                let (fd, relay) = stdio::stdin_pipe(&io.stdin).map_err(bad)?;
+                stdin_relay = Some(relay);
+                Some(fd)
+            };
+            let outputs = stdio::open_output("stdout", &io.stdout)
+                .and_then(|o| Ok((o, stdio::open_output("stderr", &io.stderr)?)));
+            let (stdout, stderr) = match outputs {
+                Ok(o) => o,
+                Err(e) => {
+                    if let Some(r) = stdin_relay {
+                        r.close();
+                    }
+                    return Err(bad(e));
+                }
+            };
+            HelperStdio {
+                stdin,
+                stdout,
+                stderr,
+            }
+        };
+        let job = job(console.as_ref().map(|c| c.path().to_path_buf()));
+        let result = helper::run(&self.reaper, &self.exe, &job, hio).await;
+        let fail = |e: TaskError, relay: Option<StdinRelay>| {
+            if let Some(r) = relay {
+                r.close();
+            }
+            e
+        };
+        if let Err(e) = result {
+            return Err(fail(TaskError::Internal(format!("{e:#}")), stdin_relay));
+        }
+        let pid = match std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            Some(pid) if pid > 0 => pid,
+            _ => {
+                return Err(fail(
+                    TaskError::Internal(format!(
+                        "no pid in {} after the process was created",
+                        pid_file.display()
+                    )),
+                    stdin_relay,
+                ))
+            }
+        };
+        let mut master = None;
+        if let Some(console) = console {
+            let got = blocking(move || {
+                console
+                    .receive(CONSOLE_TIMEOUT)
+                    .map_err(|e| TaskError::Internal(e.to_string()))
+            })
+            .await;
+            let m = match got {
+                Ok(m) => m,
+                Err(e) => {
+                    // SAFETY: kill(2) with integers only.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return Err(e);
+                }
+            };
+            let stdout = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+            stdio::relay_output(&m, stdout)
+                .map_err(|e| TaskError::Internal(format!("cannot relay the terminal: {e}")))?;
+            if !io.stdin.is_empty() {
+                let sink = m
+                    .try_clone()
+                    .map_err(|e| TaskError::Internal(format!("terminal: {e}")))?;
+                stdin_relay = Some(StdinRelay::start(&io.stdin, sink));
+            }
+            master = Some(m);
+        }
+        let _ = task;
+        Ok(SpawnedIo {
+            pid,
+            stdin: stdin_relay,
+            master,
+        })
+    }
+
+    /// Watches `pid` and records its exit for (task, exec_id).
+    fn watch_exit(self: &Arc<Self>, task: &Arc<Task>, exec_id: Option<String>, pid: i32) {
+        let rx = self.reaper.watch(pid);
+        let tasks = self.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            let Ok(exit) = rx.await else { return };
+            tasks.on_exit(&task, exec_id, exit);
+        });
+    }
+
+    fn on_exit(&self, task: &Task, exec_id: Option<String>, exit: Exit) {
+        {
+            let mut inner = task.inner.lock().unwrap();
+            let p = match &exec_id {
+                None => &mut inner.init,
+                Some(e) => match inner.execs.get_mut(e) {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            p.close_stdin();
+            p.exit.send_replace(Some(exit));
+        }
+        tracing::info!(
+            namespace = %task.namespace, id = %task.id, exec_id = exec_id.as_deref().unwrap_or(""),
+            pid = exit.pid, status = exit.status, "process exited"
+        );
+        self.events.publish(
+            task.containerd.as_deref(),
+            &task.namespace,
+            TaskExit {
+                container_id: task.id.clone(),
+                id: exec_id.unwrap_or_else(|| task.id.clone()),
+                pid: exit.pid as u32,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            },
+        );
+    }
+
+    pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<i32> {
+        let task = self.get(ns, id)?;
+        if exec_id.is_empty() {
+            {
+                let inner = task.inner.lock().unwrap();
+                if inner.init.started {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "task {id} is already started"
+                    )));
+                }
+            }
+            let t = task.clone();
+            blocking(move || Ok(t.sandboxes().owner(&t.id)?.start(&t.id)?)).await?;
+            let pid = {
+                let mut inner = task.inner.lock().unwrap();
+                inner.init.started = true;
+                inner.init.pid
+            };
+            self.events.publish(
+                task.containerd.as_deref(),
+                ns,
+                TaskStart {
+                    container_id: id.to_string(),
+                    pid: pid as u32,
+                    ..Default::default()
+                },
+            );
+            return Ok(pid);
+        }
+        let (io, spec) = {
+            let mut inner = task.inner.lock().unwrap();
+            if inner.init.exited().is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} has exited: cannot start exec {exec_id}"
+                )));
+            }
+            let p = inner
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if p.started {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "exec {exec_id} is already started"
+                )));
+            }
+            // Claimed now: a second Start of this exec fails above.
+            p.started = true;
+            (p.io.clone(), p.spec.clone().unwrap_or_default())
+        };
+        let pid_file = task.dir.join(format!("exec-{exec_id}.pid"));
+        let job = |console| Job::Exec {
+            root: task.root.clone(),
+            id: task.id.clone(),
+            process: spec.clone(),
+            pid_file: pid_file.clone(),
+            console_socket: console,
+        };
+        let spawned = self.spawn_process(&task, &io, job, &pid_file).await;
+        let _ = std::fs::remove_file(&pid_file);
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(p) = task.inner.lock().unwrap().execs.get_mut(exec_id) {
+                    p.started = false;
+                }
+                return Err(e);
+            }
+        };
+        let pid = spawned.pid;
+        {
+            let mut inner = task.inner.lock().unwrap();
+            if let Some(p) = inner.execs.get_mut(exec_id) {
+                p.pid = pid;
+                p.stdin = spawned.stdin;
+                p.master = spawned.master;
+            }
+        }
+        self.watch_exit(&task, Some(exec_id.to_string()), pid);
+        self.events.publish(
+            task.containerd.as_deref(),
+            ns,
+            TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Adds an exec process (started later by Start). `spec` is the OCI
+    /// process as JSON.
+    pub fn exec(&self, ns: &str, id: &str, exec_id: &str, io: IoSpec, spec: &[u8]) -> Result<()> {
+        validate_id("exec id", exec_id)?;
+        let task = self.get(ns, id)?;
+        let process: Process = serde_json::from_slice(spec).map_err(|e| {
+            TaskError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
+        })?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec {exec_id}: the process has no args"
+            )));
+        }
+        if io.terminal != process.terminal().unwrap_or(false) {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec {exec_id}: terminal in the request and the process spec differ"
+            )));
+        }
+        {
+            let mut inner = task.inner.lock().unwrap();
+            if inner.init.exited().is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} has exited: cannot add exec {exec_id}"
+                )));
+            }
+            if inner.execs.contains_key(exec_id) {
+                return Err(TaskError::AlreadyExists(format!(
+                    "exec {exec_id} already exists in task {id}"
+                )));
+            }
+            let path = task.dir.join(format!("exec-{exec_id}.json"));
+            std::fs::write(&path, spec).map_err(|e| {
+                TaskError::Internal(format!("cannot write {}: {e}", path.display()))
+            })?;
+            let mut p = Proc::new(io);
+            p.spec = Some(path);
+            inner.execs.insert(exec_id.to_string(), p);
+        }
+        self.events.publish(
+            task.containerd.as_deref(),
+            ns,
+            TaskExecAdded {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
+    pub fn state(&self, ns: &str, id: &str, exec_id: &str) -> Result<(Arc<Task>, ProcView)> {
+        let task = self.get(ns, id)?;
+        let paused = self.is_paused(&task);
+        let view = {
+            let inner = task.inner.lock().unwrap();
+            if exec_id.is_empty() {
+                task.view(&inner.init, paused)
+            } else {
+                let p = inner
+                    .execs
+                    .get(exec_id)
+                    .ok_or_else(|| exec_not_found(id, exec_id))?;
+                task.view(p, paused)
+            }
+        };
+        Ok((task, view))
+    }
+
+    pub async fn kill(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
+        let (task, view) = self.state(ns, id, exec_id)?;
+        let signal = i32::try_from(signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| TaskError::InvalidArgument(format!("invalid signal {signal}")))?;
+        if view.status == ProcStatus::Stopped {
+            return Err(TaskError::NotFound(format!(
+                "process already finished: {}",
+                if exec_id.is_empty() { id } else { exec_id }
+            )));
+        }
+        if exec_id.is_empty() {
+            let t = task.clone();
+            return blocking(move || Ok(t.sandboxes().owner(&t.id)?.kill(&t.id, signal, all)?))
+                .await;
+        }
+        if view.pid <= 0 {
+            return Err(TaskError::FailedPrecondition(format!(
+                "exec {exec_id} is not started"
+            )));
+        }
+        // SAFETY: kill(2) with integers only.
+        if unsafe { libc::kill(view.pid, signal) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err(TaskError::NotFound(format!(
+                    "process already finished: {exec_id}"
+                )));
+            }
+            return Err(TaskError::Internal(format!(
+                "cannot signal exec {exec_id}: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the process exits.
+    pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
+        let task = self.get(ns, id)?;
+        let mut rx = {
+            let inner = task.inner.lock().unwrap();
+            let p = if exec_id.is_empty() {
+                &inner.init
+            } else {
+                inner
+                    .execs
+                    .get(exec_id)
+                    .ok_or_else(|| exec_not_found(id, exec_id))?
+            };
+            p.exit.subscribe()
+        };
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| TaskError::NotFound(format!("task {id} was deleted while waiting")))?;
+        Ok(exit.expect("wait_for returned a value"))
+    }
+
+    pub async fn delete(&self, ns: &str, id: &str, exec_id: &str) -> Result<(i32, Option<Exit>)> {
+        let task = self.get(ns, id)?;
+        if !exec_id.is_empty() {
+            let mut inner = task.inner.lock().unwrap();
+            let p = inner
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if p.started && p.exited().is_none() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "exec {exec_id} is still running"
+                )));
+            }
+            let mut p = inner.execs.remove(exec_id).expect("checked above");
+            p.close_stdin();
+            if let Some(spec) = &p.spec {
+                let _ = std::fs::remove_file(spec);
+            }
+            return Ok((p.pid, p.exited()));
+        }
+        let (pid, exit) = {
+            let inner = task.inner.lock().unwrap();
+            let view = task.view(&inner.init, self.is_paused(&task));
+            if matches!(view.status, ProcStatus::Running | ProcStatus::Paused) {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} must be stopped before it is deleted: it is {}",
+                    if view.status == ProcStatus::Paused {
+                        "paused"
+                    } else {
+                        "running"
+                    }
+                )));
+            }
+            (inner.init.pid, inner.init.exited())
+        };
+        let t = task.clone();
+        blocking(move || {
+            let sandboxes = t.sandboxes();
+            match sandboxes.owner(&t.id) {
+                Ok(b) => b.delete(&t.id, true)?,
+                // Already gone (a delete that failed half-way before).
+                Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        })
+        .await?;
+        let key = (ns.to_string(), id.to_string());
+        let removed = self.tasks.lock().unwrap().remove(&key);
+        self.paused.lock().unwrap().remove(&key);
+        if let Some(t) = removed {
+            let mut inner = t.inner.lock().unwrap();
+            inner.init.close_stdin();
+            for p in inner.execs.values_mut() {
+                p.close_stdin();
+            }
+            // Waiters see the exit, or an error if there never was one.
+            if inner.init.exited().is_none() {
+                self.reaper.forget(inner.init.pid);
+            }
+        }
+        if task.rootfs_mounted {
+            mount::unmount_all(&task.bundle.join("rootfs"));
+        }
+        let _ = std::fs::remove_dir_all(&task.dir);
+        let (status, at) = exit
+            .map(|e| (e.status, e.at))
+            .unwrap_or((137, SystemTime::now()));
+        self.events.publish(
+            task.containerd.as_deref(),
+            ns,
+            TaskDelete {
+                container_id: id.to_string(),
+                pid: pid as u32,
+                exit_status: status,
+                exited_at: MessageField::some(timestamp(at)),
+                id: id.to_string(),
+                ..Default::default()
+            },
+        );
+        tracing::info!(namespace = ns, id, "task deleted");
+        Ok((pid, exit))
+    }
+
+    pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let t = task.clone();
+        blocking(move || {
+            let sandboxes = t.sandboxes();
+            let b = sandboxes.owner(&t.id)?;
+            if pause {
+                b.pause(&t.id)?
+            } else {
+                b.resume(&t.id)?
+            }
+            Ok(())
+        })
+        .await?;
+        let key = (ns.to_string(), id.to_string());
+        if pause {
+            self.paused.lock().unwrap().insert(key);
+            self.events.publish(
+                task.containerd.as_deref(),
+                ns,
+                TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.paused.lock().unwrap().remove(&key);
+            self.events.publish(
+                task.containerd.as_deref(),
+                ns,
+                TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn pids(&self, ns: &str, id: &str) -> Result<Vec<i32>> {
+        let task = self.get(ns, id)?;
+        blocking(move || Ok(task.sandboxes().owner(&task.id)?.pids(&task.id)?)).await
+    }
+
+    pub async fn stats(&self, ns: &str, id: &str) -> Result<Stats> {
+        let task = self.get(ns, id)?;
+        blocking(move || Ok(task.sandboxes().owner(&task.id)?.stats(&task.id)?)).await
+    }
+
+    pub async fn update(&self, ns: &str, id: &str, resources: &[u8]) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let resources: LinuxResources = serde_json::from_slice(resources)
+            .map_err(|e| TaskError::InvalidArgument(format!("update of {id}: resources: {e}")))?;
+        blocking(move || {
+            Ok(task
+                .sandboxes()
+                .owner(&task.id)?
+                .update(&task.id, &resources)?)
+        })
+        .await
+    }
+
+    pub fn resize(&self, ns: &str, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let inner = task.inner.lock().unwrap();
+        let p = if exec_id.is_empty() {
+            &inner.init
+        } else {
+            inner
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?
+        };
+        match &p.master {
+            Some(m) => stdio::resize(m, width, height)
+                .map_err(|e| TaskError::Internal(format!("cannot resize the terminal: {e}"))),
+            None => Err(TaskError::FailedPrecondition(format!(
+                "{} has no terminal",
+                if exec_id.is_empty() { id } else { exec_id }
+            ))),
+        }
+    }
+
+    pub fn close_io(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let mut inner = task.inner.lock().unwrap();
+        let p = if exec_id.is_empty() {
+            &mut inner.init
+        } else {
+            inner
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?
+        };
+        p.close_stdin();
+        Ok(())
+    }
+}
+
+/// What the daemon keeps of a started process's stdio.
+struct SpawnedIo {
+    pid: i32,
+    stdin: Option<StdinRelay>,
+    master: Option<File>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_plain_names() {
+        for ok in ["default", "k8s.io", "moby"] {
+            validate_namespace(ok).unwrap();
+        }
+        for bad in ["", "..", "a/b", "../etc", "x y"] {
+            assert!(matches!(
+                validate_namespace(bad),
+                Err(TaskError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn sandbox_errors_map_to_codes() {
+        let e: TaskError = SandboxError::Container(ContainerError::NotFound("x".into())).into();
+        assert!(matches!(e, TaskError::NotFound(_)));
+        let e: TaskError = SandboxError::Container(ContainerError::Exists("x".into())).into();
+        assert!(matches!(e, TaskError::AlreadyExists(_)));
+    }
+}

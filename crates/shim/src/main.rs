@@ -1,0 +1,326 @@
+//! `containerd-shim-ironcell-v2`: the binary containerd runs for the runtime
+//! `io.containerd.ironcell.v2`. It stays tiny and short-lived: no process
+//! per pod remains on the host.
+//!
+//! - `start`: makes sure the node's ironcelld runs (starts it when it does
+//!   not), tells it which containerd the task belongs to, and prints the
+//!   daemon's Task API address. containerd then talks to ironcelld for the
+//!   task; every task of every pod shares that one address.
+//! - `delete`: containerd lost the task's connection (or cleans up after a
+//!   failed start): ironcelld kills and deletes the task if it still has
+//!   it; prints the protobuf `DeleteResponse` containerd reads.
+//!
+//! containerd passes Go-style flags (`-namespace ns -id ID ... start`).
+//! `IRONCELLD_ROOT` in containerd's environment selects the daemon
+//! (default /run/ironcell/ironcelld).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+
+const DEFAULT_ROOT: &str = "/run/ironcell/ironcelld";
+/// How long `start` waits for a daemon it started to listen.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, PartialEq)]
+struct Flags {
+    namespace: String,
+    id: String,
+    address: String,
+    bundle: Option<String>,
+    action: String,
+    version: bool,
+}
+
+/// Go's flag syntax: `-name value`, `--name value`, `-name=value`; boolean
+/// flags (`-debug`, `-v`) take no value.
+fn parse(args: &[String]) -> Result<Flags> {
+    let mut f = Flags::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            if !f.action.is_empty() {
+                bail!("unexpected argument {arg:?}");
+            }
+            f.action = arg.clone();
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        match name {
+            "debug" | "info" => continue,
+            "v" | "version" => {
+                f.version = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .with_context(|| format!("flag -{name} needs a value"))?,
+        };
+        match name {
+            "namespace" => f.namespace = value,
+            "id" => f.id = value,
+            "address" => f.address = value,
+            "bundle" => f.bundle = Some(value),
+            // Known to containerd's shims; not needed here.
+            "publish-binary" | "socket" => {}
+            other => bail!("unknown flag -{other}"),
+        }
+    }
+    Ok(f)
+}
+
+fn root() -> PathBuf {
+    std::env::var_os("IRONCELLD_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// ironcelld next to this binary, else from PATH.
+fn daemon_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IRONCELLD_BINARY") {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("ironcelld")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("ironcelld"))
+}
+
+/// One request on the daemon's control socket, one JSON reply.
+fn call(conn: &UnixStream, req: &serde_json::Value) -> Result<serde_json::Value> {
+    conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    let mut w = conn;
+    let mut line = req.to_string();
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .context("cannot write to ironcelld")?;
+    let mut reply = String::new();
+    BufReader::new(conn)
+        .read_line(&mut reply)
+        .context("no reply from ironcelld")?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&reply).context("malformed reply from ironcelld")?;
+    if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+        bail!("ironcelld: {e}");
+    }
+    Ok(reply)
+}
+
+fn connect(root: &Path) -> std::io::Result<UnixStream> {
+    UnixStream::connect(root.join("control.sock"))
+}
+
+/// Connects to the daemon, starting it first when none listens.
+fn ensure_daemon(root: &Path) -> Result<UnixStream> {
+    if let Ok(c) = connect(root) {
+        return Ok(c);
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let bin = daemon_binary();
+    let log = root.join("ironcelld.log");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-format")
+        .arg("json")
+        // containerd reads the shim's stdout to EOF: the daemon must not
+        // hold it.
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        if let Ok(c) = connect(root) {
+            // The daemon outlives us; its exit is not ours to collect.
+            std::mem::forget(child);
+            return Ok(c);
+        }
+        // A second daemon started by a concurrent shim exits at once (the
+        // root's lock): keep waiting for the first one's socket.
+        if let Ok(Some(status)) = child.try_wait() {
+            if !status.success() && Instant::now() > deadline {
+                bail!("ironcelld exited with {status}; see {}", log.display());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ironcelld did not listen on {} within {} s; see {}",
+                root.join("control.sock").display(),
+                DAEMON_START_TIMEOUT.as_secs(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// containerd's ttrpc address: TTRPC_ADDRESS, else the gRPC address + ".ttrpc".
+fn containerd_ttrpc(flags: &Flags) -> String {
+    std::env::var("TTRPC_ADDRESS")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| format!("{}.ttrpc", flags.address))
+}
+
+fn start(flags: &Flags) -> Result<()> {
+    let root = root();
+    let conn = ensure_daemon(&root)?;
+    let reply = call(
+        &conn,
+        &serde_json::json!({"register": {
+            "namespace": flags.namespace,
+            "id": flags.id,
+            "containerd": containerd_ttrpc(flags),
+        }}),
+    )?;
+    let address = reply
+        .get("address")
+        .and_then(|a| a.as_str())
+        .context("ironcelld sent no address")?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(address.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn delete(flags: &Flags) -> Result<()> {
+    let root = root();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let (pid, status, at) = match connect(&root) {
+        // No daemon: nothing of the task is served any more.
+        Err(_) => (0, 137, now),
+        Ok(conn) => {
+            let r = call(
+                &conn,
+                &serde_json::json!({"cleanup": {"namespace": flags.namespace, "id": flags.id}}),
+            )?;
+            let n = |k: &str, d: u64| r.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
+            (
+                n("pid", 0) as u32,
+                n("exit_status", 137) as u32,
+                n("exited_at", now),
+            )
+        }
+    };
+    let resp = DeleteResponse {
+        pid,
+        exit_status: status,
+        exited_at: MessageField::some(Timestamp {
+            seconds: (at / 1_000_000_000) as i64,
+            nanos: (at % 1_000_000_000) as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(&resp.write_to_bytes()?)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let flags = parse(args)?;
+    if flags.version {
+        println!(
+            "{}:\n  Version: {}\n  Runtime: io.containerd.ironcell.v2 (served by ironcelld)",
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(());
+    }
+    if flags.namespace.is_empty() {
+        bail!("-namespace is required");
+    }
+    if flags.id.is_empty() {
+        bail!("-id is required");
+    }
+    match flags.action.as_str() {
+        "start" => start(&flags),
+        "delete" => delete(&flags),
+        "" => bail!("no action: expected start or delete"),
+        other => bail!("unknown action {other:?}: expected start or delete"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "containerd-shim-ironcell-v2: {}",
+                format!("{e:#}").replace('\n', " ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn containerd_flags() {
+        let f = parse(&args(
+            "-namespace default -address /run/containerd/containerd.sock \
+             -publish-binary /usr/bin/containerd -id c1 -debug start",
+        ))
+        .unwrap();
+        assert_eq!(f.namespace, "default");
+        assert_eq!(f.id, "c1");
+        assert_eq!(f.address, "/run/containerd/containerd.sock");
+        assert_eq!(f.action, "start");
+        let f = parse(&args("--namespace=k8s.io -id=x -bundle /b delete")).unwrap();
+        assert_eq!(f.namespace, "k8s.io");
+        assert_eq!(f.bundle.as_deref(), Some("/b"));
+        assert_eq!(f.action, "delete");
+        assert!(parse(&args("-v")).unwrap().version);
+    }
+
+    #[test]
+    fn bad_flags() {
+        assert!(parse(&args("-namespace")).is_err());
+        assert!(parse(&args("-bogus 1 start")).is_err());
+        assert!(parse(&args("start delete")).is_err());
+        assert!(run(&args("-namespace ns start")).is_err());
+        assert!(run(&args("-namespace ns -id x explode")).is_err());
+    }
+}
