@@ -5,134 +5,31 @@ mod common;
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
+use ironcell_testutil::containerd::{Containerd, Options, IMAGE};
 
-const IMAGE: &str = "localhost/ironcell-test:latest";
-
-/// A private containerd: its own root, state, sockets and config; stopped
-/// with everything it started when the test ends.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
+/// ironcell's state root for containerd's default namespace, under the
+/// runc root `ctr run --runc-root` names.
+fn runc_root(c: &Containerd) -> PathBuf {
+    c.dir().join("runc-root")
 }
 
-impl Containerd {
-    fn start() -> Option<Containerd> {
-        if !need_root("containerd") {
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("ironcell-ctrd-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        let config = d.join("config.toml");
-        fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-                 [debug]\n  address = \"{sock}.debug\"\n",
-                root = d.join("root").display(),
-                state = d.join("state").display(),
-                sock = d.join("c.sock").display(),
-            ),
-        )
-        .unwrap();
-        let log = fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd is not installed: run `make setup`");
-        let c = Containerd { dir, child };
-        let start = Instant::now();
-        while !c.run(&["version"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let archive = image().join("ironcell-test.docker.tar");
-        c.ok(&["images", "import", archive.to_str().unwrap()]);
-        Some(c)
-    }
-
-    fn runc_root(&self) -> PathBuf {
-        self.dir.path().join("runc-root")
-    }
-
-    /// ironcell's state root for containerd's default namespace.
-    fn ironcell_root(&self) -> PathBuf {
-        self.runc_root().join("default")
-    }
-
-    fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("--address")
-            .arg(self.dir.path().join("c.sock"))
-            .args(args);
-        c.stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.ctr(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        run_ok(self.ctr(args))
-    }
-
-    /// `ctr run` with ironcell as the runc binary.
-    fn run_args<'a>(&'a self, extra: &[&'a str], rest: &[&'a str]) -> Vec<String> {
-        let mut v: Vec<String> = vec!["run".into(), "--runc-binary".into()];
-        v.push(ironcell().to_str().unwrap().into());
-        v.push("--runc-root".into());
-        v.push(self.runc_root().to_str().unwrap().into());
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v.push(IMAGE.into());
-        v.extend(rest.iter().map(|s| s.to_string()));
-        v
-    }
-
-    fn task_status(&self, id: &str) -> String {
-        self.ok(&["task", "ls"])
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-            .unwrap_or_default()
-    }
-
-    fn wait_task(&self, id: &str, status: &str) {
-        let start = Instant::now();
-        while self.task_status(id) != status {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "task {id} never {status}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+fn ironcell_root(c: &Containerd) -> PathBuf {
+    runc_root(c).join("default")
 }
 
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in ["fg", "exit3", "svc", "tty", "stdin"] {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]).output();
-            let _ = self.ctr(&["task", "delete", "-f", id]).output();
-            let _ = self.ctr(&["container", "rm", id]).output();
-        }
-        terminate(&mut self.child);
-        unmount_below(self.dir.path());
-    }
+/// `ctr run` with ironcell as the runc binary.
+fn run_args<'a>(c: &'a Containerd, extra: &[&'a str], rest: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["run".into(), "--runc-binary".into()];
+    v.push(ironcell().to_str().unwrap().into());
+    v.push("--runc-root".into());
+    v.push(runc_root(c).to_str().unwrap().into());
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.push(IMAGE.into());
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
 }
 
 fn ctr_ok(c: &Containerd, args: &[String]) -> String {
@@ -142,15 +39,21 @@ fn ctr_ok(c: &Containerd, args: &[String]) -> String {
 
 #[test]
 fn containerd_runc_shim_drives_ironcell() {
-    let Some(c) = Containerd::start() else { return };
+    let Some(c) = Containerd::start(Options::default()) else {
+        return;
+    };
 
     // Foreground run: output and exit status come back through the shim.
     let out = ctr_ok(
         &c,
-        &c.run_args(&["--rm"], &["fg", "sh", "-c", "echo hello via containerd"]),
+        &run_args(
+            &c,
+            &["--rm"],
+            &["fg", "sh", "-c", "echo hello via containerd"],
+        ),
     );
     assert_eq!(out.trim(), "hello via containerd");
-    let a = c.run_args(&["--rm"], &["exit3", "sh", "-c", "exit 3"]);
+    let a = run_args(&c, &["--rm"], &["exit3", "sh", "-c", "exit 3"]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     assert_eq!(c.run(&a).status.code(), Some(3));
 
@@ -159,7 +62,8 @@ fn containerd_runc_shim_drives_ironcell() {
     let marker = "4444441";
     ctr_ok(
         &c,
-        &c.run_args(
+        &run_args(
+            &c,
             &["-d"],
             &[
                 "svc",
@@ -173,7 +77,7 @@ fn containerd_runc_shim_drives_ironcell() {
     let st: serde_json::Value = serde_json::from_slice(
         &Command::new(ironcell())
             .arg("--root")
-            .arg(c.ironcell_root())
+            .arg(ironcell_root(&c))
             .args(["state", "svc"])
             .output()
             .unwrap()
@@ -215,7 +119,8 @@ fn containerd_runc_shim_drives_ironcell() {
     assert!(processes_with(marker).is_empty());
 
     // A terminal (-t), given to ctr by `script`.
-    let args = c.run_args(
+    let args = run_args(
+        &c,
         &["--rm", "-t"],
         &["tty", "sh", "-c", "[ -t 0 ] && echo ctr-is-a-tty; tty"],
     );
@@ -228,7 +133,7 @@ fn containerd_runc_shim_drives_ironcell() {
     );
 
     // stdin reaches the task.
-    let args = c.run_args(&["--rm"], &["stdin", "sh", "-c", "read x; echo got:$x"]);
+    let args = run_args(&c, &["--rm"], &["stdin", "sh", "-c", "read x; echo got:$x"]);
     let mut child = c
         .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdin(Stdio::piped())
@@ -248,7 +153,7 @@ fn containerd_runc_shim_drives_ironcell() {
     assert!(stdout(&out).contains("got:typed-line"), "{}", stdout(&out));
 
     // Nothing of any task is left in ironcell's state root.
-    let left: Vec<_> = fs::read_dir(c.ironcell_root())
+    let left: Vec<_> = fs::read_dir(ironcell_root(&c))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "ironcell state left: {left:?}");

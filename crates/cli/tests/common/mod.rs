@@ -4,62 +4,16 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use ironcell_testutil::*;
+
 pub fn ironcell() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ironcell"))
-}
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-/// True when the tests can create containers (root). Otherwise prints a
-/// loud notice: these tests need root like any container runtime's.
-pub fn need_root(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("\n!!! SKIPPED {test}: needs root (containers need CAP_SYS_ADMIN) !!!\n");
-    false
-}
-
-/// The bundled test image, built once per test binary by
-/// `scripts/build-test-image.sh` (a no-op when already built).
-pub fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = std::env::var_os("IRONCELL_TEST_IMAGE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("build/test-image"));
-        let status = Command::new("bash")
-            .arg(workspace().join("scripts/build-test-image.sh"))
-            .arg(&dir)
-            .status()
-            .expect("run scripts/build-test-image.sh");
-        assert!(status.success(), "building the test image failed");
-        dir
-    })
-}
-
-/// A unique name for this test run.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// A private state root and bundle directory for one test.
@@ -253,108 +207,4 @@ pub fn cgroup_v2_only() -> bool {
             .lines()
             .any(|l| l.contains(&format!(" {} ", d.display())) && l.contains(" - cgroup2 "))
     })
-}
-
-/// Pids of processes whose command line contains `marker`.
-pub fn processes_with(marker: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid as u32 == std::process::id() {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn read_all(mut f: fs::File) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut v = Vec::new();
-    f.seek(SeekFrom::Start(0)).unwrap();
-    f.read_to_end(&mut v).unwrap();
-    v
-}
-
-/// Lazily unmounts everything mounted below `dir` (a test daemon's private
-/// storage), deepest first.
-pub fn unmount_below(dir: &Path) {
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "grep -o ' {}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
-            dir.display()
-        ))
-        .status();
-}
-
-/// Stops a test daemon with SIGTERM and reaps it.
-pub fn terminate(child: &mut std::process::Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
-}
-
-/// Runs `cmd` with a real terminal as its stdio, the way a person at a shell
-/// runs it: `script` allocates a pty and runs the command line in it. The
-/// command's environment settings are passed on.
-pub fn in_terminal(cmd: &Command) -> Output {
-    let line = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| shell_quote(a.to_str().unwrap()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut script = Command::new("script");
-    script
-        .args(["-qefc", &line, "/dev/null"])
-        .stdin(Stdio::null());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => script.env(k, v),
-            None => script.env_remove(k),
-        };
-    }
-    script.output().expect("run script(1)")
-}
-
-pub fn shell_quote(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// Runs a client command (podman, ctr, docker) and asserts it succeeded;
-/// returns its stdout.
-pub fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().expect("spawn client");
-    assert!(
-        out.status.success(),
-        "{:?} {:?}: {} {}",
-        cmd.get_program(),
-        cmd.get_args().collect::<Vec<_>>(),
-        out.status,
-        stderr(&out)
-    );
-    stdout(&out)
 }
