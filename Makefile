@@ -18,7 +18,7 @@ IRONCELL := target/$(TARGET)/release/ironcell
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C symbol-mangling-version=v0 -C linker=$(CURDIR)/scripts/link-ordered.sh
 STATIC_ENV := RUSTFLAGS="$(RELEASE_RUSTFLAGS)" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: setup build image demo test lint unit bench bench-vmm clean print-rustflags link-order guest-kernel
+.PHONY: setup build image demo test lint unit bench bench-vmm bench-daemon fuzz clean print-rustflags link-order guest-kernel
 
 setup:
 	bash scripts/setup.sh
@@ -55,6 +55,19 @@ bench: build image
 bench-vmm: build
 	bash scripts/setup.sh bench
 	python3 bench/vmm_bench.py --vmm target/$(TARGET)/release/ironcell-vmm
+
+# ironcelld against containerd's runc shim: ctr run latency and management
+# PSS with 1, 10 and 50 tasks (bench/README.md).
+bench-daemon: build image
+	python3 bench/daemon_bench.py
+
+# Fuzzes ironcelld's request decoding and handling (fuzz/). Needs the nightly
+# toolchain and cargo-fuzz, installed by `scripts/setup.sh fuzz`.
+# FUZZ_SECONDS bounds the run (default 120).
+FUZZ_SECONDS ?= 120
+fuzz:
+	bash scripts/setup.sh fuzz
+	cd fuzz && $(CARGO) +nightly fuzz run requests -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 # Re-record crates/cli/link-order.txt (root, tracefs; see the script).
 link-order: image

@@ -17,6 +17,13 @@ PKGS=(
 if [ "${1:-}" = bench ]; then
   PKGS+=(qemu-system-x86)
 fi
+# `setup.sh fuzz`: the nightly toolchain and cargo-fuzz (crates.io), for
+# `make fuzz`; nothing from Debian beyond the build packages.
+if [ "${1:-}" = fuzz ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

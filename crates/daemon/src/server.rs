@@ -78,6 +78,7 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     .serve(control);
     tokio::spawn(control);
     tracing::info!(control = %control_path.display(), "ironcelld serving");
+    trim_text();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -91,4 +92,52 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     endpoints.shutdown().await;
     let _ = fs::remove_file(&control_path);
     Ok(())
+}
+
+/// Drops the daemon's start-up code from its resident set.
+///
+/// A long-running daemon executes a small part of its binary once it is up,
+/// but the kernel maps executable pages 64 KiB at a time around each fault
+/// ("fault-around"), and start-up touches code all over the file: ironcelld
+/// sat at 4.4 MiB of mapped text. After start-up, the text mapping is marked
+/// MADV_RANDOM (no read-ahead, and, on 6.x kernels, no fault-around for it)
+/// and its pages are unmapped (MADV_DONTNEED: the pages stay in the page
+/// cache; code that runs again faults back in, one page at a time). Measured
+/// with bench/daemon_bench.py (docs/daemon.md).
+pub fn trim_text() {
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let Ok(exe) = fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let exe = exe.to_string_lossy().into_owned();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let path = line.split_whitespace().nth(5).unwrap_or("");
+        if path != exe || !perms.starts_with("r-x") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a read-only, executable, file-backed mapping
+        // of our own binary, as /proc/self/maps lists it; MADV_RANDOM only
+        // changes paging hints and MADV_DONTNEED on a private file mapping
+        // with no written pages only drops page-table entries (the code is
+        // read back from the file on the next fault).
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
 }
