@@ -11,7 +11,10 @@
 #                                    hostname "ironcell"; rootfs = copy of the above)
 #   OUTDIR/ironcell-test.docker.tar  docker-archive (`docker save` format)
 #   OUTDIR/ironcell-test.oci.tar     OCI image-layout archive
-# both tagged localhost/ironcell-test:latest.
+# both tagged localhost/ironcell-test:latest, and
+#   OUTDIR/ironcell-pause.docker.tar the same layer tagged
+#                                    localhost/ironcell-pause:latest, whose command
+#                                    sleeps: the CRI tests' pod sandbox image.
 #
 # Deterministic: the same busybox binary (and runc, whose `runc spec` gives
 # config.json) gives byte-identical archives. Idempotent: when OUTDIR already
@@ -56,6 +59,7 @@ outputs=(
   "$OUTDIR/bundle/rootfs/bin/busybox"
   "$OUTDIR/ironcell-test.docker.tar"
   "$OUTDIR/ironcell-test.oci.tar"
+  "$OUTDIR/ironcell-pause.docker.tar"
 )
 is_up_to_date() {
   local f
@@ -240,10 +244,33 @@ write(os.path.join(o, "index.json"), dumps({
     }],
 }))
 print(f"build-test-image: image config sha256:{config_hex}, layer sha256:{layer_hex}")
+
+# --- the pause image: same layer, a command that sleeps (docker-archive only)
+pause = json.loads(config_bytes)
+pause["config"]["Cmd"] = ["/bin/sleep", "2147483647"]
+pause_bytes = dumps(pause)
+pause_hex = hashlib.sha256(pause_bytes).hexdigest()
+prepo = repo.replace("ironcell-test", "ironcell-pause")
+p = os.path.join(stage, "pause")
+os.makedirs(os.path.join(p, layer_id))
+shutil.copyfile(layer, os.path.join(p, layer_id, "layer.tar"))
+write(os.path.join(p, layer_id, "VERSION"), b"1.0")
+write(os.path.join(p, layer_id, "json"), dumps({
+    "id": layer_id, "created": EPOCH, "os": "linux", "architecture": arch,
+    "config": pause["config"],
+}))
+write(os.path.join(p, f"{pause_hex}.json"), pause_bytes)
+write(os.path.join(p, "manifest.json"), dumps([{
+    "Config": f"{pause_hex}.json",
+    "RepoTags": [f"{prepo}:{tag}"],
+    "Layers": [f"{layer_id}/layer.tar"],
+}]))
+write(os.path.join(p, "repositories"), dumps({prepo: {tag: layer_id}}))
 PYEOF
 
 rtar "$STAGE/ironcell-test.docker.tar" "$STAGE/docker"
 rtar "$STAGE/ironcell-test.oci.tar" "$STAGE/oci"
+rtar "$STAGE/ironcell-pause.docker.tar" "$STAGE/pause"
 
 # ---------------------------------------------------------------- install
 rm -rf "$OUTDIR/rootfs" "$OUTDIR/bundle" "$STAMP_FILE"
@@ -251,5 +278,6 @@ mv "$R" "$OUTDIR/rootfs"
 mv "$B" "$OUTDIR/bundle"
 mv -f "$STAGE/ironcell-test.docker.tar" "$OUTDIR/ironcell-test.docker.tar"
 mv -f "$STAGE/ironcell-test.oci.tar" "$OUTDIR/ironcell-test.oci.tar"
+mv -f "$STAGE/ironcell-pause.docker.tar" "$OUTDIR/ironcell-pause.docker.tar"
 printf '%s\n' "$stamp" > "$STAMP_FILE"
 echo "build-test-image: built $IMAGE_NAME in $OUTDIR"

@@ -54,3 +54,7 @@ if grep -q ' /sys/fs/cgroup tmpfs ' /proc/self/mountinfo \
   mkdir -p /sys/fs/cgroup/hugetlb
   mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || echo "setup: warning: could not mount hugetlb cgroup"
 fi
+
+# containerd 1.7 (Debian 13's, unpacked under /var/cache/ironcell) for the
+# daemon's CRI tests.
+bash "$(dirname "$0")/fetch-containerd-1.7.sh" >/dev/null

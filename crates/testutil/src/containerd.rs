@@ -99,7 +99,13 @@ impl Containerd {
     /// Imports the test image into `namespace`.
     pub fn import(&self, namespace: &str) {
         let archive = image().join("ironcell-test.docker.tar");
-        self.ok(&["-n", namespace, "images", "import", archive.to_str().unwrap()]);
+        self.ok(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ]);
     }
 
     pub fn dir(&self) -> &Path {

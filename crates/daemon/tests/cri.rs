@@ -1,0 +1,318 @@
+//! containerd 1.7 (Debian 13's, unpacked by scripts/fetch-containerd-1.7.sh)
+//! driven through its CRI by a client in this test, as the kubelet drives
+//! it, with ironcell as the RuntimeClass handler `ironcell`: a host-network
+//! pod with two containers, ExecSync, ContainerStatus, logs, and the pod's
+//! stop and removal, all served by one ironcelld.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use ironcell_testutil::containerd::{Containerd, Options};
+use ironcell_testutil::*;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const PAUSE: &str = "localhost/ironcell-pause:latest";
+const IMAGE: &str = "localhost/ironcell-test:latest";
+
+fn containerd17() -> Option<PathBuf> {
+    let dir = std::env::var_os("IRONCELL_CONTAINERD17_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ironcell/containerd-1.7/root/usr/bin"));
+    let bin = dir.join("containerd");
+    if bin.exists() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "\n!!! SKIPPED containerd 1.7 CRI test: {} is missing (run `make setup`) !!!\n",
+            bin.display()
+        );
+        None
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ironcelld"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+async fn channel(socket: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to containerd's CRI")
+}
+
+fn host_namespaces() -> Option<NamespaceOption> {
+    Some(NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    })
+}
+
+fn pod_config(logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "cri-pod".into(),
+            uid: "uid-cri-pod".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        // Host network: the node's hostname, as the kubelet leaves it.
+        hostname: String::new(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: host_namespaces(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: host_namespaces(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: ContainerState) {
+    let start = Instant::now();
+    loop {
+        let st = rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == want as i32 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "container {id} never {want:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn cri_pod_with_two_containers() {
+    let Some(binary) = containerd17() else { return };
+    let root = tempfile::Builder::new()
+        .prefix("icd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ironcell]
+      runtime_type = "io.containerd.ironcell.v2"
+"#
+    );
+    let Some(c) = Containerd::start(Options {
+        binary: Some(binary),
+        cri: true,
+        extra_config: config,
+        path: vec![bin_dir()],
+        env: vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))],
+    }) else {
+        return;
+    };
+    c.import("k8s.io");
+    let pause = image().join("ironcell-pause.docker.tar");
+    c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+    let logs = c.dir().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let ch = channel(c.socket()).await;
+        let mut rt = RuntimeServiceClient::new(ch.clone());
+        let mut img = ImageServiceClient::new(ch);
+        let v = rt
+            .version(VersionRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("CRI Version: {e}\n{}", c.log()))
+            .into_inner();
+        assert!(v.runtime_version.starts_with("1.7"), "{v:?}");
+        let images = img
+            .list_images(ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            images
+                .images
+                .iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == IMAGE)),
+            "{images:?}"
+        );
+
+        let pod = pod_config(&logs);
+        let pod_id = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: "ironcell".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
+            .into_inner()
+            .pod_sandbox_id;
+
+        let mut ids = Vec::new();
+        for (name, script) in [
+            ("web", "echo web-started; while true; do sleep 0.2; done"),
+            ("side", "echo side-started; sleep 1000"),
+        ] {
+            let id = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(container_config(name, script)),
+                    sandbox_config: Some(pod.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+                .into_inner()
+                .container_id;
+            rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+            ids.push(id);
+        }
+        for id in &ids {
+            wait_state(&mut rt, id, ContainerState::ContainerRunning).await;
+        }
+
+        let out = rt
+            .exec_sync(ExecSyncRequest {
+                container_id: ids[0].clone(),
+                cmd: vec!["sh".into(), "-c".into(), "echo exec-sync; exit 3".into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exec-sync");
+        assert_eq!(out.exit_code, 3);
+
+        // The containers' output reached CRI's log files.
+        let start = Instant::now();
+        loop {
+            let web = std::fs::read_to_string(logs.join("web.log")).unwrap_or_default();
+            let side = std::fs::read_to_string(logs.join("side.log")).unwrap_or_default();
+            if web.contains("web-started") && side.contains("side-started") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "logs: {web:?} {side:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let status = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod_id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+        for id in &ids {
+            wait_state(&mut rt, id, ContainerState::ContainerExited).await;
+        }
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+        let left = rt
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(left.containers.is_empty(), "{left:?}");
+    });
+
+    // One daemon, and nothing of the pod left in its state.
+    let daemons: Vec<i32> = processes_with(&format!("--root {}", root.path().display()))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "ironcelld")
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1);
+    for dir in ["tasks/k8s.io", "containers/k8s.io"] {
+        let left: Vec<_> = std::fs::read_dir(root.path().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} left: {left:?}");
+    }
+    drop(c);
+    for p in daemons {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
