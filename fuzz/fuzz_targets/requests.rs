@@ -44,6 +44,7 @@ fn world() -> &'static World {
                 root.path().to_path_buf(),
                 PathBuf::from("/nonexistent/ironcelld"),
                 Arc::new(Reaper::default()),
+                None,
                 Publisher::start(),
             ));
             let service = Service {
@@ -51,7 +52,7 @@ fn world() -> &'static World {
                 namespace: "default".into(),
                 containerd: String::new(),
             };
-            let endpoints = Arc::new(Endpoints::new(root.path().to_path_buf(), tasks.clone()));
+            let endpoints = Arc::new(Endpoints::new(root.path().to_path_buf(), tasks.clone(), None));
             (service, Control { tasks, endpoints })
         });
         World {

@@ -6,8 +6,12 @@
 //! containerd and namespace, and the daemon listens on one socket for each
 //! pair it has been asked for: every task of that namespace shares it, and
 //! it names the containerd that gets the tasks' events. Endpoints are
-//! listed in `endpoints.json` so that a restarted daemon listens on the same
+//! listed in `endpoints.json` so that a restarted daemon serves the same
 //! addresses containerd has recorded.
+//!
+//! The keeper owns the address containerd connects to, `<root>/t/<name>`,
+//! and relays to the daemon's `<root>/b/<name>`: containerd's connections
+//! outlive the daemon (see `keeper/`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use containerd_shim_protos::shim_async::create_task;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::keeper::client::Keeper;
 use crate::service::Service;
 use crate::task::{validate_namespace, Tasks};
 
@@ -37,11 +42,21 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 impl EndpointKey {
-    fn socket(&self, root: &Path) -> PathBuf {
+    fn name(&self) -> String {
         let mut key = self.containerd.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(self.namespace.as_bytes());
-        root.join("t").join(format!("{:016x}.sock", fnv1a(&key)))
+        format!("{:016x}.sock", fnv1a(&key))
+    }
+
+    /// The address containerd connects to (the keeper listens there).
+    fn socket(&self, root: &Path) -> PathBuf {
+        root.join("t").join(self.name())
+    }
+
+    /// Where the daemon serves the endpoint behind the keeper.
+    fn backend(&self, root: &Path) -> PathBuf {
+        root.join("b").join(self.name())
     }
 }
 
@@ -60,14 +75,17 @@ fn task_services(service: Arc<Service>) -> HashMap<String, ttrpc::asynchronous::
 pub struct Endpoints {
     root: PathBuf,
     tasks: Arc<Tasks>,
+    /// Owns the task addresses (None in tests: the daemon listens itself).
+    keeper: Option<Arc<Keeper>>,
     servers: Mutex<HashMap<EndpointKey, (String, ttrpc::asynchronous::Server)>>,
 }
 
 impl Endpoints {
-    pub fn new(root: PathBuf, tasks: Arc<Tasks>) -> Endpoints {
+    pub fn new(root: PathBuf, tasks: Arc<Tasks>, keeper: Option<Arc<Keeper>>) -> Endpoints {
         Endpoints {
             root,
             tasks,
+            keeper,
             servers: Mutex::default(),
         }
     }
@@ -86,25 +104,34 @@ impl Endpoints {
         if let Some((address, _)) = servers.get(key) {
             return Ok(address.clone());
         }
-        let path = key.socket(&self.root);
+        let public = key.socket(&self.root);
+        // Without a keeper the daemon listens on the public address itself.
+        let path = match &self.keeper {
+            Some(_) => key.backend(&self.root),
+            None => public.clone(),
+        };
         let dir = path.parent().expect("socket path has a parent");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let _ = std::fs::remove_file(&path);
-        let address = format!("unix://{}", path.display());
+        let listen = format!("unix://{}", path.display());
+        let address = format!("unix://{}", public.display());
         let service = Arc::new(Service {
             tasks: self.tasks.clone(),
             namespace: key.namespace.clone(),
             containerd: key.containerd.clone(),
         });
         let mut server = ttrpc::asynchronous::Server::new()
-            .bind(&address)
+            .bind(&listen)
             .with_context(|| format!("cannot listen on {}", path.display()))?
             .register_service(task_services(service));
         crate::server::private_socket(&path)?;
         server
             .start()
             .await
-            .with_context(|| format!("cannot serve {address}"))?;
+            .with_context(|| format!("cannot serve {listen}"))?;
+        if let Some(k) = &self.keeper {
+            k.front(&public, &path).await?;
+        }
         tracing::info!(%address, namespace = %key.namespace, containerd = %key.containerd, "endpoint");
         servers.insert(key.clone(), (address.clone(), server));
         let keys: Vec<&EndpointKey> = servers.keys().collect();
@@ -139,7 +166,7 @@ impl Endpoints {
         let mut servers = self.servers.lock().await;
         for (key, (_, mut server)) in servers.drain() {
             let _ = server.shutdown().await;
-            let _ = std::fs::remove_file(key.socket(&self.root));
+            let _ = std::fs::remove_file(key.backend(&self.root));
         }
     }
 }

@@ -9,22 +9,24 @@
 //! container's stdio as its own stdio, and exits once the container's process
 //! exists. That process is then re-parented to the daemon (a subreaper).
 //!
-//! The helper reports a failure on the pipe named by `IRONCELLD_ERROR_FD`
-//! (one line), because its stderr is the container's.
+//! The keeper (`keeper/`) spawns the helper for the daemon, so the
+//! container's processes become the keeper's children and their exits
+//! survive a daemon restart. The helper reports a failure on the pipe named
+//! by `IRONCELLD_ERROR_FD` (one line), because its stderr is the container's.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::Sandboxes;
 
+use crate::keeper::client::Keeper;
 use crate::reaper::Reaper;
 
 const ERROR_FD_ENV: &str = "IRONCELLD_ERROR_FD";
@@ -224,45 +226,46 @@ pub struct HelperStdio {
     pub stderr: Option<OwnedFd>,
 }
 
-fn stdio(fd: Option<OwnedFd>) -> Stdio {
-    fd.map(Stdio::from).unwrap_or_else(Stdio::null)
-}
-
-/// Runs `job` in a helper process and waits for it. The error is the
-/// helper's one-line report.
-pub async fn run(reaper: &Reaper, exe: &Path, job: &Job, io: HelperStdio) -> Result<()> {
+/// Runs `job` in a helper process, a child of the keeper, and waits for
+/// it. The error is the helper's one-line report.
+pub async fn run(
+    keeper: &Keeper,
+    reaper: &Reaper,
+    exe: &Path,
+    job: &Job,
+    io: HelperStdio,
+) -> Result<()> {
     let (err_read, err_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     let mut err_read = File::from(err_read);
-    let err_fd = err_write.as_raw_fd();
-    let mut cmd = Command::new(exe);
     let cwd = match job {
-        Job::Create { bundle, .. } => bundle.as_path(),
-        Job::Exec { .. } => Path::new("/"),
+        Job::Create { bundle, .. } => bundle.clone(),
+        Job::Exec { .. } => PathBuf::from("/"),
     };
-    cmd.args(job.to_args())
-        .current_dir(cwd)
-        .env(ERROR_FD_ENV, ERROR_FD.to_string())
-        .stdin(stdio(io.stdin))
-        .stdout(stdio(io.stdout))
-        .stderr(stdio(io.stderr));
-    // SAFETY: dup2 is async-signal-safe; the closure touches no memory of
-    // the parent beyond the copied integer.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(err_fd, ERROR_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let mut argv = vec![exe.to_string_lossy().into_owned()];
+    argv.extend(
+        job.to_args()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    let mut fds = vec![(err_write, ERROR_FD)];
+    for (fd, n) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)] {
+        if let Some(fd) = fd {
+            fds.push((fd, n));
+        }
     }
-    let child = cmd
-        .spawn()
+    let pid = keeper
+        .spawn(
+            argv,
+            vec![(ERROR_FD_ENV.into(), ERROR_FD.to_string())],
+            cwd,
+            fds,
+        )
+        .await
         .with_context(|| format!("cannot run {}", exe.display()))?;
-    drop(cmd);
-    drop(err_write);
-    let exit = reaper.watch(child.id() as i32);
+    let exit = reaper.watch(pid);
     let exit = exit.await.context("the daemon stopped reaping")?;
+    keeper.ack(pid);
     if exit.status == 0 {
         return Ok(());
     }

@@ -6,6 +6,7 @@ pub mod control;
 pub mod endpoint;
 pub mod events;
 pub mod helper;
+pub mod keeper;
 pub mod metrics;
 pub mod mount;
 pub mod reaper;

@@ -89,6 +89,9 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == "helper") {
         return ironcelld::helper::main(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == "keeper") {
+        return ironcelld::keeper::main(&args[1..]);
+    }
     match parse_args(args).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,19 +1,16 @@
-//! Exit statuses of the daemon's children.
+//! Exit statuses of the containers' processes.
 //!
-//! ironcelld is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a container's
-//! init process, forked by a short-lived helper, is re-parented to the
-//! daemon when the helper exits, and so are exec'd processes. One task reaps
-//! every child on SIGCHLD (`waitpid(-1)`) and hands each exit to whoever
-//! watches that pid. An exit can come before the watcher knows the pid (a
-//! container whose process ends at once): such exits are kept, bounded, until
-//! claimed.
+//! The keeper (`keeper/`) is their parent: it spawns the helpers that fork
+//! them, reaps them, and reports each exit to the daemon, which hands it to
+//! whoever watches that pid here. An exit can come before the watcher knows
+//! the pid (a container whose process ends at once, or an exit the keeper
+//! kept while no daemon ran): such exits are kept, bounded, until claimed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::sys::wait::WaitStatus;
 use tokio::sync::oneshot;
 
 /// Exits nobody claimed yet are kept up to this many (oldest dropped). Only
@@ -31,7 +28,8 @@ pub struct Exit {
 }
 
 impl Exit {
-    fn from_wait(status: WaitStatus) -> Option<Exit> {
+    /// The exit a `waitpid` status describes (None for stops and the like).
+    pub fn from_wait(status: WaitStatus) -> Option<Exit> {
         let (pid, code) = match status {
             WaitStatus::Exited(pid, code) => (pid, code as u32),
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as u32),
@@ -58,41 +56,8 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Makes this process a subreaper and starts reaping on SIGCHLD. Must
-    /// run inside the tokio runtime, before any child is spawned.
-    pub fn start() -> std::io::Result<Arc<Reaper>> {
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-        let reaper = Arc::new(Reaper::default());
-        let r = reaper.clone();
-        tokio::spawn(async move {
-            loop {
-                r.reap_all();
-                if sigchld.recv().await.is_none() {
-                    break;
-                }
-            }
-        });
-        Ok(reaper)
-    }
-
-    fn reap_all(&self) {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => {
-                    if let Some(exit) = Exit::from_wait(status) {
-                        self.deliver(exit);
-                    }
-                }
-            }
-        }
-    }
-
-    fn deliver(&self, exit: Exit) {
+    /// Hands `exit` to its watcher, or keeps it until one comes.
+    pub fn deliver(&self, exit: Exit) {
         let mut st = self.state.lock().unwrap();
         if let Some(tx) = st.watchers.remove(&exit.pid) {
             let _ = tx.send(exit);
@@ -177,7 +142,7 @@ mod tests {
 
     #[test]
     fn wait_status_mapping() {
-        let p = Pid::from_raw(5);
+        let p = nix::unistd::Pid::from_raw(5);
         assert_eq!(Exit::from_wait(WaitStatus::Exited(p, 7)).unwrap().status, 7);
         assert_eq!(
             Exit::from_wait(WaitStatus::Signaled(p, nix::sys::signal::SIGKILL, false))

@@ -13,6 +13,7 @@ use tokio::net::UnixListener;
 use crate::control::Control;
 use crate::endpoint::Endpoints;
 use crate::events::Publisher;
+use crate::keeper::client::Keeper;
 use crate::reaper::Reaper;
 use crate::task::Tasks;
 
@@ -55,18 +56,27 @@ pub(crate) fn private_socket(path: &Path) -> Result<()> {
 /// stops; they are not its children's children in any sense that matters to
 /// them (their stdout and stderr go straight to containerd's FIFOs).
 pub async fn serve(root: PathBuf) -> Result<()> {
-    let reaper = Reaper::start().context("cannot become the reaper of containers")?;
+    let reaper = Arc::new(Reaper::default());
+    let exe = std::env::current_exe().context("cannot find ironcelld's own binary")?;
+    let keeper = {
+        let (root, exe, reaper) = (root.clone(), exe.clone(), reaper.clone());
+        tokio::task::spawn_blocking(move || Keeper::start(&root, &exe, reaper))
+            .await
+            .context("keeper start")??
+    };
     let events = Publisher::start();
     let tasks = Arc::new(Tasks::new(
         root.clone(),
-        PathBuf::from("/proc/self/exe"),
+        exe,
         reaper,
+        Some(keeper.clone()),
         events,
     ));
+    tasks.recover().await;
     let control_path = control_socket(&root);
     // Ours: the lock is held.
     let _ = fs::remove_file(&control_path);
-    let endpoints = Arc::new(Endpoints::new(root.clone(), tasks.clone()));
+    let endpoints = Arc::new(Endpoints::new(root.clone(), tasks.clone(), Some(keeper)));
     endpoints.restore().await;
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;

@@ -19,11 +19,13 @@ use ironcell_container::{ConsoleSocket, ContainerError};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::{SandboxError, Sandboxes};
 use oci_spec::runtime::{LinuxResources, Process};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::events::{timestamp, Publisher};
 use crate::helper::{self, HelperStdio, Job};
+use crate::keeper::client::Keeper;
 use crate::mount::{self, Mount};
 use crate::reaper::{Exit, Reaper};
 use crate::stdio::{self, StdinRelay};
@@ -82,7 +84,7 @@ where
 }
 
 /// A process's stdio as containerd gave it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoSpec {
     pub stdin: String,
     pub stdout: String,
@@ -134,6 +136,61 @@ impl Proc {
     }
 }
 
+/// What is kept on disk of a process (`task.json`), for a restarted daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProcRecord {
+    pid: i32,
+    io: IoSpec,
+    started: bool,
+    /// Exit status and time (nanoseconds since the epoch).
+    exit: Option<(u32, u64)>,
+    spec: Option<PathBuf>,
+}
+
+impl ProcRecord {
+    fn of(p: &Proc) -> ProcRecord {
+        ProcRecord {
+            pid: p.pid,
+            io: p.io.clone(),
+            started: p.started,
+            exit: p.exited().map(|e| (e.status, nanos(e.at))),
+            spec: p.spec.clone(),
+        }
+    }
+
+    fn restore(self) -> Proc {
+        let mut p = Proc::new(self.io);
+        p.pid = self.pid;
+        p.started = self.started;
+        p.spec = self.spec;
+        if let Some((status, at)) = self.exit {
+            p.exit.send_replace(Some(Exit {
+                pid: self.pid,
+                status,
+                at: SystemTime::UNIX_EPOCH + Duration::from_nanos(at),
+            }));
+        }
+        p
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskRecord {
+    namespace: String,
+    id: String,
+    bundle: PathBuf,
+    containerd: Option<String>,
+    rootfs_mounted: bool,
+    init: ProcRecord,
+    execs: std::collections::BTreeMap<String, ProcRecord>,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// A process's view for State and Wait.
 #[derive(Debug, Clone)]
 pub struct ProcView {
@@ -164,6 +221,35 @@ pub struct Task {
 }
 
 impl Task {
+    /// Writes the task's record (atomically: a new file renamed over).
+    fn save(&self) {
+        let record = {
+            let inner = self.inner.lock().unwrap();
+            TaskRecord {
+                namespace: self.namespace.clone(),
+                id: self.id.clone(),
+                bundle: self.bundle.clone(),
+                containerd: self.containerd.clone(),
+                rootfs_mounted: self.rootfs_mounted,
+                init: ProcRecord::of(&inner.init),
+                execs: inner
+                    .execs
+                    .iter()
+                    .map(|(k, p)| (k.clone(), ProcRecord::of(p)))
+                    .collect(),
+            }
+        };
+        let path = self.dir.join("task.json");
+        let tmp = self.dir.join("task.json.new");
+        let r = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot write {}", path.display());
+        }
+    }
+
     fn sandboxes(&self) -> Sandboxes {
         Sandboxes::new(&self.root, false)
     }
@@ -191,6 +277,9 @@ pub struct Tasks {
     root: PathBuf,
     exe: PathBuf,
     reaper: Arc<Reaper>,
+    /// Spawns the helpers and reports exits; None only in tests that never
+    /// start a process.
+    keeper: Option<Arc<Keeper>>,
     events: Publisher,
     /// Ids being created (a second Create of the same id fails at once).
     creating: Mutex<std::collections::HashSet<Key>>,
@@ -240,16 +329,90 @@ pub struct CreateRequest {
 }
 
 impl Tasks {
-    pub fn new(root: PathBuf, exe: PathBuf, reaper: Arc<Reaper>, events: Publisher) -> Tasks {
+    pub fn new(
+        root: PathBuf,
+        exe: PathBuf,
+        reaper: Arc<Reaper>,
+        keeper: Option<Arc<Keeper>>,
+        events: Publisher,
+    ) -> Tasks {
         Tasks {
             root,
             exe,
             reaper,
+            keeper,
             events,
             creating: Mutex::default(),
             tasks: Mutex::default(),
             paused: Mutex::default(),
             counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Rebuilds the task table from the records a previous daemon wrote and
+    /// watches every process still alive: their exits come from the keeper,
+    /// including those that happened while no daemon ran. A task directory
+    /// without a record is a create that never finished: it is removed.
+    pub async fn recover(self: &Arc<Self>) {
+        let Ok(namespaces) = std::fs::read_dir(self.root.join("tasks")) else {
+            return;
+        };
+        for ns_dir in namespaces.flatten() {
+            let Ok(ids) = std::fs::read_dir(ns_dir.path()) else {
+                continue;
+            };
+            for dir in ids.flatten() {
+                let dir = dir.path();
+                let record: Option<TaskRecord> = std::fs::read(dir.join("task.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let Some(r) = record.filter(|r| {
+                    validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
+                }) else {
+                    tracing::warn!("removing {}: no task record", dir.display());
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                };
+                let task = Arc::new(Task {
+                    root: self.root.join("containers").join(&r.namespace),
+                    namespace: r.namespace,
+                    id: r.id,
+                    bundle: r.bundle,
+                    containerd: r.containerd,
+                    dir,
+                    rootfs_mounted: r.rootfs_mounted,
+                    inner: Mutex::new(TaskInner {
+                        init: r.init.restore(),
+                        execs: r.execs.into_iter().map(|(k, p)| (k, p.restore())).collect(),
+                    }),
+                });
+                let t = task.clone();
+                let paused = blocking(move || {
+                    Ok(t.sandboxes()
+                        .owner(&t.id)
+                        .and_then(|b| b.state(&t.id))
+                        .is_ok_and(|s| s.status == ironcell_oci::Status::Paused))
+                })
+                .await
+                .unwrap_or(false);
+                let key = (task.namespace.clone(), task.id.clone());
+                if paused {
+                    self.paused.lock().unwrap().insert(key.clone());
+                }
+                self.tasks.lock().unwrap().insert(key, task.clone());
+                let live: Vec<(Option<String>, i32)> = {
+                    let inner = task.inner.lock().unwrap();
+                    std::iter::once((None, &inner.init))
+                        .chain(inner.execs.iter().map(|(k, p)| (Some(k.clone()), p)))
+                        .filter(|(_, p)| p.pid > 0 && p.exited().is_none())
+                        .map(|(k, p)| (k, p.pid))
+                        .collect()
+                };
+                for (exec_id, pid) in live {
+                    self.watch_exit(&task, exec_id, pid);
+                }
+                tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
+            }
         }
     }
 
@@ -293,6 +456,7 @@ impl Tasks {
         self.creating.lock().unwrap().remove(&key);
         let task = result?;
         let pid = task.inner.lock().unwrap().init.pid;
+        task.save();
         self.tasks.lock().unwrap().insert(key, task.clone());
         self.watch_exit(&task, None, pid);
         self.events.publish(
@@ -447,7 +611,10 @@ impl Tasks {
             }
         };
         let job = job(console.as_ref().map(|c| c.path().to_path_buf()));
-        let result = helper::run(&self.reaper, &self.exe, &job, hio).await;
+        let Some(keeper) = &self.keeper else {
+            return Err(TaskError::Internal("no keeper to spawn processes".into()));
+        };
+        let result = helper::run(keeper, &self.reaper, &self.exe, &job, hio).await;
         let fail = |e: TaskError, relay: Option<StdinRelay>| {
             if let Some(r) = relay {
                 r.close();
@@ -531,6 +698,10 @@ impl Tasks {
             p.close_stdin();
             p.exit.send_replace(Some(exit));
         }
+        task.save();
+        if let Some(k) = &self.keeper {
+            k.ack(exit.pid);
+        }
         tracing::info!(
             namespace = %task.namespace, id = %task.id, exec_id = exec_id.as_deref().unwrap_or(""),
             pid = exit.pid, status = exit.status, "process exited"
@@ -567,6 +738,7 @@ impl Tasks {
                 inner.init.started = true;
                 inner.init.pid
             };
+            task.save();
             self.events.publish(
                 task.containerd.as_deref(),
                 ns,
@@ -626,6 +798,7 @@ impl Tasks {
                 p.master = spawned.master;
             }
         }
+        task.save();
         self.watch_exit(&task, Some(exec_id.to_string()), pid);
         self.events.publish(
             task.containerd.as_deref(),
@@ -678,6 +851,7 @@ impl Tasks {
             p.spec = Some(path);
             inner.execs.insert(exec_id.to_string(), p);
         }
+        task.save();
         self.events.publish(
             task.containerd.as_deref(),
             ns,
@@ -788,6 +962,8 @@ impl Tasks {
                 )));
             }
             let mut p = inner.execs.remove(exec_id).expect("checked above");
+            drop(inner);
+            task.save();
             p.close_stdin();
             if let Some(spec) = &p.spec {
                 let _ = std::fs::remove_file(spec);

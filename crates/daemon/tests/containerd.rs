@@ -61,15 +61,14 @@ impl Setup {
         self.c().ok(&a)
     }
 
-    /// Pids of ironcelld processes serving this test's root.
+    /// Pids of ironcelld daemons serving this test's root.
     fn daemons(&self) -> Vec<i32> {
-        processes_with(&format!("--root {}", self.root.display()))
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "ironcelld")
-            })
-            .collect()
+        ironcelld_processes(&self.root, false)
+    }
+
+    /// Pids of the keeper of this test's root.
+    fn keepers(&self) -> Vec<i32> {
+        ironcelld_processes(&self.root, true)
     }
 
     fn daemon_log(&self) -> String {
@@ -83,7 +82,26 @@ impl Drop for Setup {
         // daemon; then the daemon stops and its root goes.
         self.c.take();
         stop_daemon(self);
+        kill_all(self.keepers(), nix::sys::signal::Signal::SIGKILL);
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// ironcelld processes of `root`: the daemons, or the keeper.
+fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
+    processes_with(&format!("--root {}", root.display()))
+        .into_iter()
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            comm.trim() == "ironcelld" && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
+        })
+        .collect()
+}
+
+fn kill_all(pids: Vec<i32>, sig: nix::sys::signal::Signal) {
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
     }
 }
 
@@ -213,8 +231,9 @@ fn ctr_through_ironcelld() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), "got:typed-line\nmore\nafter-eof\n");
 
-    // One daemon served every task; no shim process stayed.
+    // One daemon and its keeper served every task; no shim process stayed.
     assert_eq!(s.daemons().len(), 1, "{}", s.daemon_log());
+    assert_eq!(s.keepers().len(), 1);
     let shims: Vec<i32> = processes_with("containerd-shim-ironcell-v2")
         .into_iter()
         .filter(|p| {
@@ -262,4 +281,121 @@ fn bad_requests_are_errors() {
     // The daemon is still up and serves the next task.
     let out = s.ctr_ok(&s.run_args(&["--rm"], &["after", "echo", "still-serving"]));
     assert_eq!(out.trim(), "still-serving");
+}
+
+/// (Task ids differ from the other tests': ctr derives the cgroup path from
+/// the namespace and id, and the tests run at the same time.)
+///
+/// ironcelld killed with SIGKILL mid-workload and started again: a
+/// foreground `ctr run` keeps its output and gets its exit status, a task
+/// that exited while no daemon ran is reported with its status, a detached
+/// task can still be exec'd into, killed and deleted, and the events reach
+/// containerd.
+#[test]
+fn daemon_restart_mid_workload() {
+    use std::io::{BufRead, BufReader};
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    s.ctr_ok(&s.run_args(
+        &["-d"],
+        &[
+            "rsvc",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ],
+    ));
+    s.ctr_ok(&s.run_args(&["-d"], &["rquick", "sh", "-c", "sleep 1; exit 9"]));
+    let args = s.run_args(
+        &["--rm"],
+        &[
+            "rfg",
+            "sh",
+            "-c",
+            "echo before; sleep 4; echo after; exit 5",
+        ],
+    );
+    let mut fg = c
+        .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(fg.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "before\n");
+
+    // Kill the daemon; the keeper stays.
+    let old = s.daemons();
+    assert_eq!(old.len(), 1);
+    kill_all(old.clone(), nix::sys::signal::Signal::SIGKILL);
+    let start = Instant::now();
+    while !s.daemons().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // `quick` exits while no daemon runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
+        .arg("--root")
+        .arg(&s.root)
+        .arg("--log")
+        .arg(s.root.join("ironcelld.log"))
+        .arg("--log-format")
+        .arg("json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // The foreground run finishes as if nothing happened.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "after\n", "{}", s.daemon_log());
+    assert_eq!(fg.wait().unwrap().code(), Some(5));
+
+    c.wait_task("rquick", "STOPPED");
+    c.ok(&["task", "delete", "rquick"]);
+    c.ok(&["container", "rm", "rquick"]);
+
+    let out = c.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "rsvc",
+        "sh",
+        "-c",
+        "echo still-here",
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "still-here",
+        "{} {}",
+        stderr(&out),
+        s.daemon_log()
+    );
+    c.ok(&["task", "kill", "rsvc"]);
+    c.wait_task("rsvc", "STOPPED");
+    c.ok(&["task", "delete", "rsvc"]);
+    c.ok(&["container", "rm", "rsvc"]);
+
+    // containerd got the exits, with their statuses, from the new daemon.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let ev = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).to_string();
+    for (id, status) in [("rquick", 9), ("rsvc", 7), ("rfg", 5)] {
+        assert!(
+            ev.lines().any(|l| l.contains("/tasks/exit")
+                && l.contains(&format!("\"container_id\":\"{id}\""))
+                && l.contains(&format!("\"exit_status\":{status}"))),
+            "no exit event for {id}: {ev}"
+        );
+    }
+    assert_eq!(s.daemons().len(), 1);
+    assert_ne!(s.daemons(), old);
+    stop_daemon(&s);
+    let _ = daemon.wait();
 }

@@ -293,7 +293,7 @@ fn cri_pod_with_two_containers() {
         assert!(left.containers.is_empty(), "{left:?}");
     });
 
-    // One daemon, and nothing of the pod left in its state.
+    // One daemon and its keeper, and nothing of the pod left in its state.
     let daemons: Vec<i32> = processes_with(&format!("--root {}", root.path().display()))
         .into_iter()
         .filter(|p| {
@@ -301,7 +301,7 @@ fn cri_pod_with_two_containers() {
                 .is_ok_and(|c| c.trim() == "ironcelld")
         })
         .collect();
-    assert_eq!(daemons.len(), 1);
+    assert_eq!(daemons.len(), 2, "the daemon and its keeper");
     for dir in ["tasks/k8s.io", "containers/k8s.io"] {
         let left: Vec<_> = std::fs::read_dir(root.path().join(dir))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -312,7 +312,7 @@ fn cri_pod_with_two_containers() {
     for p in daemons {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGKILL,
         );
     }
 }

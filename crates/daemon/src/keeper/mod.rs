@@ -1,0 +1,356 @@
+//! The keeper: the small process that lets ironcelld be killed and started
+//! again without containerd or the containers noticing.
+//!
+//! - It owns the task addresses containerd connects to and relays the
+//!   connections to the daemon (`relay.rs`): containerd's connections stay
+//!   open across a daemon restart, and requests still in flight are sent to
+//!   the next daemon.
+//! - It is the child subreaper of every container process: the daemon asks
+//!   it to spawn the helpers that fork them, so their processes end up as the
+//!   keeper's children. It reaps them and keeps each exit status until the
+//!   daemon acknowledges it, so exits that happen while no daemon runs are
+//!   not lost.
+//!
+//! It holds no container logic and parses only the daemon's messages on a
+//! socket only root can reach. It is `ironcelld keeper --root DIR`, started
+//! by the daemon when none runs for its root; it detaches (its own session,
+//! re-parented away from the daemon) and stays until killed.
+
+pub mod client;
+pub mod proto;
+pub mod relay;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+use crate::reaper::Exit;
+use proto::{FromKeeper, ToKeeper, MAX_PACKET};
+
+/// Exits kept for a daemon that does not acknowledge them (oldest dropped).
+const MAX_JOURNAL: usize = 4096;
+
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join("keeper.sock")
+}
+
+fn parse(args: &[OsString]) -> Result<PathBuf> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args.iter().cloned());
+    let mut root = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("root") => root = Some(PathBuf::from(p.value()?)),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let root = root.context("keeper: --root is required")?;
+    if !root.is_absolute() {
+        bail!("keeper: --root must be absolute");
+    }
+    Ok(root)
+}
+
+/// `ironcelld keeper --root DIR`. The process the daemon starts forks: the
+/// child is the keeper, the parent exits once the keeper listens.
+pub fn main(args: &[OsString]) -> ExitCode {
+    let root = match parse(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ironcelld keeper: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (ready_r, ready_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ironcelld keeper: pipe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: the process is single-threaded here (nothing has started a
+    // thread yet), so the child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("ironcelld keeper: fork: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            match nix::unistd::read(ready_r.as_raw_fd(), &mut b) {
+                Ok(1) if b[0] == b'1' => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(ready_r);
+            match run(&root, ready_w) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("keeper: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(root: &Path, ready: OwnedFd) -> Result<()> {
+    let _ = nix::unistd::setsid();
+    std::env::set_current_dir("/").context("chdir /")?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot become a subreaper");
+    }
+    let lock = std::fs::File::create(root.join("keeper.lock")).context("keeper.lock")?;
+    // SAFETY: flock on a file this function owns.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Another keeper serves this root: nothing to do.
+        let _ = nix::unistd::write(&ready, b"1");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    rt.block_on(serve(root, ready))
+}
+
+fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    let _ = std::fs::remove_file(path);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    crate::server::private_socket(path)?;
+    listen(&fd, Backlog::new(16)?)?;
+    Ok(fd)
+}
+
+struct Keeper {
+    journal: BTreeMap<i32, (u32, u64)>,
+    conn: Option<AsyncFd<OwnedFd>>,
+    fronts: HashSet<PathBuf>,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Keeper {
+    fn send(&mut self, msg: &FromKeeper) {
+        if let Some(c) = &self.conn {
+            if proto::send(c.get_ref().as_raw_fd(), msg, &[]).is_err() {
+                self.conn = None;
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(w) => match Exit::from_wait(w) {
+                    Some(e) => e,
+                    None => continue,
+                },
+            };
+            let (pid, status, at) = (exit.pid, exit.status, nanos(exit.at));
+            self.journal.insert(pid, (status, at));
+            while self.journal.len() > MAX_JOURNAL {
+                let oldest = *self.journal.keys().next().expect("non-empty");
+                self.journal.remove(&oldest);
+            }
+            self.send(&FromKeeper::Exit {
+                pid,
+                status,
+                at_nanos: at,
+            });
+        }
+    }
+
+    fn handle(&mut self, msg: ToKeeper, fds: Vec<OwnedFd>) {
+        match msg {
+            ToKeeper::Hello {} => {
+                let backlog: Vec<_> = self.journal.iter().map(|(p, v)| (*p, *v)).collect();
+                for (pid, (status, at_nanos)) in backlog {
+                    self.send(&FromKeeper::Exit {
+                        pid,
+                        status,
+                        at_nanos,
+                    });
+                }
+            }
+            ToKeeper::Ack { pid } => {
+                self.journal.remove(&pid);
+            }
+            ToKeeper::Front { public, backend } => {
+                let error = self.front(&public, backend).err().map(|e| format!("{e:#}"));
+                self.send(&FromKeeper::Fronted { public, error });
+            }
+            ToKeeper::Spawn {
+                tag,
+                argv,
+                env,
+                cwd,
+                targets,
+            } => {
+                let (pid, error) = match spawn(&argv, &env, &cwd, &targets, fds) {
+                    Ok(pid) => (pid, None),
+                    Err(e) => (0, Some(format!("{e:#}"))),
+                };
+                self.send(&FromKeeper::Spawned { tag, pid, error });
+            }
+        }
+    }
+
+    fn front(&mut self, public: &Path, backend: PathBuf) -> Result<()> {
+        if self.fronts.contains(public) {
+            return Ok(());
+        }
+        if let Some(dir) = public.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(public);
+        let listener = tokio::net::UnixListener::bind(public)
+            .with_context(|| format!("cannot listen on {}", public.display()))?;
+        crate::server::private_socket(public)?;
+        tokio::spawn(relay::front(listener, backend));
+        self.fronts.insert(public.to_path_buf());
+        Ok(())
+    }
+}
+
+/// Forks and execs `argv` with `fds[i]` as fd `targets[i]` (and /dev/null
+/// for any of 0, 1, 2 not given).
+fn spawn(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    targets: &[i32],
+    fds: Vec<OwnedFd>,
+) -> Result<i32> {
+    if argv.is_empty() || fds.len() != targets.len() || targets.iter().any(|t| !(0..64).contains(t))
+    {
+        bail!("malformed spawn request");
+    }
+    // Move the fds above any target number first, so that no dup2 below
+    // overwrites a source still to be placed.
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        let h = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; we own it.
+        high.push(unsafe { OwnedFd::from_raw_fd(h) });
+    }
+    drop(fds);
+    let pairs: Vec<(RawFd, RawFd)> = high
+        .iter()
+        .map(|f| f.as_raw_fd())
+        .zip(targets.iter().copied())
+        .collect();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the closure only reads the copied
+    // vector of integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (src, dst) in &pairs {
+                if libc::dup2(*src, *dst) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", argv[0]))?;
+    // Reaped by the SIGCHLD loop, not through `child`.
+    Ok(child.id() as i32)
+}
+
+/// Watches an fd this process owns for readiness.
+fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and
+    // unchanged until it is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
+    let listener = register(listen_seqpacket(&socket_path(root))?)?;
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    let mut k = Keeper {
+        journal: BTreeMap::new(),
+        conn: None,
+        fronts: HashSet::new(),
+    };
+    let _ = nix::unistd::write(&ready, b"1");
+    drop(ready);
+    tracing::info!(root = %root.display(), "keeper serving");
+    loop {
+        tokio::select! {
+            _ = sigchld.recv() => k.reap(),
+            r = listener.readable() => {
+                let mut guard = r?;
+                match nix::sys::socket::accept4(
+                    listener.get_ref().as_raw_fd(),
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                ) {
+                    Ok(fd) => {
+                        // SAFETY: accept4 returned a new fd that we own.
+                        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                        // A new daemon replaces the old connection.
+                        k.conn = Some(register(fd)?);
+                    }
+                    Err(nix::Error::EAGAIN) => guard.clear_ready(),
+                    Err(e) => tracing::warn!(error = %e, "keeper: accept"),
+                }
+            }
+            r = async {
+                let c = k.conn.as_ref().expect("guarded");
+                loop {
+                    let mut guard = c.readable().await?;
+                    let mut buf = vec![0u8; MAX_PACKET];
+                    if let Ok(res) = guard.try_io(|inner| {
+                        proto::recv::<ToKeeper>(inner.get_ref().as_raw_fd(), &mut buf)
+                    }) {
+                        break res;
+                    }
+                }
+            }, if k.conn.is_some() => match r {
+                Ok(Some((msg, fds))) => k.handle(msg, fds),
+                Ok(None) => k.conn = None,
+                Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                    tracing::warn!(error = %e, "keeper: dropping a malformed message");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "keeper: daemon connection lost");
+                    k.conn = None;
+                }
+            },
+        }
+    }
+}
