@@ -359,6 +359,27 @@ impl Container {
         })
     }
 
+    /// The container's memory cgroup directory (cgroupfs driver; None with
+    /// the systemd driver or when it cannot be found): where OOM kills are
+    /// counted (`memory.oom_control` on v1, `memory.events` on v2).
+    pub fn memory_cgroup(&self) -> Option<PathBuf> {
+        if self.inner.systemd() {
+            return None;
+        }
+        let path = self.inner.spec().ok()?.cgroup_path;
+        let rel = path.strip_prefix("/").unwrap_or(&path);
+        match libcgroups::common::get_cgroup_setup().ok()? {
+            libcgroups::common::CgroupSetup::Unified => {
+                Some(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel))
+            }
+            _ => libcgroups::v1::util::get_subsystem_mount_point(
+                &libcgroups::v1::ControllerType::Memory,
+            )
+            .ok()
+            .map(|m| m.join(rel)),
+        }
+    }
+
     /// Pids of every process in the container's cgroup.
     pub fn pids(&self) -> Result<Vec<i32>, ContainerError> {
         let pids = self

@@ -9,6 +9,7 @@ pub mod helper;
 pub mod keeper;
 pub mod metrics;
 pub mod mount;
+pub mod oom;
 pub mod reaper;
 pub mod server;
 pub mod service;

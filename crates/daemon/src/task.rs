@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::MessageField;
@@ -27,6 +27,7 @@ use crate::events::{timestamp, Publisher};
 use crate::helper::{self, HelperStdio, Job};
 use crate::keeper::client::Keeper;
 use crate::mount::{self, Mount};
+use crate::oom;
 use crate::reaper::{Exit, Reaper};
 use crate::stdio::{self, StdinRelay};
 
@@ -218,6 +219,8 @@ pub struct Task {
     dir: PathBuf,
     rootfs_mounted: bool,
     inner: Mutex<TaskInner>,
+    /// Watches the task's memory cgroup for OOM kills.
+    oom: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Task {
@@ -385,6 +388,7 @@ impl Tasks {
                         init: r.init.restore(),
                         execs: r.execs.into_iter().map(|(k, p)| (k, p.restore())).collect(),
                     }),
+                    oom: Mutex::new(None),
                 });
                 let t = task.clone();
                 let paused = blocking(move || {
@@ -408,8 +412,12 @@ impl Tasks {
                         .map(|(k, p)| (k, p.pid))
                         .collect()
                 };
+                let init_alive = live.iter().any(|(e, _)| e.is_none());
                 for (exec_id, pid) in live {
                     self.watch_exit(&task, exec_id, pid);
+                }
+                if init_alive {
+                    self.watch_oom(&task).await;
                 }
                 tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
             }
@@ -459,6 +467,7 @@ impl Tasks {
         task.save();
         self.tasks.lock().unwrap().insert(key, task.clone());
         self.watch_exit(&task, None, pid);
+        self.watch_oom(&task).await;
         self.events.publish(
             task.containerd.as_deref(),
             &task.namespace,
@@ -510,6 +519,7 @@ impl Tasks {
                 init: Proc::new(req.io.clone()),
                 execs: HashMap::new(),
             }),
+            oom: Mutex::new(None),
         };
         let undo = |task: &Task| {
             if task.rootfs_mounted {
@@ -672,6 +682,40 @@ impl Tasks {
             stdin: stdin_relay,
             master,
         })
+    }
+
+    /// Publishes TaskOOM for each OOM kill in the task's memory cgroup.
+    async fn watch_oom(&self, task: &Arc<Task>) {
+        let t = task.clone();
+        let dir = blocking(move || Ok(t.sandboxes().owner(&t.id)?.memory_cgroup(&t.id)?))
+            .await
+            .ok()
+            .flatten()
+            .filter(|d| oom::watchable(d));
+        let Some(dir) = dir else {
+            tracing::debug!(id = %task.id, "no memory cgroup to watch for OOM kills");
+            return;
+        };
+        let events = self.events.clone();
+        let (address, ns, id) = (
+            task.containerd.clone(),
+            task.namespace.clone(),
+            task.id.clone(),
+        );
+        match oom::watch(dir, move || {
+            tracing::info!(namespace = %ns, %id, "OOM kill");
+            events.publish(
+                address.as_deref(),
+                &ns,
+                TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            );
+        }) {
+            Ok(handle) => *task.oom.lock().unwrap() = Some(handle),
+            Err(e) => tracing::warn!(id = %task.id, error = %e, "cannot watch for OOM kills"),
+        }
     }
 
     /// Watches `pid` and records its exit for (task, exec_id).
@@ -1010,6 +1054,9 @@ impl Tasks {
             if inner.init.exited().is_none() {
                 self.reaper.forget(inner.init.pid);
             }
+        }
+        if let Some(h) = task.oom.lock().unwrap().take() {
+            h.abort();
         }
         if task.rootfs_mounted {
             mount::unmount_all(&task.bundle.join("rootfs"));

@@ -399,3 +399,33 @@ fn daemon_restart_mid_workload() {
     stop_daemon(&s);
     let _ = daemon.wait();
 }
+
+/// An OOM kill in a task's memory cgroup reaches containerd as TaskOOM.
+#[test]
+fn oom_kill_is_reported() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    // Filling tmpfs (charged to the container) past the limit gets dd
+    // OOM-killed.
+    let args = s.run_args(
+        &["--rm", "--memory-limit", "16777216"],
+        &[
+            "oomt",
+            "sh",
+            "-c",
+            "exec dd if=/dev/zero of=/dev/shm/fill bs=1M count=48",
+        ],
+    );
+    let out = c.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let ev = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).to_string();
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"container_id\":\"oomt\"")),
+        "no OOM event: {ev}\n{}",
+        s.daemon_log()
+    );
+}

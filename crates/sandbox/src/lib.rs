@@ -100,6 +100,10 @@ pub trait Sandbox {
     fn stats(&self, id: &str) -> Result<Stats>;
     /// Applies new resource limits to a live container.
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
+    /// The host memory cgroup where the container's OOM kills can be
+    /// watched; None when the backend has none on the host (or reports OOMs
+    /// itself).
+    fn memory_cgroup(&self, id: &str) -> Result<Option<std::path::PathBuf>>;
 }
 
 /// Every backend under one state root.

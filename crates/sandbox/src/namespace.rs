@@ -74,4 +74,8 @@ impl Sandbox for NamespaceSandbox {
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         Ok(self.engine.load(id)?.update(resources)?)
     }
+
+    fn memory_cgroup(&self, id: &str) -> Result<Option<std::path::PathBuf>> {
+        Ok(self.engine.load(id)?.memory_cgroup())
+    }
 }
