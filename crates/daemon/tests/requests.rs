@@ -1,0 +1,300 @@
+//! Bad input on ironcelld's Task API, from a ttrpc client of the test's own
+//! (no containerd): unknown ids, malformed, out-of-order and duplicate
+//! requests, a task address used for another namespace, clients that send
+//! half a frame or garbage and disconnect. Each gets an error response; the
+//! daemon keeps serving and leaks no file descriptor.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::api::*;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use ironcell_testutil::*;
+use ttrpc::Code;
+
+struct Daemon {
+    child: Child,
+    root: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let root = tempfile::Builder::new()
+            .prefix("icd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ironcelld"))
+            .arg("--root")
+            .arg(root.path())
+            .arg("--log")
+            .arg(root.path().join("log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while UnixStream::connect(root.path().join("control.sock")).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no daemon");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, root }
+    }
+
+    /// The Task API address for namespace "default".
+    fn endpoint(&self) -> String {
+        let mut c = UnixStream::connect(self.root.path().join("control.sock")).unwrap();
+        c.write_all(
+            b"{\"register\":{\"namespace\":\"default\",\"id\":\"t\",\"containerd\":\"/nonexistent/c.sock.ttrpc\"}}\n",
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["address"].as_str().unwrap().to_string()
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for p in processes_with(&format!("--root {}", self.root.path().display())) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn ctx(ns: Option<&str>) -> ttrpc::context::Context {
+    let mut md = HashMap::new();
+    if let Some(ns) = ns {
+        md.insert(
+            "containerd-namespace-ttrpc".to_string(),
+            vec![ns.to_string()],
+        );
+    }
+    let mut c = ttrpc::context::with_metadata(md);
+    c.timeout_nano = Duration::from_secs(20).as_nanos() as i64;
+    c
+}
+
+fn code<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> Code {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// A bundle of the test image whose process sleeps.
+fn bundle(dir: &Path) -> PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(image().join("bundle/config.json")).unwrap())
+            .unwrap();
+    config["root"] = serde_json::json!({"path": image().join("rootfs"), "readonly": true});
+    config["process"]["args"] = serde_json::json!(["sleep", "100"]);
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["linux"]["cgroupsPath"] = serde_json::json!(format!("/ironcell-test/{}", unique("req")));
+    std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+    b
+}
+
+#[test]
+fn bad_requests_get_errors_and_leak_nothing() {
+    if !need_root("ironcelld requests") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let address = d.endpoint();
+    let bundle = bundle(d.root.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fds_before = rt.block_on(async {
+        let t = TaskClient::new(Client::connect(&address).await.unwrap());
+        let ns = || ctx(Some("default"));
+
+        // Unknown ids, for every kind of request.
+        let st = |id: &str| StateRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(code(t.state(ns(), &st("nosuch")).await), Code::NOT_FOUND);
+        let start = |id: &str, exec: &str| StartRequest {
+            id: id.into(),
+            exec_id: exec.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(t.start(ns(), &start("nosuch", "")).await),
+            Code::NOT_FOUND
+        );
+        let del = |id: &str, exec: &str| DeleteRequest {
+            id: id.into(),
+            exec_id: exec.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(t.delete(ns(), &del("nosuch", "")).await),
+            Code::NOT_FOUND
+        );
+        let wait = |id: &str| WaitRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        assert_eq!(code(t.wait(ns(), &wait("nosuch")).await), Code::NOT_FOUND);
+
+        // Malformed creates.
+        let create = |id: &str, bundle: &str| CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.into(),
+            ..Default::default()
+        };
+        let b = bundle.to_str().unwrap();
+        for (id, bundle) in [
+            ("../x", b),
+            ("ok1", "relative/bundle"),
+            ("ok2", "/nonexistent"),
+        ] {
+            assert_eq!(
+                code(t.create(ns(), &create(id, bundle)).await),
+                Code::INVALID_ARGUMENT,
+                "{id} {bundle}"
+            );
+        }
+        // The address serves one namespace only.
+        assert_eq!(
+            code(t.state(ctx(Some("other")), &st("nosuch")).await),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            code(t.create(ctx(Some("../etc")), &create("c", b)).await),
+            Code::INVALID_ARGUMENT
+        );
+
+        // A real task, then out-of-order and duplicate requests on it.
+        let pid = t.create(ns(), &create("c1", b)).await.unwrap().pid;
+        assert!(pid > 0);
+        assert_eq!(
+            code(t.create(ns(), &create("c1", b)).await),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code(t.start(ns(), &start("c1", "e1")).await),
+            Code::NOT_FOUND
+        );
+        t.start(ns(), &start("c1", "")).await.unwrap();
+        assert_eq!(
+            code(t.start(ns(), &start("c1", "")).await),
+            Code::FAILED_PRECONDITION
+        );
+        let exec = |exec_id: &str, spec: &[u8]| ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: exec_id.into(),
+            spec: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: spec.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(t.exec(ns(), &exec("e1", b"{not json")).await),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            code(t.exec(ns(), &exec("../e", b"{}")).await),
+            Code::INVALID_ARGUMENT
+        );
+        let spec = br#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}"#;
+        t.exec(ns(), &exec("e1", spec)).await.unwrap();
+        assert_eq!(
+            code(t.exec(ns(), &exec("e1", spec)).await),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code(t.delete(ns(), &del("c1", "")).await),
+            Code::FAILED_PRECONDITION
+        );
+        let kill = |sig: u32| KillRequest {
+            id: "c1".into(),
+            signal: sig,
+            ..Default::default()
+        };
+        for bad in [0, 65, u32::MAX] {
+            assert_eq!(
+                code(t.kill(ns(), &kill(bad)).await),
+                Code::INVALID_ARGUMENT,
+                "signal {bad}"
+            );
+        }
+        t.kill(ns(), &kill(9)).await.unwrap();
+        let exit = t.wait(ns(), &wait("c1")).await.unwrap();
+        assert_eq!(exit.exit_status, 137);
+        assert_eq!(code(t.kill(ns(), &kill(9)).await), Code::NOT_FOUND);
+        t.delete(ns(), &del("c1", "e1")).await.unwrap();
+        t.delete(ns(), &del("c1", "")).await.unwrap();
+        assert_eq!(code(t.delete(ns(), &del("c1", "")).await), Code::NOT_FOUND);
+        d.fds()
+    });
+
+    // Clients that send half a frame, garbage or an oversized frame, and
+    // disconnect; and many clients that connect and leave.
+    let path = address.strip_prefix("unix://").unwrap();
+    for i in 0..50 {
+        let mut s = UnixStream::connect(path).unwrap();
+        let junk: &[u8] = match i % 3 {
+            0 => &[0, 0, 0, 40, 0, 0, 0, 1, 1],               // half a header
+            1 => &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0], // 4 GiB frame
+            _ => b"GET / HTTP/1.1\r\n\r\n",
+        };
+        let _ = s.write_all(junk);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.alive(), "the daemon died");
+    rt.block_on(async {
+        let t = TaskClient::new(Client::connect(&address).await.unwrap());
+        let r = t
+            .state(
+                ctx(Some("default")),
+                &StateRequest {
+                    id: "nosuch".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert_eq!(code(r), Code::NOT_FOUND);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_after = d.fds();
+    assert!(
+        fds_after <= fds_before + 2,
+        "fds before {fds_before}, after {fds_after}"
+    );
+    // Nothing of the task is left.
+    for dir in ["tasks/default", "containers/default"] {
+        let left: Vec<_> = std::fs::read_dir(d.root.path().join(dir))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}
