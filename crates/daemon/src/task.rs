@@ -206,6 +206,27 @@ struct TaskInner {
     execs: HashMap<String, Proc>,
 }
 
+impl TaskInner {
+    /// The init process (`exec_id` empty) or an exec of task `id`.
+    fn proc(&self, id: &str, exec_id: &str) -> Result<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+
+    fn proc_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+}
+
 /// One container of one containerd namespace.
 pub struct Task {
     pub namespace: String,
@@ -913,15 +934,7 @@ impl Tasks {
         let paused = self.is_paused(&task);
         let view = {
             let inner = task.inner.lock().unwrap();
-            if exec_id.is_empty() {
-                task.view(&inner.init, paused)
-            } else {
-                let p = inner
-                    .execs
-                    .get(exec_id)
-                    .ok_or_else(|| exec_not_found(id, exec_id))?;
-                task.view(p, paused)
-            }
+            task.view(inner.proc(id, exec_id)?, paused)
         };
         Ok((task, view))
     }
@@ -975,14 +988,7 @@ impl Tasks {
         let task = self.get(ns, id)?;
         let mut rx = {
             let inner = task.inner.lock().unwrap();
-            let p = if exec_id.is_empty() {
-                &inner.init
-            } else {
-                inner
-                    .execs
-                    .get(exec_id)
-                    .ok_or_else(|| exec_not_found(id, exec_id))?
-            };
+            let p = inner.proc(id, exec_id)?;
             p.exit.subscribe()
         };
         let exit = rx
@@ -1146,14 +1152,7 @@ impl Tasks {
     pub fn resize(&self, ns: &str, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let task = self.get(ns, id)?;
         let inner = task.inner.lock().unwrap();
-        let p = if exec_id.is_empty() {
-            &inner.init
-        } else {
-            inner
-                .execs
-                .get(exec_id)
-                .ok_or_else(|| exec_not_found(id, exec_id))?
-        };
+        let p = inner.proc(id, exec_id)?;
         match &p.master {
             Some(m) => stdio::resize(m, width, height)
                 .map_err(|e| TaskError::Internal(format!("cannot resize the terminal: {e}"))),
@@ -1167,14 +1166,7 @@ impl Tasks {
     pub fn close_io(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
         let task = self.get(ns, id)?;
         let mut inner = task.inner.lock().unwrap();
-        let p = if exec_id.is_empty() {
-            &mut inner.init
-        } else {
-            inner
-                .execs
-                .get_mut(exec_id)
-                .ok_or_else(|| exec_not_found(id, exec_id))?
-        };
+        let p = inner.proc_mut(id, exec_id)?;
         p.close_stdin();
         Ok(())
     }

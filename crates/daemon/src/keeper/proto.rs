@@ -123,15 +123,19 @@ mod tests {
     use super::*;
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-    #[test]
-    fn messages_and_fds_cross() {
-        let (a, b) = socketpair(
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn messages_and_fds_cross() {
+        let (a, b) = pair();
         let (r, w) = nix::unistd::pipe().unwrap();
         let msg = ToKeeper::Spawn {
             tag: 7,
@@ -155,13 +159,7 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_errors() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (a, b) = pair();
         nix::unistd::write(&a, b"{\"explode\":{}}").unwrap();
         let mut buf = vec![0u8; MAX_PACKET];
         assert!(recv::<ToKeeper>(b.as_raw_fd(), &mut buf).is_err());
