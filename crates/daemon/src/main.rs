@@ -76,8 +76,13 @@ fn run(args: Args) -> Result<()> {
     // Started by the shim inside a bundle that will be deleted: a daemon
     // must not hold any directory.
     std::env::set_current_dir("/").context("cannot change to /")?;
+    server::limit_malloc_arenas();
+    // Blocking work (sandbox operations, file I/O) runs on a few threads
+    // that do not linger: every thread costs its stack's touched pages.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

@@ -6,23 +6,23 @@
 //! opened its end yet) and becomes the process's fd 1 or 2; the daemon
 //! keeps no copy, so output does not depend on the daemon staying up.
 //!
-//! stdin goes through a pipe and a relay thread, as in containerd's runc
-//! shim: the FIFO's read side is opened blocking, so the relay waits for
-//! containerd's writer; the process sees EOF when that writer closes or
-//! when containerd calls CloseIO. (Handing the FIFO over directly would give
-//! the process an early EOF if it read before containerd opened its end.)
+//! stdin goes through a pipe and a relay, as in containerd's runc shim: the
+//! relay waits for containerd's writer; the process sees EOF when that
+//! writer closes or when containerd calls CloseIO. (Handing the FIFO over
+//! directly would give the process an early EOF if it read before containerd
+//! opened its end.)
 //!
 //! A terminal is a pty whose master the daemon receives on a console socket
-//! and relays to and from the FIFOs.
+//! and relays to and from the FIFOs. Relays are tasks of the daemon's async
+//! runtime (epoll), not threads.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
 use thiserror::Error;
+use tokio::io::unix::AsyncFd;
 
 #[derive(Debug, Error)]
 pub enum StdioError {
@@ -76,75 +76,94 @@ pub fn open_output(what: &'static str, uri: &str) -> Result<Option<OwnedFd>, Std
     Ok(Some(f.into()))
 }
 
+/// Makes `fd` non-blocking and watches it for readiness.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open
+    // and unchanged until it is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut g = fd.readable().await?;
+        if let Ok(r) =
+            g.try_io(|i| nix::unistd::read(i.get_ref().as_raw_fd(), buf).map_err(io::Error::from))
+        {
+            return r;
+        }
+    }
+}
+
+async fn write(fd: &AsyncFd<OwnedFd>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        let mut g = fd.writable().await?;
+        if let Ok(r) = g.try_io(|i| nix::unistd::write(i.get_ref(), buf).map_err(io::Error::from)) {
+            return r;
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF or an error on either side (EIO on a pty
+/// master whose terminal closed). A failed write stops the copy.
+async fn copy(from: AsyncFd<OwnedFd>, to: AsyncFd<OwnedFd>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match read(&from, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut done = 0;
+        while done < n {
+            match write(&to, &buf[done..n]).await {
+                Ok(0) | Err(_) => return,
+                Ok(m) => done += m,
+            }
+        }
+    }
+}
+
 /// The daemon's end of a process's stdin: a relay from containerd's FIFO
-/// into a pipe (or a pty master) that CloseIO or EOF closes.
-#[derive(Clone)]
+/// into a pipe (or a pty master), ended by EOF or CloseIO. A task of the
+/// daemon's runtime, not a thread: a detached `ctr run` leaves a FIFO that
+/// nobody ever opens, and a relay waits on it for the task's lifetime.
+///
+/// The FIFO is opened non-blocking, which succeeds with no writer yet; epoll
+/// reports it readable only once containerd's writer has sent data or has
+/// come and gone (a FIFO only signals hang-up after a writer left), so the
+/// process never sees an EOF before containerd opened its end.
 pub struct StdinRelay {
-    path: String,
-    sink: Arc<Mutex<Option<File>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl StdinRelay {
-    /// Starts relaying `path` into `sink` on a thread of its own.
-    pub fn start(path: &str, sink: File) -> StdinRelay {
-        let relay = StdinRelay {
+    /// Starts relaying FIFO `path` into `sink` (inside the tokio runtime).
+    pub fn start(path: &str, sink: OwnedFd) -> Result<StdinRelay, StdioError> {
+        let fail = |source| StdioError::Open {
+            what: "stdin",
             path: path.to_string(),
-            sink: Arc::new(Mutex::new(Some(sink))),
+            source,
         };
-        let r = relay.clone();
-        std::thread::Builder::new()
-            .name("stdin-relay".into())
-            .spawn(move || r.run())
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot start a stdin relay"));
-        relay
-    }
-
-    fn run(&self) {
-        // Blocks until containerd opens its end (or close() opens it).
-        let mut fifo = match OpenOptions::new()
+        let fifo: OwnedFd = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(path = %self.path, error = %e, "cannot open stdin");
-                self.close_sink();
-                return;
-            }
-        };
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = match fifo.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut sink = self.sink.lock().unwrap();
-            let written = sink.as_mut().map(|s| s.write_all(&buf[..n]).is_ok());
-            if written != Some(true) {
-                break;
-            }
-        }
-        self.close_sink();
-    }
-
-    fn close_sink(&self) {
-        self.sink.lock().unwrap().take();
-    }
-
-    /// Closes the process's stdin (CloseIO) and ends the relay: a relay
-    /// still waiting for containerd's writer is released by opening the
-    /// FIFO's write side for a moment.
-    pub fn close(&self) {
-        self.close_sink();
-        if let Ok(f) = OpenOptions::new()
-            .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.path)
-        {
-            drop(f);
-        }
+            .open(path)
+            .map_err(fail)?
+            .into();
+        let from = register(fifo).map_err(fail)?;
+        let to = register(sink).map_err(fail)?;
+        Ok(StdinRelay {
+            task: tokio::spawn(copy(from, to)),
+        })
+    }
+
+    /// Closes the process's stdin (CloseIO): the relay stops and its end of
+    /// the pipe closes.
+    pub fn close(self) {
+        self.task.abort();
     }
 }
 
@@ -152,26 +171,20 @@ impl StdinRelay {
 pub fn stdin_pipe(path: &str) -> Result<(OwnedFd, StdinRelay), StdioError> {
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StdioError::Pipe(e.into()))?;
-    Ok((read, StdinRelay::start(path, File::from(write))))
+    Ok((read, StdinRelay::start(path, write)?))
 }
 
 /// Copies a pty master's output to the task's stdout until the terminal
 /// closes (EIO once every process holding its other side has exited).
+/// `master` stays the caller's (for resizing); the relay uses a duplicate.
 pub fn relay_output(master: &File, stdout: Option<OwnedFd>) -> io::Result<()> {
-    let mut from = master.try_clone()?;
-    let mut to = stdout.map(File::from);
-    std::thread::Builder::new()
-        .name("tty-relay".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            while let Ok(n @ 1..) = from.read(&mut buf) {
-                if let Some(out) = to.as_mut() {
-                    if out.write_all(&buf[..n]).is_err() {
-                        to = None;
-                    }
-                }
-            }
-        })?;
+    let from = register(master.try_clone()?.into())?;
+    let to = match stdout {
+        Some(fd) => register(fd)?,
+        // Nobody reads the terminal: drain it so the process never blocks.
+        None => register(File::options().write(true).open("/dev/null")?.into())?,
+    };
+    tokio::spawn(copy(from, to));
     Ok(())
 }
 
@@ -195,6 +208,7 @@ pub fn resize(master: &File, width: u32, height: u32) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::ffi::CString;
+    use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
 
     fn mkfifo(path: &Path) {
@@ -226,30 +240,43 @@ mod tests {
         assert!(e.to_string().starts_with("stderr /nonexistent/fifo"), "{e}");
     }
 
-    #[test]
-    fn stdin_relay_waits_for_the_writer_and_ends_at_eof() {
+    #[tokio::test]
+    async fn stdin_relay_waits_for_the_writer_and_ends_at_eof() {
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
         let (read, _relay) = stdin_pipe(fifo.to_str().unwrap()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // No writer yet: the relay waits instead of passing on an EOF.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
         w.write_all(b"typed\n").unwrap();
         drop(w);
-        let mut got = String::new();
-        File::from(read).read_to_string(&mut got).unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut got = String::new();
+            File::from(read).read_to_string(&mut got).unwrap();
+            got
+        })
+        .await
+        .unwrap();
         assert_eq!(got, "typed\n");
     }
 
-    #[test]
-    fn close_io_ends_stdin_before_any_writer() {
+    #[tokio::test]
+    async fn close_io_ends_stdin_before_any_writer() {
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
         let (read, relay) = stdin_pipe(fifo.to_str().unwrap()).unwrap();
         relay.close();
-        let mut got = Vec::new();
-        File::from(read).read_to_end(&mut got).unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            File::from(read).read_to_end(&mut got).unwrap();
+            got
+        })
+        .await
+        .unwrap();
         assert!(got.is_empty());
     }
 }

@@ -693,7 +693,7 @@ impl Tasks {
                 let sink = m
                     .try_clone()
                     .map_err(|e| TaskError::Internal(format!("terminal: {e}")))?;
-                stdin_relay = Some(StdinRelay::start(&io.stdin, sink));
+                stdin_relay = Some(StdinRelay::start(&io.stdin, sink.into()).map_err(bad)?);
             }
             master = Some(m);
         }

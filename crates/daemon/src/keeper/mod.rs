@@ -119,6 +119,7 @@ fn run(root: &Path, ready: OwnedFd) -> Result<()> {
         let _ = nix::unistd::write(&ready, b"1");
         return Ok(());
     }
+    crate::server::limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -302,6 +303,8 @@ fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     let listener = register(listen_seqpacket(&socket_path(root))?)?;
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    // One receive buffer for every message.
+    let mut buf = vec![0u8; MAX_PACKET];
     let mut k = Keeper {
         journal: BTreeMap::new(),
         conn: None,
@@ -333,7 +336,6 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                 let c = k.conn.as_ref().expect("guarded");
                 loop {
                     let mut guard = c.readable().await?;
-                    let mut buf = vec![0u8; MAX_PACKET];
                     if let Ok(res) = guard.try_io(|inner| {
                         proto::recv::<ToKeeper>(inner.get_ref().as_raw_fd(), &mut buf)
                     }) {
