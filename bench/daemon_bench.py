@@ -40,6 +40,9 @@ def parse_args():
     p.add_argument("--pods", default="1,10,50", help="task counts for the memory table")
     p.add_argument("--image", default=os.path.join(ROOT, "build/test-image/ironcell-test.docker.tar"),
                    help="image archive to import")
+    p.add_argument("--settle", type=float, default=15.0,
+                   help="idle seconds before each memory reading (default 15: the steady state "
+                        "of a node whose pods are running; ironcelld trims its memory after 10 s idle)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     a = p.parse_args()
     benchlib.check_run_args(p, a)
@@ -142,7 +145,7 @@ def management_pids(c, runtime):
             if comm.startswith("containerd-shim") and "runc" in cmd and c.sock in cmd]
 
 
-def measure_memory(c, runtime, counts):
+def measure_memory(c, runtime, counts, settle):
     rows = []
     started = 0
     for n in counts:
@@ -150,7 +153,7 @@ def measure_memory(c, runtime, counts):
             c.ctr(["run", "-d", "--runtime", RUNTIMES[runtime], IMAGE,
                    f"mem-{runtime}-{started}", "sleep", "100000"])
             started += 1
-        time.sleep(1)  # let shims and the daemon settle
+        time.sleep(settle)  # the steady state, not the burst of starts
         pids = management_pids(c, runtime)
         total = sum(pss_kib(p) for p in pids)
         rows.append({"pods": n, "processes": len(pids), "pss_kib": total})
@@ -190,7 +193,7 @@ def main():
 
         columns = [("ms", {"median": "median", "min": "min", "max": "max"})]
         benchlib.run_interleaved(PROG, active, results, a.runs, a.warmup, run_one, columns)
-        memory = {name: measure_memory(c, name, a.pods) for name in RUNTIMES}
+        memory = {name: measure_memory(c, name, a.pods, a.settle) for name in RUNTIMES}
     finally:
         c.stop()
 
@@ -205,8 +208,8 @@ def main():
     if si["ok"] and sr["ok"]:
         print(f"\nratio of medians ironcell/runc: {si['median'] / sr['median']:.2f}x")
 
-    print("\nManagement-plane PSS with N running tasks (ironcelld + ironcell shims left; "
-          "every containerd-shim-runc-v2)\n")
+    print(f"\nManagement-plane PSS with N running tasks, {a.settle:g} s after the last start "
+          "(ironcelld + its keeper + ironcell shims left; every containerd-shim-runc-v2)\n")
     print("| tasks | ironcell processes | ironcell PSS KiB | runc shims | runc shims PSS KiB | "
           "ironcell/runc |")
     print("|---:|---:|---:|---:|---:|---:|")

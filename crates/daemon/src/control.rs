@@ -66,6 +66,7 @@ pub struct Control {
 
 impl Control {
     pub async fn handle(&self, req: Request) -> Reply {
+        crate::server::note_activity();
         match req {
             Request::Ping {} => Reply::default(),
             Request::Register {

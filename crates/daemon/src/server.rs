@@ -5,7 +5,9 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
@@ -89,6 +91,7 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     tokio::spawn(control);
     tracing::info!(control = %control_path.display(), "ironcelld serving");
     trim_text();
+    tokio::spawn(trim_when_idle());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -102,6 +105,45 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     endpoints.shutdown().await;
     let _ = fs::remove_file(&control_path);
     Ok(())
+}
+
+/// Requests served so far (every Task API and control request counts).
+pub static ACTIVITY: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a request (see [`trim_when_idle`]).
+pub fn note_activity() {
+    ACTIVITY.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long the daemon must be idle before it trims its memory.
+const IDLE_TRIM: Duration = Duration::from_secs(10);
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// Once requests stop for a while, gives back what serving them left
+/// resident: free heap pages (`malloc_trim`) and the code pages that only
+/// the burst needed ([`trim_text`]). A node's daemon is idle most of the
+/// time; a busy one never trims (no refaulting under load).
+pub(crate) async fn trim_when_idle() {
+    let mut trimmed_at = ACTIVITY.load(Ordering::Relaxed);
+    let mut seen = trimmed_at;
+    let mut changed = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(IDLE_CHECK).await;
+        let now = ACTIVITY.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            changed = std::time::Instant::now();
+        } else if now != trimmed_at && changed.elapsed() >= IDLE_TRIM {
+            // SAFETY: malloc_trim takes an integer and only touches the
+            // allocator's own state.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            trim_text();
+            trimmed_at = now;
+            tracing::debug!("idle: memory trimmed");
+        }
+    }
 }
 
 /// One malloc arena per two threads at most, instead of glibc's default of

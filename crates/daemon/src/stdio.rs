@@ -110,6 +110,11 @@ async fn write(fd: &AsyncFd<OwnedFd>, buf: &[u8]) -> io::Result<usize> {
 /// Copies `from` to `to` until EOF or an error on either side (EIO on a pty
 /// master whose terminal closed). A failed write stops the copy.
 async fn copy(from: AsyncFd<OwnedFd>, to: AsyncFd<OwnedFd>) {
+    // Allocated once there is something to read: most relays (a detached
+    // task's stdin) wait for ever and should cost nothing meanwhile.
+    if from.readable().await.is_err() {
+        return;
+    }
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match read(&from, &mut buf).await {

@@ -189,6 +189,7 @@ impl Keeper {
     }
 
     fn handle(&mut self, msg: ToKeeper, fds: Vec<OwnedFd>) {
+        crate::server::note_activity();
         match msg {
             ToKeeper::Hello {} => {
                 let backlog: Vec<_> = self.journal.iter().map(|(p, v)| (*p, *v)).collect();
@@ -313,6 +314,8 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     let _ = nix::unistd::write(&ready, b"1");
     drop(ready);
     tracing::info!(root = %root.display(), "keeper serving");
+    crate::server::trim_text();
+    tokio::spawn(crate::server::trim_when_idle());
     loop {
         tokio::select! {
             _ = sigchld.recv() => k.reap(),
