@@ -57,9 +57,12 @@ bench-vmm: build
 	python3 bench/vmm_bench.py --vmm target/$(TARGET)/release/ironcell-vmm
 
 # ironcelld against containerd's runc shim: ctr run latency and management
-# PSS with 1, 10 and 50 tasks (bench/README.md).
+# PSS with 1, 10 and 50 tasks, then CRI pod start latency through containerd
+# 1.7 (bench/README.md).
 bench-daemon: build image
 	python3 bench/daemon_bench.py
+	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcelld --example cri_bench
+	target/$(TARGET)/release/examples/cri_bench
 
 # Fuzzes ironcelld's request decoding and handling (fuzz/). Needs the nightly
 # toolchain and cargo-fuzz, installed by `scripts/setup.sh fuzz`.

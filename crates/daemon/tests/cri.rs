@@ -8,107 +8,19 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use ironcell_testutil::containerd::{Containerd, Options};
+use ironcell_testutil::cri::{channel, config, container_config, containerd17, pod_config, IMAGE};
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-const PAUSE: &str = "localhost/ironcell-pause:latest";
-const IMAGE: &str = "localhost/ironcell-test:latest";
-
-fn containerd17() -> Option<PathBuf> {
-    let dir = std::env::var_os("IRONCELL_CONTAINERD17_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/ironcell/containerd-1.7/root/usr/bin"));
-    let bin = dir.join("containerd");
-    if bin.exists() {
-        Some(bin)
-    } else {
-        eprintln!(
-            "\n!!! SKIPPED containerd 1.7 CRI test: {} is missing (run `make setup`) !!!\n",
-            bin.display()
-        );
-        None
-    }
-}
+use tonic::transport::Channel;
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_ironcelld"))
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-async fn channel(socket: PathBuf) -> Channel {
-    Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to containerd's CRI")
-}
-
-fn host_namespaces() -> Option<NamespaceOption> {
-    Some(NamespaceOption {
-        network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    })
-}
-
-fn pod_config(logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "cri-pod".into(),
-            uid: "uid-cri-pod".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // Host network: the node's hostname, as the kubelet leaves it.
-        hostname: String::new(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: host_namespaces(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: host_namespaces(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: ContainerState) {
@@ -142,22 +54,10 @@ fn cri_pod_with_two_containers() {
         .prefix("icd-")
         .tempdir_in("/tmp")
         .unwrap();
-    let config = format!(
-        r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ironcell]
-      runtime_type = "io.containerd.ironcell.v2"
-"#
-    );
     let Some(c) = Containerd::start(Options {
         binary: Some(binary),
         cri: true,
-        extra_config: config,
+        extra_config: config(),
         path: vec![bin_dir()],
         env: vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))],
     }) else {
@@ -196,7 +96,7 @@ fn cri_pod_with_two_containers() {
             "{images:?}"
         );
 
-        let pod = pod_config(&logs);
+        let pod = pod_config("cri-pod", &logs);
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -215,7 +115,7 @@ fn cri_pod_with_two_containers() {
             let id = rt
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: pod_id.clone(),
-                    config: Some(container_config(name, script)),
+                    config: Some(container_config(name, &["sh", "-c", script])),
                     sandbox_config: Some(pod.clone()),
                 })
                 .await

@@ -1,0 +1,197 @@
+//! Pod start latency through containerd 1.7's CRI, ironcell against the runc
+//! shim (bench/README.md): a private containerd 1.7 with both runtime
+//! handlers; each run is RunPodSandbox, CreateContainer and StartContainer of
+//! `/bin/true`, until ContainerStatus says it exited (timed), then the pod's
+//! stop and removal (not timed). The handlers take turns.
+//!
+//!     cargo run --release -p ironcelld --example cri_bench -- [--runs N]
+//!
+//! Needs root, `make setup` (containerd 1.7) and `make image`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ironcell_testutil::containerd::{Containerd, Options};
+use ironcell_testutil::cri::{channel, config, container_config, containerd17, pod_config};
+use ironcell_testutil::image;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+const HANDLERS: [&str; 2] = ["ironcell", "runc"];
+
+/// One pod with one container of /bin/true, from RunPodSandbox to the
+/// container's exit; returns the milliseconds, or why it failed.
+async fn one(
+    rt: &mut RuntimeServiceClient<Channel>,
+    handler: &str,
+    n: usize,
+    logs: &std::path::Path,
+) -> Result<f64, String> {
+    let name = format!("bench-{handler}-{n}");
+    let pod = pod_config(&name, logs);
+    let start = Instant::now();
+    let pod_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox: {e}"))?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = async {
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config("true", &["/bin/true"])),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map_err(|e| format!("CreateContainer: {e}"))?
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|e| format!("StartContainer: {e}"))?;
+        loop {
+            let st = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(|e| format!("ContainerStatus: {e}"))?
+                .into_inner()
+                .status
+                .ok_or("no status")?;
+            if st.state == ContainerState::ContainerExited as i32 {
+                return Ok(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("the container did not exit within 30 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    .await;
+    let _ = rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await;
+    let _ = rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await;
+    result
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+fn main() {
+    let mut runs = 20usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            other => panic!("unknown argument {other} (usage: cri_bench [--runs N])"),
+        }
+    }
+    let Some(binary) = containerd17() else {
+        std::process::exit(1);
+    };
+    // target/<profile>/examples/cri_bench: the daemon and shim are two up.
+    let exe = std::env::current_exe().unwrap();
+    let bins = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let root = tempfile::Builder::new()
+        .prefix("icd-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let c = Containerd::start(Options {
+        binary: Some(binary.clone()),
+        cri: true,
+        extra_config: config(),
+        path: vec![bins, binary.parent().map(PathBuf::from).unwrap()],
+        env: vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))],
+    })
+    .expect("containerd (needs root)");
+    c.import("k8s.io");
+    let pause = image().join("ironcell-pause.docker.tar");
+    c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+    let logs = c.dir().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut results: Vec<(Vec<f64>, usize)> = vec![(Vec::new(), 0); HANDLERS.len()];
+    tokio.block_on(async {
+        let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        // One untimed warm-up each.
+        for h in HANDLERS {
+            if let Err(e) = one(&mut rt, h, usize::MAX, &logs).await {
+                eprintln!("cri_bench: {h} warm-up failed: {e}");
+            }
+        }
+        for i in 0..runs {
+            for k in 0..HANDLERS.len() {
+                let k = (k + i) % HANDLERS.len();
+                match one(&mut rt, HANDLERS[k], i, &logs).await {
+                    Ok(ms) => results[k].0.push(ms),
+                    Err(e) => {
+                        results[k].1 += 1;
+                        eprintln!("cri_bench: {} run {i} failed: {e}", HANDLERS[k]);
+                    }
+                }
+            }
+        }
+    });
+    println!(
+        "\nCRI pod + container (/bin/true) through containerd 1.7, start to exit, interleaved\n"
+    );
+    println!("| handler | runs ok | median ms | min | max |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for (k, h) in HANDLERS.iter().enumerate() {
+        let (ref mut v, failed) = results[k];
+        let ok = v.len();
+        if ok == 0 {
+            println!("| {h} | 0/{} | - | - | - |", ok + failed);
+            continue;
+        }
+        let (med, min, max) = stats(v);
+        medians.push(med);
+        println!(
+            "| {h} | {ok}/{} | {med:.1} | {min:.1} | {max:.1} |",
+            ok + failed
+        );
+    }
+    if medians.len() == 2 {
+        println!(
+            "\nratio of medians ironcell/runc: {:.2}x",
+            medians[0] / medians[1]
+        );
+    }
+    drop(c);
+    // The daemon and its keeper of this private root.
+    for p in ironcell_testutil::processes_with(&format!("--root {}", root.path().display())) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
