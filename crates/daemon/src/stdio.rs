@@ -34,7 +34,7 @@ pub enum StdioError {
     },
     #[error("{what} {uri}: only FIFO paths and file:// URIs are supported")]
     Unsupported { what: &'static str, uri: String },
-    #[error("cannot create a pipe: {0}")]
+    #[error("stdin relay: {0}")]
     Pipe(io::Error),
 }
 
@@ -144,24 +144,34 @@ pub struct StdinRelay {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Called when a relay ends by itself (EOF or an error), not on close().
+pub type OnEnd = Box<dyn FnOnce() + Send>;
+
 impl StdinRelay {
-    /// Starts relaying FIFO `path` into `sink` (inside the tokio runtime).
-    pub fn start(path: &str, sink: OwnedFd) -> Result<StdinRelay, StdioError> {
-        let fail = |source| StdioError::Open {
-            what: "stdin",
-            path: path.to_string(),
-            source,
-        };
-        let fifo: OwnedFd = OpenOptions::new()
+    /// Opens stdin FIFO `path` for a relay (non-blocking: it succeeds before
+    /// containerd opens its end).
+    pub fn open_fifo(path: &str) -> Result<OwnedFd, StdioError> {
+        Ok(OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
-            .map_err(fail)?
-            .into();
-        let from = register(fifo).map_err(fail)?;
-        let to = register(sink).map_err(fail)?;
+            .map_err(|source| StdioError::Open {
+                what: "stdin",
+                path: path.to_string(),
+                source,
+            })?
+            .into())
+    }
+
+    /// Starts relaying `fifo` into `sink` (inside the tokio runtime).
+    pub fn start(fifo: OwnedFd, sink: OwnedFd, on_end: OnEnd) -> Result<StdinRelay, StdioError> {
+        let from = register(fifo).map_err(StdioError::Pipe)?;
+        let to = register(sink).map_err(StdioError::Pipe)?;
         Ok(StdinRelay {
-            task: tokio::spawn(copy(from, to)),
+            task: tokio::spawn(async move {
+                copy(from, to).await;
+                on_end();
+            }),
         })
     }
 
@@ -172,11 +182,9 @@ impl StdinRelay {
     }
 }
 
-/// Stdin through a pipe: returns the process's end and the relay.
-pub fn stdin_pipe(path: &str) -> Result<(OwnedFd, StdinRelay), StdioError> {
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StdioError::Pipe(e.into()))?;
-    Ok((read, StdinRelay::start(path, write)?))
+/// A pipe for a process's stdin: (the process's end, the relay's end).
+pub fn stdin_pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| StdioError::Pipe(e.into()))
 }
 
 /// Copies a pty master's output to the task's stdout until the terminal
@@ -251,7 +259,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
-        let (read, _relay) = stdin_pipe(fifo.to_str().unwrap()).unwrap();
+        let (read, write) = stdin_pipe().unwrap();
+        let f = StdinRelay::open_fifo(fifo.to_str().unwrap()).unwrap();
+        let _relay = StdinRelay::start(f, write, Box::new(|| {})).unwrap();
         // No writer yet: the relay waits instead of passing on an EOF.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let mut w = OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -273,7 +283,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("in");
         mkfifo(&fifo);
-        let (read, relay) = stdin_pipe(fifo.to_str().unwrap()).unwrap();
+        let (read, write) = stdin_pipe().unwrap();
+        let f = StdinRelay::open_fifo(fifo.to_str().unwrap()).unwrap();
+        let relay = StdinRelay::start(f, write, Box::new(|| {})).unwrap();
         relay.close();
         let got = tokio::task::spawn_blocking(move || {
             let mut got = Vec::new();

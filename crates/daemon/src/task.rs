@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ pub enum ProcStatus {
 
 /// The init process or one exec'd process.
 struct Proc {
+    /// Names the fds the keeper holds for this process (see `io_key`).
+    key: String,
     pid: i32,
     io: IoSpec,
     started: bool,
@@ -114,8 +117,9 @@ struct Proc {
 }
 
 impl Proc {
-    fn new(io: IoSpec) -> Proc {
+    fn new(io: IoSpec, key: String) -> Proc {
         Proc {
+            key,
             pid: 0,
             io,
             started: false,
@@ -130,9 +134,23 @@ impl Proc {
         *self.exit.borrow()
     }
 
-    fn close_stdin(&mut self) {
+    /// Ends the process's stdin (CloseIO): the relay stops and the keeper
+    /// drops its copy of the pipe.
+    fn close_stdin(&mut self, keeper: Option<&Keeper>) {
         if let Some(s) = self.stdin.take() {
             s.close();
+        }
+        if let Some(k) = keeper {
+            k.release(&format!("{}:stdin", self.key));
+            k.release(&format!("{}:stdin-fifo", self.key));
+        }
+    }
+
+    /// The process is gone: nothing of its stdio is kept any more.
+    fn release_io(&mut self, keeper: Option<&Keeper>) {
+        self.close_stdin(keeper);
+        if let Some(k) = keeper {
+            k.release(&format!("{}:tty", self.key));
         }
     }
 }
@@ -159,8 +177,8 @@ impl ProcRecord {
         }
     }
 
-    fn restore(self) -> Proc {
-        let mut p = Proc::new(self.io);
+    fn restore(self, key: String) -> Proc {
+        let mut p = Proc::new(self.io, key);
         p.pid = self.pid;
         p.started = self.started;
         p.spec = self.spec;
@@ -322,6 +340,12 @@ fn validate_id(what: &str, id: &str) -> Result<()> {
     ironcell_oci::validate_id(id).map_err(|e| TaskError::InvalidArgument(format!("{what}: {e}")))
 }
 
+/// The keeper's name for the fds of process `exec_id` ("" for the init) of
+/// task `id`; `:stdin` or `:tty` is appended.
+fn io_key(ns: &str, id: &str, exec_id: &str) -> String {
+    format!("{ns}/{id}/{exec_id}")
+}
+
 fn not_found(ns: &str, id: &str) -> TaskError {
     TaskError::NotFound(format!("task {id} not found in namespace {ns}"))
 }
@@ -399,15 +423,22 @@ impl Tasks {
                 };
                 let task = Arc::new(Task {
                     root: self.root.join("containers").join(&r.namespace),
-                    namespace: r.namespace,
-                    id: r.id,
+                    namespace: r.namespace.clone(),
+                    id: r.id.clone(),
                     bundle: r.bundle,
                     containerd: r.containerd,
                     dir,
                     rootfs_mounted: r.rootfs_mounted,
                     inner: Mutex::new(TaskInner {
-                        init: r.init.restore(),
-                        execs: r.execs.into_iter().map(|(k, p)| (k, p.restore())).collect(),
+                        init: r.init.restore(io_key(&r.namespace, &r.id, "")),
+                        execs: r
+                            .execs
+                            .into_iter()
+                            .map(|(k, p)| {
+                                let key = io_key(&r.namespace, &r.id, &k);
+                                (k, p.restore(key))
+                            })
+                            .collect(),
                     }),
                     oom: Mutex::new(None),
                 });
@@ -440,6 +471,7 @@ impl Tasks {
                 if init_alive {
                     self.watch_oom(&task).await;
                 }
+                self.reattach_io(&task).await;
                 tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
             }
         }
@@ -537,7 +569,7 @@ impl Tasks {
             dir,
             rootfs_mounted: false,
             inner: Mutex::new(TaskInner {
-                init: Proc::new(req.io.clone()),
+                init: Proc::new(req.io.clone(), io_key(&req.namespace, &req.id, "")),
                 execs: HashMap::new(),
             }),
             oom: Mutex::new(None),
@@ -573,7 +605,10 @@ impl Tasks {
             console_socket: console,
             systemd_cgroup: systemd,
         };
-        let started = self.spawn_process(&task, &req.io, job, &pid_file).await;
+        let key = io_key(&task.namespace, &task.id, "");
+        let started = self
+            .spawn_process(&task, &key, &req.io, job, &pid_file)
+            .await;
         match started {
             Ok(proc_io) => {
                 let mut inner = task.inner.lock().unwrap();
@@ -589,11 +624,97 @@ impl Tasks {
         Ok(Arc::new(task))
     }
 
+    /// Relays stdin FIFO `path` (or the already open `fifo`) into `sink`.
+    /// The keeper holds copies of both ends meanwhile, so that across a
+    /// daemon restart the process's stdin stays open and containerd's writes
+    /// are buffered, and drops them when the relay ends by itself.
+    fn start_stdin(
+        &self,
+        key: &str,
+        path: &str,
+        fifo: Option<OwnedFd>,
+        sink: OwnedFd,
+    ) -> Result<StdinRelay, stdio::StdioError> {
+        let fifo = match fifo {
+            Some(f) => f,
+            None => StdinRelay::open_fifo(path)?,
+        };
+        let keys = [format!("{key}:stdin"), format!("{key}:stdin-fifo")];
+        if let Some(k) = &self.keeper {
+            k.hold(&keys[0], &sink);
+            k.hold(&keys[1], &fifo);
+        }
+        let keeper = self.keeper.clone();
+        StdinRelay::start(
+            fifo,
+            sink,
+            Box::new(move || {
+                if let Some(k) = keeper {
+                    for key in &keys {
+                        k.release(key);
+                    }
+                }
+            }),
+        )
+    }
+
+    /// A restarted daemon takes the stdio of `task`'s live processes back
+    /// from the keeper: the stdin relays and the terminals.
+    async fn reattach_io(&self, task: &Task) {
+        let Some(keeper) = &self.keeper else { return };
+        let procs: Vec<(String, IoSpec, String)> = {
+            let inner = task.inner.lock().unwrap();
+            std::iter::once((String::new(), &inner.init))
+                .chain(inner.execs.iter().map(|(k, p)| (k.clone(), p)))
+                .filter(|(_, p)| p.started && p.pid > 0 && p.exited().is_none())
+                .map(|(e, p)| (e, p.io.clone(), p.key.clone()))
+                .collect()
+        };
+        for (exec_id, io, key) in procs {
+            let (mut relay, mut master) = (None, None);
+            let sink = if io.terminal {
+                let Some(m) = keeper.fetch(&format!("{key}:tty")).await else {
+                    continue;
+                };
+                let m = File::from(m);
+                match stdio::open_output("stdout", &io.stdout) {
+                    Ok(out) => {
+                        if let Err(e) = stdio::relay_output(&m, out) {
+                            tracing::warn!(id = %task.id, error = %e, "terminal not re-attached");
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %task.id, error = %e, "terminal not re-attached"),
+                }
+                let sink = m.try_clone().ok().map(OwnedFd::from);
+                master = Some(m);
+                sink.filter(|_| !io.stdin.is_empty())
+            } else if !io.stdin.is_empty() {
+                keeper.fetch(&format!("{key}:stdin")).await
+            } else {
+                None
+            };
+            if let Some(sink) = sink {
+                let fifo = keeper.fetch(&format!("{key}:stdin-fifo")).await;
+                match self.start_stdin(&key, &io.stdin, fifo, sink) {
+                    Ok(r) => relay = Some(r),
+                    Err(e) => tracing::warn!(id = %task.id, error = %e, "stdin not re-attached"),
+                }
+            }
+            let mut inner = task.inner.lock().unwrap();
+            if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
+                p.stdin = relay;
+                p.master = master;
+            }
+        }
+    }
+
     /// Opens `io`, runs the helper job that forks the process, and returns
     /// the new process's pid and the daemon's ends of its stdio.
+    #[allow(clippy::too_many_arguments)]
     async fn spawn_process(
         &self,
         task: &Task,
+        key: &str,
         io: &IoSpec,
         job: impl FnOnce(Option<PathBuf>) -> Job,
         pid_file: &Path,
@@ -620,8 +741,8 @@ impl Tasks {
             let stdin = if io.stdin.is_empty() {
                 None
             } else {
-                let (fd, relay) = stdio::stdin_pipe(&io.stdin).map_err(bad)?;
-                stdin_relay = Some(relay);
+                let (fd, sink) = stdio::stdin_pipe().map_err(bad)?;
+                stdin_relay = Some(self.start_stdin(key, &io.stdin, None, sink).map_err(bad)?);
                 Some(fd)
             };
             let outputs = stdio::open_output("stdout", &io.stdout)
@@ -689,11 +810,19 @@ impl Tasks {
             let stdout = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
             stdio::relay_output(&m, stdout)
                 .map_err(|e| TaskError::Internal(format!("cannot relay the terminal: {e}")))?;
+            let dup = |m: &File| {
+                m.try_clone()
+                    .map(OwnedFd::from)
+                    .map_err(|e| TaskError::Internal(format!("terminal: {e}")))
+            };
+            if let Some(k) = &self.keeper {
+                k.hold(&format!("{key}:tty"), &dup(&m)?);
+            }
             if !io.stdin.is_empty() {
-                let sink = m
-                    .try_clone()
-                    .map_err(|e| TaskError::Internal(format!("terminal: {e}")))?;
-                stdin_relay = Some(StdinRelay::start(&io.stdin, sink.into()).map_err(bad)?);
+                stdin_relay = Some(
+                    self.start_stdin(key, &io.stdin, None, dup(&m)?)
+                        .map_err(bad)?,
+                );
             }
             master = Some(m);
         }
@@ -760,7 +889,7 @@ impl Tasks {
                     None => return,
                 },
             };
-            p.close_stdin();
+            p.release_io(self.keeper.as_deref());
             p.exit.send_replace(Some(exit));
         }
         task.save();
@@ -843,7 +972,8 @@ impl Tasks {
             pid_file: pid_file.clone(),
             console_socket: console,
         };
-        let spawned = self.spawn_process(&task, &io, job, &pid_file).await;
+        let key = io_key(ns, id, exec_id);
+        let spawned = self.spawn_process(&task, &key, &io, job, &pid_file).await;
         let _ = std::fs::remove_file(&pid_file);
         let spawned = match spawned {
             Ok(s) => s,
@@ -912,7 +1042,7 @@ impl Tasks {
             std::fs::write(&path, spec).map_err(|e| {
                 TaskError::Internal(format!("cannot write {}: {e}", path.display()))
             })?;
-            let mut p = Proc::new(io);
+            let mut p = Proc::new(io, io_key(ns, id, exec_id));
             p.spec = Some(path);
             inner.execs.insert(exec_id.to_string(), p);
         }
@@ -1014,7 +1144,7 @@ impl Tasks {
             let mut p = inner.execs.remove(exec_id).expect("checked above");
             drop(inner);
             task.save();
-            p.close_stdin();
+            p.release_io(self.keeper.as_deref());
             if let Some(spec) = &p.spec {
                 let _ = std::fs::remove_file(spec);
             }
@@ -1052,9 +1182,9 @@ impl Tasks {
         self.paused.lock().unwrap().remove(&key);
         if let Some(t) = removed {
             let mut inner = t.inner.lock().unwrap();
-            inner.init.close_stdin();
+            inner.init.release_io(self.keeper.as_deref());
             for p in inner.execs.values_mut() {
-                p.close_stdin();
+                p.release_io(self.keeper.as_deref());
             }
             // Waiters see the exit, or an error if there never was one.
             if inner.init.exited().is_none() {
@@ -1167,7 +1297,7 @@ impl Tasks {
         let task = self.get(ns, id)?;
         let mut inner = task.inner.lock().unwrap();
         let p = inner.proc_mut(id, exec_id)?;
-        p.close_stdin();
+        p.close_stdin(self.keeper.as_deref());
         Ok(())
     }
 }

@@ -287,13 +287,14 @@ fn bad_requests_are_errors() {
 /// the namespace and id, and the tests run at the same time.)
 ///
 /// ironcelld killed with SIGKILL mid-workload and started again: a
-/// foreground `ctr run` keeps its output and gets its exit status, a task
+/// foreground `ctr run` keeps its stdin (even what is typed while no daemon
+/// runs), its output and its exit status, a task
 /// that exited while no daemon ran is reported with its status, a detached
 /// task can still be exec'd into, killed and deleted, and the events reach
 /// containerd.
 #[test]
 fn daemon_restart_mid_workload() {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
     let Some(s) = Setup::start() else { return };
     let c = s.c();
     let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
@@ -313,18 +314,24 @@ fn daemon_restart_mid_workload() {
             "rfg",
             "sh",
             "-c",
-            "echo before; sleep 4; echo after; exit 5",
+            "echo before; read a; echo got:$a; read b; echo got:$b; cat; echo after; exit 5",
         ],
     );
     let mut fg = c
         .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut input = fg.stdin.take().unwrap();
     let mut out = BufReader::new(fg.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "before\n");
+    input.write_all(b"one\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got:one\n");
 
     // Kill the daemon; the keeper stays.
     let old = s.daemons();
@@ -335,7 +342,8 @@ fn daemon_restart_mid_workload() {
         assert!(start.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
-    // `quick` exits while no daemon runs.
+    // While no daemon runs: `rquick` exits, and a line is typed.
+    input.write_all(b"two\n").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
         .arg("--root")
@@ -350,7 +358,12 @@ fn daemon_restart_mid_workload() {
         .spawn()
         .unwrap();
 
-    // The foreground run finishes as if nothing happened.
+    // The foreground run carries on: the line typed while the daemon was
+    // down arrives, stdin's end is the task's EOF, and its status comes back.
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got:two\n", "{}", s.daemon_log());
+    drop(input);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert_eq!(rest, "after\n", "{}", s.daemon_log());

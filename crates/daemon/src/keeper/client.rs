@@ -26,6 +26,7 @@ pub struct Keeper {
     next_tag: AtomicU64,
     spawned: Waiters<u64, Result<i32, String>>,
     fronted: Waiters<PathBuf, Result<(), String>>,
+    fetched: Waiters<String, Option<OwnedFd>>,
 }
 
 /// Connects to the keeper of `root`, starting `exe keeper --root root` first
@@ -71,6 +72,7 @@ impl Keeper {
             next_tag: AtomicU64::new(1),
             spawned: Mutex::default(),
             fronted: Mutex::default(),
+            fetched: Mutex::default(),
         });
         k.send(&ToKeeper::Hello {}, &[])?;
         let reader = k.clone();
@@ -90,7 +92,7 @@ impl Keeper {
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
             match proto::recv::<FromKeeper>(self.sock.as_raw_fd(), &mut buf) {
-                Ok(Some((msg, _))) => match msg {
+                Ok(Some((msg, fds))) => match msg {
                     FromKeeper::Exit {
                         pid,
                         status,
@@ -103,6 +105,12 @@ impl Keeper {
                     FromKeeper::Spawned { tag, pid, error } => {
                         if let Some(tx) = self.spawned.lock().unwrap().remove(&tag) {
                             let _ = tx.send(error.map_or(Ok(pid), Err));
+                        }
+                    }
+                    FromKeeper::Held { key, found } => {
+                        let fd = fds.into_iter().next().filter(|_| found);
+                        if let Some(tx) = self.fetched.lock().unwrap().remove(&key) {
+                            let _ = tx.send(fd);
                         }
                     }
                     FromKeeper::Fronted { public, error } => {
@@ -126,6 +134,7 @@ impl Keeper {
         );
         self.spawned.lock().unwrap().clear();
         self.fronted.lock().unwrap().clear();
+        self.fetched.lock().unwrap().clear();
     }
 
     /// Runs `argv` as the keeper's child with `fds` as the given fd numbers.
@@ -182,6 +191,26 @@ impl Keeper {
             Ok(Err(e)) => bail!("{e}"),
             Err(_) => bail!("the keeper is gone"),
         }
+    }
+
+    /// Has the keeper hold (a copy of) `fd` under `key`.
+    pub fn hold(&self, key: &str, fd: &OwnedFd) {
+        if let Err(e) = self.send(&ToKeeper::Hold { key: key.into() }, &[fd.as_raw_fd()]) {
+            tracing::warn!(key, error = %e, "cannot hand an fd to the keeper");
+        }
+    }
+
+    /// Has the keeper close what it holds under `key`.
+    pub fn release(&self, key: &str) {
+        let _ = self.send(&ToKeeper::Release { key: key.into() }, &[]);
+    }
+
+    /// A copy of the fd held under `key`, if any.
+    pub async fn fetch(&self, key: &str) -> Option<OwnedFd> {
+        let (tx, rx) = oneshot::channel();
+        self.fetched.lock().unwrap().insert(key.to_string(), tx);
+        self.send(&ToKeeper::Fetch { key: key.into() }, &[]).ok()?;
+        rx.await.ok().flatten()
     }
 
     /// The daemon has recorded `pid`'s exit.

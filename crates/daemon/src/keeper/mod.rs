@@ -20,7 +20,7 @@ pub mod client;
 pub mod proto;
 pub mod relay;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -144,8 +144,12 @@ fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Most fds the keeper holds for daemons.
+const MAX_HELD: usize = 8192;
+
 struct Keeper {
     journal: BTreeMap<i32, (u32, u64)>,
+    held: HashMap<String, OwnedFd>,
     conn: Option<AsyncFd<OwnedFd>>,
     fronts: HashSet<PathBuf>,
 }
@@ -158,8 +162,12 @@ fn nanos(t: SystemTime) -> u64 {
 
 impl Keeper {
     fn send(&mut self, msg: &FromKeeper) {
+        self.send_fds(msg, &[]);
+    }
+
+    fn send_fds(&mut self, msg: &FromKeeper, fds: &[RawFd]) {
         if let Some(c) = &self.conn {
-            if proto::send(c.get_ref().as_raw_fd(), msg, &[]).is_err() {
+            if proto::send(c.get_ref().as_raw_fd(), msg, fds).is_err() {
                 self.conn = None;
             }
         }
@@ -203,6 +211,24 @@ impl Keeper {
             }
             ToKeeper::Ack { pid } => {
                 self.journal.remove(&pid);
+            }
+            ToKeeper::Hold { key } => match fds.into_iter().next() {
+                Some(fd) if self.held.len() < MAX_HELD || self.held.contains_key(&key) => {
+                    self.held.insert(key, fd);
+                }
+                Some(_) => tracing::warn!("keeper: holding {MAX_HELD} fds already; {key} refused"),
+                None => tracing::warn!("keeper: Hold {key} without an fd"),
+            },
+            ToKeeper::Release { key } => {
+                self.held.remove(&key);
+            }
+            ToKeeper::Fetch { key } => {
+                let fd = self.held.get(&key).map(|f| f.as_raw_fd());
+                let msg = FromKeeper::Held {
+                    key,
+                    found: fd.is_some(),
+                };
+                self.send_fds(&msg, fd.as_slice());
             }
             ToKeeper::Front { public, backend } => {
                 let error = self.front(&public, backend).err().map(|e| format!("{e:#}"));
@@ -308,6 +334,7 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut k = Keeper {
         journal: BTreeMap::new(),
+        held: HashMap::new(),
         conn: None,
         fronts: HashSet::new(),
     };

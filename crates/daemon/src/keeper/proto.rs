@@ -32,6 +32,13 @@ pub enum ToKeeper {
     },
     /// The daemon has recorded the exit of `pid`: the keeper forgets it.
     Ack { pid: i32 },
+    /// Keep the attached fd under `key` (replacing any), so that it stays
+    /// open while no daemon runs: a process's stdin pipe, a pty master.
+    Hold { key: String },
+    /// Close the fd kept under `key`.
+    Release { key: String },
+    /// Send back (a copy of) the fd kept under `key`; the keeper keeps it.
+    Fetch { key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +55,8 @@ pub enum FromKeeper {
         status: u32,
         at_nanos: u64,
     },
+    /// The answer to Fetch, with the fd attached when `found`.
+    Held { key: String, found: bool },
     /// The answer to Front.
     Fronted {
         public: PathBuf,
