@@ -164,10 +164,11 @@ pub fn limit_malloc_arenas() {
 /// but the kernel maps executable pages 64 KiB at a time around each fault
 /// ("fault-around"), and start-up touches code all over the file: ironcelld
 /// sat at 4.4 MiB of mapped text. After start-up, the text mapping is marked
-/// MADV_RANDOM (no read-ahead, and, on 6.x kernels, no fault-around for it)
-/// and its pages are unmapped (MADV_DONTNEED: the pages stay in the page
-/// cache; code that runs again faults back in, one page at a time). Measured
-/// with bench/daemon_bench.py (docs/daemon.md).
+/// MADV_RANDOM (no read-ahead for it) and its pages are unmapped
+/// (MADV_DONTNEED: the pages stay in the page cache; code that runs again
+/// faults back in). Fault-around still maps neighbouring cached pages, so an
+/// idle daemon settles at about 1.6 MiB of text rather than the few hundred
+/// KiB it executes. Measured with bench/daemon_bench.py (bench/README.md).
 pub fn trim_text() {
     let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
         return;
