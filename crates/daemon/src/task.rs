@@ -505,6 +505,14 @@ impl Tasks {
         validate_namespace(&req.namespace)?;
         validate_id("task id", &req.id)?;
         let key = (req.namespace.clone(), req.id.clone());
+        // The same Create again (the keeper re-sends a request whose answer
+        // a dying daemon never wrote): the task it made.
+        if let Some(t) = self.tasks.lock().unwrap().get(&key) {
+            if t.bundle == req.bundle {
+                tracing::info!(id = %req.id, "repeated Create: the task exists");
+                return Ok(t.inner.lock().unwrap().init.pid);
+            }
+        }
         if self.tasks.lock().unwrap().contains_key(&key)
             || !self.creating.lock().unwrap().insert(key.clone())
         {
@@ -920,13 +928,23 @@ impl Tasks {
             {
                 let inner = task.inner.lock().unwrap();
                 if inner.init.started {
-                    return Err(TaskError::FailedPrecondition(format!(
-                        "task {id} is already started"
-                    )));
+                    // Idempotent: the keeper re-sends a Start whose answer
+                    // a dying daemon never wrote.
+                    tracing::info!(id, "repeated Start: the task runs");
+                    return Ok(inner.init.pid);
                 }
             }
             let t = task.clone();
-            blocking(move || Ok(t.sandboxes().owner(&t.id)?.start(&t.id)?)).await?;
+            blocking(move || {
+                let sandboxes = t.sandboxes();
+                let b = sandboxes.owner(&t.id)?;
+                // Started already by a daemon that died before recording it.
+                if b.state(&t.id)?.status == ironcell_oci::Status::Created {
+                    b.start(&t.id)?;
+                }
+                Ok(())
+            })
+            .await?;
             let pid = {
                 let mut inner = task.inner.lock().unwrap();
                 inner.init.started = true;
@@ -955,9 +973,13 @@ impl Tasks {
                 .execs
                 .get_mut(exec_id)
                 .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if p.started && p.pid > 0 {
+                tracing::info!(id, exec_id, "repeated Start: the exec runs");
+                return Ok(p.pid);
+            }
             if p.started {
                 return Err(TaskError::FailedPrecondition(format!(
-                    "exec {exec_id} is already started"
+                    "exec {exec_id} is being started"
                 )));
             }
             // Claimed now: a second Start of this exec fails above.

@@ -56,6 +56,10 @@ impl Setup {
         self.c.as_ref().unwrap()
     }
 
+    fn c_mut(&mut self) -> &mut Containerd {
+        self.c.as_mut().unwrap()
+    }
+
     fn ctr_ok(&self, args: &[String]) -> String {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         self.c().ok(&a)
@@ -362,7 +366,7 @@ fn daemon_restart_mid_workload() {
     // down arrives, stdin's end is the task's EOF, and its status comes back.
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line, "got:two\n", "{}", s.daemon_log());
+    assert_eq!(line, "got:two\n", "{}\n{}", s.daemon_log(), c.log());
     drop(input);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -441,4 +445,38 @@ fn oom_kill_is_reported() {
         "no OOM event: {ev}\n{}",
         s.daemon_log()
     );
+}
+
+/// containerd restarted while a task runs finds it again (the shim wrote
+/// the task's address into the bundle) and still gets its exit.
+#[test]
+fn containerd_restart_keeps_tasks() {
+    let Some(mut s) = Setup::start() else { return };
+    s.ctr_ok(&s.run_args(
+        &["-d"],
+        &[
+            "ksvc",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ],
+    ));
+    s.c().wait_task("ksvc", "RUNNING");
+    s.c_mut().restart();
+    let c = s.c();
+    assert_eq!(c.task_status("ksvc"), "RUNNING", "{}", c.log());
+    let out = c.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "k1",
+        "ksvc",
+        "echo",
+        "after-restart",
+    ]);
+    assert_eq!(stdout(&out).trim(), "after-restart", "{}", stderr(&out));
+    c.ok(&["task", "kill", "ksvc"]);
+    c.wait_task("ksvc", "STOPPED");
+    c.ok(&["task", "delete", "ksvc"]);
+    c.ok(&["container", "rm", "ksvc"]);
 }

@@ -30,6 +30,8 @@ pub struct Options {
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// How containerd was started, to start it again.
+    cmd: Command,
 }
 
 impl Containerd {
@@ -82,18 +84,34 @@ impl Containerd {
         let child = cmd
             .spawn()
             .expect("containerd is not installed: run `make setup`");
-        let c = Containerd { dir, child };
+        let c = Containerd { dir, child, cmd };
+        c.wait_ready();
+        c.import("default");
+        Some(c)
+    }
+
+    fn wait_ready(&self) {
         let start = Instant::now();
-        while !c.run(&["version"]).status.success() {
+        while !self.run(&["version"]).status.success() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "containerd did not start: {}",
-                c.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        c.import("default");
-        Some(c)
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again on the same state.
+    pub fn restart(&mut self) {
+        terminate(&mut self.child);
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))
+            .unwrap();
+        self.cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = self.cmd.spawn().expect("containerd restart");
+        self.wait_ready();
     }
 
     /// Imports the test image into `namespace`.

@@ -207,6 +207,18 @@ fn start(flags: &Flags) -> Result<()> {
         .get("address")
         .and_then(|a| a.as_str())
         .context("ironcelld sent no address")?;
+    // containerd runs `start` inside the task's bundle and, when it
+    // restarts, reconnects to the address it finds there (the shim writes
+    // it, as containerd's own shims do).
+    let dir = flags
+        .bundle
+        .as_deref()
+        .map(Path::new)
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(".address.tmp");
+    std::fs::write(&tmp, address)
+        .and_then(|()| std::fs::rename(&tmp, dir.join("address")))
+        .with_context(|| format!("cannot write {}", dir.join("address").display()))?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes())?;
     out.flush()?;
