@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use containerd_shim_protos::sandbox_async::create_sandbox;
 use containerd_shim_protos::shim_async::create_task;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::keeper::client::Keeper;
+use crate::pod::PodService;
 use crate::service::Service;
 use crate::task::{validate_namespace, Tasks};
 
@@ -120,10 +122,15 @@ impl Endpoints {
             namespace: key.namespace.clone(),
             containerd: key.containerd.clone(),
         });
+        let pods = Arc::new(PodService {
+            tasks: self.tasks.clone(),
+            namespace: key.namespace.clone(),
+        });
         let mut server = ttrpc::asynchronous::Server::new()
             .bind(&listen)
             .with_context(|| format!("cannot listen on {}", path.display()))?
-            .register_service(task_services(service));
+            .register_service(task_services(service))
+            .register_service(create_sandbox(pods));
         crate::server::private_socket(&path)?;
         server
             .start()

@@ -30,6 +30,8 @@ use crate::keeper::client::Keeper;
 use crate::reaper::Reaper;
 
 const ERROR_FD_ENV: &str = "IRONCELLD_ERROR_FD";
+/// The daemon's log file, where a helper logs warnings and errors (JSON).
+pub const LOG_ENV: &str = "IRONCELLD_LOG";
 /// The fd number the error pipe gets in the helper.
 const ERROR_FD: i32 = 3;
 
@@ -189,6 +191,13 @@ impl Job {
 
 /// `ironcelld helper ...`: runs in the re-executed binary.
 pub fn main(args: &[OsString]) -> ExitCode {
+    if let Some(log) = std::env::var_os(LOG_ENV) {
+        let _ = logging::init(
+            Some(Path::new(&log)),
+            logging::LogFormat::Json,
+            tracing::Level::WARN,
+        );
+    }
     let mut errors = std::env::var(ERROR_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())

@@ -10,6 +10,7 @@ pub mod keeper;
 pub mod metrics;
 pub mod mount;
 pub mod oom;
+pub mod pod;
 pub mod reaper;
 pub mod server;
 pub mod service;

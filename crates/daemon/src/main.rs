@@ -72,6 +72,10 @@ fn run(args: Args) -> Result<()> {
     };
     logging::init(args.log.as_deref(), format, args.log_level)
         .with_context(|| format!("cannot open log {:?}", args.log))?;
+    if let Some(log) = &args.log {
+        // The helpers log their errors (libcontainer's detail) there too.
+        std::env::set_var(ironcelld::helper::LOG_ENV, log);
+    }
     let _lock = server::lock(&args.root)?;
     // Started by the shim inside a bundle that will be deleted: a daemon
     // must not hold any directory.
@@ -92,6 +96,9 @@ fn run(args: Args) -> Result<()> {
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "helper") {
+        if args.get(1).is_some_and(|a| a == "pod") {
+            return ironcelld::pod::holder_main(&args[2..]);
+        }
         return ironcelld::helper::main(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "keeper") {

@@ -270,10 +270,17 @@ impl TaskService for Service {
 
     async fn connect(&self, ctx: &TtrpcContext, req: ConnectRequest) -> R<ConnectResponse> {
         let ns = self.namespace(ctx)?;
-        let (_, view) = self.tasks.state(&ns, &req.id, "")?;
+        // As containerd's runc shim: the shim answers even for a task it
+        // does not have yet (containerd connects to a pod's shim before it
+        // creates the pod's containers there).
+        let task_pid = self
+            .tasks
+            .state(&ns, &req.id, "")
+            .map(|(_, view)| view.pid.max(0) as u32)
+            .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid: view.pid.max(0) as u32,
+            task_pid,
             ..Default::default()
         })
     }

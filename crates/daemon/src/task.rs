@@ -317,12 +317,14 @@ type Key = (String, String);
 /// Every task of every namespace.
 pub struct Tasks {
     root: PathBuf,
-    exe: PathBuf,
-    reaper: Arc<Reaper>,
+    pub(crate) exe: PathBuf,
+    pub(crate) reaper: Arc<Reaper>,
     /// Spawns the helpers and reports exits; None only in tests that never
     /// start a process.
-    keeper: Option<Arc<Keeper>>,
+    pub(crate) keeper: Option<Arc<Keeper>>,
     events: Publisher,
+    /// Pods made through the sandbox API (`pod.rs`).
+    pub(crate) pods: Mutex<HashMap<Key, Arc<crate::pod::Pod>>>,
     /// Ids being created (a second Create of the same id fails at once).
     creating: Mutex<std::collections::HashSet<Key>>,
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
@@ -393,6 +395,7 @@ impl Tasks {
             creating: Mutex::default(),
             tasks: Mutex::default(),
             paused: Mutex::default(),
+            pods: Mutex::default(),
             counter: AtomicU64::new(0),
         }
     }
@@ -563,6 +566,7 @@ impl Tasks {
         })
         .await?;
         let systemd = systemd_cgroup(&bundle);
+        self.prepare_pod_files(&req.namespace, &bundle.spec);
         let root = self.root.join("containers").join(&req.namespace);
         let dir = self.root.join("tasks").join(&req.namespace).join(&req.id);
         std::fs::create_dir_all(&dir)

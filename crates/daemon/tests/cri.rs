@@ -49,17 +49,39 @@ async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: Cont
 
 #[test]
 fn cri_pod_with_two_containers() {
+    run_pod(false);
+}
+
+/// The same pod through containerd 1.7's sandbox API (the experimental CRI
+/// "sbserver", `sandbox_mode = "shim"`): ironcelld makes the pod itself (a
+/// namespace holder, no pause container) and the containers share its IPC
+/// namespace.
+#[test]
+fn cri_pod_through_the_sandbox_api() {
+    run_pod(true);
+}
+
+fn run_pod(sandbox_api: bool) {
     let Some(binary) = containerd17() else { return };
     let root = tempfile::Builder::new()
         .prefix("icd-")
         .tempdir_in("/tmp")
         .unwrap();
+    let mut env = vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))];
+    let mut extra = config();
+    if sandbox_api {
+        env.push(("ENABLE_CRI_SANDBOXES".into(), OsString::from("1")));
+        extra = extra.replace(
+            "runtime_type = \"io.containerd.ironcell.v2\"",
+            "runtime_type = \"io.containerd.ironcell.v2\"\n      sandbox_mode = \"shim\"",
+        );
+    }
     let Some(c) = Containerd::start(Options {
         binary: Some(binary),
         cri: true,
-        extra_config: config(),
+        extra_config: extra,
         path: vec![bin_dir()],
-        env: vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))],
+        env,
     }) else {
         return;
     };
@@ -96,7 +118,7 @@ fn cri_pod_with_two_containers() {
             "{images:?}"
         );
 
-        let pod = pod_config("cri-pod", &logs);
+        let pod = pod_config(if sandbox_api { "sb-pod" } else { "cri-pod" }, &logs);
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -144,6 +166,28 @@ fn cri_pod_with_two_containers() {
             .into_inner();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exec-sync");
         assert_eq!(out.exit_code, 3);
+
+        // The pod's containers share its IPC namespace, not the host's.
+        let mut ipc = Vec::new();
+        for id in &ids {
+            let out = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: id.clone(),
+                    cmd: vec!["readlink".into(), "/proc/self/ns/ipc".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            ipc.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        let host = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+        assert_eq!(ipc[0], ipc[1]);
+        assert!(ipc[0].starts_with("ipc:["), "{ipc:?}");
+        assert_ne!(ipc[0], host.to_string_lossy());
+        // Through the sandbox API, no task runs for the pod itself.
+        let pod_task = root.path().join("tasks/k8s.io").join(&pod_id);
+        assert_eq!(pod_task.exists(), !sandbox_api, "{}", pod_task.display());
 
         // The containers' output reached CRI's log files.
         let start = Instant::now();

@@ -1,0 +1,384 @@
+//! Pods without a pause container: containerd's sandbox API on the shim side
+//! (`containerd.runtime.sandbox.v1.Sandbox`).
+//!
+//! containerd 1.7's CRI uses it when the runtime handler has
+//! `sandbox_mode = "shim"` and containerd runs with `ENABLE_CRI_SANDBOXES=1`
+//! (docs/daemon.md): CreateSandbox and StartSandbox instead of creating and
+//! starting a pause container, then the pod's containers on the same task
+//! address. For the namespace sandbox, a pod is a tiny holder process that
+//! owns the pod's IPC and UTS namespaces (and joins the pod's network
+//! namespace when there is one): the pid containerd builds the containers'
+//! namespace paths from (`/proc/<pid>/ns/...`). It is `ironcelld helper pod`,
+//! a child of the keeper like every container process: no image, no rootfs,
+//! no container set-up.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::sandbox_api::*;
+use containerd_shim_protos::sandbox_async::Sandbox as SandboxService;
+use containerd_shim_protos::types::platform::Platform;
+use tokio::sync::watch;
+use ttrpc::asynchronous::TtrpcContext;
+
+use crate::events::timestamp;
+use crate::reaper::Exit;
+use crate::task::{TaskError, Tasks};
+
+/// How long Stop waits for the holder to go.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// `ironcelld helper pod [--netns PATH]`: new IPC and UTS namespaces (and
+/// the given network namespace), then sleep until killed.
+pub fn holder_main(args: &[OsString]) -> ExitCode {
+    let netns = match args {
+        [] => None,
+        [flag, path] if flag == "--netns" => Some(path.clone()),
+        _ => {
+            eprintln!("usage: ironcelld helper pod [--netns PATH]");
+            return ExitCode::FAILURE;
+        }
+    };
+    use nix::sched::{setns, unshare, CloneFlags};
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS) {
+        eprintln!("ironcelld pod: unshare: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = netns {
+        let joined = std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+        if let Err(e) = joined {
+            eprintln!("ironcelld pod: network namespace {path:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    loop {
+        // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
+        unsafe {
+            libc::pause();
+        }
+    }
+}
+
+/// One pod.
+pub struct Pod {
+    netns: String,
+    created: SystemTime,
+    pid: Mutex<i32>,
+    exit: watch::Sender<Option<Exit>>,
+}
+
+impl Tasks {
+    fn pod(&self, ns: &str, id: &str) -> Result<Arc<Pod>, TaskError> {
+        self.pods
+            .lock()
+            .unwrap()
+            .get(&(ns.to_string(), id.to_string()))
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("sandbox {id} not found in namespace {ns}")))
+    }
+
+    pub fn create_pod(&self, ns: &str, id: &str, netns: &str) -> Result<(), TaskError> {
+        crate::task::validate_namespace(ns)?;
+        ironcell_oci::validate_id(id)
+            .map_err(|e| TaskError::InvalidArgument(format!("sandbox id: {e}")))?;
+        let mut pods = self.pods.lock().unwrap();
+        let key = (ns.to_string(), id.to_string());
+        if pods.contains_key(&key) {
+            return Ok(()); // the keeper may re-send a Create
+        }
+        pods.insert(
+            key,
+            Arc::new(Pod {
+                netns: netns.to_string(),
+                created: SystemTime::now(),
+                pid: Mutex::new(0),
+                exit: watch::channel(None).0,
+            }),
+        );
+        Ok(())
+    }
+
+    pub async fn start_pod(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+    ) -> Result<(i32, SystemTime), TaskError> {
+        let pod = self.pod(ns, id)?;
+        let running = *pod.pid.lock().unwrap();
+        if running > 0 {
+            return Ok((running, pod.created));
+        }
+        let keeper = self
+            .keeper
+            .as_ref()
+            .ok_or_else(|| TaskError::Internal("no keeper to spawn processes".into()))?;
+        let mut argv = vec![
+            self.exe.to_string_lossy().into_owned(),
+            "helper".into(),
+            "pod".into(),
+        ];
+        if !pod.netns.is_empty() {
+            argv.push("--netns".into());
+            argv.push(pod.netns.clone());
+        }
+        let pid = keeper
+            .spawn(argv, vec![], "/".into(), vec![])
+            .await
+            .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?;
+        *pod.pid.lock().unwrap() = pid;
+        let rx = self.reaper.watch(pid);
+        let (keeper, p) = (keeper.clone(), pod.clone());
+        tokio::spawn(async move {
+            if let Ok(exit) = rx.await {
+                p.exit.send_replace(Some(exit));
+                keeper.ack(exit.pid);
+            }
+        });
+        // The holder must have its namespaces before containers join them.
+        let start = std::time::Instant::now();
+        let host_ipc = std::fs::read_link("/proc/self/ns/ipc").ok();
+        while std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok() == host_ipc {
+            if start.elapsed() > Duration::from_secs(5) || pod.exit.borrow().is_some() {
+                return Err(TaskError::Internal(format!(
+                    "sandbox {id}: the pod process did not set up its namespaces"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::info!(namespace = ns, id, pid, "pod started");
+        Ok((pid, pod.created))
+    }
+
+    pub async fn stop_pod(&self, ns: &str, id: &str) -> Result<(), TaskError> {
+        let pod = self.pod(ns, id)?;
+        let pid = *pod.pid.lock().unwrap();
+        if pid > 0 && pod.exit.borrow().is_none() {
+            // SAFETY: kill(2) with integers only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let mut rx = pod.exit.subscribe();
+            let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
+        }
+        Ok(())
+    }
+
+    pub async fn wait_pod(&self, ns: &str, id: &str) -> Result<Exit, TaskError> {
+        let pod = self.pod(ns, id)?;
+        let mut rx = pod.exit.subscribe();
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| TaskError::NotFound(format!("sandbox {id} was removed while waiting")))?;
+        Ok(exit.expect("wait_for returned a value"))
+    }
+
+    pub fn remove_pod(&self, ns: &str, id: &str) {
+        let removed = self
+            .pods
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_string(), id.to_string()));
+        if let Some(pod) = removed {
+            let pid = *pod.pid.lock().unwrap();
+            if pid > 0 && pod.exit.borrow().is_none() {
+                // SAFETY: kill(2) with integers only.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// The CRI annotation that names a container's pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod files a container bind-mounts, and what they hold for a
+/// host-network pod: the host's own.
+const POD_FILES: [(&str, &str); 3] = [
+    ("/etc/hosts", "/etc/hosts"),
+    ("/etc/resolv.conf", "/etc/resolv.conf"),
+    ("/etc/hostname", "/etc/hostname"),
+];
+
+impl Tasks {
+    /// containerd 1.7's CRI, in sandbox-API mode, leaves the pod's
+    /// `hosts`, `resolv.conf` and `hostname` to the sandbox (its pause
+    /// container path writes them, its shim path does not), yet mounts them
+    /// into every container. For a container of a pod made here, each such
+    /// bind source that is missing (or an empty directory left by an earlier
+    /// attempt) becomes a copy of the host's file: the pod shares the
+    /// host's network.
+    pub(crate) fn prepare_pod_files(&self, ns: &str, spec: &oci_spec::runtime::Spec) {
+        let pod = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
+            .cloned();
+        let Some(pod) = pod else { return };
+        if self.pod(ns, &pod).is_err() {
+            return;
+        }
+        for m in spec.mounts().iter().flatten() {
+            let Some((_, host)) = POD_FILES
+                .iter()
+                .find(|(dest, _)| m.destination() == std::path::Path::new(dest))
+            else {
+                continue;
+            };
+            let Some(source) = m.source() else { continue };
+            if source.is_file() {
+                continue;
+            }
+            if source.is_dir() {
+                // Empty, or remove_dir refuses: then leave it.
+                if std::fs::remove_dir(source).is_err() {
+                    continue;
+                }
+            }
+            if let Some(dir) = source.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let content = std::fs::read(host).unwrap_or_default();
+            if let Err(e) = std::fs::write(source, content) {
+                tracing::warn!(pod = %pod, file = %source.display(), error = %e, "cannot write a pod file");
+            }
+        }
+    }
+}
+
+/// The sandbox service of one endpoint (one containerd namespace).
+pub struct PodService {
+    pub tasks: Arc<Tasks>,
+    pub namespace: String,
+}
+
+type R<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl SandboxService for PodService {
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> R<CreateSandboxResponse> {
+        crate::server::note_activity();
+        self.tasks
+            .create_pod(&self.namespace, &req.sandbox_id, &req.netns_path)?;
+        Ok(CreateSandboxResponse::default())
+    }
+
+    async fn start_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartSandboxRequest,
+    ) -> R<StartSandboxResponse> {
+        crate::server::note_activity();
+        let (pid, created) = self
+            .tasks
+            .start_pod(&self.namespace, &req.sandbox_id)
+            .await?;
+        Ok(StartSandboxResponse {
+            pid: pid as u32,
+            created_at: MessageField::some(timestamp(created)),
+            ..Default::default()
+        })
+    }
+
+    async fn platform(&self, _ctx: &TtrpcContext, _req: PlatformRequest) -> R<PlatformResponse> {
+        Ok(PlatformResponse {
+            platform: MessageField::some(Platform {
+                os: "linux".into(),
+                architecture: match std::env::consts::ARCH {
+                    "x86_64" => "amd64".into(),
+                    "aarch64" => "arm64".into(),
+                    other => other.into(),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn stop_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StopSandboxRequest,
+    ) -> R<StopSandboxResponse> {
+        crate::server::note_activity();
+        self.tasks
+            .stop_pod(&self.namespace, &req.sandbox_id)
+            .await?;
+        Ok(StopSandboxResponse::default())
+    }
+
+    async fn wait_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitSandboxRequest,
+    ) -> R<WaitSandboxResponse> {
+        let exit = self
+            .tasks
+            .wait_pod(&self.namespace, &req.sandbox_id)
+            .await?;
+        Ok(WaitSandboxResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn sandbox_status(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SandboxStatusRequest,
+    ) -> R<SandboxStatusResponse> {
+        let pod = self.tasks.pod(&self.namespace, &req.sandbox_id)?;
+        let pid = *pod.pid.lock().unwrap();
+        let exit = *pod.exit.borrow();
+        Ok(SandboxStatusResponse {
+            sandbox_id: req.sandbox_id,
+            pid: pid.max(0) as u32,
+            state: if pid > 0 && exit.is_none() {
+                "SANDBOX_READY"
+            } else {
+                "SANDBOX_NOTREADY"
+            }
+            .into(),
+            created_at: MessageField::some(timestamp(pod.created)),
+            exited_at: exit
+                .map(|e| MessageField::some(timestamp(e.at)))
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    async fn ping_sandbox(&self, _ctx: &TtrpcContext, req: PingRequest) -> R<PingResponse> {
+        self.tasks.pod(&self.namespace, &req.sandbox_id)?;
+        Ok(PingResponse::default())
+    }
+
+    /// containerd asks the pod's shim to exit; the daemon serves other pods,
+    /// so only the pod goes.
+    async fn shutdown_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ShutdownSandboxRequest,
+    ) -> R<ShutdownSandboxResponse> {
+        crate::server::note_activity();
+        self.tasks.remove_pod(&self.namespace, &req.sandbox_id);
+        Ok(ShutdownSandboxResponse::default())
+    }
+
+    async fn sandbox_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SandboxMetricsRequest,
+    ) -> R<SandboxMetricsResponse> {
+        self.tasks.pod(&self.namespace, &req.sandbox_id)?;
+        Ok(SandboxMetricsResponse::default())
+    }
+}
