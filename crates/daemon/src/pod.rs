@@ -73,7 +73,97 @@ pub struct Pod {
     exit: watch::Sender<Option<Exit>>,
 }
 
+/// What is kept on disk of a pod (`<root>/pods/<ns>/<id>.json`), for a
+/// restarted daemon.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PodRecord {
+    netns: String,
+    created_nanos: u64,
+    pid: i32,
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 impl Tasks {
+    fn pod_file(&self, ns: &str, id: &str) -> std::path::PathBuf {
+        self.root.join("pods").join(ns).join(format!("{id}.json"))
+    }
+
+    fn save_pod(&self, ns: &str, id: &str, pod: &Pod) {
+        let path = self.pod_file(ns, id);
+        let record = PodRecord {
+            netns: pod.netns.clone(),
+            created_nanos: nanos(pod.created),
+            pid: *pod.pid.lock().unwrap(),
+        };
+        let r = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default()));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot write {}", path.display());
+        }
+    }
+
+    /// Watches a pod's holder; its exit (from the keeper) ends the pod.
+    fn watch_pod(&self, pod: &Arc<Pod>, pid: i32) {
+        let rx = self.reaper.watch(pid);
+        let (keeper, p) = (self.keeper.clone(), pod.clone());
+        tokio::spawn(async move {
+            if let Ok(exit) = rx.await {
+                p.exit.send_replace(Some(exit));
+                if let Some(k) = keeper {
+                    k.ack(exit.pid);
+                }
+            }
+        });
+    }
+
+    /// A restarted daemon takes back the pods a previous one made.
+    pub(crate) fn recover_pods(&self) {
+        let Ok(namespaces) = std::fs::read_dir(self.root.join("pods")) else {
+            return;
+        };
+        for ns in namespaces.flatten() {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            let Ok(files) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                let record: Option<PodRecord> = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let Some(r) = record.filter(|_| {
+                    crate::task::validate_namespace(&ns_name).is_ok()
+                        && ironcell_oci::validate_id(&id).is_ok()
+                }) else {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                };
+                let pod = Arc::new(Pod {
+                    netns: r.netns,
+                    created: SystemTime::UNIX_EPOCH + Duration::from_nanos(r.created_nanos),
+                    pid: Mutex::new(r.pid),
+                    exit: watch::channel(None).0,
+                });
+                if r.pid > 0 {
+                    self.watch_pod(&pod, r.pid);
+                }
+                tracing::info!(namespace = %ns_name, %id, "pod re-attached");
+                self.pods.lock().unwrap().insert((ns_name.clone(), id), pod);
+            }
+        }
+    }
+
     fn pod(&self, ns: &str, id: &str) -> Result<Arc<Pod>, TaskError> {
         self.pods
             .lock()
@@ -132,14 +222,8 @@ impl Tasks {
             .await
             .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?;
         *pod.pid.lock().unwrap() = pid;
-        let rx = self.reaper.watch(pid);
-        let (keeper, p) = (keeper.clone(), pod.clone());
-        tokio::spawn(async move {
-            if let Ok(exit) = rx.await {
-                p.exit.send_replace(Some(exit));
-                keeper.ack(exit.pid);
-            }
-        });
+        self.save_pod(ns, id, &pod);
+        self.watch_pod(&pod, pid);
         // The holder must have its namespaces before containers join them.
         let start = std::time::Instant::now();
         let host_ipc = std::fs::read_link("/proc/self/ns/ipc").ok();
@@ -183,6 +267,7 @@ impl Tasks {
             .lock()
             .unwrap()
             .remove(&(ns.to_string(), id.to_string()));
+        let _ = std::fs::remove_file(self.pod_file(ns, id));
         if let Some(pod) = removed {
             let pid = *pod.pid.lock().unwrap();
             if pid > 0 && pod.exit.borrow().is_none() {

@@ -316,7 +316,7 @@ type Key = (String, String);
 
 /// Every task of every namespace.
 pub struct Tasks {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     pub(crate) exe: PathBuf,
     pub(crate) reaper: Arc<Reaper>,
     /// Spawns the helpers and reports exits; None only in tests that never
@@ -405,6 +405,7 @@ impl Tasks {
     /// including those that happened while no daemon ran. A task directory
     /// without a record is a create that never finished: it is removed.
     pub async fn recover(self: &Arc<Self>) {
+        self.recover_pods();
         let Ok(namespaces) = std::fs::read_dir(self.root.join("tasks")) else {
             return;
         };

@@ -61,6 +61,44 @@ fn cri_pod_through_the_sandbox_api() {
     run_pod(true);
 }
 
+/// SIGKILLs the daemon of `root` (not its keeper) and starts another.
+fn restart_daemon(root: &Path) -> std::process::Child {
+    let daemons = || -> Vec<i32> {
+        processes_with(&format!("--root {}", root.display()))
+            .into_iter()
+            .filter(|p| {
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "ironcelld")
+                    && cmd.split('\0').nth(1) != Some("keeper")
+            })
+            .collect()
+    };
+    for p in daemons() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let start = Instant::now();
+    while !daemons().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
+        .arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(root.join("ironcelld.log"))
+        .arg("--log-format")
+        .arg("json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn run_pod(sandbox_api: bool) {
     let Some(binary) = containerd17() else { return };
     let root = tempfile::Builder::new()
@@ -95,6 +133,7 @@ fn run_pod(sandbox_api: bool) {
         .enable_all()
         .build()
         .unwrap();
+    let mut restarted = None;
     tokio.block_on(async {
         let ch = channel(c.socket()).await;
         let mut rt = RuntimeServiceClient::new(ch.clone());
@@ -204,6 +243,22 @@ fn run_pod(sandbox_api: bool) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        if sandbox_api {
+            // The daemon killed and started again under the running pod: the
+            // pod and its containers are re-attached.
+            restarted = Some(restart_daemon(root.path()));
+            let out = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: ids[1].clone(),
+                    cmd: vec!["echo".into(), "after-restart".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after-restart");
+        }
+
         let status = rt
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: pod_id.clone(),
@@ -258,5 +313,8 @@ fn run_pod(sandbox_api: bool) {
             nix::unistd::Pid::from_raw(p),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+    if let Some(mut d) = restarted {
+        let _ = d.wait();
     }
 }
