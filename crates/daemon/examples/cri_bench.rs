@@ -1,6 +1,7 @@
 //! Pod start latency through containerd 1.7's CRI, ironcell against the runc
-//! shim (bench/README.md): a private containerd 1.7 with both runtime
-//! handlers; each run is RunPodSandbox, CreateContainer and StartContainer of
+//! shim (bench/README.md): a private containerd 1.7 (with its sandbox API
+//! enabled) and three runtime handlers: ironcell through the sandbox API,
+//! ironcell with a pause container, runc; each run is RunPodSandbox, CreateContainer and StartContainer of
 //! `/bin/true`, until ContainerStatus says it exited (timed), then the pod's
 //! stop and removal (not timed). The handlers take turns.
 //!
@@ -13,13 +14,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::containerd::{Containerd, Options};
-use ironcell_testutil::cri::{channel, config, container_config, containerd17, pod_config};
+use ironcell_testutil::cri::{
+    channel, config, container_config, containerd17, pod_config, SANDBOX_API_HANDLER,
+};
 use ironcell_testutil::image;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-const HANDLERS: [&str; 2] = ["ironcell", "runc"];
+/// ironcell through the sandbox API (no pause container), ironcell with a
+/// pause container, and the runc shim.
+const HANDLERS: [&str; 3] = [SANDBOX_API_HANDLER, "ironcell", "runc"];
 
 /// One pod with one container of /bin/true, from RunPodSandbox to the
 /// container's exit; returns the milliseconds, or why it failed.
@@ -126,7 +131,10 @@ fn main() {
         cri: true,
         extra_config: config(),
         path: vec![bins, binary.parent().map(PathBuf::from).unwrap()],
-        env: vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))],
+        env: vec![
+            ("IRONCELLD_ROOT".into(), OsString::from(root.path())),
+            ("ENABLE_CRI_SANDBOXES".into(), OsString::from("1")),
+        ],
     })
     .expect("containerd (needs root)");
     c.import("k8s.io");
@@ -180,11 +188,11 @@ fn main() {
             ok + failed
         );
     }
-    if medians.len() == 2 {
-        println!(
-            "\nratio of medians ironcell/runc: {:.2}x",
-            medians[0] / medians[1]
-        );
+    if medians.len() == HANDLERS.len() {
+        let runc = medians[HANDLERS.len() - 1];
+        for (h, m) in HANDLERS.iter().zip(&medians).take(HANDLERS.len() - 1) {
+            println!("ratio of medians {h}/runc: {:.2}x", m / runc);
+        }
     }
     drop(c);
     // The daemon and its keeper of this private root.

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::containerd::{Containerd, Options};
-use ironcell_testutil::cri::{channel, config, container_config, containerd17, pod_config, IMAGE};
+use ironcell_testutil::cri::{
+    channel, config, container_config, containerd17, pod_config, IMAGE, SANDBOX_API_HANDLER,
+};
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -106,18 +108,18 @@ fn run_pod(sandbox_api: bool) {
         .tempdir_in("/tmp")
         .unwrap();
     let mut env = vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))];
-    let mut extra = config();
     if sandbox_api {
         env.push(("ENABLE_CRI_SANDBOXES".into(), OsString::from("1")));
-        extra = extra.replace(
-            "runtime_type = \"io.containerd.ironcell.v2\"",
-            "runtime_type = \"io.containerd.ironcell.v2\"\n      sandbox_mode = \"shim\"",
-        );
     }
+    let handler = if sandbox_api {
+        SANDBOX_API_HANDLER
+    } else {
+        "ironcell"
+    };
     let Some(c) = Containerd::start(Options {
         binary: Some(binary),
         cri: true,
-        extra_config: extra,
+        extra_config: config(),
         path: vec![bin_dir()],
         env,
     }) else {
@@ -161,7 +163,7 @@ fn run_pod(sandbox_api: bool) {
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
-                runtime_handler: "ironcell".into(),
+                runtime_handler: handler.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))

@@ -30,8 +30,13 @@ pub fn containerd17() -> Option<PathBuf> {
     }
 }
 
-/// containerd's CRI configuration with the runtime handlers `runc` and
-/// `ironcell`, and the pause image.
+/// The runtime handler that makes pods through ironcelld's sandbox API
+/// (`sandbox_mode = "shim"`; containerd needs `ENABLE_CRI_SANDBOXES=1`).
+pub const SANDBOX_API_HANDLER: &str = "ironcell-sandbox-api";
+
+/// containerd's CRI configuration with the runtime handlers `runc`,
+/// `ironcell` (a pause container per pod) and `ironcell-sandbox-api`, and
+/// the pause image.
 pub fn config() -> String {
     format!(
         r#"
@@ -43,6 +48,9 @@ pub fn config() -> String {
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ironcell]
       runtime_type = "io.containerd.ironcell.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{SANDBOX_API_HANDLER}]
+      runtime_type = "io.containerd.ironcell.v2"
+      sandbox_mode = "shim"
 "#
     )
 }
