@@ -9,15 +9,11 @@
 //!
 //! Needs root, `make setup` (containerd 1.7) and `make image`.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ironcell_testutil::containerd::{Containerd, Options};
 use ironcell_testutil::cri::{
-    channel, config, container_config, containerd17, pod_config, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, start_containerd, SANDBOX_API_HANDLER,
 };
-use ironcell_testutil::image;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
@@ -116,9 +112,6 @@ fn main() {
             other => panic!("unknown argument {other} (usage: cri_bench [--runs N])"),
         }
     }
-    let Some(binary) = containerd17() else {
-        std::process::exit(1);
-    };
     // target/<profile>/examples/cri_bench: the daemon and shim are two up.
     let exe = std::env::current_exe().unwrap();
     let bins = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
@@ -126,22 +119,10 @@ fn main() {
         .prefix("icd-bench-")
         .tempdir_in("/tmp")
         .unwrap();
-    let c = Containerd::start(Options {
-        binary: Some(binary.clone()),
-        cri: true,
-        extra_config: config(),
-        path: vec![bins, binary.parent().map(PathBuf::from).unwrap()],
-        env: vec![
-            ("IRONCELLD_ROOT".into(), OsString::from(root.path())),
-            ("ENABLE_CRI_SANDBOXES".into(), OsString::from("1")),
-        ],
-    })
-    .expect("containerd (needs root)");
-    c.import("k8s.io");
-    let pause = image().join("ironcell-pause.docker.tar");
-    c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
-    let logs = c.dir().join("pod-logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let Some((c, logs)) = start_containerd(bins, root.path(), true) else {
+        eprintln!("cri_bench: needs root and containerd 1.7 (make setup)");
+        std::process::exit(1);
+    };
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,13 +4,11 @@
 //! pod with two containers, ExecSync, ContainerStatus, logs, and the pod's
 //! stop and removal, all served by one ironcelld.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ironcell_testutil::containerd::{Containerd, Options};
 use ironcell_testutil::cri::{
-    channel, config, container_config, containerd17, pod_config, IMAGE, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, start_containerd, IMAGE, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -102,34 +100,18 @@ fn restart_daemon(root: &Path) -> std::process::Child {
 }
 
 fn run_pod(sandbox_api: bool) {
-    let Some(binary) = containerd17() else { return };
     let root = tempfile::Builder::new()
         .prefix("icd-")
         .tempdir_in("/tmp")
         .unwrap();
-    let mut env = vec![("IRONCELLD_ROOT".into(), OsString::from(root.path()))];
-    if sandbox_api {
-        env.push(("ENABLE_CRI_SANDBOXES".into(), OsString::from("1")));
-    }
     let handler = if sandbox_api {
         SANDBOX_API_HANDLER
     } else {
         "ironcell"
     };
-    let Some(c) = Containerd::start(Options {
-        binary: Some(binary),
-        cri: true,
-        extra_config: config(),
-        path: vec![bin_dir()],
-        env,
-    }) else {
+    let Some((c, logs)) = start_containerd(bin_dir(), root.path(), sandbox_api) else {
         return;
     };
-    c.import("k8s.io");
-    let pause = image().join("ironcell-pause.docker.tar");
-    c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
-    let logs = c.dir().join("pod-logs");
-    std::fs::create_dir_all(&logs).unwrap();
 
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()

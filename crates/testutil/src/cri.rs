@@ -55,6 +55,36 @@ pub fn config() -> String {
     )
 }
 
+/// A private containerd 1.7 with the CRI on: ironcell's binaries from
+/// `bins` on its PATH (and containerd's own directory, for its runc shim),
+/// the daemon root `root`, the sandbox API on when `sandbox_api`, the test
+/// image and the pause image imported for the CRI. Returns it and the pods'
+/// log directory; None when containerd 1.7 is missing or not root.
+pub fn start_containerd(
+    bins: PathBuf,
+    root: &Path,
+    sandbox_api: bool,
+) -> Option<(crate::containerd::Containerd, PathBuf)> {
+    let binary = containerd17()?;
+    let mut env = vec![("IRONCELLD_ROOT".into(), root.as_os_str().to_owned())];
+    if sandbox_api {
+        env.push(("ENABLE_CRI_SANDBOXES".into(), "1".into()));
+    }
+    let c = crate::containerd::Containerd::start(crate::containerd::Options {
+        path: vec![bins, binary.parent().map(PathBuf::from)?],
+        binary: Some(binary),
+        cri: true,
+        extra_config: config(),
+        env,
+    })?;
+    c.import("k8s.io");
+    let pause = crate::image().join("ironcell-pause.docker.tar");
+    c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+    let logs = c.dir().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    Some((c, logs))
+}
+
 /// A gRPC channel to containerd's unix socket.
 pub async fn channel(socket: PathBuf) -> Channel {
     Endpoint::try_from("http://[::]:0")
