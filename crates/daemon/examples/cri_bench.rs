@@ -119,6 +119,7 @@ fn main() {
         .prefix("icd-bench-")
         .tempdir_in("/tmp")
         .unwrap();
+    let guard = ironcell_testutil::DaemonGuard(root.path().to_path_buf());
     let Some((c, logs)) = start_containerd(bins, root.path(), true) else {
         eprintln!("cri_bench: needs root and containerd 1.7 (make setup)");
         std::process::exit(1);
@@ -176,11 +177,5 @@ fn main() {
         }
     }
     drop(c);
-    // The daemon and its keeper of this private root.
-    for p in ironcell_testutil::processes_with(&format!("--root {}", root.path().display())) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    drop(guard);
 }

@@ -104,6 +104,8 @@ fn run_pod(sandbox_api: bool) {
         .prefix("icd-")
         .tempdir_in("/tmp")
         .unwrap();
+    // Even when an assertion fails, nothing of the daemon is left.
+    let _guard = DaemonGuard(root.path().to_path_buf());
     let handler = if sandbox_api {
         SANDBOX_API_HANDLER
     } else {
@@ -295,12 +297,7 @@ fn run_pod(sandbox_api: bool) {
         assert!(left.is_empty(), "{dir} left: {left:?}");
     }
     drop(c);
-    for p in daemons {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    drop(_guard);
     if let Some(mut d) = restarted {
         let _ = d.wait();
     }

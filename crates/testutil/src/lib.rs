@@ -162,3 +162,39 @@ pub fn run_ok(mut cmd: Command) -> String {
     );
     stdout(&out)
 }
+
+/// Kills, when dropped, every ironcelld process of a daemon root: the
+/// keeper's children (pod holders left by a failed test), the daemon and the
+/// keeper. Declare it before the containerd that uses the daemon, so that
+/// containerd's own clean-up runs first.
+pub struct DaemonGuard(pub PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let ours = processes_with(&format!("--root {}", self.0.display()));
+        let children: Vec<i32> = fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid: &i32| {
+                fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let after = s.rsplit_once(')')?.1.to_string();
+                        after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    })
+                    .is_some_and(|ppid| ours.contains(&ppid))
+            })
+            .collect();
+        for p in children.into_iter().chain(ours) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
