@@ -27,6 +27,9 @@ pub fn control_socket(root: &Path) -> PathBuf {
     root.join("control.sock")
 }
 
+/// How long a starting daemon waits for the root's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Holds the root's lock: one daemon per root.
 pub struct Lock(#[allow(dead_code)] File);
 
@@ -38,15 +41,23 @@ pub fn lock(root: &Path) -> Result<Lock> {
         .with_context(|| format!("cannot create {}", root.display()))?;
     let path = root.join("ironcelld.lock");
     let f = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a file this function owns.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A daemon killed a moment ago may still be exiting (its files close
+    // last): wait a little before calling the root taken.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Lock(f));
+        }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        if std::time::Instant::now() > deadline {
             bail!("ironcelld is already running for {}", root.display());
         }
-        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Lock(f))
 }
 
 pub(crate) fn private_socket(path: &Path) -> Result<()> {

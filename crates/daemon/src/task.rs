@@ -151,6 +151,7 @@ impl Proc {
         self.close_stdin(keeper);
         if let Some(k) = keeper {
             k.release(&format!("{}:tty", self.key));
+            k.release(&format!("{}:tty-out", self.key));
         }
     }
 }
@@ -690,7 +691,12 @@ impl Tasks {
                     continue;
                 };
                 let m = File::from(m);
-                match stdio::open_output("stdout", &io.stdout) {
+                let held = keeper.fetch(&format!("{key}:tty-out")).await;
+                let out = match held {
+                    Some(fd) => Ok(Some(fd)),
+                    None => stdio::open_output("stdout", &io.stdout),
+                };
+                match out {
                     Ok(out) => {
                         if let Err(e) = stdio::relay_output(&m, out) {
                             tracing::warn!(id = %task.id, error = %e, "terminal not re-attached");
@@ -821,6 +827,11 @@ impl Tasks {
                 }
             };
             let stdout = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+            // The keeper holds the terminal's output FIFO open too: when no
+            // daemon relays, containerd's reader must not see an EOF.
+            if let (Some(k), Some(out)) = (&self.keeper, &stdout) {
+                k.hold(&format!("{key}:tty-out"), out);
+            }
             stdio::relay_output(&m, stdout)
                 .map_err(|e| TaskError::Internal(format!("cannot relay the terminal: {e}")))?;
             let dup = |m: &File| {

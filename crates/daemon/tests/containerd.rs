@@ -480,3 +480,86 @@ fn containerd_restart_keeps_tasks() {
     c.ok(&["task", "delete", "ksvc"]);
     c.ok(&["container", "rm", "ksvc"]);
 }
+
+/// A task with a terminal across a daemon restart: the keeper holds the pty
+/// master, the new daemon relays it again, and what is typed afterwards
+/// reaches the process (given to ctr by `script`).
+#[test]
+fn terminal_survives_a_daemon_restart() {
+    use std::io::{Read, Write};
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    let args = s.run_args(
+        &["--rm", "-t"],
+        &[
+            "ttyr",
+            "sh",
+            "-c",
+            "echo ready; read a; echo got:$a; exit 4",
+        ],
+    );
+    let line = std::iter::once("ctr".to_string())
+        .chain(
+            c.ctr(&[])
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned()),
+        )
+        .chain(args)
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = std::process::Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = script.stdin.take().unwrap();
+    let mut out = script.stdout.take().unwrap();
+    // A test that goes wrong must fail, not hang: the terminal goes away
+    // after 60 s whatever happens.
+    let pid = script.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    // Read until the task says it is ready.
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("ready") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "no output: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let old = s.daemons();
+    kill_all(old, nix::sys::signal::Signal::SIGKILL);
+    let start = Instant::now();
+    while !s.daemons().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
+        .arg("--root")
+        .arg(&s.root)
+        .arg("--log")
+        .arg(s.root.join("ironcelld.log"))
+        .arg("--log-format")
+        .arg("json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Give the new daemon a moment to take the terminal back.
+    std::thread::sleep(Duration::from_millis(500));
+    input.write_all(b"typed\r").unwrap();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert!(rest.contains("got:typed"), "{rest:?}\n{}", s.daemon_log());
+    assert_eq!(script.wait().unwrap().code(), Some(4));
+    stop_daemon(&s);
+    let _ = daemon.wait();
+}
