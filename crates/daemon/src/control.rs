@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::endpoint::{EndpointKey, Endpoints};
+use crate::events::nanos;
 use crate::task::{TaskError, Tasks};
 
 /// Longest request line accepted.
@@ -51,12 +52,6 @@ pub struct Reply {
     /// Nanoseconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited_at: Option<u64>,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 pub struct Control {

@@ -35,6 +35,19 @@ pub struct Event {
     pub event: Any,
 }
 
+/// A time as nanoseconds since the epoch (the daemon's records and the
+/// keeper's messages keep times this way).
+pub fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The inverse of [`nanos`].
+pub fn from_nanos(n: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(n)
+}
+
 /// Converts a time to protobuf's form.
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

@@ -25,7 +25,7 @@ use containerd_shim_protos::types::platform::Platform;
 use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 
-use crate::events::timestamp;
+use crate::events::{from_nanos, nanos, timestamp};
 use crate::reaper::Exit;
 use crate::task::{TaskError, Tasks};
 
@@ -80,12 +80,6 @@ struct PodRecord {
     netns: String,
     created_nanos: u64,
     pid: i32,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 impl Tasks {
@@ -151,7 +145,7 @@ impl Tasks {
                 };
                 let pod = Arc::new(Pod {
                     netns: r.netns,
-                    created: SystemTime::UNIX_EPOCH + Duration::from_nanos(r.created_nanos),
+                    created: from_nanos(r.created_nanos),
                     pid: Mutex::new(r.pid),
                     exit: watch::channel(None).0,
                 });

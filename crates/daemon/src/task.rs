@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::events::{timestamp, Publisher};
+use crate::events::{from_nanos, nanos, timestamp, Publisher};
 use crate::helper::{self, HelperStdio, Job};
 use crate::keeper::client::Keeper;
 use crate::mount::{self, Mount};
@@ -187,7 +187,7 @@ impl ProcRecord {
             p.exit.send_replace(Some(Exit {
                 pid: self.pid,
                 status,
-                at: SystemTime::UNIX_EPOCH + Duration::from_nanos(at),
+                at: from_nanos(at),
             }));
         }
         p
@@ -203,12 +203,6 @@ struct TaskRecord {
     rootfs_mounted: bool,
     init: ProcRecord,
     execs: std::collections::BTreeMap<String, ProcRecord>,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// A process's view for State and Wait.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
@@ -100,7 +100,7 @@ impl Keeper {
                     } => reaper.deliver(Exit {
                         pid,
                         status,
-                        at: SystemTime::UNIX_EPOCH + Duration::from_nanos(at_nanos),
+                        at: crate::events::from_nanos(at_nanos),
                     }),
                     FromKeeper::Spawned { tag, pid, error } => {
                         if let Some(tx) = self.spawned.lock().unwrap().remove(&tag) {

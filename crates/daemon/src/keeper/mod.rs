@@ -26,13 +26,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
+use crate::events::nanos;
 use crate::reaper::Exit;
 use proto::{FromKeeper, ToKeeper, MAX_PACKET};
 
@@ -152,12 +152,6 @@ struct Keeper {
     held: HashMap<String, OwnedFd>,
     conn: Option<AsyncFd<OwnedFd>>,
     fronts: HashSet<PathBuf>,
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 impl Keeper {
