@@ -22,6 +22,8 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::Sandbox as SandboxService;
 use containerd_shim_protos::types::platform::Platform;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 
@@ -138,7 +140,7 @@ impl Tasks {
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 let Some(r) = record.filter(|_| {
                     crate::task::validate_namespace(&ns_name).is_ok()
-                        && ironcell_oci::validate_id(&id).is_ok()
+                        && crate::task::validate_id("sandbox id", &id).is_ok()
                 }) else {
                     let _ = std::fs::remove_file(&path);
                     continue;
@@ -169,8 +171,7 @@ impl Tasks {
 
     pub fn create_pod(&self, ns: &str, id: &str, netns: &str) -> Result<(), TaskError> {
         crate::task::validate_namespace(ns)?;
-        ironcell_oci::validate_id(id)
-            .map_err(|e| TaskError::InvalidArgument(format!("sandbox id: {e}")))?;
+        crate::task::validate_id("sandbox id", id)?;
         let mut pods = self.pods.lock().unwrap();
         let key = (ns.to_string(), id.to_string());
         if pods.contains_key(&key) {
@@ -237,8 +238,7 @@ impl Tasks {
         let pod = self.pod(ns, id)?;
         let pid = *pod.pid.lock().unwrap();
         if pid > 0 && pod.exit.borrow().is_none() {
-            // SAFETY: kill(2) with integers only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let mut rx = pod.exit.subscribe();
             let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
         }
@@ -265,8 +265,7 @@ impl Tasks {
         if let Some(pod) = removed {
             let pid = *pod.pid.lock().unwrap();
             if pid > 0 && pod.exit.borrow().is_none() {
-                // SAFETY: kill(2) with integers only.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }

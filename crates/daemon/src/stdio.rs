@@ -76,8 +76,9 @@ pub fn open_output(what: &'static str, uri: &str) -> Result<Option<OwnedFd>, Std
     Ok(Some(f.into()))
 }
 
-/// Makes `fd` non-blocking and watches it for readiness.
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+/// Makes `fd` non-blocking and watches it for readiness (in the tokio
+/// runtime).
+pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     nix::fcntl::fcntl(
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

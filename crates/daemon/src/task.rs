@@ -19,6 +19,8 @@ use ironcell_container::stats::Stats;
 use ironcell_container::{ConsoleSocket, ContainerError};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::{SandboxError, Sandboxes};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -333,7 +335,7 @@ pub fn validate_namespace(ns: &str) -> Result<()> {
         .map_err(|e| TaskError::InvalidArgument(format!("namespace {ns:?}: {e}")))
 }
 
-fn validate_id(what: &str, id: &str) -> Result<()> {
+pub(crate) fn validate_id(what: &str, id: &str) -> Result<()> {
     ironcell_oci::validate_id(id).map_err(|e| TaskError::InvalidArgument(format!("{what}: {e}")))
 }
 
@@ -614,9 +616,7 @@ impl Tasks {
             systemd_cgroup: systemd,
         };
         let key = io_key(&task.namespace, &task.id, "");
-        let started = self
-            .spawn_process(&task, &key, &req.io, job, &pid_file)
-            .await;
+        let started = self.spawn_process(&key, &req.io, job, &pid_file).await;
         match started {
             Ok(proc_io) => {
                 let mut inner = task.inner.lock().unwrap();
@@ -723,10 +723,8 @@ impl Tasks {
 
     /// Opens `io`, runs the helper job that forks the process, and returns
     /// the new process's pid and the daemon's ends of its stdio.
-    #[allow(clippy::too_many_arguments)]
     async fn spawn_process(
         &self,
-        task: &Task,
         key: &str,
         io: &IoSpec,
         job: impl FnOnce(Option<PathBuf>) -> Job,
@@ -815,8 +813,7 @@ impl Tasks {
             let m = match got {
                 Ok(m) => m,
                 Err(e) => {
-                    // SAFETY: kill(2) with integers only.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     return Err(e);
                 }
             };
@@ -844,7 +841,6 @@ impl Tasks {
             }
             master = Some(m);
         }
-        let _ = task;
         Ok(SpawnedIo {
             pid,
             stdin: stdin_relay,
@@ -1005,7 +1001,7 @@ impl Tasks {
             console_socket: console,
         };
         let key = io_key(ns, id, exec_id);
-        let spawned = self.spawn_process(&task, &key, &io, job, &pid_file).await;
+        let spawned = self.spawn_process(&key, &io, job, &pid_file).await;
         let _ = std::fs::remove_file(&pid_file);
         let spawned = match spawned {
             Ok(s) => s,

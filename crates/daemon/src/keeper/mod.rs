@@ -314,15 +314,8 @@ fn spawn(
     Ok(child.id() as i32)
 }
 
-/// Watches an fd this process owns for readiness.
-fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and
-    // unchanged until it is dropped.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
-}
-
 async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
-    let listener = register(listen_seqpacket(&socket_path(root))?)?;
+    let listener = crate::stdio::register(listen_seqpacket(&socket_path(root))?)?;
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     // One receive buffer for every message.
     let mut buf = vec![0u8; MAX_PACKET];
@@ -350,7 +343,7 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                         // SAFETY: accept4 returned a new fd that we own.
                         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                         // A new daemon replaces the old connection.
-                        k.conn = Some(register(fd)?);
+                        k.conn = Some(crate::stdio::register(fd)?);
                     }
                     Err(nix::Error::EAGAIN) => guard.clear_ready(),
                     Err(e) => tracing::warn!(error = %e, "keeper: accept"),
