@@ -91,18 +91,6 @@ impl Drop for Setup {
     }
 }
 
-/// ironcelld processes of `root`: the daemons, or the keeper.
-fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
-    processes_with(&format!("--root {}", root.display()))
-        .into_iter()
-        .filter(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            comm.trim() == "ironcelld" && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
-        })
-        .collect()
-}
-
 fn kill_all(pids: Vec<i32>, sig: nix::sys::signal::Signal) {
     for p in pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
@@ -338,29 +326,12 @@ fn daemon_restart_mid_workload() {
     assert_eq!(line, "got:one\n");
 
     // Kill the daemon; the keeper stays.
-    let old = s.daemons();
+    let old = kill_daemon(&s.root);
     assert_eq!(old.len(), 1);
-    kill_all(old.clone(), nix::sys::signal::Signal::SIGKILL);
-    let start = Instant::now();
-    while !s.daemons().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // While no daemon runs: `rquick` exits, and a line is typed.
     input.write_all(b"two\n").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
-        .arg("--root")
-        .arg(&s.root)
-        .arg("--log")
-        .arg(s.root.join("ironcelld.log"))
-        .arg("--log-format")
-        .arg("json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = start_daemon(Path::new(env!("CARGO_BIN_EXE_ironcelld")), &s.root);
 
     // The foreground run carries on: the line typed while the daemon was
     // down arrives, stdin's end is the task's EOF, and its status comes back.
@@ -534,25 +505,8 @@ fn terminal_survives_a_daemon_restart() {
         assert!(n > 0, "no output: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let old = s.daemons();
-    kill_all(old, nix::sys::signal::Signal::SIGKILL);
-    let start = Instant::now();
-    while !s.daemons().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
-        .arg("--root")
-        .arg(&s.root)
-        .arg("--log")
-        .arg(s.root.join("ironcelld.log"))
-        .arg("--log-format")
-        .arg("json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    kill_daemon(&s.root);
+    let mut daemon = start_daemon(Path::new(env!("CARGO_BIN_EXE_ironcelld")), &s.root);
     // Give the new daemon a moment to take the terminal back.
     std::thread::sleep(Duration::from_millis(500));
     input.write_all(b"typed\r").unwrap();

@@ -61,44 +61,6 @@ fn cri_pod_through_the_sandbox_api() {
     run_pod(true);
 }
 
-/// SIGKILLs the daemon of `root` (not its keeper) and starts another.
-fn restart_daemon(root: &Path) -> std::process::Child {
-    let daemons = || -> Vec<i32> {
-        processes_with(&format!("--root {}", root.display()))
-            .into_iter()
-            .filter(|p| {
-                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "ironcelld")
-                    && cmd.split('\0').nth(1) != Some("keeper")
-            })
-            .collect()
-    };
-    for p in daemons() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let start = Instant::now();
-    while !daemons().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::process::Command::new(env!("CARGO_BIN_EXE_ironcelld"))
-        .arg("--root")
-        .arg(root)
-        .arg("--log")
-        .arg(root.join("ironcelld.log"))
-        .arg("--log-format")
-        .arg("json")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 fn run_pod(sandbox_api: bool) {
     let root = tempfile::Builder::new()
         .prefix("icd-")
@@ -235,7 +197,11 @@ fn run_pod(sandbox_api: bool) {
         if sandbox_api {
             // The daemon killed and started again under the running pod: the
             // pod and its containers are re-attached.
-            restarted = Some(restart_daemon(root.path()));
+            kill_daemon(root.path());
+            restarted = Some(start_daemon(
+                Path::new(env!("CARGO_BIN_EXE_ironcelld")),
+                root.path(),
+            ));
             let out = rt
                 .exec_sync(ExecSyncRequest {
                     container_id: ids[1].clone(),
@@ -282,14 +248,16 @@ fn run_pod(sandbox_api: bool) {
     });
 
     // One daemon and its keeper, and nothing of the pod left in its state.
-    let daemons: Vec<i32> = processes_with(&format!("--root {}", root.path().display()))
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "ironcelld")
-        })
-        .collect();
-    assert_eq!(daemons.len(), 2, "the daemon and its keeper");
+    assert_eq!(
+        ironcelld_processes(root.path(), false).len(),
+        1,
+        "one daemon"
+    );
+    assert_eq!(
+        ironcelld_processes(root.path(), true).len(),
+        1,
+        "its keeper"
+    );
     for dir in ["tasks/k8s.io", "containers/k8s.io"] {
         let left: Vec<_> = std::fs::read_dir(root.path().join(dir))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::*;
@@ -29,14 +29,7 @@ impl Daemon {
             .prefix("icd-")
             .tempdir_in("/tmp")
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ironcelld"))
-            .arg("--root")
-            .arg(root.path())
-            .arg("--log")
-            .arg(root.path().join("log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = start_daemon(Path::new(env!("CARGO_BIN_EXE_ironcelld")), root.path());
         let start = Instant::now();
         while UnixStream::connect(root.path().join("control.sock")).is_err() {
             assert!(start.elapsed() < Duration::from_secs(10), "no daemon");

@@ -198,3 +198,54 @@ impl Drop for DaemonGuard {
         }
     }
 }
+
+/// ironcelld processes of daemon root `root`: its daemons, or (with
+/// `keeper`) its keeper.
+pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
+    processes_with(&format!("--root {}", root.display()))
+        .into_iter()
+        .filter(|p| {
+            let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let cmd = fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            comm.trim() == "ironcelld" && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
+        })
+        .collect()
+}
+
+/// SIGKILLs the daemons of `root` (not the keeper) and waits until they are
+/// gone. Returns the pids it killed.
+pub fn kill_daemon(root: &Path) -> Vec<i32> {
+    let pids = ironcelld_processes(root, false);
+    for p in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let start = std::time::Instant::now();
+    while !ironcelld_processes(root, false).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "ironcelld did not die"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pids
+}
+
+/// Starts daemon binary `bin` on `root`, logging JSON to
+/// `<root>/ironcelld.log`, as the shim would.
+pub fn start_daemon(bin: &Path, root: &Path) -> std::process::Child {
+    Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(root.join("ironcelld.log"))
+        .arg("--log-format")
+        .arg("json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ironcelld")
+}
