@@ -55,6 +55,7 @@ if grep -q ' /sys/fs/cgroup tmpfs ' /proc/self/mountinfo \
   mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || echo "setup: warning: could not mount hugetlb cgroup"
 fi
 
-# containerd 1.7 (Debian 13's, unpacked under /var/cache/ironcell) for the
-# daemon's CRI tests.
-bash "$(dirname "$0")/fetch-containerd-1.7.sh" >/dev/null
+# containerd 1.7 (Debian 13's) and 2.x (Debian unstable's), unpacked under
+# /var/cache/ironcell, for the daemon's CRI tests.
+bash "$(dirname "$0")/fetch-containerd.sh" 1.7 >/dev/null
+bash "$(dirname "$0")/fetch-containerd.sh" 2 >/dev/null

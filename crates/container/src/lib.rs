@@ -10,6 +10,7 @@
 //! container and what is wrong, runc's state shape, exec based on the
 //! container's own process spec, and no leftovers when a create fails.
 
+pub mod cgroup;
 mod console;
 mod engine;
 mod error;

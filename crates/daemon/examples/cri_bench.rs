@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, start_containerd, Cri, SANDBOX_API_HANDLER,
 };
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -120,7 +120,8 @@ fn main() {
         .tempdir_in("/tmp")
         .unwrap();
     let guard = ironcell_testutil::DaemonGuard(root.path().to_path_buf());
-    let Some((c, logs)) = start_containerd(bins, root.path(), true) else {
+    let Some((c, logs)) = start_containerd(bins, root.path(), Cri::V17 { sandbox_api: true })
+    else {
         eprintln!("cri_bench: needs root and containerd 1.7 (make setup)");
         std::process::exit(1);
     };

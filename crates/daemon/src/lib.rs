@@ -3,6 +3,7 @@
 //! `ironcell` CLI also uses. See docs/daemon.md.
 
 pub mod control;
+pub mod controller;
 pub mod endpoint;
 pub mod events;
 pub mod helper;

@@ -13,6 +13,11 @@ usage: ironcelld [options]
 Serves containerd's shim v2 Task API for every task on this node (one
 daemon, every pod). containerd reaches it through containerd-shim-ironcell-v2.
   --root DIR          state and sockets (default /run/ironcell/ironcelld)
+  --sandbox-socket PATH
+                      containerd 2.x's sandbox controller (a proxy plugin of
+                      type \"sandbox\") listens here (default ROOT/sandbox.sock)
+  --containerd PATH   the ttrpc address of the containerd that socket serves
+                      (default /run/containerd/containerd.sock.ttrpc)
   --log PATH          log file (default stderr)
   --log-format FMT    text (default) or json
   --log-level LEVEL   error, warn, info (default), debug, trace
@@ -20,6 +25,8 @@ daemon, every pod). containerd reaches it through containerd-shim-ironcell-v2.
 
 struct Args {
     root: PathBuf,
+    sandbox_socket: Option<PathBuf>,
+    containerd: String,
     log: Option<PathBuf>,
     log_json: bool,
     log_level: tracing::Level,
@@ -29,6 +36,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
     use lexopt::prelude::*;
     let mut a = Args {
         root: PathBuf::from(server::DEFAULT_ROOT),
+        sandbox_socket: None,
+        containerd: server::DEFAULT_CONTAINERD.into(),
         log: None,
         log_json: false,
         log_level: tracing::Level::INFO,
@@ -37,6 +46,11 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
     while let Some(arg) = p.next()? {
         match arg {
             Long("root") => a.root = p.value()?.into(),
+            Long("sandbox-socket") => a.sandbox_socket = Some(p.value()?.into()),
+            Long("containerd") => {
+                let v = p.value()?.string()?;
+                a.containerd = v.strip_prefix("unix://").unwrap_or(&v).to_string();
+            }
             Long("log") => a.log = Some(p.value()?.into()),
             Long("log-format") => {
                 a.log_json = match p.value()?.string()?.as_str() {
@@ -60,6 +74,15 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
     }
     if !a.root.is_absolute() {
         bail!("--root {}: must be an absolute path", a.root.display());
+    }
+    if let Some(s) = a.sandbox_socket.as_ref().filter(|s| !s.is_absolute()) {
+        bail!("--sandbox-socket {}: must be an absolute path", s.display());
+    }
+    if !a.containerd.starts_with('/') {
+        bail!(
+            "--containerd {}: must be an absolute socket path",
+            a.containerd
+        );
     }
     Ok(a)
 }
@@ -90,7 +113,13 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(server::serve(args.root))
+    let controller = server::ControllerConfig {
+        socket: args
+            .sandbox_socket
+            .unwrap_or_else(|| server::controller_socket(&args.root)),
+        containerd: args.containerd,
+    };
+    rt.block_on(server::serve(args.root, controller))
 }
 
 fn main() -> ExitCode {

@@ -70,6 +70,10 @@ pub fn holder_main(args: &[OsString]) -> ExitCode {
 /// One pod.
 pub struct Pod {
     netns: String,
+    /// The cgroup the pod's containers share (the CRI's `cgroup_parent`,
+    /// cgroupfs driver), or empty: the holder goes there, and the pod's
+    /// metrics come from there.
+    cgroup: String,
     created: SystemTime,
     pid: Mutex<i32>,
     exit: watch::Sender<Option<Exit>>,
@@ -80,6 +84,8 @@ pub struct Pod {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PodRecord {
     netns: String,
+    #[serde(default)]
+    cgroup: String,
     created_nanos: u64,
     pid: i32,
 }
@@ -93,6 +99,7 @@ impl Tasks {
         let path = self.pod_file(ns, id);
         let record = PodRecord {
             netns: pod.netns.clone(),
+            cgroup: pod.cgroup.clone(),
             created_nanos: nanos(pod.created),
             pid: *pod.pid.lock().unwrap(),
         };
@@ -147,6 +154,7 @@ impl Tasks {
                 };
                 let pod = Arc::new(Pod {
                     netns: r.netns,
+                    cgroup: r.cgroup,
                     created: from_nanos(r.created_nanos),
                     pid: Mutex::new(r.pid),
                     exit: watch::channel(None).0,
@@ -169,9 +177,21 @@ impl Tasks {
             .ok_or_else(|| TaskError::NotFound(format!("sandbox {id} not found in namespace {ns}")))
     }
 
-    pub fn create_pod(&self, ns: &str, id: &str, netns: &str) -> Result<(), TaskError> {
+    /// Records a pod; `options` is the CRI's PodSandboxConfig (protobuf),
+    /// when containerd sends it.
+    pub fn create_pod(
+        &self,
+        ns: &str,
+        id: &str,
+        netns: &str,
+        options: Option<&[u8]>,
+    ) -> Result<(), TaskError> {
         crate::task::validate_namespace(ns)?;
         crate::task::validate_id("sandbox id", id)?;
+        let cgroup = match options {
+            Some(bytes) => cgroup_parent(bytes)?,
+            None => String::new(),
+        };
         let mut pods = self.pods.lock().unwrap();
         let key = (ns.to_string(), id.to_string());
         if pods.contains_key(&key) {
@@ -181,6 +201,7 @@ impl Tasks {
             key,
             Arc::new(Pod {
                 netns: netns.to_string(),
+                cgroup,
                 created: SystemTime::now(),
                 pid: Mutex::new(0),
                 exit: watch::channel(None).0,
@@ -219,6 +240,19 @@ impl Tasks {
         *pod.pid.lock().unwrap() = pid;
         self.save_pod(ns, id, &pod);
         self.watch_pod(&pod, pid);
+        if !pod.cgroup.is_empty() {
+            let cgroup = std::path::PathBuf::from(&pod.cgroup);
+            let joined =
+                tokio::task::spawn_blocking(move || ironcell_container::cgroup::join(&cgroup, pid))
+                    .await
+                    .map_err(|e| TaskError::Internal(e.to_string()))?;
+            if let Err(e) = joined {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(TaskError::Internal(format!(
+                    "cannot start sandbox {id}: {e}"
+                )));
+            }
+        }
         // The holder must have its namespaces before containers join them.
         let start = std::time::Instant::now();
         let host_ipc = std::fs::read_link("/proc/self/ns/ipc").ok();
@@ -255,6 +289,39 @@ impl Tasks {
         Ok(exit.expect("wait_for returned a value"))
     }
 
+    /// Whether the pod runs, its pid, when it was made and how it ended.
+    pub fn pod_status(&self, ns: &str, id: &str) -> Result<PodStatus, TaskError> {
+        let pod = self.pod(ns, id)?;
+        let pid = *pod.pid.lock().unwrap();
+        let exit = *pod.exit.borrow();
+        Ok(PodStatus {
+            pid: pid.max(0) as u32,
+            ready: pid > 0 && exit.is_none(),
+            created: pod.created,
+            exit,
+        })
+    }
+
+    /// The statistics of the pod's cgroup, as containerd's metrics `Any`.
+    pub async fn pod_metrics(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any, TaskError> {
+        let pod = self.pod(ns, id)?;
+        if pod.cgroup.is_empty() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "sandbox {id} has no cgroup of its own (its PodSandboxConfig names no cgroup_parent)"
+            )));
+        }
+        let cgroup = std::path::PathBuf::from(&pod.cgroup);
+        let stats = tokio::task::spawn_blocking(move || ironcell_container::cgroup::stats(&cgroup))
+            .await
+            .map_err(|e| TaskError::Internal(e.to_string()))?
+            .map_err(|e| TaskError::Internal(e.to_string()))?;
+        Ok(crate::metrics::to_any(&stats, crate::metrics::unified()))
+    }
+
     pub fn remove_pod(&self, ns: &str, id: &str) {
         let removed = self
             .pods
@@ -269,6 +336,78 @@ impl Tasks {
             }
         }
     }
+}
+
+/// What [`Tasks::pod_status`] reports.
+pub struct PodStatus {
+    pub pid: u32,
+    pub ready: bool,
+    pub created: SystemTime,
+    pub exit: Option<Exit>,
+}
+
+impl PodStatus {
+    /// The CRI's names for the two states.
+    pub fn state(&self) -> &'static str {
+        if self.ready {
+            "SANDBOX_READY"
+        } else {
+            "SANDBOX_NOTREADY"
+        }
+    }
+}
+
+/// The two fields of the CRI's `runtime.v1.PodSandboxConfig` the daemon
+/// reads (`linux.cgroup_parent`). Declared here rather than taken from the
+/// `k8s-cri` crate, which would bring a whole CRI client into the daemon;
+/// protobuf skips the fields not declared.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PodSandboxConfig {
+    #[prost(message, optional, tag = "8")]
+    linux: Option<LinuxPodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LinuxPodSandboxConfig {
+    #[prost(string, tag = "1")]
+    cgroup_parent: String,
+}
+
+/// Whether an `Any`'s type is the CRI's PodSandboxConfig (containerd sends
+/// it as a sandbox's options).
+pub(crate) fn is_pod_config(type_url: &str) -> bool {
+    type_url.rsplit('/').next() == Some("runtime.v1.PodSandboxConfig")
+}
+
+/// The pod's cgroup from a PodSandboxConfig: empty when it names none or
+/// names a systemd slice (the systemd driver's pods are left where they
+/// are; see docs/daemon.md).
+fn cgroup_parent(options: &[u8]) -> Result<String, TaskError> {
+    use prost::Message;
+    let config = PodSandboxConfig::decode(options).map_err(|e| {
+        TaskError::InvalidArgument(format!("sandbox options: not a PodSandboxConfig: {e}"))
+    })?;
+    let parent = config.linux.map(|l| l.cgroup_parent).unwrap_or_default();
+    if parent.starts_with('/') {
+        if parent.split('/').any(|c| c == "..") {
+            return Err(TaskError::InvalidArgument(format!(
+                "sandbox options: cgroup_parent {parent:?} escapes the cgroup root"
+            )));
+        }
+        Ok(parent)
+    } else {
+        Ok(String::new())
+    }
+}
+
+/// The platform every pod of this daemon runs on.
+pub(crate) fn platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    ("linux", arch)
 }
 
 /// The CRI annotation that names a container's pod.
@@ -344,8 +483,13 @@ impl SandboxService for PodService {
         req: CreateSandboxRequest,
     ) -> R<CreateSandboxResponse> {
         crate::server::note_activity();
+        let options = req
+            .options
+            .as_ref()
+            .filter(|o| is_pod_config(&o.type_url))
+            .map(|o| o.value.as_slice());
         self.tasks
-            .create_pod(&self.namespace, &req.sandbox_id, &req.netns_path)?;
+            .create_pod(&self.namespace, &req.sandbox_id, &req.netns_path, options)?;
         Ok(CreateSandboxResponse::default())
     }
 
@@ -367,14 +511,11 @@ impl SandboxService for PodService {
     }
 
     async fn platform(&self, _ctx: &TtrpcContext, _req: PlatformRequest) -> R<PlatformResponse> {
+        let (os, architecture) = platform();
         Ok(PlatformResponse {
             platform: MessageField::some(Platform {
-                os: "linux".into(),
-                architecture: match std::env::consts::ARCH {
-                    "x86_64" => "amd64".into(),
-                    "aarch64" => "arm64".into(),
-                    other => other.into(),
-                },
+                os: os.into(),
+                architecture: architecture.into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -414,20 +555,14 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: SandboxStatusRequest,
     ) -> R<SandboxStatusResponse> {
-        let pod = self.tasks.pod(&self.namespace, &req.sandbox_id)?;
-        let pid = *pod.pid.lock().unwrap();
-        let exit = *pod.exit.borrow();
+        let status = self.tasks.pod_status(&self.namespace, &req.sandbox_id)?;
         Ok(SandboxStatusResponse {
             sandbox_id: req.sandbox_id,
-            pid: pid.max(0) as u32,
-            state: if pid > 0 && exit.is_none() {
-                "SANDBOX_READY"
-            } else {
-                "SANDBOX_NOTREADY"
-            }
-            .into(),
-            created_at: MessageField::some(timestamp(pod.created)),
-            exited_at: exit
+            pid: status.pid,
+            state: status.state().into(),
+            created_at: MessageField::some(timestamp(status.created)),
+            exited_at: status
+                .exit
                 .map(|e| MessageField::some(timestamp(e.at)))
                 .unwrap_or_default(),
             ..Default::default()
@@ -456,7 +591,16 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: SandboxMetricsRequest,
     ) -> R<SandboxMetricsResponse> {
-        self.tasks.pod(&self.namespace, &req.sandbox_id)?;
-        Ok(SandboxMetricsResponse::default())
+        let data = self
+            .tasks
+            .pod_metrics(&self.namespace, &req.sandbox_id)
+            .await?;
+        // The Metric type is not exported by containerd-shim-protos.
+        let mut resp = SandboxMetricsResponse::default();
+        let metric = resp.metrics.mut_or_insert_default();
+        metric.timestamp = MessageField::some(timestamp(SystemTime::now()));
+        metric.id = req.sandbox_id;
+        metric.data = MessageField::some(data);
+        Ok(resp)
     }
 }

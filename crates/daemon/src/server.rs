@@ -65,10 +65,25 @@ pub(crate) fn private_socket(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot restrict {}", path.display()))
 }
 
+/// containerd 2.x's sandbox controller (`controller.rs`): where it listens,
+/// and the ttrpc address of the containerd it serves.
+pub struct ControllerConfig {
+    pub socket: PathBuf,
+    pub containerd: String,
+}
+
+/// The ttrpc address of a containerd installed the usual way.
+pub const DEFAULT_CONTAINERD: &str = "/run/containerd/containerd.sock.ttrpc";
+
+/// The controller's socket under the daemon's root.
+pub fn controller_socket(root: &Path) -> PathBuf {
+    root.join("sandbox.sock")
+}
+
 /// Serves until SIGTERM or SIGINT. Containers keep running when the daemon
 /// stops; they are not its children's children in any sense that matters to
 /// them (their stdout and stderr go straight to containerd's FIFOs).
-pub async fn serve(root: PathBuf) -> Result<()> {
+pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
     let reaper = Arc::new(Reaper::default());
     let exe = std::env::current_exe().context("cannot find ironcelld's own binary")?;
     let keeper = {
@@ -91,6 +106,10 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     let _ = fs::remove_file(&control_path);
     let endpoints = Arc::new(Endpoints::new(root.clone(), tasks.clone(), Some(keeper)));
     endpoints.restore().await;
+    crate::controller::serve(
+        &controller.socket,
+        crate::controller::Controller::new(tasks.clone(), endpoints.clone(), controller.containerd),
+    )?;
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     private_socket(&control_path)?;
@@ -100,7 +119,11 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     })
     .serve(control);
     tokio::spawn(control);
-    tracing::info!(control = %control_path.display(), "ironcelld serving");
+    tracing::info!(
+        control = %control_path.display(),
+        sandbox_controller = %controller.socket.display(),
+        "ironcelld serving"
+    );
     trim_text();
     tokio::spawn(trim_when_idle());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -115,6 +138,7 @@ pub async fn serve(root: PathBuf) -> Result<()> {
     );
     endpoints.shutdown().await;
     let _ = fs::remove_file(&control_path);
+    let _ = fs::remove_file(&controller.socket);
     Ok(())
 }
 

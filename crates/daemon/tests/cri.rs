@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd, IMAGE, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, start_containerd, start_controller, Cri, IMAGE,
+    SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -21,6 +22,60 @@ fn bin_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
+}
+
+/// `path` in the cgroup hierarchy `controller` (cgroup v1), or in the
+/// unified hierarchy when `controller` is empty or not mounted.
+fn cgroup_dir(controller: &str, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let v1 = Path::new("/sys/fs/cgroup").join(controller);
+    if !controller.is_empty() && v1.join("cgroup.procs").exists() {
+        v1.join(rel)
+    } else {
+        Path::new("/sys/fs/cgroup").join(rel)
+    }
+}
+
+/// Removes a test pod cgroup from every hierarchy (the kubelet's job).
+struct CgroupGuard(PathBuf);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let rel = self.0.strip_prefix("/").unwrap_or(&self.0).to_path_buf();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| d.flatten().map(|e| e.path().join(&rel)).collect())
+            .unwrap_or_default();
+        dirs.push(Path::new("/sys/fs/cgroup").join(&rel));
+        for d in dirs.into_iter().filter(|d| d.is_dir()) {
+            // Children first (containers' cgroups left by a failed test).
+            if let Ok(children) = std::fs::read_dir(&d) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// The pids of the pod processes (`ironcelld helper pod`) of the daemon
+/// at `root`.
+fn ironcelld_pod_holders(root: &Path) -> Vec<i32> {
+    let daemons = ironcelld_processes(root, true);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, a)| a.split_whitespace().nth(1)?.parse::<i32>().ok());
+            cmdline.split(|b| *b == 0).any(|a| a == b"pod")
+                && ppid.is_some_and(|p| daemons.contains(&p))
+        })
+        .collect()
 }
 
 async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: ContainerState) {
@@ -49,7 +104,7 @@ async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: Cont
 
 #[test]
 fn cri_pod_with_two_containers() {
-    run_pod(false);
+    run_pod(Cri::V17 { sandbox_api: false });
 }
 
 /// The same pod through containerd 1.7's sandbox API (the experimental CRI
@@ -58,22 +113,34 @@ fn cri_pod_with_two_containers() {
 /// namespace.
 #[test]
 fn cri_pod_through_the_sandbox_api() {
-    run_pod(true);
+    run_pod(Cri::V17 { sandbox_api: true });
 }
 
-fn run_pod(sandbox_api: bool) {
+/// The same pod through containerd 2.x's CRI with ironcelld as its sandbox
+/// controller (a `sandbox` proxy plugin): containerd calls the pod's
+/// containers on the Task API address the controller returns, without any
+/// shim process.
+#[test]
+fn cri_pod_through_the_sandbox_controller() {
+    run_pod(Cri::V2);
+}
+
+fn run_pod(cri: Cri) {
+    let sandbox_api = cri != (Cri::V17 { sandbox_api: false });
     let root = tempfile::Builder::new()
         .prefix("icd-")
         .tempdir_in("/tmp")
         .unwrap();
     // Even when an assertion fails, nothing of the daemon is left.
     let _guard = DaemonGuard(root.path().to_path_buf());
-    let handler = if sandbox_api {
-        SANDBOX_API_HANDLER
-    } else {
-        "ironcell"
+    let handler = match cri {
+        Cri::V17 { sandbox_api: true } => SANDBOX_API_HANDLER,
+        Cri::V17 { sandbox_api: false } => "ironcell",
+        Cri::V2 => SANDBOXER_HANDLER,
     };
-    let Some((c, logs)) = start_containerd(bin_dir(), root.path(), sandbox_api) else {
+    let pod_cgroup = PathBuf::from(format!("/ironcell-cri-{}", std::process::id()));
+    let _cgroups = CgroupGuard(pod_cgroup.clone());
+    let Some((mut c, logs)) = start_containerd(bin_dir(), root.path(), cri) else {
         return;
     };
 
@@ -93,7 +160,12 @@ fn run_pod(sandbox_api: bool) {
             .into_inner();
         // IRONCELL_CRI_VERSION: the version expected when another containerd
         // is pointed at with IRONCELL_CONTAINERD17_BIN (2.1 works too).
-        let want = std::env::var("IRONCELL_CRI_VERSION").unwrap_or_else(|_| "1.7".into());
+        let want = match cri {
+            Cri::V17 { .. } => {
+                std::env::var("IRONCELL_CRI_VERSION").unwrap_or_else(|_| cri.version().into())
+            }
+            Cri::V2 => cri.version().into(),
+        };
         assert!(v.runtime_version.starts_with(&want), "{v:?}");
         let images = img
             .list_images(ListImagesRequest::default())
@@ -108,7 +180,14 @@ fn run_pod(sandbox_api: bool) {
             "{images:?}"
         );
 
-        let pod = pod_config(if sandbox_api { "sb-pod" } else { "cri-pod" }, &logs);
+        let mut pod = pod_config(if sandbox_api { "sb-pod" } else { "cri-pod" }, &logs);
+        if cri == Cri::V2 {
+            // A pod cgroup, as the kubelet gives each pod: the pod's process
+            // joins it, and the pod's statistics come from it.
+            if let Some(linux) = pod.linux.as_mut() {
+                linux.cgroup_parent = pod_cgroup.display().to_string();
+            }
+        }
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -175,6 +254,26 @@ fn run_pod(sandbox_api: bool) {
         assert_eq!(ipc[0], ipc[1]);
         assert!(ipc[0].starts_with("ipc:["), "{ipc:?}");
         assert_ne!(ipc[0], host.to_string_lossy());
+        if cri == Cri::V2 {
+            // containerd sent the containers to the controller's address
+            // itself: no shim `start` ran (it would have written `address`).
+            for id in &ids {
+                let bundle = c
+                    .dir()
+                    .join("state/io.containerd.runtime.v2.task/k8s.io")
+                    .join(id);
+                let files: Vec<_> = std::fs::read_dir(&bundle)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                assert!(files.iter().any(|f| f == "bootstrap.json"), "{files:?}");
+                assert!(!files.iter().any(|f| f == "address"), "{files:?}");
+                let bootstrap =
+                    std::fs::read_to_string(bundle.join("bootstrap.json")).unwrap_or_default();
+                assert!(bootstrap.contains("ttrpc"), "{bootstrap}");
+            }
+        }
         // Through the sandbox API, no task runs for the pod itself.
         let pod_task = root.path().join("tasks/k8s.io").join(&pod_id);
         assert_eq!(pod_task.exists(), !sandbox_api, "{}", pod_task.display());
@@ -198,10 +297,11 @@ fn run_pod(sandbox_api: bool) {
             // The daemon killed and started again under the running pod: the
             // pod and its containers are re-attached.
             kill_daemon(root.path());
-            restarted = Some(start_daemon(
-                Path::new(env!("CARGO_BIN_EXE_ironcelld")),
-                root.path(),
-            ));
+            let bin = Path::new(env!("CARGO_BIN_EXE_ironcelld"));
+            restarted = Some(match cri {
+                Cri::V2 => start_controller(bin, root.path(), &c),
+                Cri::V17 { .. } => start_daemon(bin, root.path()),
+            });
             let out = rt
                 .exec_sync(ExecSyncRequest {
                     container_id: ids[1].clone(),
@@ -212,6 +312,58 @@ fn run_pod(sandbox_api: bool) {
                 .unwrap()
                 .into_inner();
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after-restart");
+        }
+        if cri == Cri::V2 {
+            // containerd restarted too: it finds the containers again from
+            // their bundles and the pod's address from the controller.
+            c.restart();
+            let ch = channel(c.socket()).await;
+            rt = RuntimeServiceClient::new(ch);
+            let out = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: ids[0].clone(),
+                    cmd: vec!["echo".into(), "after-containerd-restart".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("ExecSync after a containerd restart: {e}\n{}", c.log()))
+                .into_inner();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "after-containerd-restart"
+            );
+            // The pod's statistics: its cgroup holds the pod's process and
+            // both containers.
+            let stats = rt
+                .pod_sandbox_stats(PodSandboxStatsRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("PodSandboxStats: {e}\n{}", c.log()))
+                .into_inner()
+                .stats
+                .unwrap();
+            let memory = stats
+                .linux
+                .as_ref()
+                .and_then(|l| l.memory.as_ref())
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map(|v| v.value);
+            assert!(memory.unwrap_or(0) > 0, "{stats:?}");
+            let holder = ironcelld_pod_holders(root.path());
+            assert_eq!(holder.len(), 1, "one pod process: {holder:?}");
+            let procs =
+                std::fs::read_to_string(cgroup_dir("memory", &pod_cgroup).join("cgroup.procs"))
+                    .or_else(|_| {
+                        std::fs::read_to_string(cgroup_dir("", &pod_cgroup).join("cgroup.procs"))
+                    })
+                    .unwrap_or_default();
+            assert!(
+                procs.lines().any(|l| l.trim() == holder[0].to_string()),
+                "pod process {} not in {}: {procs:?}",
+                holder[0],
+                pod_cgroup.display()
+            );
         }
 
         let status = rt

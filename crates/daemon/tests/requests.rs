@@ -295,3 +295,282 @@ fn bad_requests_get_errors_and_leak_nothing() {
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
 }
+
+/// containerd 2.x's sandbox controller (gRPC) gets errors for what it
+/// cannot do: requests without a namespace or with an invalid one, unknown
+/// or invalid pod ids, options that are not a PodSandboxConfig, a cgroup
+/// that escapes the hierarchy. A pod it makes reports the Task API address
+/// with version 3, and goes on Shutdown.
+#[test]
+fn sandbox_controller_errors() {
+    use ironcelld::controller::api::containerd::services::sandbox::v1::controller_client::ControllerClient;
+    use ironcelld::controller::api::containerd::services::sandbox::v1::*;
+    use tonic::{Code, Request};
+
+    if !need_root("ironcelld sandbox controller") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = ironcell_testutil::cri::channel(d.root.path().join("sandbox.sock")).await;
+        let mut c = ControllerClient::new(ch);
+        fn req<T>(ns: Option<&str>, msg: T) -> Request<T> {
+            let mut r = Request::new(msg);
+            if let Some(ns) = ns {
+                r.metadata_mut()
+                    .insert("containerd-namespace", ns.parse().unwrap());
+            }
+            r
+        }
+        let create = |id: &str, options: Option<prost_types::Any>| ControllerCreateRequest {
+            sandbox_id: id.into(),
+            options,
+            ..Default::default()
+        };
+        let code = |r: Result<tonic::Response<_>, tonic::Status>| match r {
+            Err(s) => s.code(),
+            Ok(ok) => panic!("expected an error, got {:?}", ok.into_inner()),
+        };
+        let c2 = &mut c;
+        assert_eq!(
+            code(
+                c2.create(req(None, create("p1", None)))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            ),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(
+                c2.create(req(Some("../x"), create("p1", None)))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            ),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(
+                c2.create(req(Some("default"), create("../p", None)))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            ),
+            Code::InvalidArgument
+        );
+        let config = |bytes: Vec<u8>| {
+            Some(prost_types::Any {
+                type_url: "type.googleapis.com/runtime.v1.PodSandboxConfig".into(),
+                value: bytes,
+            })
+        };
+        // Not protobuf at all.
+        assert_eq!(
+            code(
+                c2.create(req(Some("default"), create("p1", config(vec![0xff; 7]))))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            ),
+            Code::InvalidArgument
+        );
+        // linux { cgroup_parent: "/a/../../etc" }: field 8 holding field 1.
+        let parent = b"/a/../../etc";
+        let mut linux = vec![0x0a, parent.len() as u8];
+        linux.extend_from_slice(parent);
+        let mut bytes = vec![0x42, linux.len() as u8];
+        bytes.extend_from_slice(&linux);
+        assert_eq!(
+            code(
+                c2.create(req(Some("default"), create("p1", config(bytes))))
+                    .await
+                    .map(|r| r.map(|_| ()))
+            ),
+            Code::InvalidArgument
+        );
+        // Unknown pods.
+        let id = || "nosuch".to_string();
+        let ns = || Some("default");
+        assert_eq!(
+            code(
+                c2.start(req(
+                    ns(),
+                    ControllerStartRequest {
+                        sandbox_id: id(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                c2.wait(req(
+                    ns(),
+                    ControllerWaitRequest {
+                        sandbox_id: id(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                c2.status(req(
+                    ns(),
+                    ControllerStatusRequest {
+                        sandbox_id: id(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                c2.metrics(req(
+                    ns(),
+                    ControllerMetricsRequest {
+                        sandbox_id: id(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                c2.shutdown(req(
+                    ns(),
+                    ControllerShutdownRequest {
+                        sandbox_id: id(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+
+        // A pod: created, started (the address and version containerd 2.1
+        // needs), reported, its metrics refused without a cgroup, removed.
+        c2.create(req(ns(), create("p1", None))).await.unwrap();
+        let started = c2
+            .start(req(
+                ns(),
+                ControllerStartRequest {
+                    sandbox_id: "p1".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(started.pid > 0);
+        assert_eq!(started.version, 3);
+        let path = started
+            .address
+            .strip_prefix("ttrpc+unix://")
+            .unwrap_or_else(|| panic!("{}", started.address));
+        assert!(Path::new(path).exists(), "{path}");
+        let status = c2
+            .status(req(
+                ns(),
+                ControllerStatusRequest {
+                    sandbox_id: "p1".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (status.state.as_str(), status.pid),
+            ("SANDBOX_READY", started.pid)
+        );
+        assert_eq!(status.address, started.address);
+        // Another namespace does not see it.
+        assert_eq!(
+            code(
+                c2.status(req(
+                    Some("other"),
+                    ControllerStatusRequest {
+                        sandbox_id: "p1".into(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                c2.metrics(req(
+                    ns(),
+                    ControllerMetricsRequest {
+                        sandbox_id: "p1".into(),
+                        ..Default::default()
+                    }
+                ))
+                .await
+                .map(|r| r.map(|_| ()))
+            ),
+            Code::FailedPrecondition
+        );
+        let mut waiter = c2.clone();
+        let wait = tokio::spawn(async move {
+            waiter
+                .wait(req(
+                    Some("default"),
+                    ControllerWaitRequest {
+                        sandbox_id: "p1".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        });
+        c2.stop(req(
+            ns(),
+            ControllerStopRequest {
+                sandbox_id: "p1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        let exit = wait.await.unwrap().unwrap().into_inner();
+        assert_eq!(exit.exit_status, 128 + 9);
+        c2.shutdown(req(
+            ns(),
+            ControllerShutdownRequest {
+                sandbox_id: "p1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", started.pid)).exists()
+                || std::fs::read_to_string(format!("/proc/{}/stat", started.pid))
+                    .unwrap_or_default()
+                    .contains(" Z ")
+        );
+    });
+    assert!(d.alive(), "the daemon died");
+    assert!(
+        !d.root.path().join("pods/default/p1.json").exists(),
+        "the pod's record is left"
+    );
+}

@@ -17,8 +17,11 @@ pub const IMAGE: &str = "localhost/ironcell-test:latest";
 pub struct Options {
     /// The containerd binary (default: `containerd` from PATH).
     pub binary: Option<PathBuf>,
-    /// TOML appended to the generated config (version 2).
+    /// TOML appended to the generated config (version 2, or 3 with
+    /// `version3`).
     pub extra_config: String,
+    /// Write a version 3 config (containerd 2.x's own form).
+    pub version3: bool,
     /// Keep the CRI plugin (disabled by default).
     pub cri: bool,
     /// Environment for containerd and so for the shims it starts.
@@ -55,9 +58,10 @@ impl Containerd {
         fs::write(
             &config,
             format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
+                "version = {version}\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
                  [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
                  [debug]\n  address = \"{sock}.debug\"\n{extra}\n",
+                version = if opts.version3 { 3 } else { 2 },
                 root = d.join("root").display(),
                 state = d.join("state").display(),
                 sock = d.join("c.sock").display(),
@@ -128,6 +132,11 @@ impl Containerd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// containerd's ttrpc socket (where shims send events).
+    pub fn ttrpc_socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock.ttrpc")
     }
 
     /// containerd's gRPC socket.

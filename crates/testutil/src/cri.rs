@@ -1,6 +1,6 @@
 //! A CRI client for the tests and benchmarks that drive containerd 1.7's
-//! CRI: the channel over containerd's unix socket, and host-network pod and
-//! container configurations built on the test image.
+//! and 2.x's CRI: the channel over containerd's unix socket, and
+//! host-network pod and container configurations built on the test image.
 
 use std::path::{Path, PathBuf};
 
@@ -12,21 +12,57 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const PAUSE: &str = "localhost/ironcell-pause:latest";
 pub const IMAGE: &str = "localhost/ironcell-test:latest";
 
-/// containerd 1.7 unpacked by `scripts/fetch-containerd-1.7.sh`, or None
-/// (with a loud notice) when it is missing.
-pub fn containerd17() -> Option<PathBuf> {
-    let dir = std::env::var_os("IRONCELL_CONTAINERD17_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/ironcell/containerd-1.7/root/usr/bin"));
-    let bin = dir.join("containerd");
-    if bin.exists() {
-        Some(bin)
-    } else {
-        eprintln!(
-            "\n!!! SKIPPED containerd 1.7 CRI test: {} is missing (run `make setup`) !!!\n",
-            bin.display()
-        );
-        None
+/// Which containerd a CRI test drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cri {
+    /// containerd 1.7 (Debian 13's); with `sandbox_api`, its experimental
+    /// CRI sandbox mode is on (`ENABLE_CRI_SANDBOXES=1`).
+    V17 { sandbox_api: bool },
+    /// containerd 2.x (Debian unstable's), with ironcelld as its sandbox
+    /// controller: the runtime handler [`SANDBOXER_HANDLER`].
+    V2,
+}
+
+impl Cri {
+    /// The version prefix, and where `scripts/fetch-containerd.sh` unpacks
+    /// it (or the environment variable that overrides that).
+    fn install(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Cri::V17 { .. } => (
+                "1.7",
+                "IRONCELL_CONTAINERD17_BIN",
+                "/var/cache/ironcell/containerd-1.7/root/usr/bin",
+            ),
+            Cri::V2 => (
+                "2",
+                "IRONCELL_CONTAINERD2_BIN",
+                "/var/cache/ironcell/containerd-2/root/usr/bin",
+            ),
+        }
+    }
+
+    /// The containerd binary, or None (with a loud notice) when it is
+    /// missing.
+    pub fn binary(self) -> Option<PathBuf> {
+        let (version, var, default) = self.install();
+        let dir = std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(default));
+        let bin = dir.join("containerd");
+        if bin.exists() {
+            Some(bin)
+        } else {
+            eprintln!(
+                "\n!!! SKIPPED containerd {version} CRI test: {} is missing (run `make setup`) !!!\n",
+                bin.display()
+            );
+            None
+        }
+    }
+
+    /// The version the CRI reports.
+    pub fn version(self) -> &'static str {
+        self.install().0
     }
 }
 
@@ -34,7 +70,37 @@ pub fn containerd17() -> Option<PathBuf> {
 /// (`sandbox_mode = "shim"`; containerd needs `ENABLE_CRI_SANDBOXES=1`).
 pub const SANDBOX_API_HANDLER: &str = "ironcell-sandbox-api";
 
-/// containerd's CRI configuration with the runtime handlers `runc`,
+/// containerd 2.x's runtime handler whose pods ironcelld's sandbox
+/// controller makes (`sandboxer = "ironcell"`).
+pub const SANDBOXER_HANDLER: &str = "ironcell-sandboxer";
+
+/// containerd 2.x's CRI configuration (version 3): the sandbox controller
+/// at `controller` as the proxy plugin `ironcell`, the runtime handlers
+/// `runc`, `ironcell` (a pause container per pod) and
+/// [`SANDBOXER_HANDLER`], and the pause image.
+pub fn config_v2(controller: &Path) -> String {
+    format!(
+        r#"
+[proxy_plugins.ironcell]
+  type = "sandbox"
+  address = "{controller}"
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{PAUSE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.ironcell]
+  runtime_type = "io.containerd.ironcell.v2"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_HANDLER}]
+  runtime_type = "io.containerd.ironcell.v2"
+  sandboxer = "ironcell"
+"#,
+        controller = controller.display()
+    )
+}
+
+/// containerd 1.7's CRI configuration with the runtime handlers `runc`,
 /// `ironcell` (a pause container per pod) and `ironcell-sandbox-api`, and
 /// the pause image.
 pub fn config() -> String {
@@ -55,34 +121,69 @@ pub fn config() -> String {
     )
 }
 
-/// A private containerd 1.7 with the CRI on: ironcell's binaries from
+/// A private containerd (`cri`) with the CRI on: ironcell's binaries from
 /// `bins` on its PATH (and containerd's own directory, for its runc shim),
-/// the daemon root `root`, the sandbox API on when `sandbox_api`, the test
-/// image and the pause image imported for the CRI. Returns it and the pods'
-/// log directory; None when containerd 1.7 is missing or not root.
+/// the daemon root `root`, the test image and the pause image imported for
+/// the CRI. For containerd 2.x, ironcelld runs too, as its sandbox
+/// controller (started after containerd, whose ttrpc address it needs:
+/// containerd connects to a proxy plugin when first used). Returns it and
+/// the pods' log directory; None when that containerd is missing or not
+/// root.
 pub fn start_containerd(
     bins: PathBuf,
     root: &Path,
-    sandbox_api: bool,
+    cri: Cri,
 ) -> Option<(crate::containerd::Containerd, PathBuf)> {
-    let binary = containerd17()?;
+    let binary = cri.binary()?;
     let mut env = vec![("IRONCELLD_ROOT".into(), root.as_os_str().to_owned())];
-    if sandbox_api {
+    if cri == (Cri::V17 { sandbox_api: true }) {
         env.push(("ENABLE_CRI_SANDBOXES".into(), "1".into()));
     }
     let c = crate::containerd::Containerd::start(crate::containerd::Options {
-        path: vec![bins, binary.parent().map(PathBuf::from)?],
+        path: vec![bins.clone(), binary.parent().map(PathBuf::from)?],
         binary: Some(binary),
         cri: true,
-        extra_config: config(),
+        extra_config: match cri {
+            Cri::V17 { .. } => config(),
+            Cri::V2 => config_v2(&root.join("sandbox.sock")),
+        },
+        version3: cri == Cri::V2,
         env,
     })?;
+    if cri == Cri::V2 {
+        let mut daemon = start_controller(&bins.join("ironcelld"), root, &c);
+        // Reaped whenever it ends (the test's DaemonGuard kills it).
+        std::thread::spawn(move || daemon.wait());
+    }
     c.import("k8s.io");
     let pause = crate::image().join("ironcell-pause.docker.tar");
     c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
     let logs = c.dir().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
     Some((c, logs))
+}
+
+/// Starts ironcelld (binary `bin`, root `root`) as containerd `c`'s
+/// sandbox controller, and waits for its socket.
+pub fn start_controller(
+    bin: &Path,
+    root: &Path,
+    c: &crate::containerd::Containerd,
+) -> std::process::Child {
+    let socket = root.join("sandbox.sock");
+    let _ = std::fs::remove_file(&socket);
+    let ttrpc = c.ttrpc_socket();
+    let child = crate::start_daemon_with(bin, root, &["--containerd".as_ref(), ttrpc.as_os_str()]);
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "ironcelld did not listen on {}",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
 }
 
 /// A gRPC channel to containerd's unix socket.

@@ -4,6 +4,7 @@
 //!
 //! Test-only; never a dependency of a shipped crate.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -236,7 +237,13 @@ pub fn kill_daemon(root: &Path) -> Vec<i32> {
 /// Starts daemon binary `bin` on `root`, logging JSON to
 /// `<root>/ironcelld.log`, as the shim would.
 pub fn start_daemon(bin: &Path, root: &Path) -> std::process::Child {
+    start_daemon_with(bin, root, &[])
+}
+
+/// [`start_daemon`] with more arguments.
+pub fn start_daemon_with(bin: &Path, root: &Path, args: &[&OsStr]) -> std::process::Child {
     Command::new(bin)
+        .args(args)
         .arg("--root")
         .arg(root)
         .arg("--log")
