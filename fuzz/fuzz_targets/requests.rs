@@ -1,8 +1,9 @@
 //! Fuzzes ironcelld's request decoding and handling: each input picks a
-//! Task API method (or the shim's control protocol), a namespace, and the
-//! request bytes, which are decoded as that method's protobuf message (or
-//! the control JSON) and handled by the daemon's real service, as a request
-//! arriving on an endpoint would be. Nothing may panic; every bad request
+//! Task API method (or the shim's control protocol, or a method of the
+//! sandbox controller), a namespace, and the request bytes, which are
+//! decoded as that method's protobuf message (or the control JSON) and
+//! handled by the daemon's real service, as a request arriving on an
+//! endpoint would be. Nothing may panic; every bad request
 //! must come back as an error.
 //!
 //! Run: `make fuzz` (cargo +nightly fuzz run requests).
@@ -16,6 +17,9 @@ use containerd_shim_protos::api::*;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::Task;
 use ironcelld::control::{Control, Request};
+use ironcelld::controller::api::containerd::services::sandbox::v1::controller_server::Controller as _;
+use ironcelld::controller::api::containerd::services::sandbox::v1::*;
+use ironcelld::controller::Controller;
 use ironcelld::endpoint::Endpoints;
 use ironcelld::events::Publisher;
 use ironcelld::reaper::Reaper;
@@ -28,6 +32,7 @@ struct World {
     rt: tokio::runtime::Runtime,
     service: Service,
     control: Control,
+    controller: Controller,
     _root: tempfile::TempDir,
 }
 
@@ -39,7 +44,7 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let root = tempfile::tempdir().unwrap();
-        let (service, control) = rt.block_on(async {
+        let (service, control, controller) = rt.block_on(async {
             let tasks = Arc::new(Tasks::new(
                 root.path().to_path_buf(),
                 PathBuf::from("/nonexistent/ironcelld"),
@@ -53,12 +58,14 @@ fn world() -> &'static World {
                 containerd: String::new(),
             };
             let endpoints = Arc::new(Endpoints::new(root.path().to_path_buf(), tasks.clone(), None));
-            (service, Control { tasks, endpoints })
+            let controller = Controller::new(tasks.clone(), endpoints.clone(), "/nonexistent".into());
+            (service, Control { tasks, endpoints }, controller)
         });
         World {
             rt,
             service,
             control,
+            controller,
             _root: root,
         }
     })
@@ -75,6 +82,26 @@ fn ctx(ns: &str) -> TtrpcContext {
         timeout_nano: 0,
         connection_data: Arc::new(ttrpc::ConnectionData),
     }
+}
+
+/// A sandbox controller request: `ns` in its gRPC metadata (none when
+/// empty).
+fn grpc<T>(ns: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = ns.parse() {
+        if !ns.is_empty() {
+            r.metadata_mut().insert("containerd-namespace", v);
+        }
+    }
+    r
+}
+
+macro_rules! grpc_call {
+    ($s:expr, $ns:expr, $bytes:expr, $ty:ty, $m:ident) => {
+        if let Ok(req) = <$ty as prost::Message>::decode($bytes) {
+            let _ = $s.$m(grpc($ns, req)).await;
+        }
+    };
 }
 
 macro_rules! call {
@@ -100,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
         // Wait would block for ever on a live process; there is none here,
         // but keep every call bounded all the same.
         let call = async {
-            match method % 18 {
+            match method % 19 {
                 0 => call!(s, c, body, StateRequest, state),
                 1 => call!(s, c, body, CreateTaskRequest, create),
                 2 => call!(s, c, body, StartRequest, start),
@@ -118,6 +145,26 @@ fuzz_target!(|data: &[u8]| {
                 14 => call!(s, c, body, ConnectRequest, connect),
                 15 => call!(s, c, body, ShutdownRequest, shutdown),
                 16 => call!(s, c, body, CheckpointTaskRequest, checkpoint),
+                17 if !body.is_empty() => {
+                    // The sandbox controller. Start, and Status of a pod that
+                    // exists, listen on a new socket per namespace: Start is
+                    // left out, Status is sent for "default" pods only.
+                    let (sel, body) = (body[0], &body[1..]);
+                    let g = &w.controller;
+                    match sel % 8 {
+                        0 => grpc_call!(g, &ns, body, ControllerCreateRequest, create),
+                        1 => grpc_call!(g, &ns, body, ControllerPlatformRequest, platform),
+                        2 => grpc_call!(g, &ns, body, ControllerStopRequest, stop),
+                        3 => grpc_call!(g, &ns, body, ControllerWaitRequest, wait),
+                        4 if ns == "default" => {
+                            grpc_call!(g, &ns, body, ControllerStatusRequest, status)
+                        }
+                        5 => grpc_call!(g, &ns, body, ControllerShutdownRequest, shutdown),
+                        6 => grpc_call!(g, &ns, body, ControllerMetricsRequest, metrics),
+                        7 => grpc_call!(g, &ns, body, ControllerUpdateRequest, update),
+                        _ => {}
+                    }
+                }
                 _ => {
                     // The shim's control protocol. Register would listen on
                     // a new socket per input; decode it, handle the rest.
