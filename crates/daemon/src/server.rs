@@ -125,7 +125,7 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
         "ironcelld serving"
     );
     trim_text();
-    tokio::spawn(trim_when_idle());
+    start_idle_trimmer();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
@@ -145,7 +145,7 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
 /// Requests served so far (every Task API and control request counts).
 pub static ACTIVITY: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a request (see [`trim_when_idle`]).
+/// Counts a request (see [`start_idle_trimmer`]).
 pub fn note_activity() {
     ACTIVITY.fetch_add(1, Ordering::Relaxed);
 }
@@ -155,29 +155,42 @@ const IDLE_TRIM: Duration = Duration::from_secs(10);
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// Once requests stop for a while, gives back what serving them left
-/// resident: free heap pages (`malloc_trim`) and the code pages that only
-/// the burst needed ([`trim_text`]). A node's daemon is idle most of the
-/// time; a busy one never trims (no refaulting under load).
-pub(crate) async fn trim_when_idle() {
-    let mut trimmed_at = ACTIVITY.load(Ordering::Relaxed);
-    let mut seen = trimmed_at;
-    let mut changed = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(IDLE_CHECK).await;
-        let now = ACTIVITY.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            changed = std::time::Instant::now();
-        } else if now != trimmed_at && changed.elapsed() >= IDLE_TRIM {
-            // SAFETY: malloc_trim takes an integer and only touches the
-            // allocator's own state.
-            unsafe {
-                libc::malloc_trim(0);
+/// resident: free heap pages (`malloc_trim`) and the code and read-only
+/// data pages that only the burst needed ([`trim_text`]). A node's daemon is
+/// idle most of the time; a busy one never trims (no refaulting under load).
+///
+/// The check runs on a plain thread of its own rather than as a tokio
+/// timer: an idle daemon's runtime then has no timer to wake for, so its
+/// worker threads stay parked and touch no code at all after the trim (a
+/// timer woke the runtime every 2 s and faulted a megabyte of scattered
+/// code back in).
+pub fn start_idle_trimmer() {
+    let spawned = std::thread::Builder::new()
+        .name("trim".into())
+        .stack_size(64 * 1024)
+        .spawn(|| {
+            let mut trimmed_at = ACTIVITY.load(Ordering::Relaxed);
+            let mut seen = trimmed_at;
+            let mut changed = std::time::Instant::now();
+            loop {
+                std::thread::sleep(IDLE_CHECK);
+                let now = ACTIVITY.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    changed = std::time::Instant::now();
+                } else if now != trimmed_at && changed.elapsed() >= IDLE_TRIM {
+                    // SAFETY: malloc_trim takes an integer and only touches
+                    // the allocator's own state.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                    trim_text();
+                    trimmed_at = now;
+                }
             }
-            trim_text();
-            trimmed_at = now;
-            tracing::debug!("idle: memory trimmed");
-        }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the idle trimmer");
     }
 }
 
@@ -196,48 +209,107 @@ pub fn limit_malloc_arenas() {
 /// Drops the daemon's start-up code from its resident set.
 ///
 /// A long-running daemon executes a small part of its binary once it is up,
-/// but the kernel maps executable pages 64 KiB at a time around each fault
-/// ("fault-around"), and start-up touches code all over the file: ironcelld
-/// sat at 4.4 MiB of mapped text. After start-up, the text mapping is marked
-/// MADV_RANDOM (no read-ahead for it) and its pages are unmapped
-/// (MADV_DONTNEED: the pages stay in the page cache; code that runs again
-/// faults back in). Fault-around still maps neighbouring cached pages, so an
-/// idle daemon settles at about 1.6 MiB of text rather than the few hundred
-/// KiB it executes. Measured with bench/daemon_bench.py (bench/README.md).
+/// but the kernel maps file pages 64 KiB at a time around each fault
+/// ("fault-around"), and start-up touches code and constants all over the
+/// file: ironcelld sat at 4.4 MiB of mapped text. After start-up, and when
+/// idle, the binary's clean mappings (its code, and its read-only data but
+/// not the relocated RELRO part, which is private dirty memory) are marked
+/// MADV_RANDOM (no read-ahead) and unmapped (MADV_DONTNEED: the pages stay in
+/// the page cache; what runs again faults back in). Measured with
+/// bench/daemon_bench.py (bench/README.md).
 pub fn trim_text() {
-    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
         return;
     };
     let Ok(exe) = fs::read_link("/proc/self/exe") else {
         return;
     };
     let exe = exe.to_string_lossy().into_owned();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = line.split_whitespace().nth(5).unwrap_or("");
-        if path != exe || !perms.starts_with("r-x") {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: the range is a read-only, executable, file-backed mapping
-        // of our own binary, as /proc/self/maps lists it; MADV_RANDOM only
-        // changes paging hints and MADV_DONTNEED on a private file mapping
-        // with no written pages only drops page-table entries (the code is
-        // read back from the file on the next fault).
+    for (start, end) in clean_mappings_of(&smaps, &exe) {
+        // SAFETY: the range is a read-only, file-backed private mapping of
+        // our own binary with no dirty or anonymous page, as
+        // /proc/self/smaps lists it: MADV_RANDOM only changes paging hints,
+        // and MADV_DONTNEED on it only drops page-table entries (the pages
+        // are read back from the file, unchanged, on the next access).
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
+    }
+}
+
+/// The address ranges of `exe`'s read-only (`r--p`, `r-xp`) mappings
+/// without a private dirty or anonymous page, from smaps text.
+fn clean_mappings_of(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // The mapping being read: its range, and whether it may be dropped.
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut flush = |c: Option<(usize, usize, bool)>| {
+        if let Some((start, end, true)) = c {
+            out.push((start, end));
+        }
+    };
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            flush(current.take());
+            let perms = f.next().unwrap_or("");
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            let readonly = perms == "r--p" || perms == "r-xp";
+            if let (Ok(a), Ok(b), true) = (
+                usize::from_str_radix(a, 16),
+                usize::from_str_radix(b, 16),
+                readonly && path == exe,
+            ) {
+                current = Some((a, b, true));
+            }
+        } else if let Some((_, _, ok)) = current.as_mut() {
+            let kib = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX)
+            };
+            if (first == "Private_Dirty:" || first == "Anonymous:") && kib(line) != 0 {
+                *ok = false;
+            }
+        }
+    }
+    flush(current.take());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clean_read_only_mappings_of_the_binary_are_dropped() {
+        let smaps = "\
+55550000-55560000 r--p 00000000 fd:01 1 /usr/bin/ironcelld
+Rss:                  64 kB
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+55560000-55580000 r-xp 00010000 fd:01 1 /usr/bin/ironcelld
+Private_Dirty:         0 kB
+Anonymous:             0 kB
+55580000-55590000 r--p 00030000 fd:01 1 /usr/bin/ironcelld
+Private_Dirty:       444 kB
+Anonymous:           444 kB
+55590000-555a0000 rw-p 00040000 fd:01 1 /usr/bin/ironcelld
+Private_Dirty:         8 kB
+7f000000-7f001000 r--p 00000000 fd:01 2 /usr/lib/other.so
+Private_Dirty:         0 kB
+";
+        assert_eq!(
+            clean_mappings_of(smaps, "/usr/bin/ironcelld"),
+            vec![(0x5555_0000, 0x5556_0000), (0x5556_0000, 0x5558_0000)]
+        );
+        // The running test binary: never its RELRO (dirty) mapping.
+        let own = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let clean = clean_mappings_of(&own, &exe.to_string_lossy());
+        assert!(!clean.is_empty());
     }
 }

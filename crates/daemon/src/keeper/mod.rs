@@ -329,7 +329,7 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     drop(ready);
     tracing::info!(root = %root.display(), "keeper serving");
     crate::server::trim_text();
-    tokio::spawn(crate::server::trim_when_idle());
+    crate::server::start_idle_trimmer();
     loop {
         tokio::select! {
             _ = sigchld.recv() => k.reap(),
