@@ -42,7 +42,7 @@ def parse_args():
                    help="image archive to import")
     p.add_argument("--settle", type=float, default=15.0,
                    help="idle seconds before each memory reading (default 15: the steady state "
-                        "of a node whose pods are running; ironcelld trims its memory after 10 s idle)")
+                        "of a node whose pods are running; ironcelld trims its memory after 5 s idle)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     a = p.parse_args()
     benchlib.check_run_args(p, a)

@@ -15,7 +15,7 @@ use containerd_shim_protos::events::task::{
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{MessageDyn, MessageFull};
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{Client, EventsClient};
@@ -59,23 +59,30 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 }
 
 /// containerd's typeurl names an event by its protobuf full name, without
-/// the `type.googleapis.com/` prefix that `Any::pack` would add.
-fn to_any(msg: &dyn MessageDyn) -> Any {
+/// the `type.googleapis.com/` prefix that `Any::pack` would add. The name is
+/// a constant ([`Topic::TYPE_URL`]): asking rust-protobuf for a message's
+/// descriptor builds the reflection tables of its whole file and imports,
+/// 410 KiB the daemon then kept for good.
+fn to_any<T: Topic>(msg: &T) -> Any {
     Any {
-        type_url: msg.descriptor_dyn().full_name().to_string(),
-        value: msg.write_to_bytes_dyn().unwrap_or_default(),
+        type_url: T::TYPE_URL.to_string(),
+        value: msg.write_to_bytes().unwrap_or_default(),
         ..Default::default()
     }
 }
 
-/// The topic of each task event containerd knows.
-pub trait Topic: MessageFull {
+/// The topic and type name of each task event containerd knows.
+pub trait Topic: Message {
     const TOPIC: &'static str;
+    const TYPE_URL: &'static str;
 }
 
 macro_rules! topic {
-    ($($t:ty => $c:ident),* $(,)?) => {
-        $(impl Topic for $t { const TOPIC: &'static str = topics::$c; })*
+    ($($t:ident => $c:ident),* $(,)?) => {
+        $(impl Topic for $t {
+            const TOPIC: &'static str = topics::$c;
+            const TYPE_URL: &'static str = concat!("containerd.events.", stringify!($t));
+        })*
     };
 }
 
@@ -196,6 +203,20 @@ mod tests {
         };
         let any = to_any(&exit);
         assert_eq!(any.type_url, "containerd.events.TaskExit");
+        // Every constant name is the protobuf full name (reflection, in the
+        // test only).
+        fn full_name<T: Topic + containerd_shim_protos::protobuf::MessageFull>() {
+            assert_eq!(T::TYPE_URL, T::descriptor().full_name());
+        }
+        full_name::<TaskCreate>();
+        full_name::<TaskStart>();
+        full_name::<TaskExit>();
+        full_name::<TaskDelete>();
+        full_name::<TaskExecAdded>();
+        full_name::<TaskExecStarted>();
+        full_name::<TaskOOM>();
+        full_name::<TaskPaused>();
+        full_name::<TaskResumed>();
         assert_eq!(<TaskExit as Topic>::TOPIC, "/tasks/exit");
         let back =
             <TaskExit as containerd_shim_protos::protobuf::Message>::parse_from_bytes(&any.value)

@@ -63,15 +63,11 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the daemon, its keeper and their children (pod processes),
+    /// even when an assertion failed.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        drop(DaemonGuard(self.root.path().to_path_buf()));
         let _ = self.child.wait();
-        for p in processes_with(&format!("--root {}", self.root.path().display())) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
     }
 }
 

@@ -1,21 +1,27 @@
 //! The keeper's ttrpc relay: containerd connects to the task address the
 //! keeper listens on, and the keeper passes frames to the daemon's backend
-//! socket and back. When the daemon dies, containerd's connection stays
-//! open (containerd would otherwise give the task up); the keeper connects
+//! socket and back. When the daemon dies, containerd's connections stay
+//! open (containerd would otherwise give the tasks up); the keeper connects
 //! again when a daemon listens, re-sends every request that had no response
 //! yet (a Wait, for instance) and carries on.
 //!
+//! Every containerd connection of an endpoint (containerd opens one per
+//! task) shares one connection to the daemon: the keeper gives each request
+//! a stream id of its own on that connection and maps the response back. A
+//! ttrpc connection costs the daemon about 8 KiB (its tasks and queues); 50
+//! tasks cost one.
+//!
 //! A ttrpc frame: a 10-byte header (payload length and stream id, big
 //! endian u32 each; type; flags) and the payload. Type 1 is a request, 2 a
-//! response; other types pass through untracked.
+//! response, 3 a stream's data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -24,6 +30,7 @@ const HEADER: usize = 10;
 const MAX_PAYLOAD: usize = 4 << 20;
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
+const TYPE_DATA: u8 = 3;
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
 /// One frame, header included.
@@ -35,41 +42,189 @@ impl Frame {
         u32::from_be_bytes(self.0[4..8].try_into().expect("header"))
     }
 
+    fn set_stream_id(&mut self, id: u32) {
+        self.0[4..8].copy_from_slice(&id.to_be_bytes());
+    }
+
     pub fn kind(&self) -> u8 {
         self.0[8]
     }
 }
 
-/// Reads one frame; `Ok(None)` at a clean EOF.
-pub async fn read_frame(r: &mut OwnedReadHalf) -> std::io::Result<Option<Frame>> {
-    let mut header = [0u8; HEADER];
-    match r.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(std::io::Error::other(format!(
-            "ttrpc frame of {len} bytes (limit {MAX_PAYLOAD})"
-        )));
-    }
-    let mut frame = Vec::with_capacity(HEADER + len);
-    frame.extend_from_slice(&header);
-    frame.resize(HEADER + len, 0);
-    r.read_exact(&mut frame[HEADER..]).await?;
-    Ok(Some(Frame(frame)))
+/// Reads frames from a stream. Cancel-safe: what a cancelled read got stays
+/// in the buffer for the next one (the relay waits on reads and writes
+/// together). The buffer is given back whenever it is empty, so an idle
+/// connection holds none.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
 }
 
-/// Requests sent on, by stream id, until their response comes back.
-type InFlight = Arc<Mutex<BTreeMap<u32, Frame>>>;
+impl FrameReader {
+    /// The next frame; `Ok(None)` at a clean end of the stream.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> std::io::Result<Option<Frame>> {
+        loop {
+            if self.buf.len() >= HEADER {
+                let len = u32::from_be_bytes(self.buf[0..4].try_into().expect("4 bytes")) as usize;
+                if len > MAX_PAYLOAD {
+                    return Err(std::io::Error::other(format!(
+                        "ttrpc frame of {len} bytes (limit {MAX_PAYLOAD})"
+                    )));
+                }
+                if self.buf.len() >= HEADER + len {
+                    let rest = self.buf.split_off(HEADER + len);
+                    let frame = std::mem::replace(&mut self.buf, rest);
+                    if self.buf.is_empty() {
+                        self.buf = Vec::new();
+                    }
+                    return Ok(Some(Frame(frame)));
+                }
+                self.buf.reserve(HEADER + len - self.buf.len());
+            } else {
+                self.buf.reserve(HEADER - self.buf.len());
+            }
+            if r.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
 
-/// Serves `listener` for ever: one relay per containerd connection.
+/// A request sent to the daemon and not answered yet.
+struct Pending {
+    client: u64,
+    /// The stream id containerd gave it.
+    stream: u32,
+    /// The request as sent to the daemon (with the keeper's stream id).
+    frame: Frame,
+}
+
+/// What the containerd connections of one endpoint share.
+struct Mux {
+    /// Queue to the daemon's connection.
+    to_backend: mpsc::UnboundedSender<Frame>,
+    state: Mutex<MuxState>,
+}
+
+#[derive(Default)]
+struct MuxState {
+    next_client: u64,
+    /// The next stream id on the daemon's connection (odd, as a client's).
+    next_stream: u32,
+    clients: HashMap<u64, mpsc::UnboundedSender<Frame>>,
+    /// By the keeper's stream id.
+    pending: BTreeMap<u32, Pending>,
+    /// (client, containerd's stream id) → the keeper's, for data frames.
+    streams: HashMap<(u64, u32), u32>,
+}
+
+impl MuxState {
+    fn new_stream_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_stream | 1;
+            self.next_stream = id.wrapping_add(2);
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+impl Mux {
+    /// A frame from containerd's connection `client`, to the daemon.
+    fn forward(&self, client: u64, mut f: Frame) {
+        let mut st = self.state.lock().unwrap();
+        let stream = f.stream_id();
+        match f.kind() {
+            TYPE_REQUEST => {
+                let id = st.new_stream_id();
+                f.set_stream_id(id);
+                if let Some(old) = st.streams.insert((client, stream), id) {
+                    // containerd re-used a stream id: the old request's
+                    // answer no longer has anyone to go to.
+                    st.pending.remove(&old);
+                }
+                st.pending.insert(
+                    id,
+                    Pending {
+                        client,
+                        stream,
+                        frame: f.clone(),
+                    },
+                );
+            }
+            TYPE_DATA => match st.streams.get(&(client, stream)) {
+                Some(id) => f.set_stream_id(*id),
+                None => return,
+            },
+            _ => return,
+        }
+        // Sent under the lock: a reconnection's snapshot either has this
+        // frame or the queue does, never both.
+        let _ = self.to_backend.send(f);
+    }
+
+    /// A frame from the daemon, to the containerd connection it answers.
+    fn deliver(&self, mut f: Frame) {
+        let mut st = self.state.lock().unwrap();
+        let id = f.stream_id();
+        let (client, stream) = match f.kind() {
+            TYPE_RESPONSE => match st.pending.remove(&id) {
+                Some(p) => {
+                    st.streams.remove(&(p.client, p.stream));
+                    (p.client, p.stream)
+                }
+                None => return,
+            },
+            TYPE_DATA => match st.pending.get(&id) {
+                Some(p) => (p.client, p.stream),
+                None => return,
+            },
+            _ => return,
+        };
+        f.set_stream_id(stream);
+        if let Some(tx) = st.clients.get(&client) {
+            let _ = tx.send(f);
+        }
+    }
+
+    fn register(&self, tx: mpsc::UnboundedSender<Frame>) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        let id = st.next_client;
+        st.next_client += 1;
+        st.clients.insert(id, tx);
+        id
+    }
+
+    /// containerd closed `client`: its unanswered requests are dropped
+    /// (the daemon may still answer them; nobody hears it).
+    fn unregister(&self, client: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.clients.remove(&client);
+        st.pending.retain(|_, p| p.client != client);
+        st.streams.retain(|(c, _), _| *c != client);
+    }
+}
+
+/// Serves `listener` for ever: every containerd connection, multiplexed
+/// onto one connection to the daemon's `backend`.
 pub async fn front(listener: UnixListener, backend: PathBuf) {
+    let (to_backend, queue) = mpsc::unbounded_channel();
+    let mux = Arc::new(Mux {
+        to_backend,
+        state: Mutex::default(),
+    });
+    tokio::spawn(backend_loop(backend, mux.clone(), queue));
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                tokio::spawn(relay(conn, backend.clone()));
+                tokio::spawn(client(conn, mux.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "keeper: accept");
@@ -79,46 +234,47 @@ pub async fn front(listener: UnixListener, backend: PathBuf) {
     }
 }
 
-async fn relay(client: UnixStream, backend: PathBuf) {
-    let (mut cr, mut cw) = client.into_split();
-    let inflight: InFlight = Arc::default();
+/// One containerd connection: its frames to the daemon, the answers back.
+async fn client(conn: UnixStream, mux: Arc<Mux>) {
+    let (mut r, mut w) = conn.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    // containerd → daemon: tracked, then queued for the current backend.
-    let reader = {
-        let inflight = inflight.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(f)) = read_frame(&mut cr).await {
-                let mut map = inflight.lock().unwrap();
-                if f.kind() == TYPE_REQUEST {
-                    map.insert(f.stream_id(), f.clone());
-                }
-                // Sent under the lock: a reconnection's snapshot either has
-                // this frame or the channel does, never both.
-                if tx.send(f).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let mut reader = reader;
+    let id = mux.register(tx);
+    let mut reader = FrameReader::default();
     loop {
-        let conn = tokio::select! {
-            c = connect(&backend) => c,
-            _ = &mut reader => return, // containerd closed the connection
-        };
-        let (mut br, mut bw) = conn.into_split();
+        tokio::select! {
+            f = reader.next(&mut r) => match f {
+                Ok(Some(f)) => mux.forward(id, f),
+                _ => break,
+            },
+            f = rx.recv() => match f {
+                Some(f) => {
+                    if w.write_all(&f.0).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    mux.unregister(id);
+}
+
+/// The connection to the daemon, made again whenever the daemon is back.
+async fn backend_loop(backend: PathBuf, mux: Arc<Mux>, mut queue: mpsc::UnboundedReceiver<Frame>) {
+    loop {
+        let (mut br, mut bw) = connect(&backend).await.into_split();
         let replay: Vec<Frame> = {
-            let map = inflight.lock().unwrap();
-            while rx.try_recv().is_ok() {}
-            map.values().cloned().collect()
+            let st = mux.state.lock().unwrap();
+            while queue.try_recv().is_ok() {}
+            st.pending.values().map(|p| p.frame.clone()).collect()
         };
         if write_all(&mut bw, &replay).await.is_err() {
             continue;
         }
-        // Pump until the backend goes away or containerd does.
+        let mut reader = FrameReader::default();
         loop {
             tokio::select! {
-                f = rx.recv() => match f {
+                f = queue.recv() => match f {
                     Some(f) => {
                         if bw.write_all(&f.0).await.is_err() {
                             break;
@@ -126,21 +282,13 @@ async fn relay(client: UnixStream, backend: PathBuf) {
                     }
                     None => return,
                 },
-                f = read_frame(&mut br) => match f {
-                    Ok(Some(f)) => {
-                        if f.kind() == TYPE_RESPONSE {
-                            inflight.lock().unwrap().remove(&f.stream_id());
-                        }
-                        if cw.write_all(&f.0).await.is_err() {
-                            return;
-                        }
-                    }
+                f = reader.next(&mut br) => match f {
+                    Ok(Some(f)) => mux.deliver(f),
                     _ => break,
                 },
-                _ = &mut reader => return,
             }
         }
-        tracing::info!(backend = %backend.display(), "keeper: daemon gone; holding the connection");
+        tracing::info!(backend = %backend.display(), "keeper: daemon gone; holding the connections");
     }
 }
 
@@ -194,7 +342,7 @@ mod tests {
         let b1 = UnixListener::bind(&backend).unwrap();
         let (conn, _) = b1.accept().await.unwrap();
         let (mut r, _w) = conn.into_split();
-        let got = read_frame(&mut r).await.unwrap().unwrap();
+        let got = FrameReader::default().next(&mut r).await.unwrap().unwrap();
         assert_eq!(got.0, frame(1, TYPE_REQUEST, b"wait"));
         drop((r, _w, b1));
         std::fs::remove_file(&backend).unwrap();
@@ -209,8 +357,9 @@ mod tests {
         let b2 = UnixListener::bind(&backend).unwrap();
         let (conn, _) = b2.accept().await.unwrap();
         let (mut r, mut w) = conn.into_split();
-        let a = read_frame(&mut r).await.unwrap().unwrap();
-        let b = read_frame(&mut r).await.unwrap().unwrap();
+        let mut reader = FrameReader::default();
+        let a = reader.next(&mut r).await.unwrap().unwrap();
+        let b = reader.next(&mut r).await.unwrap().unwrap();
         assert_eq!((a.stream_id(), b.stream_id()), (1, 3));
         w.write_all(&frame(1, TYPE_RESPONSE, b"exited"))
             .await
@@ -228,6 +377,111 @@ mod tests {
         let mut header = ((MAX_PAYLOAD + 1) as u32).to_be_bytes().to_vec();
         header.extend_from_slice(&[0, 0, 0, 1, 1, 0]);
         a.write_all(&header).await.unwrap();
-        assert!(read_frame(&mut r).await.is_err());
+        assert!(FrameReader::default().next(&mut r).await.is_err());
+    }
+
+    /// Frames split anywhere, or several in one read, come out whole; a
+    /// stream that ends inside a frame is an error, at a boundary the end.
+    #[tokio::test]
+    async fn frames_are_reassembled() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (mut r, _w) = b.into_split();
+        let mut bytes = frame(1, TYPE_REQUEST, b"one");
+        bytes.extend(frame(3, TYPE_REQUEST, b"two"));
+        bytes.extend(frame(5, TYPE_REQUEST, b""));
+        let mut reader = FrameReader::default();
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(4) {
+                a.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            a.write_all(&frame(7, TYPE_REQUEST, b"cut")[..12])
+                .await
+                .unwrap();
+        });
+        for (id, body) in [(1, &b"one"[..]), (3, b"two"), (5, b"")] {
+            let f = reader.next(&mut r).await.unwrap().unwrap();
+            assert_eq!(f.0, frame(id, TYPE_REQUEST, body));
+        }
+        writer.await.unwrap();
+        assert!(reader.next(&mut r).await.is_err());
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        let (mut r, _w) = b.into_split();
+        assert!(FrameReader::default().next(&mut r).await.unwrap().is_none());
+    }
+
+    /// Two containerd connections that use the same stream ids share one
+    /// connection to the daemon: each request gets an id of its own there,
+    /// each answer goes back to its connection under the id it was asked
+    /// with, and a closed connection's requests are not re-sent.
+    #[tokio::test]
+    async fn connections_share_one_backend_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("public.sock");
+        let backend = dir.path().join("backend.sock");
+        let b = UnixListener::bind(&backend).unwrap();
+        tokio::spawn(front(UnixListener::bind(&public).unwrap(), backend.clone()));
+
+        let mut c1 = UnixStream::connect(&public).await.unwrap();
+        let mut c2 = UnixStream::connect(&public).await.unwrap();
+        let mut c3 = UnixStream::connect(&public).await.unwrap();
+        c1.write_all(&frame(1, TYPE_REQUEST, b"a")).await.unwrap();
+        let (conn, _) = b.accept().await.unwrap();
+        let (mut r, mut w) = conn.into_split();
+        let mut reader = FrameReader::default();
+        let fa = reader.next(&mut r).await.unwrap().unwrap();
+        c2.write_all(&frame(1, TYPE_REQUEST, b"b")).await.unwrap();
+        let fb = reader.next(&mut r).await.unwrap().unwrap();
+        c3.write_all(&frame(1, TYPE_REQUEST, b"c")).await.unwrap();
+        let fc = reader.next(&mut r).await.unwrap().unwrap();
+        let ids = [fa.stream_id(), fb.stream_id(), fc.stream_id()];
+        assert!(ids.iter().all(|i| i % 2 == 1), "{ids:?}");
+        assert!(
+            ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+            "{ids:?}"
+        );
+        // No second connection to the daemon.
+        assert!(tokio::time::timeout(Duration::from_millis(100), b.accept())
+            .await
+            .is_err());
+
+        // Answers in the other order.
+        w.write_all(&frame(fb.stream_id(), TYPE_RESPONSE, b"B"))
+            .await
+            .unwrap();
+        w.write_all(&frame(fa.stream_id(), TYPE_RESPONSE, b"A"))
+            .await
+            .unwrap();
+        // An answer nobody asked for goes nowhere.
+        w.write_all(&frame(99, TYPE_RESPONSE, b"?")).await.unwrap();
+        let mut buf = vec![0u8; HEADER + 1];
+        c1.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, frame(1, TYPE_RESPONSE, b"A"));
+        c2.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, frame(1, TYPE_RESPONSE, b"B"));
+
+        // c3 leaves; the daemon restarts: only c1's new request is re-sent.
+        drop(c3);
+        c1.write_all(&frame(3, TYPE_REQUEST, b"d")).await.unwrap();
+        let fd = reader.next(&mut r).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop((r, w));
+        let (conn, _) = b.accept().await.unwrap();
+        let (mut r, mut w) = conn.into_split();
+        let mut reader = FrameReader::default();
+        let again = reader.next(&mut r).await.unwrap().unwrap();
+        assert_eq!(again, fd);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), reader.next(&mut r))
+                .await
+                .is_err(),
+            "c3's request was re-sent"
+        );
+        w.write_all(&frame(fd.stream_id(), TYPE_RESPONSE, b"D"))
+            .await
+            .unwrap();
+        c1.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, frame(3, TYPE_RESPONSE, b"D"));
     }
 }
