@@ -150,47 +150,84 @@ pub fn note_activity() {
     ACTIVITY.fetch_add(1, Ordering::Relaxed);
 }
 
-/// How long the daemon must be idle before it trims its memory.
-const IDLE_TRIM: Duration = Duration::from_secs(5);
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How many consecutive idle seconds make the daemon trim its memory.
+const IDLE_TRIM_SECONDS: u32 = 5;
 
 /// Once requests stop for a while, gives back what serving them left
 /// resident: free heap pages (`malloc_trim`) and the code and read-only
 /// data pages that only the burst needed ([`trim_text`]). A node's daemon is
 /// idle most of the time; a busy one never trims (no refaulting under load).
 ///
-/// The check runs on a plain thread of its own rather than as a tokio
-/// timer: an idle daemon's runtime then has no timer to wake for, so its
-/// worker threads stay parked and touch no code at all after the trim (a
-/// timer woke the runtime every 2 s and faulted a megabyte of scattered
-/// code back in).
+/// What runs after the pages are dropped faults them back in, 64 KiB around
+/// each fault. So the check is a plain thread, not a tokio timer (an idle
+/// runtime then has nothing to wake for and its threads touch no code), and
+/// its loop is one function making raw system calls: after a trim only that
+/// function and glibc's `syscall` come back, where `std::thread::sleep`,
+/// `Instant` and the allocator's `free` brought back scattered pages worth
+/// about 450 KiB.
 pub fn start_idle_trimmer() {
     let spawned = std::thread::Builder::new()
         .name("trim".into())
         .stack_size(64 * 1024)
-        .spawn(|| {
-            let mut trimmed_at = ACTIVITY.load(Ordering::Relaxed);
-            let mut seen = trimmed_at;
-            let mut changed = std::time::Instant::now();
-            loop {
-                std::thread::sleep(IDLE_CHECK);
-                let now = ACTIVITY.load(Ordering::Relaxed);
-                if now != seen {
-                    seen = now;
-                    changed = std::time::Instant::now();
-                } else if now != trimmed_at && changed.elapsed() >= IDLE_TRIM {
-                    // SAFETY: malloc_trim takes an integer and only touches
-                    // the allocator's own state.
-                    unsafe {
-                        libc::malloc_trim(0);
-                    }
-                    trim_text();
-                    trimmed_at = now;
-                }
-            }
-        });
+        .spawn(idle_trimmer);
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the idle trimmer");
+    }
+}
+
+/// At most this many mappings are dropped (a static binary has four).
+const MAX_TRIMMED: usize = 8;
+
+fn idle_trimmer() {
+    let mut trimmed_at = ACTIVITY.load(Ordering::Relaxed);
+    let mut seen = trimmed_at;
+    let mut idle = 0u32;
+    let second = libc::timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    loop {
+        // SAFETY: nanosleep reads the timespec this function owns; the
+        // remainder pointer may be null.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &second as *const libc::timespec,
+                std::ptr::null_mut::<libc::timespec>(),
+            );
+        }
+        let now = ACTIVITY.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            idle = 0;
+            continue;
+        }
+        idle = idle.saturating_add(1);
+        if now == trimmed_at || idle < IDLE_TRIM_SECONDS {
+            continue;
+        }
+        // SAFETY: malloc_trim takes an integer and only touches the
+        // allocator's own state.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        // Found before anything is dropped, kept on the stack: nothing
+        // after the drop allocates or frees.
+        let mut ranges = [(0usize, 0usize); MAX_TRIMMED];
+        let mut n = 0;
+        for r in clean_mappings().into_iter().take(MAX_TRIMMED) {
+            ranges[n] = r;
+            n += 1;
+        }
+        for &(start, end) in &ranges[..n] {
+            // SAFETY: as in trim_text: a read-only, file-backed private
+            // mapping of our own binary without anonymous pages.
+            unsafe {
+                libc::syscall(libc::SYS_madvise, start, end - start, libc::MADV_RANDOM);
+                libc::syscall(libc::SYS_madvise, start, end - start, libc::MADV_DONTNEED);
+            }
+        }
+        trimmed_at = now;
     }
 }
 
@@ -219,14 +256,7 @@ pub fn limit_malloc_arenas() {
 /// the page cache; what runs again faults back in). Measured with
 /// bench/daemon_bench.py (bench/README.md).
 pub fn trim_text() {
-    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
-        return;
-    };
-    let Ok(exe) = fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let exe = exe.to_string_lossy().into_owned();
-    for (start, end) in clean_mappings_of(&smaps, &exe) {
+    for (start, end) in clean_mappings() {
         // SAFETY: the range is a read-only, file-backed private mapping of
         // our own binary with no anonymous (copied-on-write) page, as
         // /proc/self/smaps lists it: MADV_RANDOM only changes paging hints,
@@ -237,6 +267,17 @@ pub fn trim_text() {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
     }
+}
+
+/// This process's binary's mappings that [`trim_text`] may drop.
+fn clean_mappings() -> Vec<(usize, usize)> {
+    let (Ok(smaps), Ok(exe)) = (
+        fs::read_to_string("/proc/self/smaps"),
+        fs::read_link("/proc/self/exe"),
+    ) else {
+        return Vec::new();
+    };
+    clean_mappings_of(&smaps, &exe.to_string_lossy())
 }
 
 /// The address ranges of `exe`'s read-only (`r--p`, `r-xp`) mappings
