@@ -327,33 +327,38 @@ fn sandbox_controller_errors() {
             options,
             ..Default::default()
         };
-        let code = |r: Result<tonic::Response<_>, tonic::Status>| match r {
-            Err(s) => s.code(),
-            Ok(ok) => panic!("expected an error, got {:?}", ok.into_inner()),
-        };
+        // The status code of a call that must fail.
+        macro_rules! fails {
+            ($call:expr) => {
+                match $call.await {
+                    Err(s) => s.code(),
+                    Ok(ok) => panic!("expected an error, got {:?}", ok.into_inner()),
+                }
+            };
+        }
+        // A request for pod `$id` in namespace "default".
+        macro_rules! pod {
+            ($ty:ident, $id:expr) => {
+                req(
+                    Some("default"),
+                    $ty {
+                        sandbox_id: $id.into(),
+                        ..Default::default()
+                    },
+                )
+            };
+        }
         let c2 = &mut c;
         assert_eq!(
-            code(
-                c2.create(req(None, create("p1", None)))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.create(req(None, create("p1", None)))),
             Code::InvalidArgument
         );
         assert_eq!(
-            code(
-                c2.create(req(Some("../x"), create("p1", None)))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.create(req(Some("../x"), create("p1", None)))),
             Code::InvalidArgument
         );
         assert_eq!(
-            code(
-                c2.create(req(Some("default"), create("../p", None)))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.create(req(Some("default"), create("../p", None)))),
             Code::InvalidArgument
         );
         let config = |bytes: Vec<u8>| {
@@ -364,11 +369,7 @@ fn sandbox_controller_errors() {
         };
         // Not protobuf at all.
         assert_eq!(
-            code(
-                c2.create(req(Some("default"), create("p1", config(vec![0xff; 7]))))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.create(req(Some("default"), create("p1", config(vec![0xff; 7]))))),
             Code::InvalidArgument
         );
         // linux { cgroup_parent: "/a/../../etc" }: field 8 holding field 1.
@@ -378,98 +379,38 @@ fn sandbox_controller_errors() {
         let mut bytes = vec![0x42, linux.len() as u8];
         bytes.extend_from_slice(&linux);
         assert_eq!(
-            code(
-                c2.create(req(Some("default"), create("p1", config(bytes))))
-                    .await
-                    .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.create(req(Some("default"), create("p1", config(bytes))))),
             Code::InvalidArgument
         );
         // Unknown pods.
-        let id = || "nosuch".to_string();
+        let no = "nosuch";
+        assert_eq!(
+            fails!(c2.start(pod!(ControllerStartRequest, no))),
+            Code::NotFound
+        );
+        assert_eq!(
+            fails!(c2.wait(pod!(ControllerWaitRequest, no))),
+            Code::NotFound
+        );
+        assert_eq!(
+            fails!(c2.status(pod!(ControllerStatusRequest, no))),
+            Code::NotFound
+        );
+        assert_eq!(
+            fails!(c2.metrics(pod!(ControllerMetricsRequest, no))),
+            Code::NotFound
+        );
+        assert_eq!(
+            fails!(c2.shutdown(pod!(ControllerShutdownRequest, no))),
+            Code::NotFound
+        );
         let ns = || Some("default");
-        assert_eq!(
-            code(
-                c2.start(req(
-                    ns(),
-                    ControllerStartRequest {
-                        sandbox_id: id(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
-        assert_eq!(
-            code(
-                c2.wait(req(
-                    ns(),
-                    ControllerWaitRequest {
-                        sandbox_id: id(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
-        assert_eq!(
-            code(
-                c2.status(req(
-                    ns(),
-                    ControllerStatusRequest {
-                        sandbox_id: id(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
-        assert_eq!(
-            code(
-                c2.metrics(req(
-                    ns(),
-                    ControllerMetricsRequest {
-                        sandbox_id: id(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
-        assert_eq!(
-            code(
-                c2.shutdown(req(
-                    ns(),
-                    ControllerShutdownRequest {
-                        sandbox_id: id(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
 
         // A pod: created, started (the address and version containerd 2.1
         // needs), reported, its metrics refused without a cgroup, removed.
         c2.create(req(ns(), create("p1", None))).await.unwrap();
         let started = c2
-            .start(req(
-                ns(),
-                ControllerStartRequest {
-                    sandbox_id: "p1".into(),
-                    ..Default::default()
-                },
-            ))
+            .start(pod!(ControllerStartRequest, "p1"))
             .await
             .unwrap()
             .into_inner();
@@ -481,13 +422,7 @@ fn sandbox_controller_errors() {
             .unwrap_or_else(|| panic!("{}", started.address));
         assert!(Path::new(path).exists(), "{path}");
         let status = c2
-            .status(req(
-                ns(),
-                ControllerStatusRequest {
-                    sandbox_id: "p1".into(),
-                    ..Default::default()
-                },
-            ))
+            .status(pod!(ControllerStatusRequest, "p1"))
             .await
             .unwrap()
             .into_inner();
@@ -497,71 +432,28 @@ fn sandbox_controller_errors() {
         );
         assert_eq!(status.address, started.address);
         // Another namespace does not see it.
+        let mut other = pod!(ControllerStatusRequest, "p1");
+        other
+            .metadata_mut()
+            .insert("containerd-namespace", "other".parse().unwrap());
+        assert_eq!(fails!(c2.status(other)), Code::NotFound);
         assert_eq!(
-            code(
-                c2.status(req(
-                    Some("other"),
-                    ControllerStatusRequest {
-                        sandbox_id: "p1".into(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
-            Code::NotFound
-        );
-        assert_eq!(
-            code(
-                c2.metrics(req(
-                    ns(),
-                    ControllerMetricsRequest {
-                        sandbox_id: "p1".into(),
-                        ..Default::default()
-                    }
-                ))
-                .await
-                .map(|r| r.map(|_| ()))
-            ),
+            fails!(c2.metrics(pod!(ControllerMetricsRequest, "p1"))),
             Code::FailedPrecondition
         );
         let mut waiter = c2.clone();
-        let wait = tokio::spawn(async move {
-            waiter
-                .wait(req(
-                    Some("default"),
-                    ControllerWaitRequest {
-                        sandbox_id: "p1".into(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-        });
-        c2.stop(req(
-            ns(),
-            ControllerStopRequest {
-                sandbox_id: "p1".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+        let wait =
+            tokio::spawn(async move { waiter.wait(pod!(ControllerWaitRequest, "p1")).await });
+        c2.stop(pod!(ControllerStopRequest, "p1")).await.unwrap();
         let exit = wait.await.unwrap().unwrap().into_inner();
         assert_eq!(exit.exit_status, 128 + 9);
-        c2.shutdown(req(
-            ns(),
-            ControllerShutdownRequest {
-                sandbox_id: "p1".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+        c2.shutdown(pod!(ControllerShutdownRequest, "p1"))
+            .await
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", started.pid));
         assert!(
-            !std::path::Path::new(&format!("/proc/{}", started.pid)).exists()
-                || std::fs::read_to_string(format!("/proc/{}/stat", started.pid))
-                    .unwrap_or_default()
-                    .contains(" Z ")
+            stat.as_ref().map_or(true, |s| s.contains(" Z ")),
+            "the pod process is left: {stat:?}"
         );
     });
     assert!(d.alive(), "the daemon died");
