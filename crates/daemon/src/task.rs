@@ -68,7 +68,9 @@ impl From<SandboxError> for TaskError {
             | SandboxError::Container(ContainerError::Bundle(_))
             | SandboxError::UnknownKind(_)
             | SandboxError::Annotation(_)
-            | SandboxError::NotBuilt(_) => TaskError::InvalidArgument(msg),
+            | SandboxError::NotBuilt(_)
+            | SandboxError::Wasm(_) => TaskError::InvalidArgument(msg),
+            SandboxError::Unsupported { .. } => TaskError::Unimplemented(msg),
             _ => TaskError::Internal(msg),
         }
     }
