@@ -164,8 +164,7 @@ pub struct Precompiled {
 
 impl Runtime {
     /// An engine with epoch interruption (for time budgets), caching compiled
-    /// code under `cache` when given (created, mode 0700, when first written:
-    /// a run that compiles nothing leaves nothing).
+    /// code under `cache` (created, mode 0700) when given.
     pub fn new(cache: Option<PathBuf>) -> Result<Runtime, WasmError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -177,6 +176,14 @@ impl Runtime {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = h.finish();
+        if let Some(dir) = &cache {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| WasmError::Engine(format!("cache {}: {e}", dir.display())))?;
+        }
         Ok(Runtime {
             engine,
             cache,
@@ -476,15 +483,6 @@ fn clone(f: &File) -> Result<File, WasmError> {
 /// never see a partial one. A failure only costs the next start a compile.
 fn store_atomically(file: &Path, data: &[u8]) {
     let Some(dir) = file.parent() else { return };
-    use std::os::unix::fs::DirBuilderExt;
-    if std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .is_err()
-    {
-        return;
-    }
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         file.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm"),
