@@ -87,7 +87,6 @@ fn create(
         preserve_fds: args.preserve_fds,
         no_pivot: args.no_pivot,
         detach,
-        workload: None,
     };
     sandboxes.create(kind, &args.id, bundle, &opts)?;
     Ok(())

@@ -840,6 +840,17 @@ fn hooks_run_in_order_with_state() {
     assert_no_leftovers(&env, id, None);
 }
 
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "condition never met"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_for_file_text(path: &std::path::Path, text: &str) {
     wait_until(|| fs::read_to_string(path).is_ok_and(|t| t.contains(text)));
 }

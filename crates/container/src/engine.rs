@@ -10,7 +10,6 @@ use libcgroups::stats::Stats;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
-pub use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
@@ -29,38 +28,6 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     /// false when the caller waits for the container in the foreground.
     pub detach: bool,
-    /// What the container's init runs instead of exec'ing the process
-    /// (the wasm sandbox's module runner); None: exec, as runc does.
-    pub workload: Option<Workload>,
-}
-
-/// A replacement for the last step of a container's init (libcontainer's
-/// `Executor`): it runs in the container, after the namespaces, mounts,
-/// pivot_root, capabilities and seccomp, once the container is started.
-#[derive(Clone)]
-pub struct Workload(pub Box<dyn Executor>);
-
-impl std::fmt::Debug for Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Workload")
-    }
-}
-
-impl Executor for Workload {
-    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
-        self.0.exec(spec)
-    }
-
-    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
-        self.0.validate(spec)
-    }
-
-    fn setup_envs(
-        &self,
-        envs: std::collections::HashMap<String, String>,
-    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
-        self.0.setup_envs(envs)
-    }
 }
 
 /// All containers under one state root (runc's `--root`).
@@ -132,13 +99,8 @@ impl Engine {
             .with_pid_file(opts.pid_file.as_ref())
             .and_then(|b| b.with_root_path(&self.root))
             .map(|b| {
-                let b = b
-                    .with_console_socket(opts.console_socket.as_ref())
-                    .with_preserved_fds(opts.preserve_fds);
-                match &opts.workload {
-                    Some(w) => b.with_executor(w.clone()),
-                    None => b,
-                }
+                b.with_console_socket(opts.console_socket.as_ref())
+                    .with_preserved_fds(opts.preserve_fds)
             })
             .and_then(|b| b.validate_id())
             .and_then(|b| {

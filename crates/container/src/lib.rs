@@ -18,9 +18,7 @@ mod exec;
 mod signal;
 
 pub use console::ConsoleSocket;
-pub use engine::{
-    Container, CreateOptions, Engine, Executor, ExecutorError, ExecutorValidationError, Workload,
-};
+pub use engine::{Container, CreateOptions, Engine};
 pub use error::ContainerError;
 pub use exec::{parse_capability, ExecOptions};
 pub use signal::{parse_signal, SignalError};

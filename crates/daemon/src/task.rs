@@ -68,9 +68,7 @@ impl From<SandboxError> for TaskError {
             | SandboxError::Container(ContainerError::Bundle(_))
             | SandboxError::UnknownKind(_)
             | SandboxError::Annotation(_)
-            | SandboxError::NotBuilt(_)
-            | SandboxError::Wasm(_) => TaskError::InvalidArgument(msg),
-            SandboxError::Unsupported { .. } => TaskError::Unimplemented(msg),
+            | SandboxError::NotBuilt(_) => TaskError::InvalidArgument(msg),
             _ => TaskError::Internal(msg),
         }
     }

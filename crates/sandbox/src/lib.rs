@@ -4,10 +4,9 @@
 //! every later operation to the backend that owns the container's id.
 //!
 //! Backends: `namespace` (host namespaces and cgroups, built on the
-//! `ironcell-container` engine) and `wasm` (the same container, whose
-//! process is a WebAssembly module run by wasmtime). `vm` and `app-kernel`
-//! are named so that selecting them gives a clear "not built yet" error
-//! rather than a silent fallback.
+//! `ironcell-container` engine). `vm`, `wasm` and `app-kernel` are named so
+//! that selecting them gives a clear "not built yet" error rather than a
+//! silent fallback.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,10 +19,8 @@ use oci_spec::runtime::LinuxResources;
 use thiserror::Error;
 
 mod namespace;
-mod wasm;
 
 pub use namespace::NamespaceSandbox;
-pub use wasm::{WasmSandbox, TIME_BUDGET_ANNOTATION, VARIANT_ANNOTATION};
 
 /// A sandbox family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,7 +45,7 @@ impl Kind {
 
     /// Whether this build of ironcell can run this kind.
     pub fn is_built(self) -> bool {
-        matches!(self, Kind::Namespace | Kind::Wasm)
+        matches!(self, Kind::Namespace)
     }
 }
 
@@ -73,14 +70,8 @@ impl FromStr for Kind {
 pub enum SandboxError {
     #[error("unknown sandbox kind {0:?} (known: namespace, vm, wasm, app-kernel)")]
     UnknownKind(String),
-    #[error(
-        "the {0} sandbox is not built yet in this version of ironcell (available: namespace, wasm)"
-    )]
+    #[error("the {0} sandbox is not built yet in this version of ironcell (available: namespace)")]
     NotBuilt(Kind),
-    #[error("{what} is not supported for {kind} containers")]
-    Unsupported { what: &'static str, kind: Kind },
-    #[error("wasm: {0}")]
-    Wasm(String),
     #[error("annotation io.ironcell.sandbox: {0}")]
     Annotation(Box<SandboxError>),
     #[error(transparent)]
@@ -127,10 +118,7 @@ impl Sandboxes {
         let engine = Engine::new(root.clone(), systemd_cgroup);
         Sandboxes {
             root,
-            backends: vec![
-                Box::new(NamespaceSandbox::new(engine.clone())),
-                Box::new(WasmSandbox::new(engine)),
-            ],
+            backends: vec![Box::new(NamespaceSandbox::new(engine))],
         }
     }
 
@@ -139,23 +127,13 @@ impl Sandboxes {
     }
 
     /// Picks the kind for a new container: the command line's choice, else
-    /// the bundle's `io.ironcell.sandbox` annotation, else `wasm` for a WASI
-    /// image (runwasi's annotation `module.wasm.image/variant=compat`, or an
-    /// entrypoint that starts with WebAssembly's magic bytes), else
-    /// `namespace`.
+    /// the bundle's `io.ironcell.sandbox` annotation, else `namespace`.
     pub fn select(flag: Option<Kind>, bundle: &Bundle) -> Result<Kind> {
-        let variant = bundle
-            .spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(VARIANT_ANNOTATION))
-            .is_some_and(|v| v == "compat" || v == "compat-smart");
         let kind = match (flag, bundle.sandbox_annotation()) {
             (Some(k), _) => k,
             (None, Some(a)) => a
                 .parse()
                 .map_err(|e| SandboxError::Annotation(Box::new(e)))?,
-            (None, None) if variant || wasm::entrypoint_is_wasm(bundle) => Kind::Wasm,
             (None, None) => Kind::Namespace,
         };
         if !kind.is_built() {
@@ -252,26 +230,12 @@ mod tests {
             .to_string();
         assert!(e.contains("vm sandbox is not built yet"), "{e}");
         let wasm = write(r#""annotations":{"io.ironcell.sandbox":"wasm"},"#);
-        assert_eq!(Sandboxes::select(None, &wasm).unwrap(), Kind::Wasm);
+        let e = Sandboxes::select(None, &wasm).unwrap_err().to_string();
+        assert!(e.contains("wasm sandbox is not built yet"), "{e}");
         assert_eq!(
             Sandboxes::select(Some(Kind::Namespace), &wasm).unwrap(),
             Kind::Namespace
         );
-        let ak = write(r#""annotations":{"io.ironcell.sandbox":"app-kernel"},"#);
-        let e = Sandboxes::select(None, &ak).unwrap_err().to_string();
-        assert!(e.contains("app-kernel sandbox is not built yet"), "{e}");
-        let variant = write(r#""annotations":{"module.wasm.image/variant":"compat"},"#);
-        assert_eq!(Sandboxes::select(None, &variant).unwrap(), Kind::Wasm);
-        // An entrypoint with WebAssembly's magic bytes; a symbolic link out
-        // of the rootfs is resolved inside it.
-        std::fs::write(dir.path().join("rootfs/true"), b"\0asm\x01\0\0\0").unwrap();
-        std::os::unix::fs::symlink("/true", dir.path().join("rootfs/bin")).unwrap();
-        let magic = write("");
-        assert_eq!(Sandboxes::select(None, &magic).unwrap(), Kind::Namespace);
-        std::fs::remove_file(dir.path().join("rootfs/bin")).unwrap();
-        std::fs::create_dir(dir.path().join("rootfs/bin")).unwrap();
-        std::os::unix::fs::symlink("/true", dir.path().join("rootfs/bin/true")).unwrap();
-        assert_eq!(Sandboxes::select(None, &magic).unwrap(), Kind::Wasm);
         let bad = write(r#""annotations":{"io.ironcell.sandbox":"bogus"},"#);
         let e = Sandboxes::select(None, &bad).unwrap_err().to_string();
         assert!(

@@ -23,16 +23,11 @@ impl Sandbox for NamespaceSandbox {
     }
 
     fn owns(&self, id: &str) -> bool {
-        self.engine.exists(id) && !crate::wasm::is_wasm_container(&self.engine, id)
+        self.engine.exists(id)
     }
 
     fn ids(&self) -> Result<Vec<String>> {
-        Ok(self
-            .engine
-            .ids()?
-            .into_iter()
-            .filter(|id| !crate::wasm::is_wasm_container(&self.engine, id))
-            .collect())
+        Ok(self.engine.ids()?)
     }
 
     fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
