@@ -149,44 +149,63 @@ pub struct Runtime {
     cache: Option<PathBuf>,
     /// The engine's compatibility hash, part of every cache key.
     engine_key: u64,
+    ticker: std::sync::Once,
+}
+
+/// A module or component compiled to this engine's native code, as bytes
+/// (wasmtime's serialized form): made on the host, where the cache is, and
+/// loaded where it runs.
+#[derive(Clone)]
+pub struct Precompiled {
+    pub path: PathBuf,
+    pub component: bool,
+    pub code: std::sync::Arc<Vec<u8>>,
 }
 
 impl Runtime {
     /// An engine with epoch interruption (for time budgets), caching compiled
-    /// code under `cache` (created, mode 0700) when given.
+    /// code under `cache` when given (created, mode 0700, when first written:
+    /// a run that compiles nothing leaves nothing).
     pub fn new(cache: Option<PathBuf>) -> Result<Runtime, WasmError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // No compiler threads: the sandbox compiles in the process that
+        // then clones the container's init, which must not inherit locks
+        // held by other threads.
+        config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(chain(&e)))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = h.finish();
-        if let Some(dir) = &cache {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| WasmError::Engine(format!("cache {}: {e}", dir.display())))?;
-        }
-        // The epoch advances for as long as the process lives; the thread
-        // holds only a weak reference to the engine.
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => return,
-                }
-            })
-            .map_err(|e| WasmError::Engine(format!("epoch thread: {e}")))?;
         Ok(Runtime {
             engine,
             cache,
             engine_key,
+            ticker: std::sync::Once::new(),
         })
+    }
+
+    /// Starts the thread that advances the epoch (time budgets), once, in
+    /// the process that runs modules (a thread does not survive a fork).
+    fn start_ticker(&self) -> Result<(), WasmError> {
+        let mut result = Ok(());
+        self.ticker.call_once(|| {
+            // The thread holds only a weak reference to the engine.
+            let weak = self.engine.weak();
+            if let Err(e) = std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                })
+            {
+                result = Err(WasmError::Engine(format!("epoch thread: {e}")));
+            }
+        });
+        result
     }
 
     /// Where the compiled form of `bytes` is cached.
@@ -197,14 +216,19 @@ impl Runtime {
         Some(dir.join(format!("{hex}-{:016x}.cwasm", self.engine_key)))
     }
 
-    /// Compiles the module or component at `path`, or loads its compiled
-    /// form from the cache; compiles and caches it on a miss.
-    pub fn compile(&self, path: &Path) -> Result<Program, WasmError> {
+    /// Compiles the module or component at `path` to native code, or takes
+    /// it from the cache; compiles and caches it on a miss.
+    pub fn precompile(&self, path: &Path) -> Result<Precompiled, WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        if !is_wasm(&bytes) || bytes.len() < 8 {
+        self.precompile_bytes(path, &bytes)
+    }
+
+    /// [`Runtime::precompile`] of a module already read; `path` names it.
+    pub fn precompile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Precompiled, WasmError> {
+        if !is_wasm(bytes) || bytes.len() < 8 {
             return Err(WasmError::NotWasm {
                 path: path.to_path_buf(),
             });
@@ -212,46 +236,111 @@ impl Runtime {
         // The version/layer field: 1 for core modules; components carry a
         // layer of 1 in the upper half (wasmparser's check, written out).
         let component = bytes[6..8] == [1, 0];
-        let cached = self.cache_file(&bytes);
-        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
-            // SAFETY: the file was written by this runtime's `serialize`
-            // into its own private (0700) cache directory, under a name
-            // that includes this engine's compatibility hash; wasmtime also
-            // checks the header and refuses a mismatched engine.
-            let loaded = unsafe {
-                if component {
-                    Component::deserialize_file(&self.engine, file).map(Program::Component)
-                } else {
-                    Module::deserialize_file(&self.engine, file).map(Program::Module)
-                }
-            };
-            // A truncated or stale file: compile again below.
-            if let Ok(p) = loaded {
-                return Ok(p);
+        let done = |code: Vec<u8>| Precompiled {
+            path: path.to_path_buf(),
+            component,
+            code: std::sync::Arc::new(code),
+        };
+        let cached = self.cache_file(bytes);
+        if let Some(code) = cached.as_ref().and_then(|f| std::fs::read(f).ok()) {
+            // A truncated or stale file does not load: compiled again below.
+            if self.load(&done(code.clone())).is_ok() {
+                return Ok(done(code));
             }
         }
         let compile_err = |e: wasmtime::Error| WasmError::Compile {
             path: path.to_path_buf(),
             msg: chain(&e),
         };
-        let (program, serialized) = if component {
-            let c = Component::new(&self.engine, &bytes).map_err(compile_err)?;
-            let s = c.serialize().ok();
-            (Program::Component(c), s)
+        let code = if component {
+            Component::new(&self.engine, bytes)
+                .and_then(|c| c.serialize())
+                .map_err(compile_err)?
         } else {
-            let m = Module::new(&self.engine, &bytes).map_err(compile_err)?;
-            let s = m.serialize().ok();
-            (Program::Module(m), s)
+            Module::new(&self.engine, bytes)
+                .and_then(|m| m.serialize())
+                .map_err(compile_err)?
         };
-        if let (Some(file), Some(data)) = (cached, serialized) {
-            store_atomically(&file, &data);
+        if let Some(file) = cached {
+            store_atomically(&file, &code);
         }
-        Ok(program)
+        Ok(done(code))
     }
 
-    /// Runs `spec` to its end.
+    /// The program in `p`, ready to instantiate.
+    fn load(&self, p: &Precompiled) -> Result<Program, WasmError> {
+        let err = |e: wasmtime::Error| WasmError::Compile {
+            path: p.path.clone(),
+            msg: chain(&e),
+        };
+        // SAFETY: the bytes are wasmtime's serialized form made by this
+        // runtime's engine configuration, read from this runtime's private
+        // (0700) cache directory or produced by `serialize` just now;
+        // wasmtime checks the header and refuses another engine's code.
+        unsafe {
+            if p.component {
+                Component::deserialize(&self.engine, p.code.as_slice())
+                    .map(Program::Component)
+                    .map_err(err)
+            } else {
+                Module::deserialize(&self.engine, p.code.as_slice())
+                    .map(Program::Module)
+                    .map_err(err)
+            }
+        }
+    }
+
+    /// Checks that `p` can run: its imports are all WASI's, and a module
+    /// exports `_start`.
+    pub fn check(&self, p: &Precompiled) -> Result<(), WasmError> {
+        let link_err = |e: wasmtime::Error| WasmError::Link {
+            path: p.path.clone(),
+            msg: chain(&e),
+        };
+        match self.load(p)? {
+            Program::Module(module) => {
+                let linker = self.module_linker().map_err(link_err)?;
+                linker.instantiate_pre(&module).map_err(link_err)?;
+                match module.get_export("_start") {
+                    Some(wasmtime::ExternType::Func(_)) => Ok(()),
+                    _ => Err(WasmError::Link {
+                        path: p.path.clone(),
+                        msg: "no `_start` function (not a WASI command)".into(),
+                    }),
+                }
+            }
+            Program::Component(component) => {
+                let linker = self.component_linker().map_err(link_err)?;
+                linker.instantiate_pre(&component).map_err(link_err)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn module_linker(&self) -> wasmtime::Result<Linker<Host>> {
+        let mut linker: Linker<Host> = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| {
+            h.p1.as_mut().expect("a module's store has WASI p1")
+        })?;
+        Ok(linker)
+    }
+
+    fn component_linker(&self) -> wasmtime::Result<wasmtime::component::Linker<Host>> {
+        let mut linker = wasmtime::component::Linker::<Host>::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Ok(linker)
+    }
+
+    /// Runs `spec`'s module to its end (compiled here, or from the cache).
     pub fn run(&self, spec: Spec) -> Result<Exit, WasmError> {
-        let program = self.compile(&spec.module)?;
+        let p = self.precompile(&spec.module)?;
+        self.run_precompiled(spec, &p)
+    }
+
+    /// Runs `p` as `spec` says (`spec.module` only names it in messages).
+    pub fn run_precompiled(&self, spec: Spec, p: &Precompiled) -> Result<Exit, WasmError> {
+        self.start_ticker()?;
+        let program = self.load(p)?;
         let module_path = spec.module.clone();
         let link_err = |e: wasmtime::Error| WasmError::Link {
             path: module_path.clone(),
@@ -287,11 +376,7 @@ impl Runtime {
         store.set_epoch_deadline(ticks);
         let result = match program {
             Program::Module(module) => {
-                let mut linker: Linker<Host> = Linker::new(&self.engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| {
-                    h.p1.as_mut().expect("a module's store has WASI p1")
-                })
-                .map_err(link_err)?;
+                let linker = self.module_linker().map_err(link_err)?;
                 let instance = linker.instantiate(&mut store, &module).map_err(link_err)?;
                 let start = instance
                     .get_typed_func::<(), ()>(&mut store, "_start")
@@ -302,8 +387,7 @@ impl Runtime {
                 start.call(&mut store, ()).map(|()| 0)
             }
             Program::Component(component) => {
-                let mut linker = wasmtime::component::Linker::<Host>::new(&self.engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
+                let linker = self.component_linker().map_err(link_err)?;
                 let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
                     &mut store, &component, &linker,
                 )
@@ -392,6 +476,15 @@ fn clone(f: &File) -> Result<File, WasmError> {
 /// never see a partial one. A failure only costs the next start a compile.
 fn store_atomically(file: &Path, data: &[u8]) {
     let Some(dir) = file.parent() else { return };
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .is_err()
+    {
+        return;
+    }
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         file.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm"),
