@@ -674,7 +674,11 @@ impl Tasks {
             let inner = task.inner.lock().unwrap();
             std::iter::once((String::new(), &inner.init))
                 .chain(inner.execs.iter().map(|(k, p)| (k.clone(), p)))
-                .filter(|(_, p)| p.started && p.pid > 0 && p.exited().is_none())
+                // Every live process, started or not: its relays began at
+                // create, and a daemon killed between a Start and the record
+                // of it must still give the terminal back (the re-sent
+                // Start then finds the process running).
+                .filter(|(_, p)| p.pid > 0 && p.exited().is_none())
                 .map(|(e, p)| (e, p.io.clone(), p.key.clone()))
                 .collect()
         };
