@@ -530,6 +530,6 @@ mod tests {
         let f = features();
         let caps = f["linux"]["capabilities"].as_array().unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
-        assert_eq!(f["annotations"]["io.ironcell.sandboxes"], "namespace");
+        assert_eq!(f["annotations"]["io.ironcell.sandboxes"], "namespace,wasm");
     }
 }

@@ -93,6 +93,33 @@ impl ConsoleSocket {
     }
 }
 
+/// A new pty for a process that asked for a terminal: its master is sent to
+/// the console socket at `socket` (as runc's init does; the wasm sandbox's
+/// runner is started on the returned slave).
+pub fn send_new_pty(socket: &Path) -> Result<File, ContainerError> {
+    let pty = nix::pty::openpty(None, None)
+        .map_err(|e| ContainerError::io("cannot open a pty", e.into()))?;
+    let conn = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        ContainerError::io(
+            format!("cannot connect to console socket {}", socket.display()),
+            e,
+        )
+    })?;
+    let fds = [pty.master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    // runc sends the pty's name as the message's data.
+    let name = b"/dev/ptmx";
+    nix::sys::socket::sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[io::IoSlice::new(name)],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| ContainerError::io("cannot send the pty master", e.into()))?;
+    Ok(File::from(pty.slave))
+}
+
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

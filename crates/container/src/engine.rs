@@ -366,18 +366,7 @@ impl Container {
         if self.inner.systemd() {
             return None;
         }
-        let path = self.inner.spec().ok()?.cgroup_path;
-        let rel = path.strip_prefix("/").unwrap_or(&path);
-        match libcgroups::common::get_cgroup_setup().ok()? {
-            libcgroups::common::CgroupSetup::Unified => {
-                Some(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel))
-            }
-            _ => libcgroups::v1::util::get_subsystem_mount_point(
-                &libcgroups::v1::ControllerType::Memory,
-            )
-            .ok()
-            .map(|m| m.join(rel)),
-        }
+        crate::cgroup::memory_dir(&self.inner.spec().ok()?.cgroup_path)
     }
 
     /// Pids of every process in the container's cgroup.

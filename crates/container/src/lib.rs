@@ -17,7 +17,7 @@ mod error;
 mod exec;
 mod signal;
 
-pub use console::ConsoleSocket;
+pub use console::{send_new_pty, ConsoleSocket};
 pub use engine::{Container, CreateOptions, Engine};
 pub use error::ContainerError;
 pub use exec::{parse_capability, ExecOptions};

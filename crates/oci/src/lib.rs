@@ -7,6 +7,7 @@
 mod bundle;
 mod id;
 mod state;
+pub mod wasm;
 
 pub use bundle::{Bundle, BundleError, SANDBOX_ANNOTATION};
 pub use id::{validate_id, IdError};

@@ -4,9 +4,10 @@
 //! every later operation to the backend that owns the container's id.
 //!
 //! Backends: `namespace` (host namespaces and cgroups, built on the
-//! `ironcell-container` engine). `vm`, `wasm` and `app-kernel` are named so
-//! that selecting them gives a clear "not built yet" error rather than a
-//! silent fallback.
+//! `ironcell-container` engine) and `wasm` (a WebAssembly module run by the
+//! `ironcell-wasm` runner process). `vm` and `app-kernel` are named so that
+//! selecting them gives a clear "not built yet" error rather than a silent
+//! fallback.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,8 +20,10 @@ use oci_spec::runtime::LinuxResources;
 use thiserror::Error;
 
 mod namespace;
+mod wasm;
 
 pub use namespace::NamespaceSandbox;
+pub use wasm::{WasmSandbox, RUNNER_ENV};
 
 /// A sandbox family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,7 +48,7 @@ impl Kind {
 
     /// Whether this build of ironcell can run this kind.
     pub fn is_built(self) -> bool {
-        matches!(self, Kind::Namespace)
+        matches!(self, Kind::Namespace | Kind::Wasm)
     }
 }
 
@@ -70,8 +73,14 @@ impl FromStr for Kind {
 pub enum SandboxError {
     #[error("unknown sandbox kind {0:?} (known: namespace, vm, wasm, app-kernel)")]
     UnknownKind(String),
-    #[error("the {0} sandbox is not built yet in this version of ironcell (available: namespace)")]
+    #[error(
+        "the {0} sandbox is not built yet in this version of ironcell (available: namespace, wasm)"
+    )]
     NotBuilt(Kind),
+    #[error("{what} is not supported for {kind} containers")]
+    Unsupported { what: &'static str, kind: Kind },
+    #[error("wasm: {0}")]
+    Wasm(String),
     #[error("annotation io.ironcell.sandbox: {0}")]
     Annotation(Box<SandboxError>),
     #[error(transparent)]
@@ -117,8 +126,11 @@ impl Sandboxes {
         let root = root.into();
         let engine = Engine::new(root.clone(), systemd_cgroup);
         Sandboxes {
+            backends: vec![
+                Box::new(NamespaceSandbox::new(engine)),
+                Box::new(WasmSandbox::new(root.clone(), systemd_cgroup)),
+            ],
             root,
-            backends: vec![Box::new(NamespaceSandbox::new(engine))],
         }
     }
 
@@ -127,13 +139,17 @@ impl Sandboxes {
     }
 
     /// Picks the kind for a new container: the command line's choice, else
-    /// the bundle's `io.ironcell.sandbox` annotation, else `namespace`.
+    /// the bundle's `io.ironcell.sandbox` annotation, else `wasm` for a WASI
+    /// image (runwasi's annotation `module.wasm.image/variant=compat`, or an
+    /// entrypoint that starts with WebAssembly's magic bytes), else
+    /// `namespace`.
     pub fn select(flag: Option<Kind>, bundle: &Bundle) -> Result<Kind> {
         let kind = match (flag, bundle.sandbox_annotation()) {
             (Some(k), _) => k,
             (None, Some(a)) => a
                 .parse()
                 .map_err(|e| SandboxError::Annotation(Box::new(e)))?,
+            (None, None) if ironcell_oci::wasm::looks_like_wasm(bundle) => Kind::Wasm,
             (None, None) => Kind::Namespace,
         };
         if !kind.is_built() {
@@ -230,8 +246,12 @@ mod tests {
             .to_string();
         assert!(e.contains("vm sandbox is not built yet"), "{e}");
         let wasm = write(r#""annotations":{"io.ironcell.sandbox":"wasm"},"#);
-        let e = Sandboxes::select(None, &wasm).unwrap_err().to_string();
-        assert!(e.contains("wasm sandbox is not built yet"), "{e}");
+        assert_eq!(Sandboxes::select(None, &wasm).unwrap(), Kind::Wasm);
+        let ak = write(r#""annotations":{"io.ironcell.sandbox":"app-kernel"},"#);
+        let e = Sandboxes::select(None, &ak).unwrap_err().to_string();
+        assert!(e.contains("app-kernel sandbox is not built yet"), "{e}");
+        let variant = write(r#""annotations":{"module.wasm.image/variant":"compat"},"#);
+        assert_eq!(Sandboxes::select(None, &variant).unwrap(), Kind::Wasm);
         assert_eq!(
             Sandboxes::select(Some(Kind::Namespace), &wasm).unwrap(),
             Kind::Namespace

@@ -18,11 +18,17 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use ironcell_oci::wasm::{is_wasm, Preopen};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
 use wasmtime_wasi::cli::{InputFile, OutputFile};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -64,19 +70,6 @@ fn chain(e: &wasmtime::Error) -> String {
     format!("{e:#}").replace('\n', " ")
 }
 
-/// Whether `bytes` start like WebAssembly (`\0asm`).
-pub fn is_wasm(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"\0asm")
-}
-
-/// A host directory the module sees at `guest`.
-#[derive(Debug, Clone)]
-pub struct Preopen {
-    pub host: PathBuf,
-    pub guest: String,
-    pub read_only: bool,
-}
-
 /// What to run, and how.
 #[derive(Debug, Default)]
 pub struct Spec {
@@ -91,6 +84,9 @@ pub struct Spec {
     pub table_limit: Option<usize>,
     /// Wall-clock budget of the run (epoch interruption).
     pub time_budget: Option<Duration>,
+    /// Set to a signal number to end the run (at the next epoch tick, 10
+    /// ms at most; a call blocked in the host returns first).
+    pub kill: Option<Arc<AtomicI32>>,
     /// The process's own stdio when None.
     pub stdin: Option<File>,
     pub stdout: Option<File>,
@@ -109,6 +105,8 @@ pub enum Exit {
     MemoryLimit(String),
     /// The time budget ran out.
     TimeBudget,
+    /// Ended through [`Spec::kill`] with this signal.
+    Killed(i32),
 }
 
 impl Exit {
@@ -119,14 +117,29 @@ impl Exit {
             Exit::Trap(_) => TRAP_STATUS,
             Exit::MemoryLimit(_) => MEMORY_LIMIT_STATUS,
             Exit::TimeBudget => TIME_BUDGET_STATUS,
+            Exit::Killed(sig) => 128 + sig,
         }
     }
 }
 
-/// A compiled program.
-pub enum Program {
+/// A compiled module or component, ready to instantiate (cheap to clone).
+#[derive(Clone)]
+pub struct Program {
+    /// Names the program in messages.
+    pub path: PathBuf,
+    code: Code,
+}
+
+#[derive(Clone)]
+enum Code {
     Module(Module),
     Component(Component),
+}
+
+impl Program {
+    pub fn is_component(&self) -> bool {
+        matches!(self.code, Code::Component(_))
+    }
 }
 
 /// The store's data: WASI's state and the limits.
@@ -143,35 +156,42 @@ impl WasiView for Host {
     }
 }
 
-/// The wasmtime engine, its epoch ticker and the compiled-code cache.
+/// A run's end asked for from outside (kill): the module stops at its next
+/// epoch check.
+#[derive(Debug)]
+struct KilledBy(i32);
+
+impl std::fmt::Display for KilledBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "killed by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for KilledBy {}
+
+/// The wasmtime engine, its epoch ticker, the linkers and the
+/// compiled-code cache. One runtime serves any number of runs, from any
+/// number of threads.
 pub struct Runtime {
     engine: Engine,
     cache: Option<PathBuf>,
     /// The engine's compatibility hash, part of every cache key.
     engine_key: u64,
     ticker: std::sync::Once,
-}
-
-/// A module or component compiled to this engine's native code, as bytes
-/// (wasmtime's serialized form): made on the host, where the cache is, and
-/// loaded where it runs.
-#[derive(Clone)]
-pub struct Precompiled {
-    pub path: PathBuf,
-    pub component: bool,
-    pub code: std::sync::Arc<Vec<u8>>,
+    ticks: Arc<Ticks>,
+    module_linker: OnceLock<Linker<Host>>,
+    component_linker: OnceLock<wasmtime::component::Linker<Host>>,
 }
 
 impl Runtime {
-    /// An engine with epoch interruption (for time budgets), caching compiled
-    /// code under `cache` when given (created, mode 0700, when first written:
-    /// a run that compiles nothing leaves nothing).
+    /// An engine with epoch interruption (for time budgets and kills),
+    /// caching compiled code under `cache` when given (created, mode 0700,
+    /// when first written: a run that compiles nothing leaves nothing).
     pub fn new(cache: Option<PathBuf>) -> Result<Runtime, WasmError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        // No compiler threads: the sandbox compiles in the process that
-        // then clones the container's init, which must not inherit locks
-        // held by other threads.
+        // No compiler threads: one module compiles on the thread that
+        // asked, and a runner process stays single-threaded until it runs.
         config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(chain(&e)))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -182,52 +202,68 @@ impl Runtime {
             cache,
             engine_key,
             ticker: std::sync::Once::new(),
+            ticks: Arc::default(),
+            module_linker: OnceLock::new(),
+            component_linker: OnceLock::new(),
         })
     }
 
-    /// Starts the thread that advances the epoch (time budgets), once, in
-    /// the process that runs modules (a thread does not survive a fork).
-    fn start_ticker(&self) -> Result<(), WasmError> {
+    /// Counts a run that needs the epoch to advance (a time budget or a
+    /// kill flag) until the returned guard drops; starts the ticker thread
+    /// on the first such run. The thread parks while no run needs it, so an
+    /// idle process (ironcelld) is not woken 100 times a second.
+    fn tick_for_run(&self) -> Result<TickGuard, WasmError> {
         let mut result = Ok(());
         self.ticker.call_once(|| {
             // The thread holds only a weak reference to the engine.
             let weak = self.engine.weak();
-            if let Err(e) = std::thread::Builder::new()
+            let ticks = self.ticks.clone();
+            match std::thread::Builder::new()
                 .name("wasm-epoch".into())
                 .spawn(move || loop {
+                    if ticks.active.load(Ordering::Acquire) == 0 {
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(e) => e.increment_epoch(),
                         None => return,
                     }
-                })
-            {
-                result = Err(WasmError::Engine(format!("epoch thread: {e}")));
+                }) {
+                Ok(h) => {
+                    let _ = self.ticks.thread.set(h.thread().clone());
+                }
+                Err(e) => result = Err(WasmError::Engine(format!("epoch thread: {e}"))),
             }
         });
-        result
+        result?;
+        self.ticks.active.fetch_add(1, Ordering::AcqRel);
+        if let Some(t) = self.ticks.thread.get() {
+            t.unpark();
+        }
+        Ok(TickGuard(self.ticks.clone()))
     }
 
-    /// Where the compiled form of `bytes` is cached.
-    fn cache_file(&self, bytes: &[u8]) -> Option<PathBuf> {
-        let dir = self.cache.as_ref()?;
+    /// The cache key of `bytes`: their sha256 and the engine's hash.
+    pub fn key(&self, bytes: &[u8]) -> String {
         let digest = Sha256::digest(bytes);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Some(dir.join(format!("{hex}-{:016x}.cwasm", self.engine_key)))
+        format!("{hex}-{:016x}", self.engine_key)
     }
 
-    /// Compiles the module or component at `path` to native code, or takes
-    /// it from the cache; compiles and caches it on a miss.
-    pub fn precompile(&self, path: &Path) -> Result<Precompiled, WasmError> {
+    /// Compiles the module or component at `path`, or takes it from the
+    /// cache; compiles and caches it on a miss.
+    pub fn load_file(&self, path: &Path) -> Result<Program, WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        self.precompile_bytes(path, &bytes)
+        self.load(path, &bytes)
     }
 
-    /// [`Runtime::precompile`] of a module already read; `path` names it.
-    pub fn precompile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Precompiled, WasmError> {
+    /// [`Runtime::load_file`] of a module already read; `path` names it.
+    pub fn load(&self, path: &Path, bytes: &[u8]) -> Result<Program, WasmError> {
         if !is_wasm(bytes) || bytes.len() < 8 {
             return Err(WasmError::NotWasm {
                 path: path.to_path_buf(),
@@ -236,71 +272,64 @@ impl Runtime {
         // The version/layer field: 1 for core modules; components carry a
         // layer of 1 in the upper half (wasmparser's check, written out).
         let component = bytes[6..8] == [1, 0];
-        let done = |code: Vec<u8>| Precompiled {
+        let program = |code| Program {
             path: path.to_path_buf(),
-            component,
-            code: std::sync::Arc::new(code),
+            code,
         };
-        let cached = self.cache_file(bytes);
-        if let Some(code) = cached.as_ref().and_then(|f| std::fs::read(f).ok()) {
-            // A truncated or stale file does not load: compiled again below.
-            if self.load(&done(code.clone())).is_ok() {
-                return Ok(done(code));
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cwasm", self.key(bytes))));
+        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
+            // SAFETY: the file is wasmtime's serialized form made by this
+            // runtime's engine configuration (its hash is in the name), in
+            // this runtime's private (0700) cache directory, written whole
+            // by a rename; wasmtime checks the header and refuses another
+            // engine's code. A truncated or stale file fails to load and is
+            // compiled again below.
+            let loaded = unsafe {
+                if component {
+                    Component::deserialize_file(&self.engine, file).map(Code::Component)
+                } else {
+                    Module::deserialize_file(&self.engine, file).map(Code::Module)
+                }
+            };
+            if let Ok(code) = loaded {
+                return Ok(program(code));
             }
         }
         let compile_err = |e: wasmtime::Error| WasmError::Compile {
             path: path.to_path_buf(),
             msg: chain(&e),
         };
-        let code = if component {
-            Component::new(&self.engine, bytes)
-                .and_then(|c| c.serialize())
-                .map_err(compile_err)?
+        let (code, serialized) = if component {
+            let c = Component::new(&self.engine, bytes).map_err(compile_err)?;
+            let s = cached.as_ref().and_then(|_| c.serialize().ok());
+            (Code::Component(c), s)
         } else {
-            Module::new(&self.engine, bytes)
-                .and_then(|m| m.serialize())
-                .map_err(compile_err)?
+            let m = Module::new(&self.engine, bytes).map_err(compile_err)?;
+            let s = cached.as_ref().and_then(|_| m.serialize().ok());
+            (Code::Module(m), s)
         };
-        if let Some(file) = cached {
-            store_atomically(&file, &code);
+        if let (Some(file), Some(data)) = (cached, serialized) {
+            store_atomically(&file, &data);
         }
-        Ok(done(code))
-    }
-
-    /// The program in `p`, ready to instantiate.
-    fn load(&self, p: &Precompiled) -> Result<Program, WasmError> {
-        let err = |e: wasmtime::Error| WasmError::Compile {
-            path: p.path.clone(),
-            msg: chain(&e),
-        };
-        // SAFETY: the bytes are wasmtime's serialized form made by this
-        // runtime's engine configuration, read from this runtime's private
-        // (0700) cache directory or produced by `serialize` just now;
-        // wasmtime checks the header and refuses another engine's code.
-        unsafe {
-            if p.component {
-                Component::deserialize(&self.engine, p.code.as_slice())
-                    .map(Program::Component)
-                    .map_err(err)
-            } else {
-                Module::deserialize(&self.engine, p.code.as_slice())
-                    .map(Program::Module)
-                    .map_err(err)
-            }
-        }
+        Ok(program(code))
     }
 
     /// Checks that `p` can run: its imports are all WASI's, and a module
     /// exports `_start`.
-    pub fn check(&self, p: &Precompiled) -> Result<(), WasmError> {
+    pub fn check(&self, p: &Program) -> Result<(), WasmError> {
         let link_err = |e: wasmtime::Error| WasmError::Link {
             path: p.path.clone(),
             msg: chain(&e),
         };
-        match self.load(p)? {
-            Program::Module(module) => {
-                let linker = self.module_linker().map_err(link_err)?;
-                linker.instantiate_pre(&module).map_err(link_err)?;
+        match &p.code {
+            Code::Module(module) => {
+                self.module_linker()
+                    .map_err(link_err)?
+                    .instantiate_pre(module)
+                    .map_err(link_err)?;
                 match module.get_export("_start") {
                     Some(wasmtime::ExternType::Func(_)) => Ok(()),
                     _ => Err(WasmError::Link {
@@ -309,43 +338,46 @@ impl Runtime {
                     }),
                 }
             }
-            Program::Component(component) => {
-                let linker = self.component_linker().map_err(link_err)?;
-                linker.instantiate_pre(&component).map_err(link_err)?;
+            Code::Component(component) => {
+                self.component_linker()
+                    .map_err(link_err)?
+                    .instantiate_pre(component)
+                    .map_err(link_err)?;
                 Ok(())
             }
         }
     }
 
-    fn module_linker(&self) -> wasmtime::Result<Linker<Host>> {
+    fn module_linker(&self) -> wasmtime::Result<&Linker<Host>> {
+        if let Some(l) = self.module_linker.get() {
+            return Ok(l);
+        }
         let mut linker: Linker<Host> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut Host| {
             h.p1.as_mut().expect("a module's store has WASI p1")
         })?;
-        Ok(linker)
+        Ok(self.module_linker.get_or_init(|| linker))
     }
 
-    fn component_linker(&self) -> wasmtime::Result<wasmtime::component::Linker<Host>> {
+    fn component_linker(&self) -> wasmtime::Result<&wasmtime::component::Linker<Host>> {
+        if let Some(l) = self.component_linker.get() {
+            return Ok(l);
+        }
         let mut linker = wasmtime::component::Linker::<Host>::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Ok(linker)
+        Ok(self.component_linker.get_or_init(|| linker))
     }
 
     /// Runs `spec`'s module to its end (compiled here, or from the cache).
     pub fn run(&self, spec: Spec) -> Result<Exit, WasmError> {
-        let p = self.precompile(&spec.module)?;
-        self.run_precompiled(spec, &p)
+        let p = self.load_file(&spec.module)?;
+        self.prepare(spec, &p)?.run()
     }
 
-    /// Runs `p` as `spec` says (`spec.module` only names it in messages).
-    pub fn run_precompiled(&self, spec: Spec, p: &Precompiled) -> Result<Exit, WasmError> {
-        self.start_ticker()?;
-        let program = self.load(p)?;
-        let module_path = spec.module.clone();
-        let link_err = |e: wasmtime::Error| WasmError::Link {
-            path: module_path.clone(),
-            msg: chain(&e),
-        };
+    /// Everything a run of `p` needs short of running it: WASI's context
+    /// (the preopened directories are opened here, so a missing one is an
+    /// error before the start), the store and its limits.
+    pub fn prepare<'a>(&'a self, spec: Spec, p: &Program) -> Result<Prepared<'a>, WasmError> {
         let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(true);
         if let Some(m) = spec.memory_limit {
             limits = limits.memory_size(m);
@@ -354,9 +386,9 @@ impl Runtime {
             limits = limits.table_elements(t);
         }
         let mut wasi = wasi_ctx(&spec)?;
-        let (p1, p2) = match program {
-            Program::Component(_) => (None, Some((wasi.build(), ResourceTable::new()))),
-            Program::Module(_) => (Some(wasi.build_p1()), None),
+        let (p1, p2) = match &p.code {
+            Code::Component(_) => (None, Some((wasi.build(), ResourceTable::new()))),
+            Code::Module(_) => (Some(wasi.build_p1()), None),
         };
         let mut store = Store::new(
             &self.engine,
@@ -367,31 +399,112 @@ impl Runtime {
             },
         );
         store.limiter(|h| &mut h.limits);
-        let ticks = spec
-            .time_budget
-            .map(|b| (b.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64)
-            // No budget: a deadline no epoch reaches (the store adds it to
-            // the current epoch, so not u64::MAX).
-            .unwrap_or(u64::MAX / 2);
-        store.set_epoch_deadline(ticks);
-        let result = match program {
-            Program::Module(module) => {
-                let linker = self.module_linker().map_err(link_err)?;
-                let instance = linker.instantiate(&mut store, &module).map_err(link_err)?;
+        let mut tick = None;
+        if spec.time_budget.is_some() || spec.kill.is_some() {
+            tick = Some(self.tick_for_run()?);
+            let kill = spec.kill.clone();
+            let budget = spec.time_budget;
+            let mut deadline = None;
+            store.epoch_deadline_callback(move |_| {
+                if let Some(sig) = kill.as_ref().map(|k| k.load(Ordering::Relaxed)) {
+                    if sig != 0 {
+                        return Err(KilledBy(sig).into());
+                    }
+                }
+                if let Some(b) = budget {
+                    // The budget counts from the first tick of the run.
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + b);
+                    if Instant::now() >= d {
+                        return Err(wasmtime::Trap::Interrupt.into());
+                    }
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+            store.set_epoch_deadline(1);
+        } else {
+            // A deadline no epoch reaches (the store adds it to the current
+            // epoch, so not u64::MAX): no ticker thread for a plain run.
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
+        Ok(Prepared {
+            runtime: self,
+            program: p.clone(),
+            store,
+            _tick: tick,
+        })
+    }
+}
+
+/// A run ready to go ([`Runtime::prepare`]).
+pub struct Prepared<'a> {
+    runtime: &'a Runtime,
+    program: Program,
+    store: Store<Host>,
+    _tick: Option<TickGuard>,
+}
+
+/// The epoch ticker's state: how many runs need it, and its thread.
+#[derive(Default)]
+struct Ticks {
+    active: std::sync::atomic::AtomicUsize,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// One run's claim on the ticker.
+struct TickGuard(Arc<Ticks>);
+
+impl Drop for TickGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Prepared<'_> {
+    /// Instantiates the program and runs it to its end.
+    pub fn run(self) -> Result<Exit, WasmError> {
+        let Prepared {
+            runtime,
+            program,
+            mut store,
+            _tick,
+        } = self;
+        let link_err = |e: wasmtime::Error| WasmError::Link {
+            path: program.path.clone(),
+            msg: chain(&e),
+        };
+        let result = match &program.code {
+            Code::Module(module) => {
+                let instance = instantiated(
+                    runtime
+                        .module_linker()
+                        .map_err(link_err)?
+                        .instantiate(&mut store, module),
+                    link_err,
+                )?;
+                let instance = match instance {
+                    Ok(i) => i,
+                    Err(exit) => return Ok(exit),
+                };
                 let start = instance
                     .get_typed_func::<(), ()>(&mut store, "_start")
                     .map_err(|_| WasmError::Link {
-                        path: spec.module.clone(),
+                        path: program.path.clone(),
                         msg: "no `_start` function (not a WASI command)".into(),
                     })?;
                 start.call(&mut store, ()).map(|()| 0)
             }
-            Program::Component(component) => {
-                let linker = self.component_linker().map_err(link_err)?;
-                let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
-                    &mut store, &component, &linker,
-                )
-                .map_err(link_err)?;
+            Code::Component(component) => {
+                let linker = runtime.component_linker().map_err(link_err)?;
+                let command = instantiated(
+                    wasmtime_wasi::p2::bindings::sync::Command::instantiate(
+                        &mut store, component, linker,
+                    ),
+                    link_err,
+                )?;
+                let command = match command {
+                    Ok(c) => c,
+                    Err(exit) => return Ok(exit),
+                };
                 command
                     .wasi_cli_run()
                     .call_run(&mut store)
@@ -405,10 +518,32 @@ impl Runtime {
     }
 }
 
+/// An instantiation error: a trap or a kill in a start function is the
+/// run's end (Ok(Err(exit))); anything else is a link error.
+fn instantiated<T>(
+    r: wasmtime::Result<T>,
+    link_err: impl Fn(wasmtime::Error) -> WasmError,
+) -> Result<Result<T, Exit>, WasmError> {
+    let e = match r {
+        Ok(t) => return Ok(Ok(t)),
+        Err(e) => e,
+    };
+    if e.downcast_ref::<wasmtime::Trap>().is_some()
+        || e.downcast_ref::<KilledBy>().is_some()
+        || e.downcast_ref::<I32Exit>().is_some()
+    {
+        return Ok(Err(classify(e)));
+    }
+    Err(link_err(e))
+}
+
 /// How a failed call ended.
 fn classify(e: wasmtime::Error) -> Exit {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return Exit::Code(exit.0);
+    }
+    if let Some(k) = e.downcast_ref::<KilledBy>() {
+        return Exit::Killed(k.0);
     }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         if *trap == wasmtime::Trap::Interrupt {

@@ -239,3 +239,51 @@ fn compiled_code_is_cached_and_a_bad_cache_file_is_replaced() {
     assert_eq!(run(), "cached\n");
     assert!(std::fs::metadata(&files[0]).unwrap().len() > 100);
 }
+
+/// A component (WASI preview 2, `wasi:cli/run`): its `run` returning ok is
+/// status 0, an error 1. Written in the component text format; it imports
+/// nothing, so it runs with the p2 linker alone.
+#[test]
+fn components_run_through_wasi_cli_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for (result, status) in [(0, 0), (1, 1)] {
+        let text = format!(
+            r#"(component
+                 (core module $m (func (export "run") (result i32) (i32.const {result})))
+                 (core instance $i (instantiate $m))
+                 (func $run (result (result)) (canon lift (core func $i "run")))
+                 (instance $inst (export "run" (func $run)))
+                 (export "wasi:cli/run@0.2.0" (instance $inst)))"#
+        );
+        let path = dir.path().join(format!("c{result}.wasm"));
+        std::fs::write(&path, wat::parse_str(&text).unwrap()).unwrap();
+        let rt = runtime();
+        let p = rt.load_file(&path).unwrap();
+        assert!(p.is_component());
+        rt.check(&p).unwrap();
+        assert_eq!(rt.run(spec(path)).unwrap(), Exit::Code(status));
+    }
+}
+
+/// Spec::kill ends a running module with 128 + the signal.
+#[test]
+fn a_kill_flag_ends_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = module(
+        dir.path(),
+        "spin",
+        r#"(func (export "_start") (loop $l (br $l)))"#,
+    );
+    let kill = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let mut s = spec(m);
+    s.kill = Some(kill.clone());
+    let k = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        kill.store(15, std::sync::atomic::Ordering::Relaxed);
+    });
+    let start = Instant::now();
+    let exit = runtime().run(s).unwrap();
+    k.join().unwrap();
+    assert_eq!((exit.clone(), exit.status()), (Exit::Killed(15), 143));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}

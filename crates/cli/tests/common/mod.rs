@@ -208,3 +208,15 @@ pub fn cgroup_v2_only() -> bool {
             .any(|l| l.contains(&format!(" {} ", d.display())) && l.contains(" - cgroup2 "))
     })
 }
+
+/// Polls `f` every 20 ms until it holds (20 s at most).
+pub fn wait_until(mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "condition never met"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,346 @@
+//! The wasm sandbox through the `ironcell` command line: a WebAssembly
+//! module as a container's process (modules written in WebAssembly text,
+//! compiled by the test), run by the `ironcell-wasm` runner; chosen by
+//! `--sandbox wasm`, the annotations or the entrypoint's magic bytes; exit
+//! statuses, traps, limits, preopens, the lifecycle, and bad modules.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::json;
+
+/// WASI preview 1 imports the test modules use.
+const IMPORTS: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+"#;
+
+/// `print(text)` then `rest`, as `_start`.
+fn program(text: &str, rest: &str) -> String {
+    format!(
+        r#"(module {IMPORTS} (memory (export "memory") 1)
+             (data (i32.const 16) "{}")
+             (data (i32.const 512) "new-file")
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 16))
+               (i32.store (i32.const 4) (i32.const {}))
+               (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+               {rest}))"#,
+        text.replace('\n', "\\n"),
+        text.len()
+    )
+}
+
+/// `rest` for a program that creates `new-file` in the preopen `fd` and
+/// exits with path_open's errno.
+fn create_in(fd: u32) -> String {
+    format!(
+        "(call $proc_exit (call $path_open (i32.const {fd}) (i32.const 0)
+           (i32.const 512) (i32.const 8) (i32.const 1)
+           (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 8)))"
+    )
+}
+
+/// A bundle whose rootfs holds only `/app.wasm`, its process
+/// `/app.wasm one two`.
+fn wasm_bundle(
+    env: &Env,
+    name: &str,
+    module: &[u8],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let b = env.bundle(name, |c| {
+        args(c, &["/app.wasm", "one", "two"]);
+        c["process"]["terminal"] = json!(false);
+        c["root"] = json!({"path": "rootfs", "readonly": false});
+        edit(c);
+    });
+    let rootfs = b.join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    fs::write(rootfs.join("app.wasm"), module).unwrap();
+    b
+}
+
+fn wasm(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+#[test]
+fn modules_run_as_containers() {
+    if !need_root("modules_run_as_containers") {
+        return;
+    }
+    let env = Env::new();
+    // Chosen by the entrypoint's magic bytes: no flag, no annotation.
+    let b = wasm_bundle(
+        &env,
+        "wasm-hello",
+        &wasm(&program("hello from wasm\n", "")),
+        |_| {},
+    );
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from wasm\n");
+    assert_no_leftovers(&env, "wasm-hello", None);
+
+    // proc_exit's status, with --sandbox wasm.
+    let b = wasm_bundle(
+        &env,
+        "wasm-exit",
+        &wasm(&program("", "(call $proc_exit (i32.const 7))")),
+        |_| {},
+    );
+    let out = env.run(&[
+        "--sandbox",
+        "wasm",
+        "run",
+        "-b",
+        b.to_str().unwrap(),
+        "wasm-exit",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_no_leftovers(&env, "wasm-exit", None);
+
+    // A trap: 134 and one line saying so.
+    let b = wasm_bundle(
+        &env,
+        "wasm-trap",
+        &wasm(&program("", "unreachable")),
+        |_| {},
+    );
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-trap"]);
+    assert_eq!(out.status.code(), Some(134));
+    let err = stderr(&out);
+    assert!(
+        err.contains("wasm trap") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_no_leftovers(&env, "wasm-trap", None);
+
+    // The spec's memory limit caps linear memory: growing by 2000 pages
+    // (125 MiB) against 64 MiB ends the module with 137.
+    let b = wasm_bundle(
+        &env,
+        "wasm-mem",
+        &wasm(&program("", "(drop (memory.grow (i32.const 2000)))")),
+        |c| c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}}),
+    );
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-mem"]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert!(stderr(&out).contains("memory limit"), "{}", stderr(&out));
+    assert_no_leftovers(&env, "wasm-mem", None);
+
+    // The time budget annotation ends a loop with 152.
+    let b = wasm_bundle(
+        &env,
+        "wasm-budget",
+        &wasm(&program("", "(loop $l (br $l))")),
+        |c| c["annotations"] = json!({"io.ironcell.wasm.time-budget-ms": "100"}),
+    );
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-budget"]);
+    assert_eq!(out.status.code(), Some(152), "{}", stderr(&out));
+    assert!(stderr(&out).contains("time budget"), "{}", stderr(&out));
+    assert_no_leftovers(&env, "wasm-budget", None);
+}
+
+/// The rootfs is preopened at `/` and bind mounts at their destinations,
+/// read-only where the mount is; the module runs as the spec's user.
+#[test]
+fn rootfs_and_bind_mounts_are_preopened() {
+    if !need_root("rootfs_and_bind_mounts_are_preopened") {
+        return;
+    }
+    let env = Env::new();
+    let data = env.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    // fd 3 is `/`, fd 4 the first bind mount (proc and tmpfs mounts are not
+    // preopened).
+    for (id, fd, ro, user) in [
+        ("wasm-root", 3, false, 0),
+        ("wasm-bind", 4, false, 0),
+        ("wasm-bind-ro", 4, true, 0),
+        ("wasm-bind-user", 4, false, 4242),
+    ] {
+        let b = wasm_bundle(&env, id, &wasm(&program("", &create_in(fd))), |c| {
+            let mut opts = vec!["rbind"];
+            if ro {
+                opts.push("ro");
+            }
+            c["mounts"] = json!([
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": data, "options": opts},
+            ]);
+            c["process"]["user"] = json!({"uid": user, "gid": user});
+        });
+        let out = env.run(&["run", "-b", b.to_str().unwrap(), id]);
+        let target = if fd == 3 {
+            b.join("rootfs/new-file")
+        } else {
+            data.join("new-file")
+        };
+        // Root's directory, not writable by 4242: EACCES (2) from WASI.
+        let expect_ok = !ro && user == 0;
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "{id}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert_eq!(target.exists(), expect_ok, "{id}");
+        let _ = fs::remove_file(&target);
+        assert_no_leftovers(&env, id, None);
+    }
+}
+
+#[test]
+fn wasm_lifecycle_pause_and_unsupported_exec() {
+    if !need_root("wasm_lifecycle_pause_and_unsupported_exec") {
+        return;
+    }
+    let env = Env::new();
+    let id = "wasm-life";
+    // Spins until killed.
+    let b = wasm_bundle(&env, id, &wasm(&program("", "(loop $l (br $l))")), |_| {});
+    let pid_file = env.dir.path().join("wasm.pid");
+    env.ok(&[
+        "create",
+        "-b",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        id,
+    ]);
+    let v = env.state(id);
+    assert_eq!(v["status"], "created", "{v}");
+    assert_eq!(v["sandbox"], "wasm", "{v}");
+    let pid = v["pid"].as_i64().unwrap();
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    env.ok(&["start", id]);
+    assert_eq!(env.status(id), "running");
+    env.fails(&["start", id], "not created");
+    let listed = env.ok(&["list", "-q"]);
+    assert!(listed.lines().any(|l| l == id), "{listed}");
+    let pids: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "--format", "json", id])).unwrap();
+    assert_eq!(pids, [pid]);
+    env.ok(&["pause", id]);
+    assert_eq!(env.status(id), "paused");
+    env.ok(&["resume", id]);
+    assert_eq!(env.status(id), "running");
+    env.fails(
+        &["exec", id, "/app.wasm"],
+        "exec is not supported for wasm containers",
+    );
+    env.fails(&["delete", id], "stop it first");
+    env.ok(&["kill", id, "TERM"]);
+    env.wait_status(id, "stopped");
+    env.fails(&["kill", id, "KILL"], "not running");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+
+    // delete --force of a running module.
+    let id = "wasm-force";
+    let b = wasm_bundle(&env, id, &wasm(&program("", "(loop $l (br $l))")), |_| {});
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    assert_eq!(env.status(id), "running");
+    env.ok(&["delete", "--force", id]);
+    assert_no_leftovers(&env, id, None);
+}
+
+/// terminal: true in the foreground: the module's stdio is a pty that the
+/// CLI relays (as for a namespace container).
+#[test]
+fn wasm_terminal() {
+    if !need_root("wasm_terminal") {
+        return;
+    }
+    let env = Env::new();
+    let id = "wasm-tty";
+    let b = wasm_bundle(
+        &env,
+        id,
+        &wasm(&program("on a tty\n", "(call $proc_exit (i32.const 3))")),
+        |c| c["process"]["terminal"] = json!(true),
+    );
+    let out = in_terminal(&env.cmd(&["run", "-b", b.to_str().unwrap(), id]));
+    assert!(stdout(&out).contains("on a tty"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_no_leftovers(&env, id, None);
+    // Detached without a console socket: refused, nothing left.
+    env.fails(&["create", "-b", b.to_str().unwrap(), id], "console");
+    assert_no_leftovers(&env, id, None);
+}
+
+#[test]
+fn bad_modules_are_refused_at_create() {
+    if !need_root("bad_modules_are_refused_at_create") {
+        return;
+    }
+    let env = Env::new();
+    let good = wasm(&program("x", ""));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "wasm-trunc",
+            good[..good.len() - 4].to_vec(),
+            "invalid module",
+        ),
+        (
+            "wasm-nostart",
+            wasm(r#"(module (func (export "main")))"#),
+            "no `_start`",
+        ),
+        (
+            "wasm-import",
+            wasm(r#"(module (import "env" "nosuch" (func)) (func (export "_start")))"#),
+            "nosuch",
+        ),
+    ];
+    for (id, module, want) in cases {
+        let b = wasm_bundle(&env, id, &module, |_| {});
+        let out = env.run(&["--sandbox", "wasm", "create", "-b", b.to_str().unwrap(), id]);
+        assert!(!out.status.success(), "{id}");
+        let err = stderr(&out);
+        assert!(err.contains(want), "{id}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{id}: one line: {err}");
+        assert_no_leftovers(&env, id, None);
+    }
+    // Not WebAssembly, with --sandbox wasm.
+    let b = wasm_bundle(&env, "wasm-text", b"#!/bin/sh\necho hi\n", |_| {});
+    let out = env.run(&[
+        "--sandbox",
+        "wasm",
+        "run",
+        "-b",
+        b.to_str().unwrap(),
+        "wasm-text",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not a WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_leftovers(&env, "wasm-text", None);
+    // A bind mount whose source is missing is skipped as a file would be;
+    // a missing module is named.
+    let b = wasm_bundle(&env, "wasm-nomod", &good, |c| {
+        args(c, &["/missing.wasm"]);
+    });
+    env.fails(
+        &[
+            "--sandbox",
+            "wasm",
+            "create",
+            "-b",
+            b.to_str().unwrap(),
+            "wasm-nomod",
+        ],
+        "module /missing.wasm in the rootfs",
+    );
+    assert_no_leftovers(&env, "wasm-nomod", None);
+}
