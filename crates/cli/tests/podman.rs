@@ -339,3 +339,48 @@ fn podman_memory_limit_is_enforced() {
 fn containers_conf() -> PathBuf {
     workspace().join("scripts/containers.conf")
 }
+
+/// A WASI image loaded from an archive: podman runs its module through
+/// ironcell's wasm sandbox (chosen by the entrypoint's magic bytes), with
+/// its output, exit status, `podman stop` and cleanup.
+#[test]
+fn podman_runs_a_wasm_image() {
+    use ironcell_testutil::wasm::{image_archive, program, SPIN};
+    let Some(p) = Podman::new() else { return };
+    let d = p.dir.path();
+    for (repo, module) in [
+        ("wasm-hello", program("hello from wasm via podman\n", "")),
+        ("wasm-exit", program("", "(call $proc_exit (i32.const 9))")),
+        ("wasm-spin", program("", SPIN)),
+    ] {
+        let archive = image_archive(d, repo, "latest", &module);
+        p.ok(&["load", "-i", archive.to_str().unwrap()]);
+    }
+    assert_eq!(
+        p.ok(&["run", "--rm", "localhost/wasm-hello:latest"]),
+        "hello from wasm via podman\n"
+    );
+    let out = p.run(&["run", "--rm", "localhost/wasm-exit:latest"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    // Detached, its state is ironcell's wasm sandbox; stop ends it.
+    let id = p.ok(&["run", "-d", "--name", "spin", "localhost/wasm-spin:latest"]);
+    let id = id.trim();
+    let st: serde_json::Value = serde_json::from_slice(
+        &Command::new(ironcell())
+            .args(["state", id])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["sandbox"], "wasm", "{st}");
+    p.ok(&["stop", "-t", "5", "spin"]);
+    let code = p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "spin"]);
+    assert_eq!(code.trim(), "143");
+    p.ok(&["rm", "spin"]);
+    assert!(
+        !state_dirs(&p.state_root).contains(&id.to_string()),
+        "state of {id} left"
+    );
+}

@@ -10,30 +10,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::*;
+use ironcell_testutil::wasm::{program, SPIN};
 use serde_json::json;
-
-/// WASI preview 1 imports the test modules use.
-const IMPORTS: &str = r#"
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
-  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-"#;
-
-/// `print(text)` then `rest`, as `_start`.
-fn program(text: &str, rest: &str) -> String {
-    format!(
-        r#"(module {IMPORTS} (memory (export "memory") 1)
-             (data (i32.const 16) "{}")
-             (data (i32.const 512) "new-file")
-             (func (export "_start")
-               (i32.store (i32.const 0) (i32.const 16))
-               (i32.store (i32.const 4) (i32.const {}))
-               (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-               {rest}))"#,
-        text.replace('\n', "\\n"),
-        text.len()
-    )
-}
 
 /// `rest` for a program that creates `new-file` in the preopen `fd` and
 /// exits with path_open's errno.
@@ -79,7 +57,7 @@ fn modules_run_as_containers() {
     let b = wasm_bundle(
         &env,
         "wasm-hello",
-        &wasm(&program("hello from wasm\n", "")),
+        &program("hello from wasm\n", ""),
         |_| {},
     );
     let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-hello"]);
@@ -91,7 +69,7 @@ fn modules_run_as_containers() {
     let b = wasm_bundle(
         &env,
         "wasm-exit",
-        &wasm(&program("", "(call $proc_exit (i32.const 7))")),
+        &program("", "(call $proc_exit (i32.const 7))"),
         |_| {},
     );
     let out = env.run(&[
@@ -106,12 +84,7 @@ fn modules_run_as_containers() {
     assert_no_leftovers(&env, "wasm-exit", None);
 
     // A trap: 134 and one line saying so.
-    let b = wasm_bundle(
-        &env,
-        "wasm-trap",
-        &wasm(&program("", "unreachable")),
-        |_| {},
-    );
+    let b = wasm_bundle(&env, "wasm-trap", &program("", "unreachable"), |_| {});
     let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-trap"]);
     assert_eq!(out.status.code(), Some(134));
     let err = stderr(&out);
@@ -127,7 +100,7 @@ fn modules_run_as_containers() {
     let b = wasm_bundle(
         &env,
         "wasm-mem",
-        &wasm(&program("", "(drop (memory.grow (i32.const 2000)))")),
+        &program("", "(drop (memory.grow (i32.const 2000)))"),
         |c| c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}}),
     );
     let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-mem"]);
@@ -136,12 +109,9 @@ fn modules_run_as_containers() {
     assert_no_leftovers(&env, "wasm-mem", None);
 
     // The time budget annotation ends a loop with 152.
-    let b = wasm_bundle(
-        &env,
-        "wasm-budget",
-        &wasm(&program("", "(loop $l (br $l))")),
-        |c| c["annotations"] = json!({"io.ironcell.wasm.time-budget-ms": "100"}),
-    );
+    let b = wasm_bundle(&env, "wasm-budget", &program("", SPIN), |c| {
+        c["annotations"] = json!({"io.ironcell.wasm.time-budget-ms": "100"})
+    });
     let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-budget"]);
     assert_eq!(out.status.code(), Some(152), "{}", stderr(&out));
     assert!(stderr(&out).contains("time budget"), "{}", stderr(&out));
@@ -166,7 +136,7 @@ fn rootfs_and_bind_mounts_are_preopened() {
         ("wasm-bind-ro", 4, true, 0),
         ("wasm-bind-user", 4, false, 4242),
     ] {
-        let b = wasm_bundle(&env, id, &wasm(&program("", &create_in(fd))), |c| {
+        let b = wasm_bundle(&env, id, &program("", &create_in(fd)), |c| {
             let mut opts = vec!["rbind"];
             if ro {
                 opts.push("ro");
@@ -206,7 +176,7 @@ fn wasm_lifecycle_pause_and_unsupported_exec() {
     let env = Env::new();
     let id = "wasm-life";
     // Spins until killed.
-    let b = wasm_bundle(&env, id, &wasm(&program("", "(loop $l (br $l))")), |_| {});
+    let b = wasm_bundle(&env, id, &program("", SPIN), |_| {});
     let pid_file = env.dir.path().join("wasm.pid");
     env.ok(&[
         "create",
@@ -245,7 +215,7 @@ fn wasm_lifecycle_pause_and_unsupported_exec() {
 
     // delete --force of a running module.
     let id = "wasm-force";
-    let b = wasm_bundle(&env, id, &wasm(&program("", "(loop $l (br $l))")), |_| {});
+    let b = wasm_bundle(&env, id, &program("", SPIN), |_| {});
     env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
     assert_eq!(env.status(id), "running");
     env.ok(&["delete", "--force", id]);
@@ -264,7 +234,7 @@ fn wasm_terminal() {
     let b = wasm_bundle(
         &env,
         id,
-        &wasm(&program("on a tty\n", "(call $proc_exit (i32.const 3))")),
+        &program("on a tty\n", "(call $proc_exit (i32.const 3))"),
         |c| c["process"]["terminal"] = json!(true),
     );
     let out = in_terminal(&env.cmd(&["run", "-b", b.to_str().unwrap(), id]));
@@ -282,7 +252,7 @@ fn bad_modules_are_refused_at_create() {
         return;
     }
     let env = Env::new();
-    let good = wasm(&program("x", ""));
+    let good = program("x", "");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "wasm-trunc",

@@ -17,3 +17,4 @@ pub mod server;
 pub mod service;
 pub mod stdio;
 pub mod task;
+pub mod wasm;

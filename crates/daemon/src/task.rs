@@ -18,7 +18,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use ironcell_container::stats::Stats;
 use ironcell_container::{ConsoleSocket, ContainerError};
 use ironcell_oci::Bundle;
-use ironcell_sandbox::{SandboxError, Sandboxes};
+use ironcell_sandbox::{Kind, SandboxError, Sandboxes};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -33,6 +33,7 @@ use crate::mount::{self, Mount};
 use crate::oom;
 use crate::reaper::{Exit, Reaper};
 use crate::stdio::{self, StdinRelay};
+use crate::wasm::{WasmHost, WasmProc, WasmStdio};
 
 /// How long a container may take to send its pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +204,9 @@ struct TaskRecord {
     bundle: PathBuf,
     containerd: Option<String>,
     rootfs_mounted: bool,
+    /// A wasm task (run in the daemon: it died with the daemon that ran it).
+    #[serde(default)]
+    wasm: bool,
     init: ProcRecord,
     execs: std::collections::BTreeMap<String, ProcRecord>,
 }
@@ -254,6 +258,8 @@ pub struct Task {
     /// Pid files, process specs.
     dir: PathBuf,
     rootfs_mounted: bool,
+    /// The module of a wasm task, run in the daemon (`wasm.rs`).
+    wasm: Option<Arc<WasmProc>>,
     inner: Mutex<TaskInner>,
     /// Watches the task's memory cgroup for OOM kills.
     oom: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -270,6 +276,7 @@ impl Task {
                 bundle: self.bundle.clone(),
                 containerd: self.containerd.clone(),
                 rootfs_mounted: self.rootfs_mounted,
+                wasm: self.wasm.is_some(),
                 init: ProcRecord::of(&inner.init),
                 execs: inner
                     .execs
@@ -327,6 +334,8 @@ pub struct Tasks {
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
     paused: Mutex<std::collections::HashSet<Key>>,
     counter: AtomicU64,
+    /// The wasm runtime every wasm task shares.
+    wasm: WasmHost,
 }
 
 /// A containerd namespace name is used in paths: it must be a plain name.
@@ -384,6 +393,7 @@ impl Tasks {
         events: Publisher,
     ) -> Tasks {
         Tasks {
+            wasm: WasmHost::new(root.join("wasm-cache")),
             root,
             exe,
             reaper,
@@ -430,6 +440,7 @@ impl Tasks {
                     containerd: r.containerd,
                     dir,
                     rootfs_mounted: r.rootfs_mounted,
+                    wasm: None,
                     inner: Mutex::new(TaskInner {
                         init: r.init.restore(io_key(&r.namespace, &r.id, "")),
                         execs: r
@@ -443,6 +454,22 @@ impl Tasks {
                     }),
                     oom: Mutex::new(None),
                 });
+                if r.wasm {
+                    let key = (task.namespace.clone(), task.id.clone());
+                    self.tasks.lock().unwrap().insert(key, task.clone());
+                    let pid = task.inner.lock().unwrap().init.pid;
+                    if task.inner.lock().unwrap().init.exited().is_none() {
+                        // Its module ran in the daemon that died.
+                        let exit = Exit {
+                            pid,
+                            status: 128 + 9,
+                            at: SystemTime::now(),
+                        };
+                        self.on_exit(&task, None, exit);
+                    }
+                    tracing::info!(namespace = %task.namespace, id = %task.id, "wasm task re-attached (ended with the previous daemon)");
+                    continue;
+                }
                 let t = task.clone();
                 let paused = blocking(move || {
                     Ok(t.sandboxes()
@@ -528,8 +555,10 @@ impl Tasks {
         let pid = task.inner.lock().unwrap().init.pid;
         task.save();
         self.tasks.lock().unwrap().insert(key, task.clone());
-        self.watch_exit(&task, None, pid);
-        self.watch_oom(&task).await;
+        if task.wasm.is_none() {
+            self.watch_exit(&task, None, pid);
+            self.watch_oom(&task).await;
+        }
         self.events.publish(
             task.containerd.as_deref(),
             &task.namespace,
@@ -578,6 +607,7 @@ impl Tasks {
             root,
             dir,
             rootfs_mounted: false,
+            wasm: None,
             inner: Mutex::new(TaskInner {
                 init: Proc::new(req.io.clone(), io_key(&req.namespace, &req.id, "")),
                 execs: HashMap::new(),
@@ -606,6 +636,29 @@ impl Tasks {
             }
             task.rootfs_mounted = true;
         }
+        let kind = match Sandboxes::select(None, &bundle) {
+            Ok(k) => k,
+            Err(e) => {
+                undo(&task);
+                return Err(e.into());
+            }
+        };
+        if kind == Kind::Wasm {
+            return match self.create_wasm(&task, &bundle, &req.io) {
+                Ok((proc, stdin)) => {
+                    task.wasm = Some(Arc::new(proc));
+                    let mut inner = task.inner.lock().unwrap();
+                    inner.init.pid = std::process::id() as i32;
+                    inner.init.stdin = stdin;
+                    drop(inner);
+                    Ok(Arc::new(task))
+                }
+                Err(e) => {
+                    undo(&task);
+                    Err(e)
+                }
+            };
+        }
         let pid_file = task.dir.join("init.pid");
         let job = |console: Option<PathBuf>| Job::Create {
             root: task.root.clone(),
@@ -630,6 +683,47 @@ impl Tasks {
             }
         }
         Ok(Arc::new(task))
+    }
+
+    /// A wasm task's module, checked, with its stdio open.
+    fn create_wasm(
+        &self,
+        task: &Task,
+        bundle: &Bundle,
+        io: &IoSpec,
+    ) -> Result<(WasmProc, Option<StdinRelay>)> {
+        let bad = |e: stdio::StdioError| TaskError::InvalidArgument(e.to_string());
+        if io.terminal {
+            return Err(TaskError::InvalidArgument(
+                "wasm: a terminal is not supported for wasm tasks in ironcelld".into(),
+            ));
+        }
+        let stdout = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+        let stderr = stdio::open_output("stderr", &io.stderr).map_err(bad)?;
+        let (stdin, relay) = if io.stdin.is_empty() {
+            (None, None)
+        } else {
+            let (fd, sink) = stdio::stdin_pipe().map_err(bad)?;
+            let key = io_key(&task.namespace, &task.id, "");
+            let relay = self.start_stdin(&key, &io.stdin, None, sink).map_err(bad)?;
+            (Some(fd), Some(relay))
+        };
+        match self.wasm.create(
+            bundle,
+            WasmStdio {
+                stdin,
+                stdout,
+                stderr,
+            },
+        ) {
+            Ok(p) => Ok((p, relay)),
+            Err(e) => {
+                if let Some(r) = relay {
+                    r.close();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Relays stdin FIFO `path` (or the already open `fifo`) into `sink`.
@@ -911,7 +1005,7 @@ impl Tasks {
             p.exit.send_replace(Some(exit));
         }
         task.save();
-        if let Some(k) = &self.keeper {
+        if let (Some(k), None) = (&self.keeper, &task.wasm) {
             k.ack(exit.pid);
         }
         tracing::info!(
@@ -943,18 +1037,27 @@ impl Tasks {
                     tracing::info!(id, "repeated Start: the task runs");
                     return Ok(inner.init.pid);
                 }
-            }
-            let t = task.clone();
-            blocking(move || {
-                let sandboxes = t.sandboxes();
-                let b = sandboxes.owner(&t.id)?;
-                // Started already by a daemon that died before recording it.
-                if b.state(&t.id)?.status == ironcell_oci::Status::Created {
-                    b.start(&t.id)?;
+                if inner.init.exited().is_some() {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "task {id} has exited: it cannot be started"
+                    )));
                 }
-                Ok(())
-            })
-            .await?;
+            }
+            if let Some(proc) = task.wasm.clone() {
+                self.start_wasm(&task, proc);
+            } else {
+                let t = task.clone();
+                blocking(move || {
+                    let sandboxes = t.sandboxes();
+                    let b = sandboxes.owner(&t.id)?;
+                    // Started already by a daemon that died before recording it.
+                    if b.state(&t.id)?.status == ironcell_oci::Status::Created {
+                        b.start(&t.id)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
             let pid = {
                 let mut inner = task.inner.lock().unwrap();
                 inner.init.started = true;
@@ -1040,11 +1143,31 @@ impl Tasks {
         Ok(pid)
     }
 
+    /// Runs a wasm task's module on the blocking pool; its end is the
+    /// task's exit.
+    fn start_wasm(self: &Arc<Self>, task: &Arc<Task>, proc: Arc<WasmProc>) {
+        let (tasks, task) = (self.clone(), task.clone());
+        let pid = std::process::id() as i32;
+        tokio::spawn(async move {
+            let t = tasks.clone();
+            let status = tokio::task::spawn_blocking(move || t.wasm.run(&proc))
+                .await
+                .unwrap_or(255);
+            let exit = Exit {
+                pid,
+                status,
+                at: SystemTime::now(),
+            };
+            tasks.on_exit(&task, None, exit);
+        });
+    }
+
     /// Adds an exec process (started later by Start). `spec` is the OCI
     /// process as JSON.
     pub fn exec(&self, ns: &str, id: &str, exec_id: &str, io: IoSpec, spec: &[u8]) -> Result<()> {
         validate_id("exec id", exec_id)?;
         let task = self.get(ns, id)?;
+        unsupported_for_wasm(&task, "exec")?;
         let process: Process = serde_json::from_slice(spec).map_err(|e| {
             TaskError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
         })?;
@@ -1119,6 +1242,19 @@ impl Tasks {
                 "process already finished: {}",
                 if exec_id.is_empty() { id } else { exec_id }
             )));
+        }
+        if let (true, Some(proc)) = (exec_id.is_empty(), &task.wasm) {
+            proc.kill(signal);
+            if view.status == ProcStatus::Created {
+                // Never started: it ends now, as a killed process would.
+                let exit = Exit {
+                    pid: view.pid,
+                    status: 128 + signal as u32,
+                    at: SystemTime::now(),
+                };
+                self.on_exit(&task, None, exit);
+            }
+            return Ok(());
         }
         if exec_id.is_empty() {
             let t = task.clone();
@@ -1199,6 +1335,9 @@ impl Tasks {
         };
         let t = task.clone();
         blocking(move || {
+            if t.wasm.is_some() {
+                return Ok(());
+            }
             let sandboxes = t.sandboxes();
             match sandboxes.owner(&t.id) {
                 Ok(b) => b.delete(&t.id, true)?,
@@ -1219,7 +1358,7 @@ impl Tasks {
                 p.release_io(self.keeper.as_deref());
             }
             // Waiters see the exit, or an error if there never was one.
-            if inner.init.exited().is_none() {
+            if inner.init.exited().is_none() && t.wasm.is_none() {
                 self.reaper.forget(inner.init.pid);
             }
         }
@@ -1251,6 +1390,7 @@ impl Tasks {
 
     pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
         let task = self.get(ns, id)?;
+        unsupported_for_wasm(&task, if pause { "pause" } else { "resume" })?;
         let t = task.clone();
         blocking(move || {
             let sandboxes = t.sandboxes();
@@ -1290,16 +1430,22 @@ impl Tasks {
 
     pub async fn pids(&self, ns: &str, id: &str) -> Result<Vec<i32>> {
         let task = self.get(ns, id)?;
+        if task.wasm.is_some() {
+            // The module is no process of its own.
+            return Ok(Vec::new());
+        }
         blocking(move || Ok(task.sandboxes().owner(&task.id)?.pids(&task.id)?)).await
     }
 
     pub async fn stats(&self, ns: &str, id: &str) -> Result<Stats> {
         let task = self.get(ns, id)?;
+        unsupported_for_wasm(&task, "metrics")?;
         blocking(move || Ok(task.sandboxes().owner(&task.id)?.stats(&task.id)?)).await
     }
 
     pub async fn update(&self, ns: &str, id: &str, resources: &[u8]) -> Result<()> {
         let task = self.get(ns, id)?;
+        unsupported_for_wasm(&task, "update")?;
         let resources: LinuxResources = serde_json::from_slice(resources)
             .map_err(|e| TaskError::InvalidArgument(format!("update of {id}: resources: {e}")))?;
         blocking(move || {
@@ -1331,6 +1477,17 @@ impl Tasks {
         let p = inner.proc_mut(id, exec_id)?;
         p.close_stdin(self.keeper.as_deref());
         Ok(())
+    }
+}
+
+/// Refuses `what` on a wasm task (run in the daemon: no process, cgroup
+/// or container of its own).
+fn unsupported_for_wasm(task: &Task, what: &str) -> Result<()> {
+    match task.wasm {
+        Some(_) => Err(TaskError::Unimplemented(format!(
+            "{what} is not supported for wasm tasks"
+        ))),
+        None => Ok(()),
     }
 }
 

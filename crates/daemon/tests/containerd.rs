@@ -517,3 +517,38 @@ fn terminal_survives_a_daemon_restart() {
     stop_daemon(&s);
     let _ = daemon.wait();
 }
+
+/// A WASI image through containerd 1.6 and ironcelld: the module runs in
+/// the daemon (the task's pid is the daemon's), its output comes back
+/// through ctr's FIFOs, and a detached one ends on `ctr task kill`.
+#[test]
+fn ctr_runs_a_wasm_image() {
+    use ironcell_testutil::wasm::{image_archive, program, SPIN};
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    for (repo, module) in [
+        ("wasm-hello", program("hello from wasm via ctr\n", "")),
+        ("wasm-spin", program("", SPIN)),
+    ] {
+        let archive = image_archive(c.dir(), repo, "latest", &module);
+        c.ok(&["images", "import", archive.to_str().unwrap()]);
+    }
+    let hello = "docker.io/library/wasm-hello:latest";
+    let out = c.ok(&["run", "--rm", "--runtime", RUNTIME, hello, "w1"]);
+    assert_eq!(out, "hello from wasm via ctr\n", "{}", s.daemon_log());
+    let spin = "docker.io/library/wasm-spin:latest";
+    c.ok(&["run", "-d", "--runtime", RUNTIME, spin, "w2"]);
+    c.wait_task("w2", "RUNNING");
+    let pid: i32 = c
+        .ok(&["task", "ls"])
+        .lines()
+        .find(|l| l.starts_with("w2 "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    assert_eq!(vec![pid], s.daemons(), "the module runs in the daemon");
+    c.ok(&["task", "kill", "-s", "SIGTERM", "w2"]);
+    c.wait_task("w2", "STOPPED");
+    c.ok(&["task", "delete", "w2"]);
+    c.ok(&["container", "rm", "w2"]);
+    assert!(s.daemons().len() == 1, "{}", s.daemon_log());
+}

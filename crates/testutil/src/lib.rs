@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 pub mod containerd;
 pub mod cri;
+pub mod wasm;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,194 @@
+//! wasm tasks in ironcelld: a task whose bundle is a WASI image runs its
+//! module in the daemon itself, on one wasmtime runtime shared by every
+//! task — no process, helper or cgroup per task (docs/wasm.md).
+//!
+//! - Create reads and checks the module; compiled modules are kept in
+//!   memory by digest (and on disk under `<root>/wasm-cache`), so a second
+//!   task of the same image compiles nothing.
+//! - Start runs it on the blocking thread pool; its end is the task's exit.
+//! - Kill sets the run's kill flag: the module stops at its next epoch
+//!   check (10 ms at most; a WASI call blocked in the host returns first).
+//! - A run's stdio are the task's FIFOs (or files, or /dev/null).
+//! - The module dies with the daemon: a restarted daemon reports such tasks
+//!   as exited with 137.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ironcell_oci::wasm::Job;
+use ironcell_oci::Bundle;
+use ironcell_wasm::{Exit, Program, Runtime, Spec};
+
+use crate::task::TaskError;
+
+/// How many compiled programs stay in memory (a map, cleared when full:
+/// simple, and an image's tasks mostly come together).
+const PROGRAMS_KEPT: usize = 64;
+
+/// The shared runtime and the compiled programs.
+pub struct WasmHost {
+    cache_dir: std::path::PathBuf,
+    runtime: OnceLock<Result<Runtime, String>>,
+    programs: Mutex<HashMap<String, Program>>,
+}
+
+/// The stdio of one run (None: /dev/null).
+#[derive(Default)]
+pub struct WasmStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// One task's module, between Create and its end.
+pub struct WasmProc {
+    job: Job,
+    program: Program,
+    /// A signal number once killed.
+    pub kill: Arc<AtomicI32>,
+    stdio: Mutex<Option<WasmStdio>>,
+}
+
+impl WasmHost {
+    pub fn new(cache_dir: std::path::PathBuf) -> WasmHost {
+        WasmHost {
+            cache_dir,
+            runtime: OnceLock::new(),
+            programs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runtime, made on the first wasm task (a daemon that never runs
+    /// one never builds wasmtime's engine).
+    fn runtime(&self) -> Result<&Runtime, TaskError> {
+        self.runtime
+            .get_or_init(|| Runtime::new(Some(self.cache_dir.clone())).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| TaskError::Internal(e.clone()))
+    }
+
+    /// Reads the module of `bundle` and checks that it can run.
+    pub fn create(&self, bundle: &Bundle, stdio: WasmStdio) -> Result<WasmProc, TaskError> {
+        let bad = |msg: String| TaskError::InvalidArgument(format!("wasm: {msg}"));
+        let job = Job::from_bundle(bundle).map_err(|e| bad(e.to_string()))?;
+        let mut bytes = Vec::new();
+        job.open_module()
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| {
+                bad(format!(
+                    "module {} in the rootfs: {e}",
+                    job.module.display()
+                ))
+            })?;
+        let rt = self.runtime()?;
+        let key = rt.key(&bytes);
+        let cached = self.programs.lock().unwrap().get(&key).cloned();
+        let program = match cached {
+            Some(mut p) => {
+                p.path = job.module.clone();
+                p
+            }
+            None => {
+                let p = rt
+                    .load(&job.module, &bytes)
+                    .map_err(|e| bad(e.to_string()))?;
+                rt.check(&p).map_err(|e| bad(e.to_string()))?;
+                let mut programs = self.programs.lock().unwrap();
+                if programs.len() >= PROGRAMS_KEPT {
+                    programs.clear();
+                }
+                programs.insert(key, p.clone());
+                p
+            }
+        };
+        Ok(WasmProc {
+            job,
+            program,
+            kill: Arc::new(AtomicI32::new(0)),
+            stdio: Mutex::new(Some(stdio)),
+        })
+    }
+
+    /// Runs `proc` to its end (on a blocking thread); returns its status.
+    pub fn run(&self, proc: &WasmProc) -> u32 {
+        let stdio = proc.stdio.lock().unwrap().take().unwrap_or_default();
+        let mut stderr = stdio
+            .stderr
+            .as_ref()
+            .and_then(|f| f.try_clone().ok())
+            .map(File::from);
+        let mut report = |msg: String| {
+            tracing::info!(module = %proc.job.module.display(), "{msg}");
+            if let Some(e) = stderr.as_mut() {
+                let _ = writeln!(e, "ironcell: {msg}");
+            }
+        };
+        let killed = proc.kill.load(Ordering::Relaxed);
+        if killed != 0 {
+            return 128 + killed as u32;
+        }
+        let rt = match self.runtime() {
+            Ok(rt) => rt,
+            Err(e) => {
+                report(e.to_string());
+                return 126;
+            }
+        };
+        let open = |fd: Option<OwnedFd>, write: bool| -> std::io::Result<File> {
+            match fd {
+                Some(fd) => Ok(File::from(fd)),
+                None => File::options().read(!write).write(write).open("/dev/null"),
+            }
+        };
+        let files = open(stdio.stdin, false)
+            .and_then(|i| Ok((i, open(stdio.stdout, true)?, open(stdio.stderr, true)?)));
+        let (stdin, stdout, stderr_file) = match files {
+            Ok(f) => f,
+            Err(e) => {
+                report(format!("stdio: {e}"));
+                return 126;
+            }
+        };
+        let job = &proc.job;
+        let spec = Spec {
+            module: job.module.clone(),
+            args: job.args.clone(),
+            env: job.env.clone(),
+            preopens: job.preopens.clone(),
+            memory_limit: job.memory_limit.map(|m| m as usize),
+            time_budget: job.time_budget_ms.map(Duration::from_millis),
+            kill: Some(proc.kill.clone()),
+            stdin: Some(stdin),
+            stdout: Some(stdout),
+            stderr: Some(stderr_file),
+            ..Default::default()
+        };
+        match rt.prepare(spec, &proc.program).and_then(|p| p.run()) {
+            Ok(exit) => {
+                match &exit {
+                    Exit::Trap(msg) => report(format!("wasm trap: {msg}")),
+                    Exit::MemoryLimit(msg) => report(format!("wasm memory limit: {msg}")),
+                    Exit::TimeBudget => report("wasm time budget spent".into()),
+                    Exit::Code(_) | Exit::Killed(_) => {}
+                }
+                exit.status() as u32
+            }
+            Err(e) => {
+                report(e.to_string());
+                126
+            }
+        }
+    }
+}
+
+impl WasmProc {
+    /// Ends the run with `signal` (before its start: it never runs).
+    pub fn kill(&self, signal: i32) {
+        self.kill.store(signal, Ordering::Relaxed);
+    }
+}
