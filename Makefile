@@ -18,7 +18,7 @@ IRONCELL := target/$(TARGET)/release/ironcell
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C symbol-mangling-version=v0 -C linker=$(CURDIR)/scripts/link-ordered.sh
 STATIC_ENV := RUSTFLAGS="$(RELEASE_RUSTFLAGS)" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: setup build image demo test lint unit bench bench-vmm bench-daemon fuzz clean print-rustflags link-order guest-kernel
+.PHONY: setup build image demo test lint unit bench bench-vmm bench-daemon bench-wasm fuzz clean print-rustflags link-order guest-kernel
 
 setup:
 	bash scripts/setup.sh
@@ -63,6 +63,17 @@ bench-daemon: build image
 	python3 bench/daemon_bench.py
 	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcelld --example cri_bench
 	target/$(TARGET)/release/examples/cri_bench
+
+# The wasm sandbox: `ironcell run` of a hello-world module, cache warm and
+# cold, beside the native build as a namespace container (ironcell, crun,
+# runc); then wasm tasks per second through ironcelld (bench/README.md).
+bench-wasm: build image
+	mkdir -p build/bench
+	clang-14 --target=wasm32-wasi -O2 -o build/bench/hello.wasm bench/wasm/hello.c
+	gcc -O2 -static -o build/bench/hello bench/wasm/hello.c
+	python3 bench/wasm_bench.py --ironcell $(IRONCELL) --wasm build/bench/hello.wasm --native build/bench/hello
+	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcelld --example wasm_stress
+	target/$(TARGET)/release/examples/wasm_stress --tasks 1000 --parallel 100
 
 # Fuzzes ironcelld's request decoding and handling (fuzz/). Needs the nightly
 # toolchain and cargo-fuzz, installed by `scripts/setup.sh fuzz`.

@@ -122,7 +122,7 @@ def procs():
 
 
 def ironcelld_pids(root):
-    return [p for p, comm, cmd in procs() if comm == "ironcelld" and f"--root {root}" in cmd]
+    return [p for p, comm, cmd in procs() if comm in ("ironcelld", "ironcelld-keepe") and f"--root {root}" in cmd]
 
 
 def pss_kib(pid):

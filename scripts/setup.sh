@@ -12,6 +12,8 @@ PKGS=(
   podman conmon containerd runc crun docker.io iptables
   # tools used by the tests and benchmarks (cpio: the VMM's Linux boot test)
   jq procps util-linux iproute2 time cpio
+  # WASI test and benchmark programs in C (wasi-libc; clang's wasm32 target)
+  clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32
 )
 # `setup.sh bench` also installs what only benchmarks need.
 if [ "${1:-}" = bench ]; then

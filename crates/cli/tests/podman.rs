@@ -83,6 +83,18 @@ impl Drop for Podman {
     }
 }
 
+/// `ironcell state ID` (of podman's state root, ironcell's default).
+fn ironcell_state(id: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &Command::new(ironcell())
+            .args(["state", id])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+}
+
 fn state_dirs(root: &Path) -> Vec<String> {
     fs::read_dir(root)
         .map(|d| {
@@ -124,14 +136,7 @@ fn podman_run_stdout_exit_codes_and_cleanup() {
         state_dirs(&p.state_root).contains(&id.to_string()),
         "no ironcell state for {id}"
     );
-    let st: serde_json::Value = serde_json::from_slice(
-        &Command::new(ironcell())
-            .args(["state", id])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let st = ironcell_state(id);
     assert_eq!(st["status"], "running");
     assert_eq!(st["sandbox"], "namespace");
     p.ok(&["rm", "-f", "-t", "0", "owned"]);
@@ -365,14 +370,7 @@ fn podman_runs_a_wasm_image() {
     // Detached, its state is ironcell's wasm sandbox; stop ends it.
     let id = p.ok(&["run", "-d", "--name", "spin", "localhost/wasm-spin:latest"]);
     let id = id.trim();
-    let st: serde_json::Value = serde_json::from_slice(
-        &Command::new(ironcell())
-            .args(["state", id])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let st = ironcell_state(id);
     assert_eq!(st["status"], "running", "{st}");
     assert_eq!(st["sandbox"], "wasm", "{st}");
     p.ok(&["stop", "-t", "5", "spin"]);

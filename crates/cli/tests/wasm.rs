@@ -314,3 +314,51 @@ fn bad_modules_are_refused_at_create() {
     );
     assert_no_leftovers(&env, "wasm-nomod", None);
 }
+
+/// Builds `tests/wasm/NAME.c` for wasm32-wasi with Debian's clang and
+/// wasi-libc (installed by scripts/setup.sh).
+fn build_c(name: &str, out: &std::path::Path) {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/wasm/{name}.c"));
+    let st = std::process::Command::new("clang-14")
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("clang-14 is missing: run `make setup` (scripts/setup.sh)");
+    assert!(st.success(), "clang-14 {}", src.display());
+}
+
+/// A C program on wasi-libc: arguments, environment, a file of the rootfs,
+/// a file written through a bind mount, its exit status.
+#[test]
+fn a_c_program_on_wasi_libc() {
+    if !need_root("a_c_program_on_wasi_libc") {
+        return;
+    }
+    let env = Env::new();
+    let id = "wasm-libc";
+    let module = env.dir.path().join("libc.wasm");
+    build_c("libc", &module);
+    let data = env.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let b = wasm_bundle(&env, id, &fs::read(&module).unwrap(), |c| {
+        args(c, &["/app.wasm", "one", "two words"]);
+        c["process"]["env"] = json!(["GREETING=hi there"]);
+        c["mounts"] = json!([
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind"]},
+        ]);
+    });
+    fs::create_dir_all(b.join("rootfs/etc")).unwrap();
+    fs::write(b.join("rootfs/etc/motd"), "from the rootfs\n").unwrap();
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), id]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "arg one\narg two words\nenv hi there\nmotd from the rootfs\n"
+    );
+    assert_eq!(
+        fs::read_to_string(data.join("out")).unwrap(),
+        "written by wasm\n"
+    );
+    assert_no_leftovers(&env, id, None);
+}

@@ -91,6 +91,20 @@ pub fn is_frozen(path: &Path) -> bool {
     }
 }
 
+/// libcgroups' options for setting `resources` on a live cgroup.
+pub(crate) fn controller_opt(resources: &LinuxResources) -> ControllerOpt<'_> {
+    ControllerOpt {
+        resources,
+        disable_oom_killer: resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.disable_oom_killer())
+            .unwrap_or(false),
+        oom_score_adj: None,
+        freezer_state: None,
+    }
+}
+
 /// A container's own cgroup, handled by path (cgroupfs) or by systemd unit
 /// (`slice:prefix:name`), on cgroup v1 or v2.
 pub struct Cgroup {
@@ -123,18 +137,8 @@ impl Cgroup {
 
     /// Sets the limits of `resources`.
     pub fn apply(&self, resources: &LinuxResources) -> Result<(), ContainerError> {
-        let opt = ControllerOpt {
-            resources,
-            disable_oom_killer: resources
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
-            oom_score_adj: None,
-            freezer_state: None,
-        };
         self.manager
-            .apply(&opt)
+            .apply(&controller_opt(resources))
             .map_err(|e| self.err("set the limits of", e))
     }
 

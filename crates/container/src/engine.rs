@@ -397,18 +397,8 @@ impl Container {
             Status::Created | Status::Running | Status::Paused => {}
             _ => return Err(self.wrong_status("update", ", not running")),
         }
-        let opt = libcgroups::common::ControllerOpt {
-            resources,
-            disable_oom_killer: resources
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
-            oom_score_adj: None,
-            freezer_state: None,
-        };
         self.cgroup()?
-            .apply(&opt)
+            .apply(&crate::cgroup::controller_opt(resources))
             .map_err(|e| ContainerError::Engine {
                 what: format!("cannot update resources of {}", self.id()),
                 msg: crate::error::chain(&e),

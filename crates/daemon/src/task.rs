@@ -335,7 +335,7 @@ pub struct Tasks {
     paused: Mutex<std::collections::HashSet<Key>>,
     counter: AtomicU64,
     /// The wasm runtime every wasm task shares.
-    wasm: WasmHost,
+    wasm: Arc<WasmHost>,
 }
 
 /// A containerd namespace name is used in paths: it must be a plain name.
@@ -393,7 +393,7 @@ impl Tasks {
         events: Publisher,
     ) -> Tasks {
         Tasks {
-            wasm: WasmHost::new(root.join("wasm-cache")),
+            wasm: Arc::new(WasmHost::new(root.join("wasm-cache"))),
             root,
             exe,
             reaper,
@@ -644,7 +644,7 @@ impl Tasks {
             }
         };
         if kind == Kind::Wasm {
-            return match self.create_wasm(&task, &bundle, &req.io) {
+            return match self.create_wasm(&task, &bundle, &req.io).await {
                 Ok((proc, stdin)) => {
                     task.wasm = Some(Arc::new(proc));
                     let mut inner = task.inner.lock().unwrap();
@@ -686,7 +686,7 @@ impl Tasks {
     }
 
     /// A wasm task's module, checked, with its stdio open.
-    fn create_wasm(
+    async fn create_wasm(
         &self,
         task: &Task,
         bundle: &Bundle,
@@ -708,14 +708,16 @@ impl Tasks {
             let relay = self.start_stdin(&key, &io.stdin, None, sink).map_err(bad)?;
             (Some(fd), Some(relay))
         };
-        match self.wasm.create(
-            bundle,
-            WasmStdio {
-                stdin,
-                stdout,
-                stderr,
-            },
-        ) {
+        let stdio = WasmStdio {
+            stdin,
+            stdout,
+            stderr,
+        };
+        // A module missing from the cache compiles here: the async worker
+        // hands its other tasks over meanwhile (block_in_place; the daemon's
+        // runtime is multi-threaded). Cheaper than a trip to the blocking
+        // pool for the usual case, a cached module.
+        match tokio::task::block_in_place(|| self.wasm.create(bundle, stdio)) {
             Ok(p) => Ok((p, relay)),
             Err(e) => {
                 if let Some(r) = relay {
@@ -1043,9 +1045,7 @@ impl Tasks {
                     )));
                 }
             }
-            if let Some(proc) = task.wasm.clone() {
-                self.start_wasm(&task, proc);
-            } else {
+            if task.wasm.is_none() {
                 let t = task.clone();
                 blocking(move || {
                     let sandboxes = t.sandboxes();
@@ -1063,7 +1063,11 @@ impl Tasks {
                 inner.init.started = true;
                 inner.init.pid
             };
-            task.save();
+            // A wasm task's record need not say it started: a restarted
+            // daemon reports it ended either way.
+            if task.wasm.is_none() {
+                task.save();
+            }
             self.events.publish(
                 task.containerd.as_deref(),
                 ns,
@@ -1073,6 +1077,19 @@ impl Tasks {
                     ..Default::default()
                 },
             );
+            // Run only now: its exit event must follow TaskStart.
+            if let Some(proc) = task.wasm.clone() {
+                if let Err(e) = self.start_wasm(&task, proc) {
+                    // As a process that could not be exec'd.
+                    let exit = Exit {
+                        pid,
+                        status: 126,
+                        at: SystemTime::now(),
+                    };
+                    self.on_exit(&task, None, exit);
+                    return Err(e);
+                }
+            }
             return Ok(pid);
         }
         let (io, spec) = {
@@ -1143,23 +1160,25 @@ impl Tasks {
         Ok(pid)
     }
 
-    /// Runs a wasm task's module on the blocking pool; its end is the
-    /// task's exit.
-    fn start_wasm(self: &Arc<Self>, task: &Arc<Task>, proc: Arc<WasmProc>) {
-        let (tasks, task) = (self.clone(), task.clone());
+    /// Runs a wasm task's module; its end is the
+    /// task's exit. Modules run on the wasm host's own thread pool, not the
+    /// daemon's blocking pool: a long-running module must not hold up the
+    /// short blocking work of other tasks.
+    fn start_wasm(self: &Arc<Self>, task: &Arc<Task>, proc: Arc<WasmProc>) -> Result<()> {
+        let (tasks, t) = (self.clone(), task.clone());
         let pid = std::process::id() as i32;
-        tokio::spawn(async move {
-            let t = tasks.clone();
-            let status = tokio::task::spawn_blocking(move || t.wasm.run(&proc))
-                .await
-                .unwrap_or(255);
+        let runtime = tokio::runtime::Handle::current();
+        let pool = self.wasm.pool()?;
+        pool.spawn_blocking(move || {
+            let status = tasks.wasm.run(&proc);
             let exit = Exit {
                 pid,
                 status,
                 at: SystemTime::now(),
             };
-            tasks.on_exit(&task, None, exit);
+            runtime.spawn(async move { tasks.on_exit(&t, None, exit) });
         });
+        Ok(())
     }
 
     /// Adds an exec process (started later by Start). `spec` is the OCI

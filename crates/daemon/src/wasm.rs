@@ -5,7 +5,7 @@
 //! - Create reads and checks the module; compiled modules are kept in
 //!   memory by digest (and on disk under `<root>/wasm-cache`), so a second
 //!   task of the same image compiles nothing.
-//! - Start runs it on the blocking thread pool; its end is the task's exit.
+//! - Start runs it on the host's own thread pool; its end is the task's exit.
 //! - Kill sets the run's kill flag: the module stops at its next epoch
 //!   check (10 ms at most; a WASI call blocked in the host returns first).
 //! - A run's stdio are the task's FIFOs (or files, or /dev/null).
@@ -35,6 +35,10 @@ pub struct WasmHost {
     cache_dir: std::path::PathBuf,
     runtime: OnceLock<Result<Runtime, String>>,
     programs: Mutex<HashMap<String, Program>>,
+    /// The threads modules run on: a blocking pool of their own, without
+    /// a cap (a module may run for ever), idle threads kept 10 s for the
+    /// next task (a thread's creation costs more than a small module's run).
+    pool: OnceLock<Result<tokio::runtime::Handle, String>>,
 }
 
 /// The stdio of one run (None: /dev/null).
@@ -60,7 +64,26 @@ impl WasmHost {
             cache_dir,
             runtime: OnceLock::new(),
             programs: Mutex::new(HashMap::new()),
+            pool: OnceLock::new(),
         }
+    }
+
+    /// The module threads' pool (made on the first run).
+    pub fn pool(&self) -> Result<&tokio::runtime::Handle, TaskError> {
+        self.pool
+            .get_or_init(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .thread_name("wasm-task")
+                    .max_blocking_threads(usize::MAX >> 4)
+                    .thread_keep_alive(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| format!("cannot make the wasm thread pool: {e}"))?;
+                // Kept for the daemon's life (a runtime must not be dropped
+                // from async code).
+                Ok(Box::leak(Box::new(rt)).handle().clone())
+            })
+            .as_ref()
+            .map_err(|e| TaskError::Internal(e.clone()))
     }
 
     /// The runtime, made on the first wasm task (a daemon that never runs
@@ -114,7 +137,7 @@ impl WasmHost {
         })
     }
 
-    /// Runs `proc` to its end (on a blocking thread); returns its status.
+    /// Runs `proc` to its end (on the calling thread); returns its status.
     pub fn run(&self, proc: &WasmProc) -> u32 {
         let stdio = proc.stdio.lock().unwrap().take().unwrap_or_default();
         let mut stderr = stdio

@@ -221,6 +221,27 @@ fn wasm_tasks_run_in_the_daemon() {
         }
         assert!(!d.root.path().join("tasks/default/trunc").exists());
 
+        // Ten modules that never end (more than the daemon's blocking pool
+        // has threads) do not hold up another task.
+        let spinners: Vec<String> = (0..10).map(|i| format!("busy{i}")).collect();
+        for id in &spinners {
+            t.create(ns(), &create(id, &b, &out, &err)).await.unwrap();
+            t.start(ns(), &start(id)).await.unwrap();
+        }
+        let (hb, hout, _) = bundle(&dir, "hello2", &program("still served\n", ""));
+        t.create(ns(), &create("hello2", &hb, &hout, &hout))
+            .await
+            .unwrap();
+        t.start(ns(), &start("hello2")).await.unwrap();
+        assert_eq!(t.wait(ns(), &wait("hello2")).await.unwrap().exit_status, 0);
+        assert_eq!(std::fs::read_to_string(&hout).unwrap(), "still served\n");
+        t.delete(ns(), &delete("hello2")).await.unwrap();
+        for id in &spinners {
+            t.kill(ns(), &kill(id, 9)).await.unwrap();
+            assert_eq!(t.wait(ns(), &wait(id)).await.unwrap().exit_status, 137);
+            t.delete(ns(), &delete(id)).await.unwrap();
+        }
+
         // A module running when the daemon dies: the next daemon reports it
         // ended with 137.
         t.create(ns(), &create("orphan", &b, &out, &err))

@@ -209,7 +209,10 @@ pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
         .filter(|p| {
             let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
             let cmd = fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            comm.trim() == "ironcelld" && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
+            // The keeper's own binary shows as "ironcelld-keepe" (comm
+            // keeps 15 bytes); both run with "keeper" as first argument.
+            matches!(comm.trim(), "ironcelld" | "ironcelld-keepe")
+                && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
         })
         .collect()
 }

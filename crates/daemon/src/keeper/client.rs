@@ -29,14 +29,17 @@ pub struct Keeper {
     fetched: Waiters<String, Option<OwnedFd>>,
 }
 
-/// Connects to the keeper of `root`, starting `exe keeper --root root` first
-/// when none listens.
+/// Connects to the keeper of `root`, starting `ironcelld-keeper keeper
+/// --root root` (beside `exe`; else `exe keeper --root root`) first when
+/// none listens.
 fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
     let path = super::socket_path(root);
     if let Ok(fd) = proto::connect(&path) {
         return Ok(fd);
     }
-    let status = Command::new(exe)
+    let own = exe.with_file_name("ironcelld-keeper");
+    let program = if own.is_file() { own.as_path() } else { exe };
+    let status = Command::new(program)
         .arg("keeper")
         .arg("--root")
         .arg(root)
@@ -44,7 +47,7 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .with_context(|| format!("cannot start the keeper ({})", exe.display()))?;
+        .with_context(|| format!("cannot start the keeper ({})", program.display()))?;
     if !status.success() {
         bail!("the keeper did not start ({status})");
     }
