@@ -10,7 +10,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::*;
-use ironcell_testutil::wasm::{program, SPIN};
+use ironcell_testutil::wasm::{program, SLEEP_50MS, SPIN};
 use serde_json::json;
 
 /// `rest` for a program that creates `new-file` in the preopen `fd` and
@@ -82,6 +82,13 @@ fn modules_run_as_containers() {
     ]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_no_leftovers(&env, "wasm-exit", None);
+
+    // A sleep (poll_oneoff) wakes up.
+    let b = wasm_bundle(&env, "wasm-sleep", &program("awake\n", SLEEP_50MS), |_| {});
+    let out = env.run(&["run", "-b", b.to_str().unwrap(), "wasm-sleep"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "awake\n");
+    assert_no_leftovers(&env, "wasm-sleep", None);
 
     // A trap: 134 and one line saying so.
     let b = wasm_bundle(&env, "wasm-trap", &program("", "unreachable"), |_| {});

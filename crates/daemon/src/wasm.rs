@@ -35,7 +35,7 @@ pub struct WasmHost {
     cache_dir: std::path::PathBuf,
     runtime: OnceLock<Result<Runtime, String>>,
     programs: Mutex<HashMap<String, Program>>,
-    /// The threads modules run on: a blocking pool of their own, without
+    /// The threads modules run on: a runtime's blocking pool of their own, without
     /// a cap (a module may run for ever), idle threads kept 10 s for the
     /// next task (a thread's creation costs more than a small module's run).
     pool: OnceLock<Result<tokio::runtime::Handle, String>>,
@@ -72,7 +72,14 @@ impl WasmHost {
     pub fn pool(&self) -> Result<&tokio::runtime::Handle, TaskError> {
         self.pool
             .get_or_init(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
+                // Multi-threaded, with one worker: WASI's blocking calls
+                // (a sleep in poll_oneoff, a read of stdin) block on this
+                // runtime from the module's thread (wasmtime-wasi's
+                // in_tokio), and its timers and I/O need a thread that drives
+                // them; a current-thread runtime nobody drives hangs them.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
                     .thread_name("wasm-task")
                     .max_blocking_threads(usize::MAX >> 4)
                     .thread_keep_alive(Duration::from_secs(10))
@@ -177,19 +184,12 @@ impl WasmHost {
                 return 126;
             }
         };
-        let job = &proc.job;
         let spec = Spec {
-            module: job.module.clone(),
-            args: job.args.clone(),
-            env: job.env.clone(),
-            preopens: job.preopens.clone(),
-            memory_limit: job.memory_limit.map(|m| m as usize),
-            time_budget: job.time_budget_ms.map(Duration::from_millis),
             kill: Some(proc.kill.clone()),
             stdin: Some(stdin),
             stdout: Some(stdout),
             stderr: Some(stderr_file),
-            ..Default::default()
+            ..Spec::from_job(&proc.job)
         };
         match rt.prepare(spec, &proc.program).and_then(|p| p.run()) {
             Ok(exit) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::*;
 use containerd_shim_protos::shim_async::{Client, TaskClient};
-use ironcell_testutil::wasm::{program, SPIN};
+use ironcell_testutil::wasm::{program, SLEEP_50MS, SPIN};
 use ironcell_testutil::*;
 use ttrpc::Code;
 
@@ -100,6 +100,24 @@ fn wasm_tasks_run_in_the_daemon() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello from wasm\n");
         let del = t.delete(ns(), &delete("hello")).await.unwrap();
         assert_eq!(del.exit_status, 0);
+
+        // A module that sleeps (poll_oneoff: WASI's clock through the
+        // runtime's timers) wakes up and ends.
+        let (b, out, err) = bundle(&dir, "sleep", &program("", SLEEP_50MS));
+        t.create(ns(), &create("sleep", &b, &out, &err))
+            .await
+            .unwrap();
+        let before = Instant::now();
+        t.start(ns(), &start("sleep")).await.unwrap();
+        let w = t.wait(ns(), &wait("sleep")).await.unwrap();
+        assert_eq!(
+            w.exit_status,
+            0,
+            "{}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        assert!(before.elapsed() >= Duration::from_millis(50));
+        t.delete(ns(), &delete("sleep")).await.unwrap();
 
         // proc_exit's status; a trap: 134 and the reason on stderr.
         for (id, rest, status) in [

@@ -11,6 +11,7 @@ const IMPORTS: &str = r#"
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
 "#;
 
 /// The text of a WASI command whose `_start` writes `text` to stdout, then
@@ -35,6 +36,18 @@ pub fn program_text(text: &str, rest: &str) -> String {
 pub fn program(text: &str, rest: &str) -> Vec<u8> {
     wat::parse_str(program_text(text, rest)).unwrap()
 }
+
+/// `rest` that sleeps 50 ms (poll_oneoff on a relative monotonic clock
+/// subscription at address 1024), exiting with 3 if the call fails.
+pub const SLEEP_50MS: &str = "
+  (i64.store (i32.const 1024) (i64.const 0))
+  (i32.store8 (i32.const 1032) (i32.const 0))
+  (i32.store (i32.const 1040) (i32.const 1))
+  (i64.store (i32.const 1048) (i64.const 50000000))
+  (i64.store (i32.const 1056) (i64.const 0))
+  (i32.store16 (i32.const 1064) (i32.const 0))
+  (if (call $poll_oneoff (i32.const 1024) (i32.const 1104) (i32.const 1) (i32.const 1200))
+    (then (call $proc_exit (i32.const 3))))";
 
 /// `rest` for a program that spins until it is killed.
 pub const SPIN: &str = "(loop $l (br $l))";

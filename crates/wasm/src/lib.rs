@@ -93,6 +93,25 @@ pub struct Spec {
     pub stderr: Option<File>,
 }
 
+impl Spec {
+    /// The run a container's job describes: its argv, environment and
+    /// preopens; its memory limit caps each linear memory and, at 8 bytes an
+    /// element (a function reference), each table; its time budget. stdio
+    /// and the kill flag are the caller's.
+    pub fn from_job(job: &ironcell_oci::wasm::Job) -> Spec {
+        Spec {
+            module: job.module.clone(),
+            args: job.args.clone(),
+            env: job.env.clone(),
+            preopens: job.preopens.clone(),
+            memory_limit: job.memory_limit.map(|m| m as usize),
+            table_limit: job.memory_limit.map(|m| (m / 8) as usize),
+            time_budget: job.time_budget_ms.map(Duration::from_millis),
+            ..Default::default()
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {

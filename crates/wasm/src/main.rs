@@ -21,7 +21,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use ironcell_oci::wasm::Job;
 use ironcell_wasm::{Exit, Runtime, Spec};
@@ -140,15 +139,7 @@ fn setup(
         })
         .transpose()?;
     become_user(&job)?;
-    let spec = Spec {
-        module: job.module.clone(),
-        args: job.args,
-        env: job.env,
-        preopens: job.preopens,
-        memory_limit: job.memory_limit.map(|m| m as usize),
-        time_budget: job.time_budget_ms.map(Duration::from_millis),
-        ..Default::default()
-    };
+    let spec = Spec::from_job(&job);
     let prepared = runtime.prepare(spec, &program).map_err(|e| e.to_string())?;
     Ok((prepared, fifo))
 }

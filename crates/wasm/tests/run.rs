@@ -161,6 +161,37 @@ fn the_memory_limit_stops_growth() {
     assert_eq!(runtime().run(spec(m)).unwrap(), Exit::Code(0));
 }
 
+/// A job's memory limit also caps tables (8 bytes an element).
+#[test]
+fn a_jobs_memory_limit_caps_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100000 elements against 64 KiB / 8 = 8192.
+    let m = module(
+        dir.path(),
+        "table",
+        r#"(table $t 1 funcref)
+           (func (export "_start") (drop (table.grow $t (ref.null func) (i32.const 100000))))"#,
+    );
+    let job = ironcell_oci::wasm::Job {
+        rootfs: dir.path().to_path_buf(),
+        module: m.clone(),
+        args: vec!["prog".into()],
+        env: vec![],
+        preopens: vec![],
+        memory_limit: Some(64 << 10),
+        time_budget_ms: None,
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        no_new_privileges: false,
+    };
+    let s = Spec::from_job(&job);
+    assert_eq!(s.table_limit, Some(8192));
+    let exit = runtime().run(s).unwrap();
+    assert!(matches!(exit, Exit::MemoryLimit(_)), "{exit:?}");
+    assert_eq!(runtime().run(spec(m)).unwrap(), Exit::Code(0));
+}
+
 #[test]
 fn the_time_budget_ends_a_loop() {
     let dir = tempfile::tempdir().unwrap();
