@@ -200,6 +200,18 @@ fn wasm_lifecycle_pause_and_unsupported_exec() {
     assert_eq!(fs::read_to_string(&pid_file).unwrap(), pid.to_string());
     env.ok(&["start", id]);
     assert_eq!(env.status(id), "running");
+    // The runner has its seccomp filter (docs/wasm.md) on every thread, and
+    // no_new_privs, from create on.
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for t in tasks.flatten() {
+        let st = fs::read_to_string(t.path().join("status")).unwrap();
+        assert!(
+            st.contains("\nSeccomp:\t2\n"),
+            "thread {:?}: {st}",
+            t.file_name()
+        );
+        assert!(st.contains("\nNoNewPrivs:\t1\n"), "{st}");
+    }
     env.fails(&["start", id], "not created");
     let listed = env.ok(&["list", "-q"]);
     assert!(listed.lines().any(|l| l == id), "{listed}");

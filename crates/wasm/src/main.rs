@@ -64,6 +64,10 @@ fn main() {
         Ok(p) => p,
         Err(e) => fail(&mut report, &e),
     };
+    // Confined before create returns: a created container is already.
+    if let Err(e) = confine() {
+        fail(&mut report, &e);
+    }
     // The CLI returns from create (or starts the container) on this line.
     let _ = report.write_all(b"ok");
     drop(report);
@@ -142,6 +146,80 @@ fn setup(
     let spec = Spec::from_job(&job);
     let prepared = runtime.prepare(spec, &program).map_err(|e| e.to_string())?;
     Ok((prepared, fifo))
+}
+
+/// System calls the runner never makes once its set-up is done (before
+/// create returns), refused (EPERM) for every thread from then on: if a module ever escaped
+/// wasmtime, it could not exec a program, change its credentials or
+/// namespaces, mount, trace, load kernel code or keys, or open a socket
+/// (WASI preview 1 as configured here has no network). A deny list, as
+/// Docker's default profile is mostly: what wasmtime and WASI need (memory,
+/// threads, files in the preopens, clocks, signals for traps) stays
+/// allowed without being enumerated here.
+const DENIED: &[i64] = &[
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_userfaultfd,
+    libc::SYS_socket,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setreuid,
+    libc::SYS_setregid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setgroups,
+    libc::SYS_capset,
+    libc::SYS_personality,
+    libc::SYS_mknod,
+    libc::SYS_mknodat,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_syslog,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_fanotify_init,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+];
+
+/// Installs the [`DENIED`] filter on every thread (seccompiler; it sets
+/// no_new_privs first).
+fn confine() -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let rules = DENIED.iter().map(|nr| (*nr, vec![])).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| format!("seccomp filter: {e}"))?;
+    let prog: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp filter: {e}"))
 }
 
 /// Takes the spec's user, groups and no_new_privs.
