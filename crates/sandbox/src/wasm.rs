@@ -579,12 +579,27 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A live process is alive only with its own start time; once it has
+    /// ended, a zombie not yet reaped counts as ended.
     #[test]
-    fn proc_stat_reads_this_process() {
-        let (start, state) = proc_stat(std::process::id() as i32).unwrap();
+    fn alive_tells_a_zombie_and_a_reused_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (start, _) = proc_stat(pid).unwrap();
         assert!(start > 0);
-        assert_eq!(state, 'R');
-        assert!(alive(std::process::id() as i32, start));
-        assert!(!alive(std::process::id() as i32, start + 1));
+        assert!(alive(pid, start));
+        assert!(!alive(pid, start + 1));
+        child.kill().unwrap();
+        let t = Instant::now();
+        while proc_stat(pid).is_some_and(|(_, s)| s != 'Z') {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(pid, start));
+        child.wait().unwrap();
+        assert!(!alive(pid, start));
     }
 }
