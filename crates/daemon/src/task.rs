@@ -1167,7 +1167,6 @@ impl Tasks {
     fn start_wasm(self: &Arc<Self>, task: &Arc<Task>, proc: Arc<WasmProc>) -> Result<()> {
         let (tasks, t) = (self.clone(), task.clone());
         let pid = std::process::id() as i32;
-        let runtime = tokio::runtime::Handle::current();
         let pool = self.wasm.pool()?;
         pool.spawn_blocking(move || {
             let status = tasks.wasm.run(&proc);
@@ -1176,7 +1175,10 @@ impl Tasks {
                 status,
                 at: SystemTime::now(),
             };
-            runtime.spawn(async move { tasks.on_exit(&t, None, exit) });
+            // Recorded right here: on_exit is synchronous (a channel send,
+            // a watch update, the record's write), and a hop to an async
+            // worker would cost a thread wake-up per task.
+            tasks.on_exit(&t, None, exit);
         });
         Ok(())
     }
