@@ -1354,21 +1354,21 @@ impl Tasks {
             }
             (inner.init.pid, inner.init.exited())
         };
-        let t = task.clone();
-        blocking(move || {
-            if t.wasm.is_some() {
-                return Ok(());
-            }
-            let sandboxes = t.sandboxes();
-            match sandboxes.owner(&t.id) {
-                Ok(b) => b.delete(&t.id, true)?,
-                // Already gone (a delete that failed half-way before).
-                Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
-                Err(e) => return Err(e.into()),
-            }
-            Ok(())
-        })
-        .await?;
+        // A wasm task has no sandbox state: no trip to the blocking pool.
+        if task.wasm.is_none() {
+            let t = task.clone();
+            blocking(move || {
+                let sandboxes = t.sandboxes();
+                match sandboxes.owner(&t.id) {
+                    Ok(b) => b.delete(&t.id, true)?,
+                    // Already gone (a delete that failed half-way before).
+                    Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(())
+            })
+            .await?;
+        }
         let key = (ns.to_string(), id.to_string());
         let removed = self.tasks.lock().unwrap().remove(&key);
         self.paused.lock().unwrap().remove(&key);
