@@ -53,41 +53,40 @@ pub fn stats(path: &Path) -> Result<Stats, ContainerError> {
     })
 }
 
+/// The directory of the cgroupfs path `path` for a controller: under the
+/// unified hierarchy on cgroup v2 (with whether it is), under the
+/// controller's own hierarchy on v1.
+fn controller_dir(path: &Path, v1: libcgroups::v1::ControllerType) -> Option<(PathBuf, bool)> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    match libcgroups::common::get_cgroup_setup().ok()? {
+        libcgroups::common::CgroupSetup::Unified => Some((
+            Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel),
+            true,
+        )),
+        _ => libcgroups::v1::util::get_subsystem_mount_point(&v1)
+            .ok()
+            .map(|m| (m.join(rel), false)),
+    }
+}
+
 /// The memory cgroup directory of the cgroupfs path `path`: where OOM kills
 /// are counted (`memory.oom_control` on v1, `memory.events` on v2).
 pub fn memory_dir(path: &Path) -> Option<PathBuf> {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    match libcgroups::common::get_cgroup_setup().ok()? {
-        libcgroups::common::CgroupSetup::Unified => {
-            Some(Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT).join(rel))
-        }
-        _ => {
-            libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
-                .ok()
-                .map(|m| m.join(rel))
-        }
-    }
+    controller_dir(path, libcgroups::v1::ControllerType::Memory).map(|(d, _)| d)
 }
 
 /// Whether the cgroupfs cgroup at `path` is frozen (v1 `freezer.state`,
 /// v2 `cgroup.freeze`). Reads the one file: no manager is built (on cgroup
 /// v1 that parses the mount table once per controller).
 pub fn is_frozen(path: &Path) -> bool {
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    match libcgroups::common::get_cgroup_setup() {
-        Ok(libcgroups::common::CgroupSetup::Unified) => std::fs::read_to_string(
-            Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT)
-                .join(rel)
-                .join("cgroup.freeze"),
-        )
-        .is_ok_and(|s| s.trim() == "1"),
-        Ok(_) => libcgroups::v1::util::get_subsystem_mount_point(
-            &libcgroups::v1::ControllerType::Freezer,
-        )
-        .ok()
-        .and_then(|m| std::fs::read_to_string(m.join(rel).join("freezer.state")).ok())
-        .is_some_and(|s| s.trim() == "FROZEN"),
-        Err(_) => false,
+    match controller_dir(path, libcgroups::v1::ControllerType::Freezer) {
+        Some((d, true)) => {
+            std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+        }
+        Some((d, false)) => {
+            std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        }
+        None => false,
     }
 }
 

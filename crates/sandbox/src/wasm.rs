@@ -287,19 +287,15 @@ impl WasmSandbox {
         Ok(())
     }
 
-    /// Sends `signal` to every process of the container, and waits (5 s
-    /// at most) until the runner is gone.
-    fn kill_and_wait(&self, st: &State) -> Result<()> {
-        let mut pids = self
-            .cgroup(st)
-            .and_then(|c| Ok(c.pids()?))
-            .unwrap_or_default();
+    /// Sends SIGKILL to every process of the container (its cgroup `cg`),
+    /// and waits (5 s at most) until the runner is gone.
+    fn kill_and_wait(&self, st: &State, cg: Option<&Cgroup>) -> Result<()> {
+        let mut pids = cg.and_then(|c| c.pids().ok()).unwrap_or_default();
         if alive(st.pid, st.pid_start) && !pids.contains(&st.pid) {
             pids.push(st.pid);
         }
-        let cg = self.cgroup(st).ok();
         // A frozen process dies of SIGKILL only once thawed.
-        if let Some(c) = &cg {
+        if let Some(c) = cg {
             let _ = c.freeze(false);
         }
         for pid in pids {
@@ -455,10 +451,13 @@ impl Sandbox for WasmSandbox {
                 ", stop it first or use --force",
             ));
         }
+        // One manager for the kill and the removal (on cgroup v1 making it
+        // reads the mount table once per controller).
+        let cg = self.cgroup(&st).ok();
         if status != Status::Stopped {
-            self.kill_and_wait(&st)?;
+            self.kill_and_wait(&st, cg.as_ref())?;
         }
-        if let Ok(c) = self.cgroup(&st) {
+        if let Some(c) = &cg {
             c.remove()?;
         }
         fs::remove_dir_all(self.dir(id)).map_err(io_err)?;
