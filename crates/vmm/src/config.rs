@@ -49,6 +49,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub rng: bool,
+    /// Where the host's supported CPUID is cached (arch/cpuid_cache.rs).
+    #[serde(default, skip_serializing_if = "CpuidCache::is_default")]
+    pub cpuid_cache: CpuidCache,
 }
 
 fn default_cmdline() -> String {
@@ -97,6 +100,59 @@ impl<'de> Deserialize<'de> for SerialOutput {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         SerialOutput::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The directory of the supported-CPUID cache: the default one
+/// (`cpuid_cache::default_dir`), none, or a given one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CpuidCache {
+    #[default]
+    Default,
+    None,
+    Dir(PathBuf),
+}
+
+impl CpuidCache {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "default" => Ok(CpuidCache::Default),
+            "none" | "off" => Ok(CpuidCache::None),
+            "" => Err(Error::Config(
+                "cpuid_cache: empty value (a directory, default or none)".into(),
+            )),
+            dir => Ok(CpuidCache::Dir(PathBuf::from(dir))),
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == CpuidCache::Default
+    }
+
+    /// The directory to use, if any.
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self {
+            CpuidCache::Default => crate::arch::cpuid_cache::default_dir(),
+            CpuidCache::None => None,
+            CpuidCache::Dir(d) => Some(d.clone()),
+        }
+    }
+}
+
+impl Serialize for CpuidCache {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            CpuidCache::Default => s.serialize_str("default"),
+            CpuidCache::None => s.serialize_str("none"),
+            CpuidCache::Dir(p) => s.serialize_str(&p.to_string_lossy()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuidCache {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CpuidCache::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -248,6 +304,7 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
+            cpuid_cache: CpuidCache::Default,
         }
     }
 
@@ -361,6 +418,22 @@ mod tests {
         let again = VmConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(c, again);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn cpuid_cache_values() {
+        let c = VmConfig::from_json(r#"{"kernel":"/k"}"#).unwrap();
+        assert_eq!(c.cpuid_cache, CpuidCache::Default);
+        let c = VmConfig::from_json(r#"{"kernel":"/k","cpuid_cache":"none"}"#).unwrap();
+        assert_eq!(
+            (c.cpuid_cache.clone(), c.cpuid_cache.dir()),
+            (CpuidCache::None, None)
+        );
+        let c = VmConfig::from_json(r#"{"kernel":"/k","cpuid_cache":"/c"}"#).unwrap();
+        assert_eq!(c.cpuid_cache.dir(), Some(PathBuf::from("/c")));
+        let again = VmConfig::from_json(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(c, again);
+        assert!(VmConfig::from_json(r#"{"kernel":"/k","cpuid_cache":""}"#).is_err());
     }
 
     #[test]

@@ -8,10 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
-    KVM_MAX_CPUID_ENTRIES,
-};
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use serde_json::{json, Value};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -19,7 +16,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{error_response, ApiServer, Request};
-use crate::arch::{boot, cpu, layout};
+use crate::arch::{boot, cpu, cpuid_cache, layout};
 use crate::bus::Bus;
 use crate::config::{SerialOutput, VmConfig};
 use crate::devices::legacy::{
@@ -236,9 +233,7 @@ impl Vmm {
         vm.enable_cap(&split)
             .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)"))?;
         let t_irq = t0.elapsed();
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = cpuid_cache::supported_cpuid(&kvm, config.cpuid_cache.dir().as_deref())?;
         let Machine {
             epoll,
             vcpus,

@@ -853,3 +853,104 @@ fn make_test_initramfs(dir: &Path) -> PathBuf {
     assert!(status.success());
     out
 }
+
+/// The `vendor=` value of the cpuid guest's line.
+fn guest_vendor(o: &Output) -> String {
+    assert_pass(o, "cpuid");
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("cpuid: "))
+        .unwrap_or_else(|| panic!("no cpuid line in {out:?}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("vendor="))
+        .unwrap()
+        .to_string()
+}
+
+/// Offsets in the cache file (arch/cpuid_cache.rs): the key, and leaf 0's
+/// EBX, EDX and ECX (the vendor string).
+fn cache_layout(file: &[u8]) -> (std::ops::Range<usize>, usize) {
+    assert_eq!(&file[..8], b"ICCPUID1");
+    let key_len = u16::from_le_bytes([file[8], file[9]]) as usize;
+    let key = 10..10 + key_len;
+    let count = u32::from_le_bytes(file[key.end..key.end + 4].try_into().unwrap()) as usize;
+    let entries = key.end + 4;
+    assert_eq!(file.len(), entries + count * 40);
+    let word = |e: usize, w: usize| {
+        let at = entries + e * 40 + w * 4;
+        u32::from_le_bytes(file[at..at + 4].try_into().unwrap())
+    };
+    let leaf0 = (0..count)
+        .find(|&e| word(e, 0) == 0 && word(e, 1) == 0)
+        .expect("leaf 0 in the cache");
+    (key, entries + leaf0 * 40)
+}
+
+/// Writes "IroncellTest" as leaf 0's vendor string into the cache file.
+fn doctor_vendor(file: &mut [u8]) {
+    let (_, leaf0) = cache_layout(file);
+    // EBX, EDX, ECX are words 4, 6 and 5 of the entry.
+    file[leaf0 + 16..leaf0 + 20].copy_from_slice(b"Iron");
+    file[leaf0 + 24..leaf0 + 28].copy_from_slice(b"cell");
+    file[leaf0 + 20..leaf0 + 24].copy_from_slice(b"Test");
+}
+
+#[test]
+fn supported_cpuid_is_cached_for_the_boot_and_the_kvm_module() {
+    use std::os::unix::fs::PermissionsExt;
+    if !kvm_or_skip("supported_cpuid_is_cached_for_the_boot_and_the_kvm_module") {
+        return;
+    }
+    let tmp = tempdir();
+    let dir = tmp.path().join("cache");
+    let file = dir.join("supported-cpuid");
+    let kernel = guest("cpuid");
+    let boot = |cache: &Path| {
+        guest_vendor(&run(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cpuid-cache",
+            cache.to_str().unwrap(),
+        ]))
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // Without a cache: KVM's answer. The first boot with one saves it.
+    let real = guest_vendor(&run(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cpuid-cache",
+        "none",
+    ]));
+    assert_ne!(real, "IroncellTest");
+    assert_eq!(boot(&dir), real);
+    let saved = std::fs::read(&file).expect("the first boot writes the cache");
+    assert_eq!((mode(&dir), mode(&file)), (0o700, 0o600));
+
+    // The next boot takes the file's answer, not KVM's.
+    let mut doctored = saved.clone();
+    doctor_vendor(&mut doctored);
+    std::fs::write(&file, &doctored).unwrap();
+    assert_eq!(boot(&dir), "IroncellTest");
+
+    // Another boot id or KVM module: ignored and replaced.
+    let (key, _) = cache_layout(&doctored);
+    doctored[key.start] ^= 0x01;
+    std::fs::write(&file, &doctored).unwrap();
+    assert_eq!(boot(&dir), real);
+    assert_eq!(std::fs::read(&file).unwrap(), saved);
+
+    // A file others can write is not trusted (and is replaced).
+    let mut doctored = saved.clone();
+    doctor_vendor(&mut doctored);
+    std::fs::write(&file, &doctored).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(boot(&dir), real);
+    assert_eq!(mode(&file), 0o600);
+
+    // A malformed file is a miss, not an error.
+    std::fs::write(&file, b"ICCPUID1 garbage").unwrap();
+    assert_eq!(boot(&dir), real);
+    assert_eq!(std::fs::read(&file).unwrap(), saved);
+}

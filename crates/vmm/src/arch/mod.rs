@@ -4,5 +4,6 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod cpuid_cache;
 pub mod layout;
 pub mod mptable;
