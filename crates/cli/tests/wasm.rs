@@ -211,6 +211,24 @@ fn wasm_lifecycle_pause_and_unsupported_exec() {
             t.file_name()
         );
         assert!(st.contains("\nNoNewPrivs:\t1\n"), "{st}");
+        // ...and is in the container's cgroup in every hierarchy (on v1 it
+        // joined them itself, before its threads existed).
+        let cg = fs::read_to_string(t.path().join("cgroup")).unwrap();
+        let lines: Vec<&str> = cg.lines().filter(|l| !l.contains("name=")).collect();
+        let v1: Vec<&&str> = lines.iter().filter(|l| !l.starts_with("0::")).collect();
+        let check: Vec<&str> = if v1.is_empty() {
+            lines
+        } else {
+            v1.into_iter().copied().collect()
+        };
+        assert!(!check.is_empty(), "{cg}");
+        for l in check {
+            assert!(
+                l.ends_with(&format!("/{id}")),
+                "thread {:?}: {cg}",
+                t.file_name()
+            );
+        }
     }
     env.fails(&["start", id], "not created");
     let listed = env.ok(&["list", "-q"]);

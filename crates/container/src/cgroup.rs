@@ -178,9 +178,272 @@ impl Cgroup {
     }
 }
 
+/// cgroup v1 without libcgroups' manager, for the start of a wasm
+/// container's runner: one read of the mount table, the cgroup's directory
+/// made in each hierarchy, and a **self-join**.
+///
+/// Why by hand: moving another process into a cgroup (writing its pid to
+/// `cgroup.procs`, which is all libcgroups' `add_task` can do) takes the
+/// kernel's global `cgroup_threadgroup_rwsem` for writing, which waits for
+/// an RCU grace period: 5-20 ms on the CI host, the largest part of a wasm
+/// container's start. A thread that writes `0` to a v1 hierarchy's `tasks`
+/// file moves only itself and skips that lock (kernel/cgroup/cgroup.c,
+/// `cgroup_procs_write_start`): 0.3 ms here. A single-threaded process that
+/// does it for every hierarchy is wholly in the cgroup, and the threads it
+/// starts later inherit it. Besides, libcgroups' v1 manager reads the mount
+/// table and `/proc/self/cgroup` once per controller (24 reads).
+///
+/// Limits, freezing, statistics and process lists stay with libcgroups
+/// ([`Cgroup`]), which finds the same directories.
+pub mod v1 {
+    use std::io::ErrorKind;
+    use std::path::{Component, Path, PathBuf};
+
+    use crate::error::ContainerError;
+
+    /// The controllers libcgroups' v1 manager handles (its `CONTROLLERS`,
+    /// which it does not export); a hierarchy with none of them (a named
+    /// one such as `name=systemd`) is left alone, as libcgroups does.
+    const CONTROLLERS: &[&str] = &[
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "hugetlb",
+        "memory",
+        "pids",
+        "perf_event",
+        "blkio",
+        "net_prio",
+        "net_cls",
+        "freezer",
+    ];
+
+    fn err(what: String, e: impl std::fmt::Display) -> ContainerError {
+        ContainerError::Engine {
+            what,
+            msg: e.to_string(),
+        }
+    }
+
+    /// A v1 hierarchy: its mount point and its controllers.
+    pub type Hierarchy = (PathBuf, Vec<String>);
+
+    /// The mount points of the v1 hierarchies with a controller libcgroups
+    /// handles, in mount-table order; None on a cgroup v2 (unified) host.
+    pub fn hierarchies() -> Result<Option<Vec<Hierarchy>>, ContainerError> {
+        let root = Path::new(libcgroups::common::DEFAULT_CGROUP_ROOT);
+        match nix::sys::statfs::statfs(root) {
+            Ok(st) if st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => {
+                return Ok(None)
+            }
+            Ok(_) => {}
+            Err(e) => return Err(err(format!("cannot stat {}", root.display()), e)),
+        }
+        let table = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| err("cannot read /proc/self/mountinfo".into(), e))?;
+        Ok(Some(parse_mountinfo(&table)))
+    }
+
+    /// The `cgroup` (v1) mounts of a mountinfo table: (mount point, its
+    /// controllers), the first mount of each controller only.
+    pub(crate) fn parse_mountinfo(table: &str) -> Vec<Hierarchy> {
+        let mut seen: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for line in table.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut r = right.split(' ');
+            if r.next() != Some("cgroup") {
+                continue;
+            }
+            let super_opts = r.nth(1).unwrap_or("");
+            let controllers: Vec<String> = super_opts
+                .split(',')
+                .filter(|o| CONTROLLERS.contains(o) && !seen.iter().any(|s| s == o))
+                .map(str::to_string)
+                .collect();
+            let Some(mount_point) = left.split(' ').nth(4) else {
+                continue;
+            };
+            if controllers.is_empty() {
+                continue;
+            }
+            seen.extend(controllers.iter().cloned());
+            out.push((PathBuf::from(unescape(mount_point)), controllers));
+        }
+        out
+    }
+
+    /// mountinfo's octal escapes (`\040` for a space).
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `path` (a cgroupfs path, absolute, no `..`) under each hierarchy.
+    pub fn dirs(hierarchies: &[Hierarchy], path: &Path) -> Vec<PathBuf> {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        hierarchies.iter().map(|(m, _)| m.join(rel)).collect()
+    }
+
+    /// Makes the cgroup `path` in every hierarchy (a new cpuset cgroup gets
+    /// its parent's CPUs and memory nodes, without which nothing can join
+    /// it) and returns the `tasks` files the container's process writes `0`
+    /// into to join it (the wasm runner does, first thing).
+    pub fn prepare(hierarchies: &[Hierarchy], path: &Path) -> Result<Vec<PathBuf>, ContainerError> {
+        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            return Err(err(
+                format!("cgroup {}", path.display()),
+                "must be an absolute cgroupfs path without '..'",
+            ));
+        }
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let mut tasks = Vec::new();
+        for (mount, controllers) in hierarchies {
+            let dir = mount.join(rel);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| err(format!("cannot create cgroup {}", dir.display()), e))?;
+            if controllers.iter().any(|c| c == "cpuset") {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    inherit(mount, rel, file)?;
+                }
+            }
+            tasks.push(dir.join("tasks"));
+        }
+        Ok(tasks)
+    }
+
+    /// Copies `file` down from the nearest ancestor along `rel` into every
+    /// cgroup where it is empty (as libcgroups' cpuset controller does).
+    fn inherit(mount: &Path, rel: &Path, file: &str) -> Result<(), ContainerError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p.join(file))
+                .map_err(|e| err(format!("cannot read {}", p.join(file).display()), e))
+        };
+        let mut cur = mount.to_path_buf();
+        let mut value = read(&cur)?;
+        for c in rel.components() {
+            cur.push(c);
+            let own = read(&cur)?;
+            if own.trim().is_empty() {
+                std::fs::write(cur.join(file), value.trim())
+                    .map_err(|e| err(format!("cannot write {}", cur.join(file).display()), e))?;
+            } else {
+                value = own;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup `path` from every hierarchy, SIGKILLing what is
+    /// still in it (as libcgroups' `remove`), retrying while the kernel
+    /// still counts a process that just died.
+    pub fn remove(hierarchies: &[Hierarchy], path: &Path) -> Result<(), ContainerError> {
+        for dir in dirs(hierarchies, path) {
+            for attempt in 0..50 {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && attempt < 49 => {
+                        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                                let _ = nix::sys::signal::kill(
+                                    nix::unistd::Pid::from_raw(pid),
+                                    nix::sys::signal::Signal::SIGKILL,
+                                );
+                            }
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        return Err(err(format!("cannot remove cgroup {}", dir.display()), e))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 27 0:28 / /mnt/memory\\040again rw,relatime - cgroup cgroup rw,memory
+36 30 0:31 / /sys/fs/cgroup/my\\040pids rw,relatime - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn v1_hierarchies_from_the_mount_table() {
+        let h = v1::parse_mountinfo(MOUNTINFO);
+        let names: Vec<(&str, Vec<&str>)> = h
+            .iter()
+            .map(|(m, c)| (m.to_str().unwrap(), c.iter().map(|s| s.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("/sys/fs/cgroup/cpu,cpuacct", vec!["cpu", "cpuacct"]),
+                ("/sys/fs/cgroup/memory", vec!["memory"]),
+                ("/sys/fs/cgroup/my pids", vec!["pids"]),
+            ]
+        );
+        assert_eq!(
+            v1::dirs(&h, Path::new("/ironcell/c1"))[1],
+            Path::new("/sys/fs/cgroup/memory/ironcell/c1")
+        );
+    }
+
+    #[test]
+    fn v1_prepare_refuses_relative_paths_and_inherits_cpusets() {
+        let h = vec![(PathBuf::from("/nonexistent"), vec!["pids".to_string()])];
+        for p in ["ironcell/c1", "/ironcell/../../etc"] {
+            let e = v1::prepare(&h, Path::new(p)).unwrap_err().to_string();
+            assert!(e.contains("absolute cgroupfs path"), "{p}: {e}");
+        }
+        // A cpuset "hierarchy" in a plain directory: the new cgroups get
+        // the nearest non-empty ancestor's values.
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path();
+        std::fs::write(m.join("cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(m.join("cpuset.mems"), "0\n").unwrap();
+        std::fs::create_dir_all(m.join("a/b")).unwrap();
+        for d in ["a", "a/b"] {
+            std::fs::write(m.join(d).join("cpuset.cpus"), "").unwrap();
+            std::fs::write(m.join(d).join("cpuset.mems"), "\n").unwrap();
+        }
+        std::fs::write(m.join("a/cpuset.cpus"), "1\n").unwrap();
+        let h = vec![(m.to_path_buf(), vec!["cpuset".to_string()])];
+        let tasks = v1::prepare(&h, Path::new("/a/b")).unwrap();
+        assert_eq!(tasks, [m.join("a/b/tasks")]);
+        let read = |p: &str| std::fs::read_to_string(m.join(p)).unwrap();
+        assert_eq!(read("a/b/cpuset.cpus"), "1");
+        assert_eq!(read("a/cpuset.mems"), "0");
+        assert_eq!(read("a/b/cpuset.mems"), "0");
+    }
 
     #[test]
     fn relative_or_escaping_paths_are_refused() {

@@ -65,6 +65,11 @@ pub struct Job {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub no_new_privileges: bool,
+    /// cgroup v1 `tasks` files the runner writes `0` into before anything
+    /// else, to join its container's cgroup itself (set by the CLI; see
+    /// `ironcell_container::cgroup::v1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_tasks: Vec<PathBuf>,
 }
 
 impl Job {
@@ -150,6 +155,7 @@ impl Job {
             gid: user.gid(),
             additional_gids: user.additional_gids().clone().unwrap_or_default(),
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            cgroup_tasks: Vec::new(),
         })
     }
 

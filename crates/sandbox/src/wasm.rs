@@ -136,7 +136,7 @@ impl WasmSandbox {
     /// `create` after the state directory exists: on error the caller
     /// removes the directory, and this removes what it made.
     fn create_in(&self, id: &str, dir: &Path, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
-        let job = Job::from_bundle(bundle).map_err(|e| wasm_err(e.to_string()))?;
+        let mut job = Job::from_bundle(bundle).map_err(|e| wasm_err(e.to_string()))?;
         let spec = &bundle.spec;
         let terminal = spec
             .process()
@@ -168,7 +168,49 @@ impl WasmSandbox {
                     Path::new("/ironcell").join(id)
                 }
             });
-        let cg = Cgroup::open(&cgroup_path, self.systemd_cgroup, id)?;
+        // Device rules are left out: the module opens no device (WASI has
+        // none), and they are a dozen writes on the way to its start.
+        // Nothing to set (a spec's usual resources are device rules only):
+        // no libcgroups manager is built.
+        let resources = linux
+            .and_then(|l| l.resources().as_ref())
+            .map(|r| {
+                let mut r = r.clone();
+                r.set_devices(None);
+                r
+            })
+            .filter(|r| *r != LinuxResources::default());
+        let v1 = if self.systemd_cgroup {
+            None
+        } else {
+            cgroup::v1::hierarchies()?
+        };
+        let placement = match v1 {
+            // cgroup v1 (cgroupfs): made and limited here, joined by the
+            // runner itself (cgroup::v1 says why).
+            Some(h) => {
+                let ready = cgroup::v1::prepare(&h, &cgroup_path).and_then(|tasks| {
+                    job.cgroup_tasks = tasks;
+                    match &resources {
+                        Some(r) => Cgroup::open(&cgroup_path, false, id)?.apply(r),
+                        None => Ok(()),
+                    }
+                });
+                if let Err(e) = ready {
+                    let _ = cgroup::v1::remove(&h, &cgroup_path);
+                    return Err(e.into());
+                }
+                Placement::SelfJoin(h)
+            }
+            // v2 or systemd: libcgroups moves the runner once it exists.
+            None => Placement::Moved(Cgroup::open(&cgroup_path, self.systemd_cgroup, id)?),
+        };
+        let remove_cgroup = |placement: &Placement| {
+            let _ = match placement {
+                Placement::SelfJoin(h) => cgroup::v1::remove(h, &cgroup_path),
+                Placement::Moved(cg) => cg.remove(),
+            };
+        };
         let (job_r, job_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         let mut cmd = Command::new(Self::runner());
@@ -200,12 +242,16 @@ impl WasmSandbox {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            wasm_err(format!(
-                "cannot start the wasm runner {}: {e}",
-                Self::runner().display()
-            ))
-        })?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                remove_cgroup(&placement);
+                return Err(wasm_err(format!(
+                    "cannot start the wasm runner {}: {e}",
+                    Self::runner().display()
+                )));
+            }
+        };
         drop((job_r, report_w, pty));
         let pid = child.id() as i32;
         let kill_child = |child: &mut std::process::Child| {
@@ -213,22 +259,16 @@ impl WasmSandbox {
             let _ = child.wait();
         };
         // In the cgroup, with its limits, before it reads its job.
-        // Device rules are left out: the module opens no device (WASI has
-        // none), and they are a dozen writes on the way to its start.
-        let joined = cg
-            .add(pid)
-            .and_then(|()| match linux.and_then(|l| l.resources().as_ref()) {
-                Some(r) => {
-                    let mut r = r.clone();
-                    r.set_devices(None);
-                    cg.apply(&r)
-                }
+        if let Placement::Moved(cg) = &placement {
+            let joined = cg.add(pid).and_then(|()| match &resources {
+                Some(r) => cg.apply(r),
                 None => Ok(()),
             });
-        if let Err(e) = joined {
-            kill_child(&mut child);
-            let _ = cg.remove();
-            return Err(e.into());
+            if let Err(e) = joined {
+                kill_child(&mut child);
+                remove_cgroup(&placement);
+                return Err(e.into());
+            }
         }
         let report = serde_json::to_vec(&job)
             .map_err(|e| wasm_err(format!("job: {e}")))
@@ -242,7 +282,7 @@ impl WasmSandbox {
             });
         let fail = |child: &mut std::process::Child, e: SandboxError| {
             kill_child(child);
-            let _ = cg.remove();
+            remove_cgroup(&placement);
             Err(e)
         };
         match report {
@@ -267,7 +307,7 @@ impl WasmSandbox {
             pid_start: proc_stat(pid).map(|(start, _)| start).unwrap_or(0),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             annotations: spec.annotations().clone().unwrap_or_default(),
-            cgroup: cgroup_path,
+            cgroup: cgroup_path.clone(),
             systemd: self.systemd_cgroup,
         };
         let written = serde_json::to_vec(&state)
@@ -314,6 +354,14 @@ impl WasmSandbox {
         }
         Ok(())
     }
+}
+
+/// How a runner gets into its container's cgroup.
+enum Placement {
+    /// cgroup v1 with cgroupfs (these hierarchies): the runner joins itself.
+    SelfJoin(Vec<cgroup::v1::Hierarchy>),
+    /// cgroup v2 or systemd: moved by libcgroups once it exists.
+    Moved(Cgroup),
 }
 
 impl Sandbox for WasmSandbox {
@@ -451,14 +499,22 @@ impl Sandbox for WasmSandbox {
                 ", stop it first or use --force",
             ));
         }
-        // One manager for the kill and the removal (on cgroup v1 making it
-        // reads the mount table once per controller).
-        let cg = self.cgroup(&st).ok();
-        if status != Status::Stopped {
+        let cg = if status != Status::Stopped {
+            let cg = self.cgroup(&st).ok();
             self.kill_and_wait(&st, cg.as_ref())?;
-        }
-        if let Some(c) = &cg {
-            c.remove()?;
+            cg
+        } else {
+            None
+        };
+        // cgroup v1 with cgroupfs: removed from one read of the mount table
+        // (libcgroups' manager reads it once per controller).
+        match (st.systemd, cgroup::v1::hierarchies()) {
+            (false, Ok(Some(h))) => cgroup::v1::remove(&h, &st.cgroup)?,
+            _ => {
+                if let Some(c) = cg.or_else(|| self.cgroup(&st).ok()) {
+                    c.remove()?;
+                }
+            }
         }
         fs::remove_dir_all(self.dir(id)).map_err(io_err)?;
         Ok(())

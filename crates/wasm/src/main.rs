@@ -56,11 +56,17 @@ fn main() {
             File::from(OwnedFd::from_raw_fd(REPORT_FD)),
         )
     };
+    // The job first: the runner joins its cgroup before it allocates
+    // anything of note (and while it has one thread).
+    let job = match read_job(job_in) {
+        Ok(j) => j,
+        Err(e) => fail(&mut report, &e),
+    };
     let runtime = match Runtime::new(cache) {
         Ok(r) => r,
         Err(e) => fail(&mut report, &e.to_string()),
     };
-    let (prepared, fifo) = match setup(&runtime, job_in, fifo) {
+    let (prepared, fifo) = match setup(&runtime, &job, fifo) {
         Ok(p) => p,
         Err(e) => fail(&mut report, &e),
     };
@@ -109,19 +115,36 @@ fn fail(report: &mut File, msg: &str) -> ! {
     std::process::exit(1)
 }
 
-/// Everything between the job and the start: read and check the module,
-/// take the container's user, open the preopens.
-fn setup(
-    runtime: &Runtime,
-    mut job_in: File,
-    fifo: Option<PathBuf>,
-) -> Result<(ironcell_wasm::Prepared<'_>, Option<OwnedFd>), String> {
+/// Reads the job off fd 3 and joins the container's cgroup v1 hierarchies
+/// (`Job::cgroup_tasks`) while this process has a single thread.
+fn read_job(mut job_in: File) -> Result<Job, String> {
     let mut text = String::new();
     job_in
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read the job: {e}"))?;
     drop(job_in);
     let job: Job = serde_json::from_str(&text).map_err(|e| format!("malformed job: {e}"))?;
+    // Writing 0 to a v1 hierarchy's `tasks` file moves the writing thread,
+    // the only one, without the kernel's global threadgroup lock that a
+    // move by the CLI would wait an RCU grace period for
+    // (ironcell_container::cgroup::v1 says more).
+    for t in &job.cgroup_tasks {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(t)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|e| format!("cannot join the container's cgroup ({}): {e}", t.display()))?;
+    }
+    Ok(job)
+}
+
+/// Everything between the job and the start: read and check the module,
+/// take the container's user, open the preopens.
+fn setup<'r>(
+    runtime: &'r Runtime,
+    job: &Job,
+    fifo: Option<PathBuf>,
+) -> Result<(ironcell_wasm::Prepared<'r>, Option<OwnedFd>), String> {
     let mut bytes = Vec::new();
     job.open_module()
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -142,8 +165,8 @@ fn setup(
                 .map_err(|e| format!("start FIFO {}: {e}", p.display()))
         })
         .transpose()?;
-    become_user(&job)?;
-    let spec = Spec::from_job(&job);
+    become_user(job)?;
+    let spec = Spec::from_job(job);
     let prepared = runtime.prepare(spec, &program).map_err(|e| e.to_string())?;
     Ok((prepared, fifo))
 }

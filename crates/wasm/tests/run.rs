@@ -184,6 +184,7 @@ fn a_jobs_memory_limit_caps_tables() {
         gid: 0,
         additional_gids: vec![],
         no_new_privileges: false,
+        cgroup_tasks: vec![],
     };
     let s = Spec::from_job(&job);
     assert_eq!(s.table_limit, Some(8192));
