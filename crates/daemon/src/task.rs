@@ -587,11 +587,12 @@ impl Tasks {
                 req.bundle.display()
             )));
         }
-        let bundle_path = req.bundle.clone();
-        let bundle = blocking(move || {
-            Bundle::load(&bundle_path).map_err(|e| TaskError::InvalidArgument(format!("{e}")))
-        })
-        .await?;
+        // Read here, not on the blocking pool: a config.json under
+        // containerd's bundle directory (on /run, a tmpfs) is read in
+        // microseconds, and a hop to the pool and back costs more
+        // (sequential wasm tasks: bench/README.md).
+        let bundle =
+            Bundle::load(&req.bundle).map_err(|e| TaskError::InvalidArgument(format!("{e}")))?;
         let systemd = systemd_cgroup(&bundle);
         self.prepare_pod_files(&req.namespace, &bundle.spec);
         let root = self.root.join("containers").join(&req.namespace);
@@ -713,11 +714,20 @@ impl Tasks {
             stdout,
             stderr,
         };
-        // A module missing from the cache compiles here: the async worker
-        // hands its other tasks over meanwhile (block_in_place; the daemon's
-        // runtime is multi-threaded). Cheaper than a trip to the blocking
-        // pool for the usual case, a cached module.
-        match tokio::task::block_in_place(|| self.wasm.create(bundle, stdio)) {
+        // A module whose program is in memory (the usual case: another task
+        // of the same image ran before) is ready at once, here. One that
+        // must be loaded from the disk cache or compiled takes milliseconds
+        // to seconds: the async worker hands its other tasks over meanwhile
+        // (block_in_place; the daemon's runtime is multi-threaded). A hop to
+        // another thread, either way, costs more than the first case.
+        let created = self.wasm.read(bundle).and_then(|module| {
+            if module.compiled() {
+                self.wasm.create(module, stdio)
+            } else {
+                tokio::task::block_in_place(|| self.wasm.create(module, stdio))
+            }
+        });
+        match created {
             Ok(p) => Ok((p, relay)),
             Err(e) => {
                 if let Some(r) = relay {
@@ -1265,7 +1275,7 @@ impl Tasks {
             )));
         }
         if let (true, Some(proc)) = (exec_id.is_empty(), &task.wasm) {
-            proc.kill(signal);
+            self.wasm.kill(proc, signal);
             if view.status == ProcStatus::Created {
                 // Never started: it ends now, as a killed process would.
                 let exit = Exit {

@@ -6,8 +6,9 @@
 //!   memory by digest (and on disk under `<root>/wasm-cache`), so a second
 //!   task of the same image compiles nothing.
 //! - Start runs it on the host's own thread pool; its end is the task's exit.
-//! - Kill sets the run's kill flag: the module stops at its next epoch
-//!   check (10 ms at most; a WASI call blocked in the host returns first).
+//! - Kill sets the run's kill flag and advances the engine's epoch: the
+//!   module stops at its next epoch check (a WASI call blocked in the host
+//!   returns first). No ticker thread runs for a task without a time budget.
 //! - A run's stdio are the task's FIFOs (or files, or /dev/null).
 //! - The module dies with the daemon: a restarted daemon reports such tasks
 //!   as exited with 137.
@@ -47,6 +48,27 @@ pub struct WasmStdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+}
+
+fn bad(msg: String) -> TaskError {
+    TaskError::InvalidArgument(format!("wasm: {msg}"))
+}
+
+/// A task's module as read at Create, before [`WasmHost::create`].
+pub struct Module {
+    job: Job,
+    bytes: Vec<u8>,
+    key: String,
+    program: Option<Program>,
+}
+
+impl Module {
+    /// Whether its compiled program is in memory already (then Create
+    /// takes microseconds; otherwise it loads the on-disk cache or runs
+    /// Cranelift).
+    pub fn compiled(&self) -> bool {
+        self.program.is_some()
+    }
 }
 
 /// One task's module, between Create and its end.
@@ -102,9 +124,9 @@ impl WasmHost {
             .map_err(|e| TaskError::Internal(e.clone()))
     }
 
-    /// Reads the module of `bundle` and checks that it can run.
-    pub fn create(&self, bundle: &Bundle, stdio: WasmStdio) -> Result<WasmProc, TaskError> {
-        let bad = |msg: String| TaskError::InvalidArgument(format!("wasm: {msg}"));
+    /// Reads the module of `bundle` (a small read: done on the calling
+    /// thread) and finds its compiled program in memory if it is there.
+    pub fn read(&self, bundle: &Bundle) -> Result<Module, TaskError> {
         let job = Job::from_bundle(bundle).map_err(|e| bad(e.to_string()))?;
         let mut bytes = Vec::new();
         job.open_module()
@@ -115,15 +137,32 @@ impl WasmHost {
                     job.module.display()
                 ))
             })?;
-        let rt = self.runtime()?;
-        let key = rt.key(&bytes);
-        let cached = self.programs.lock().unwrap().get(&key).cloned();
-        let program = match cached {
+        let key = self.runtime()?.key(&bytes);
+        let program = self.programs.lock().unwrap().get(&key).cloned();
+        Ok(Module {
+            job,
+            bytes,
+            key,
+            program,
+        })
+    }
+
+    /// The task of `module`: its program compiled (and checked) unless it
+    /// was in memory, which may take a while (`Module::compiled` says).
+    pub fn create(&self, module: Module, stdio: WasmStdio) -> Result<WasmProc, TaskError> {
+        let Module {
+            job,
+            bytes,
+            key,
+            program,
+        } = module;
+        let program = match program {
             Some(mut p) => {
                 p.path = job.module.clone();
                 p
             }
             None => {
+                let rt = self.runtime()?;
                 let p = rt
                     .load(&job.module, &bytes)
                     .map_err(|e| bad(e.to_string()))?;
@@ -209,9 +248,13 @@ impl WasmHost {
     }
 }
 
-impl WasmProc {
-    /// Ends the run with `signal` (before its start: it never runs).
-    pub fn kill(&self, signal: i32) {
-        self.kill.store(signal, Ordering::Relaxed);
+impl WasmHost {
+    /// Ends `proc`'s run with `signal` at its next epoch check (before its
+    /// start: it never runs).
+    pub fn kill(&self, proc: &WasmProc, signal: i32) {
+        proc.kill.store(signal, Ordering::Relaxed);
+        if let Some(Ok(rt)) = self.runtime.get() {
+            rt.interrupt();
+        }
     }
 }

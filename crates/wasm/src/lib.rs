@@ -84,8 +84,9 @@ pub struct Spec {
     pub table_limit: Option<usize>,
     /// Wall-clock budget of the run (epoch interruption).
     pub time_budget: Option<Duration>,
-    /// Set to a signal number to end the run (at the next epoch tick, 10
-    /// ms at most; a call blocked in the host returns first).
+    /// Set to a signal number, then call [`Runtime::interrupt`], to end
+    /// the run at its next epoch check (a call blocked in the host returns
+    /// first).
     pub kill: Option<Arc<AtomicI32>>,
     /// The process's own stdio when None.
     pub stdin: Option<File>,
@@ -227,8 +228,8 @@ impl Runtime {
         })
     }
 
-    /// Counts a run that needs the epoch to advance (a time budget or a
-    /// kill flag) until the returned guard drops; starts the ticker thread
+    /// Counts a run that needs the epoch to advance (a time budget) until
+    /// the returned guard drops; starts the ticker thread
     /// on the first such run. The thread parks while no run needs it, so an
     /// idle process (ironcelld) is not woken 100 times a second.
     fn tick_for_run(&self) -> Result<TickGuard, WasmError> {
@@ -262,6 +263,15 @@ impl Runtime {
             t.unpark();
         }
         Ok(TickGuard(self.ticks.clone()))
+    }
+
+    /// Makes every run of this runtime look at its kill flag
+    /// ([`Spec::kill`]) at its next epoch check: call it after setting a
+    /// flag. So a run with a kill flag but no time budget needs no ticker
+    /// thread (waking one for every run of a short module cost a thread
+    /// switch each in ironcelld).
+    pub fn interrupt(&self) {
+        self.engine.increment_epoch();
     }
 
     /// The cache key of `bytes`: their sha256 and the engine's hash.
@@ -420,7 +430,9 @@ impl Runtime {
         store.limiter(|h| &mut h.limits);
         let mut tick = None;
         if spec.time_budget.is_some() || spec.kill.is_some() {
-            tick = Some(self.tick_for_run()?);
+            if spec.time_budget.is_some() {
+                tick = Some(self.tick_for_run()?);
+            }
             let kill = spec.kill.clone();
             let budget = spec.time_budget;
             let mut deadline = None;

@@ -306,15 +306,20 @@ fn a_kill_flag_ends_a_loop() {
         "spin",
         r#"(func (export "_start") (loop $l (br $l)))"#,
     );
+    let rt = std::sync::Arc::new(runtime());
     let kill = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let mut s = spec(m);
     s.kill = Some(kill.clone());
+    let rt2 = rt.clone();
     let k = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         kill.store(15, std::sync::atomic::Ordering::Relaxed);
+        // Nothing else advances the epoch: without this the loop would
+        // spin for ever (no ticker runs for a run without a time budget).
+        rt2.interrupt();
     });
     let start = Instant::now();
-    let exit = runtime().run(s).unwrap();
+    let exit = rt.run(s).unwrap();
     k.join().unwrap();
     assert_eq!((exit.clone(), exit.status()), (Exit::Killed(15), 143));
     assert!(start.elapsed() < Duration::from_secs(5));
