@@ -11,7 +11,8 @@
 //! (`STRESS_MT_CLIENT=1`: a multi-threaded one, whose own thread switches
 //! cost about a fifth of the rate on the CI host); `STRESS_DIRECT=1`
 //! connects to the daemon's backend socket, bypassing the keeper, to
-//! measure the keeper's share. The
+//! measure the keeper's share; `STRESS_SINK_RTT=1` also times 200 round
+//! trips to the event stand-in, a bare ttrpc server, for comparison. The
 //! daemon's root and the bundles are on a tmpfs, as under /run on a host.
 //! The daemon's events go to a stand-in for containerd's event service in
 //! this process (on a thread of its own), which counts them: every task's
@@ -261,6 +262,22 @@ fn main() {
             "round trip of a State request (unknown id): {:.0} µs",
             probe.elapsed().as_secs_f64() * 1e6 / 200.0
         );
+        if std::env::var_os("STRESS_SINK_RTT").is_some() {
+            let ec = containerd_shim_protos::shim_async::EventsClient::new(
+                Client::connect(&format!("unix://{}", events.display()))
+                    .await
+                    .unwrap(),
+            );
+            let req = containerd_shim_protos::shim::events::ForwardRequest::default();
+            let probe = Instant::now();
+            for _ in 0..200 {
+                ec.forward(ctx(), &req).await.unwrap();
+            }
+            println!(
+                "round trip to a bare ttrpc server (the event stand-in): {:.0} µs",
+                probe.elapsed().as_secs_f64() * 1e6 / 200.0
+            );
+        }
         // The first task compiles the module (into the daemon's cache).
         let mut phases = [Duration::ZERO; 4];
         task(&t, &bundles[0], "warmup", &mut phases).await.unwrap();
@@ -300,7 +317,12 @@ fn main() {
         start.elapsed()
     });
     // Four events a task: the warm-up task and 2n more.
-    let expected = 4 * (2 * n + 1);
+    let expected = 4 * (2 * n + 1)
+        + if std::env::var_os("STRESS_SINK_RTT").is_some() {
+            200
+        } else {
+            0
+        };
     let deadline = Instant::now() + Duration::from_secs(30);
     while sink.0.load(std::sync::atomic::Ordering::Relaxed) < expected {
         assert!(

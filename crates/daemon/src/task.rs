@@ -718,7 +718,8 @@ impl Tasks {
         // of the same image ran before) is ready at once, here. One that
         // must be loaded from the disk cache or compiled takes milliseconds
         // to seconds: the async worker hands its other tasks over meanwhile
-        // (block_in_place; the daemon's runtime is multi-threaded). A hop to
+        // (block_in_place: the daemon's runtime is a multi-threaded one with
+        // one worker, and another thread takes the worker over). A hop to
         // another thread, either way, costs more than the first case.
         let created = self.wasm.read(bundle).and_then(|module| {
             if module.compiled() {
