@@ -32,6 +32,8 @@ const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 const TYPE_DATA: u8 = 3;
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// A first read's buffer: Task API frames are mostly a few hundred bytes.
+const FIRST_READ: usize = 1024;
 
 /// One frame, header included.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +86,9 @@ impl FrameReader {
                 }
                 self.buf.reserve(HEADER + len - self.buf.len());
             } else {
-                self.buf.reserve(HEADER - self.buf.len());
+                // Room for a usual request or response whole: one read
+                // instead of a header's and then a payload's.
+                self.buf.reserve(FIRST_READ - self.buf.len());
             }
             if r.read_buf(&mut self.buf).await? == 0 {
                 if self.buf.is_empty() {
