@@ -100,7 +100,9 @@ pub struct VcpuControl {
     /// (state, parked vCPUs, vCPUs whose loop ended)
     state: Mutex<(RunState, usize, usize)>,
     changed: Condvar,
-    threads: Mutex<Vec<libc::pthread_t>>,
+    /// The vCPU threads' pthread ids, as integers (a pointer on musl,
+    /// which is not `Send`).
+    threads: Mutex<Vec<usize>>,
 }
 
 /// Signal used to kick a vCPU out of KVM_RUN; its handler does nothing.
@@ -139,7 +141,7 @@ impl VcpuControl {
         {
             // SAFETY: `t` is a live vCPU thread of this process (threads are
             // never joined before exit); the signal has a no-op handler.
-            unsafe { libc::pthread_kill(*t, kick_signal()) };
+            unsafe { libc::pthread_kill(*t as libc::pthread_t, kick_signal()) };
         }
     }
 
@@ -202,7 +204,7 @@ impl Vcpu {
     /// guest stops. Never returns an error: the reason goes to `exit`.
     pub fn run(mut self, filter: Option<&seccompiler::BpfProgram>) {
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = unsafe { libc::pthread_self() } as usize;
         self.control
             .threads
             .lock()
