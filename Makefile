@@ -54,10 +54,11 @@ lint:
 test: setup image lint
 	set -o pipefail; GUEST_KERNEL=$$(bash scripts/build-guest-kernel.sh | tail -n 1) && \
 	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
-	@# The VMM's tests again on its release libc (musl: other syscalls behind
-	@# the same calls, which its seccomp allowlists must admit).
+	@# The VMM's tests again on its release build: musl (other syscalls
+	@# behind the same calls, which its seccomp allowlists must admit) with
+	@# LTO (which once left a libc function unlinked, see rng.rs).
 	set -o pipefail; GUEST_KERNEL=$$(bash scripts/build-guest-kernel.sh | tail -n 1) && \
-	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL $(CARGO) test -p vmm --target $(VMM_TARGET) -- --nocapture 2>&1 | tee -a build/test.log
+	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL $(CARGO) test --release -p vmm --target $(VMM_TARGET) -- --nocapture 2>&1 | tee -a build/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' build/test.log
 
 bench: build image
