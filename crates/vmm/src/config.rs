@@ -64,8 +64,10 @@ fn default_memory() -> u32 {
     128
 }
 
-/// Where the guest's COM1 output goes.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Where the guest's COM1 output goes. In JSON, a string: `stdout`,
+/// `none` or a path.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SerialOutput {
     #[default]
     Stdout,
@@ -86,26 +88,28 @@ impl SerialOutput {
     }
 }
 
-impl Serialize for SerialOutput {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            SerialOutput::Stdout => s.serialize_str("stdout"),
-            SerialOutput::None => s.serialize_str("none"),
-            SerialOutput::File(p) => s.serialize_str(&p.to_string_lossy()),
+impl TryFrom<String> for SerialOutput {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        SerialOutput::parse(&s)
+    }
+}
+
+impl From<SerialOutput> for String {
+    fn from(o: SerialOutput) -> String {
+        match o {
+            SerialOutput::Stdout => "stdout".into(),
+            SerialOutput::None => "none".into(),
+            SerialOutput::File(p) => p.to_string_lossy().into_owned(),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for SerialOutput {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        SerialOutput::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// The directory of the supported-CPUID cache: the default one
-/// (`cpuid_cache::default_dir`), none, or a given one.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// (`cpuid_cache::default_dir`), none, or a given one. In JSON, a string:
+/// `default`, `none` or a path.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum CpuidCache {
     #[default]
     Default,
@@ -139,20 +143,20 @@ impl CpuidCache {
     }
 }
 
-impl Serialize for CpuidCache {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            CpuidCache::Default => s.serialize_str("default"),
-            CpuidCache::None => s.serialize_str("none"),
-            CpuidCache::Dir(p) => s.serialize_str(&p.to_string_lossy()),
-        }
+impl TryFrom<String> for CpuidCache {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        CpuidCache::parse(&s)
     }
 }
 
-impl<'de> Deserialize<'de> for CpuidCache {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        CpuidCache::parse(&s).map_err(serde::de::Error::custom)
+impl From<CpuidCache> for String {
+    fn from(c: CpuidCache) -> String {
+        match c {
+            CpuidCache::Default => "default".into(),
+            CpuidCache::None => "none".into(),
+            CpuidCache::Dir(p) => p.to_string_lossy().into_owned(),
+        }
     }
 }
 
