@@ -35,6 +35,7 @@ const MAGIC: &[u8; 8] = b"ICCPUID1";
 const FILE_NAME: &str = "supported-cpuid";
 const ENTRY_LEN: usize = 40;
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+const KVM_NODE: &str = "/dev/kvm";
 
 /// The cache directory used when none is configured: `/run/ironcell-vmm`
 /// for root, `$XDG_RUNTIME_DIR/ironcell-vmm` for other users, none without
@@ -53,7 +54,7 @@ pub fn supported_cpuid(kvm: &Kvm, dir: Option<&Path>) -> Result<CpuId> {
     let Some(dir) = dir else {
         return query(kvm);
     };
-    let key = match key(kvm) {
+    let key = match key() {
         Ok(k) => k,
         Err(e) => {
             tracing::debug!("CPUID cache: no key ({e}); asking KVM");
@@ -78,26 +79,19 @@ fn query(kvm: &Kvm) -> Result<CpuId> {
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))
 }
 
-/// This boot and this load of the KVM module.
-fn key(kvm: &Kvm) -> std::io::Result<String> {
-    use std::os::fd::AsRawFd;
+/// This boot and this load of the KVM module (`/dev/kvm`, the node
+/// `Kvm::new` opens, is made again when the module is).
+fn key() -> std::io::Result<String> {
     let mut boot_id = String::new();
     File::open(BOOT_ID)?.read_to_string(&mut boot_id)?;
-    // SAFETY: fstat on the live /dev/kvm descriptor into a zeroed stat.
-    let st = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(kvm.as_raw_fd(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st
-    };
+    let node = fs::metadata(KVM_NODE)?;
     Ok(format!(
         "{} {:x}:{:x} {}.{}",
         boot_id.trim(),
-        st.st_rdev,
-        st.st_ino,
-        st.st_ctime,
-        st.st_ctime_nsec
+        node.rdev(),
+        node.ino(),
+        node.ctime(),
+        node.ctime_nsec()
     ))
 }
 
