@@ -1,7 +1,8 @@
 //! The VMM's seccomp allowlists, one per thread kind (rules.rs), compiled
 //! with seccompiler at build time (build.rs) and installed once setup is
-//! done (files opened, KVM set up, sockets bound). Anything else kills the whole process (SECCOMP_RET_KILL_PROCESS):
-//! a VMM that a guest tricked into an unexpected syscall must not go on.
+//! done (files opened, KVM set up, sockets bound). Anything else kills the
+//! whole process (SECCOMP_RET_KILL_PROCESS): a VMM that a guest tricked
+//! into an unexpected syscall must not go on.
 
 use std::collections::BTreeMap;
 
