@@ -16,12 +16,21 @@ fn manager(path: &Path) -> Result<AnyCgroupManager, ContainerError> {
     open(path, false, "")
 }
 
-fn open(path: &Path, systemd: bool, name: &str) -> Result<AnyCgroupManager, ContainerError> {
-    if !systemd && (!path.is_absolute() || path.components().any(|c| c.as_os_str() == "..")) {
+/// A cgroupfs path must be absolute (each hierarchy's root is `/`) and stay
+/// inside the hierarchy.
+fn check_cgroupfs_path(path: &Path) -> Result<(), ContainerError> {
+    if !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
         return Err(ContainerError::Engine {
             what: format!("cgroup {}", path.display()),
             msg: "must be an absolute cgroupfs path without '..'".into(),
         });
+    }
+    Ok(())
+}
+
+fn open(path: &Path, systemd: bool, name: &str) -> Result<AnyCgroupManager, ContainerError> {
+    if !systemd {
+        check_cgroupfs_path(path)?;
     }
     libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
         cgroup_path: PathBuf::from(path),
@@ -197,7 +206,7 @@ impl Cgroup {
 /// ([`Cgroup`]), which finds the same directories.
 pub mod v1 {
     use std::io::ErrorKind;
-    use std::path::{Component, Path, PathBuf};
+    use std::path::{Path, PathBuf};
 
     use crate::error::ContainerError;
 
@@ -307,12 +316,7 @@ pub mod v1 {
     /// it) and returns the `tasks` files the container's process writes `0`
     /// into to join it (the wasm runner does, first thing).
     pub fn prepare(hierarchies: &[Hierarchy], path: &Path) -> Result<Vec<PathBuf>, ContainerError> {
-        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
-            return Err(err(
-                format!("cgroup {}", path.display()),
-                "must be an absolute cgroupfs path without '..'",
-            ));
-        }
+        super::check_cgroupfs_path(path)?;
         let rel = path.strip_prefix("/").unwrap_or(path);
         let mut tasks = Vec::new();
         for (mount, controllers) in hierarchies {
