@@ -206,10 +206,7 @@ impl WasmSandbox {
             None => Placement::Moved(Cgroup::open(&cgroup_path, self.systemd_cgroup, id)?),
         };
         let remove_cgroup = |placement: &Placement| {
-            let _ = match placement {
-                Placement::SelfJoin(h) => cgroup::v1::remove(h, &cgroup_path),
-                Placement::Moved(cg) => cg.remove(),
-            };
+            let _ = placement.remove(&cgroup_path);
         };
         let (job_r, job_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
@@ -364,6 +361,16 @@ enum Placement {
     Moved(Cgroup),
 }
 
+impl Placement {
+    /// Removes the cgroup at `path`, killing what is left in it.
+    fn remove(&self, path: &Path) -> std::result::Result<(), ContainerError> {
+        match self {
+            Placement::SelfJoin(h) => cgroup::v1::remove(h, path),
+            Placement::Moved(cg) => cg.remove(),
+        }
+    }
+}
+
 impl Sandbox for WasmSandbox {
     fn kind(&self) -> Kind {
         Kind::Wasm
@@ -508,13 +515,12 @@ impl Sandbox for WasmSandbox {
         };
         // cgroup v1 with cgroupfs: removed from one read of the mount table
         // (libcgroups' manager reads it once per controller).
-        match (st.systemd, cgroup::v1::hierarchies()) {
-            (false, Ok(Some(h))) => cgroup::v1::remove(&h, &st.cgroup)?,
-            _ => {
-                if let Some(c) = cg.or_else(|| self.cgroup(&st).ok()) {
-                    c.remove()?;
-                }
-            }
+        let placement = match (st.systemd, cgroup::v1::hierarchies()) {
+            (false, Ok(Some(h))) => Some(Placement::SelfJoin(h)),
+            _ => cg.or_else(|| self.cgroup(&st).ok()).map(Placement::Moved),
+        };
+        if let Some(p) = placement {
+            p.remove(&st.cgroup)?;
         }
         fs::remove_dir_all(self.dir(id)).map_err(io_err)?;
         Ok(())
