@@ -183,6 +183,15 @@ impl WasmHost {
         })
     }
 
+    /// Ends `proc`'s run with `signal` at its next epoch check (before its
+    /// start: it never runs).
+    pub fn kill(&self, proc: &WasmProc, signal: i32) {
+        proc.kill.store(signal, Ordering::Relaxed);
+        if let Some(Ok(rt)) = self.runtime.get() {
+            rt.interrupt();
+        }
+    }
+
     /// Runs `proc` to its end (on the calling thread); returns its status.
     pub fn run(&self, proc: &WasmProc) -> u32 {
         let stdio = proc.stdio.lock().unwrap().take().unwrap_or_default();
@@ -244,17 +253,6 @@ impl WasmHost {
                 report(e.to_string());
                 126
             }
-        }
-    }
-}
-
-impl WasmHost {
-    /// Ends `proc`'s run with `signal` at its next epoch check (before its
-    /// start: it never runs).
-    pub fn kill(&self, proc: &WasmProc, signal: i32) {
-        proc.kill.store(signal, Ordering::Relaxed);
-        if let Some(Ok(rt)) = self.runtime.get() {
-            rt.interrupt();
         }
     }
 }
