@@ -100,9 +100,7 @@ pub struct VcpuControl {
     /// (state, parked vCPUs, vCPUs whose loop ended)
     state: Mutex<(RunState, usize, usize)>,
     changed: Condvar,
-    /// The vCPU threads' pthread ids, as integers (a pointer on musl,
-    /// which is not `Send`).
-    threads: Mutex<Vec<usize>>,
+    threads: Mutex<Vec<libc::pthread_t>>,
 }
 
 /// Signal used to kick a vCPU out of KVM_RUN; its handler does nothing.
@@ -141,7 +139,7 @@ impl VcpuControl {
         {
             // SAFETY: `t` is a live vCPU thread of this process (threads are
             // never joined before exit); the signal has a no-op handler.
-            unsafe { libc::pthread_kill(*t as libc::pthread_t, kick_signal()) };
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
         }
     }
 
@@ -204,7 +202,7 @@ impl Vcpu {
     /// guest stops. Never returns an error: the reason goes to `exit`.
     pub fn run(mut self, filter: Option<&seccompiler::BpfProgram>) {
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() } as usize;
+        let me = unsafe { libc::pthread_self() };
         self.control
             .threads
             .lock()
