@@ -100,7 +100,9 @@ pub struct VcpuControl {
     /// (state, parked vCPUs, vCPUs whose loop ended)
     state: Mutex<(RunState, usize, usize)>,
     changed: Condvar,
-    threads: Mutex<Vec<libc::pthread_t>>,
+    /// The vCPU threads' pthread ids, as integers (a pointer on musl,
+    /// which is not `Send`).
+    threads: Mutex<Vec<usize>>,
 }
 
 /// Signal used to kick a vCPU out of KVM_RUN; its handler does nothing.
@@ -137,9 +139,12 @@ impl VcpuControl {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            // SAFETY: `t` is a live vCPU thread of this process (threads are
-            // never joined before exit); the signal has a no-op handler.
-            unsafe { libc::pthread_kill(*t, kick_signal()) };
+            // SAFETY: `t` is a live vCPU thread of this process: a thread
+            // takes itself off this list (under the lock held here) before
+            // it ends, and a detached thread's pthread_t is freed when it
+            // ends (musl unmaps it: signalling it there was a SIGSEGV).
+            // The signal has a no-op handler.
+            unsafe { libc::pthread_kill(*t as libc::pthread_t, kick_signal()) };
         }
     }
 
@@ -168,10 +173,18 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
-    fn exited(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.2 += 1;
-        self.changed.notify_all();
+    /// Registers the calling thread for kicks until the guard is dropped.
+    fn enter(&self) -> Registration<'_> {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(me);
+        Registration {
+            control: self,
+            thread: me,
+        }
     }
 
     /// Called by a vCPU thread between runs: blocks while paused.
@@ -188,6 +201,26 @@ impl VcpuControl {
     }
 }
 
+/// A vCPU thread's place on the kick list. Dropped when the thread's loop
+/// ends: it leaves the list, then counts as ended for `pause`.
+struct Registration<'a> {
+    control: &'a VcpuControl,
+    thread: usize,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.control
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| *t != self.thread);
+        let mut st = self.control.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.2 += 1;
+        self.control.changed.notify_all();
+    }
+}
+
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
@@ -201,19 +234,13 @@ impl Vcpu {
     /// Registers this thread for kicks, installs `filter`, and runs until the
     /// guest stops. Never returns an error: the reason goes to `exit`.
     pub fn run(mut self, filter: Option<&seccompiler::BpfProgram>) {
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        self.control
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(me);
+        let control = self.control.clone();
+        let _registered = control.enter();
         if let Err(e) = filter.map_or(Ok(()), |f| seccompiler::apply_filter(f)) {
             self.exit.report(ExitReason::VcpuError {
                 vcpu: self.id,
                 reason: format!("seccomp: {e}"),
             });
-            self.control.exited();
             return;
         }
         tracing::debug!("vCPU {} starts at {} us", self.id, crate::since_start_us());
@@ -221,7 +248,6 @@ impl Vcpu {
             self.control.park_if_paused();
             if let Some(reason) = self.run_once() {
                 self.exit.report(reason);
-                self.control.exited();
                 return;
             }
         }
@@ -284,5 +310,37 @@ impl Vcpu {
                 reason: format!("KVM_RUN: {e}"),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_vcpu_thread_is_off_the_kick_list_and_counts_for_pause() {
+        install_kick_handler().unwrap();
+        let control = Arc::new(VcpuControl::default());
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let c = control.clone();
+        // Detached, as the VMM's vCPU threads are: its pthread_t is freed
+        // when it ends, so nothing may signal it afterwards.
+        drop(std::thread::spawn(move || {
+            let _registered = c.enter();
+            entered_tx.send(()).unwrap();
+            end_rx.recv().unwrap();
+        }));
+        entered_rx.recv().unwrap();
+        assert_eq!(control.threads.lock().unwrap().len(), 1);
+        // A kick of a live thread is harmless (no-op handler).
+        control.kick_all();
+        end_tx.send(()).unwrap();
+        // pause returns once the thread's loop has ended...
+        control.pause(1);
+        // ...and by then it is off the list, so this kicks no one.
+        assert!(control.threads.lock().unwrap().is_empty());
+        assert_eq!(control.state.lock().unwrap().2, 1);
+        control.kick_all();
     }
 }
