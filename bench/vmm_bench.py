@@ -61,6 +61,7 @@ from benchlib import log
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUEST_BUILD = os.path.join(REPO, "crates", "vmm", "tests", "guests", "build.sh")
 VMM_CANDIDATES = [
+    os.path.join(REPO, "target", "x86_64-unknown-linux-musl", "release", "ironcell-vmm"),
     os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "ironcell-vmm"),
     os.path.join(REPO, "target", "release", "ironcell-vmm"),
 ]

@@ -57,6 +57,15 @@ if grep -q ' /sys/fs/cgroup tmpfs ' /proc/self/mountinfo \
   mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || echo "setup: warning: could not mount hugetlb cgroup"
 fi
 
+# Rust's musl target: ironcell-vmm's release build (Makefile). glibc's
+# static start-up executes CPUID dozens of times, each an exit to the
+# hypervisor on a nested host (0.3 ms here); musl's does not.
+if command -v rustup >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/rustup" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl
+fi
+
 # containerd 1.7 (Debian 13's) and 2.x (Debian unstable's), unpacked under
 # /var/cache/ironcell, for the daemon's CRI tests.
 bash "$(dirname "$0")/fetch-containerd.sh" 1.7 >/dev/null

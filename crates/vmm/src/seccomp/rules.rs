@@ -65,6 +65,7 @@ pub(crate) const VMM: Syscalls = syscalls!(
     SYS_fdatasync,
     SYS_lseek,
     SYS_tgkill,
+    SYS_tkill,
     SYS_unlink,
     SYS_unlinkat,
     SYS_getsockopt,

@@ -66,7 +66,7 @@ fn open_tap(name: &str) -> Result<File, String> {
     }
     // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `req` lays
     // out (name, flags, padding to 40 bytes); the fd is /dev/net/tun.
-    let ret = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF(), &mut req) };
+    let ret = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF() as _, &mut req) };
     if ret < 0 {
         return Err(format!(
             "cannot attach to tap {name:?}: {}",

@@ -24,9 +24,18 @@ impl Rng {
 fn getrandom(buf: &mut [u8]) -> Result<(), DeviceError> {
     let mut filled = 0;
     while filled < buf.len() {
+        // The raw system call, not libc's getrandom(): in the static musl
+        // build with LTO, std's weak reference to that symbol kept musl's
+        // from being linked in, and the call jumped to address 0.
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                buf[filled..].as_mut_ptr(),
+                buf.len() - filled,
+                0,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
