@@ -117,11 +117,26 @@ struct Proc {
     master: Option<File>,
     /// An exec's process.json (written at Exec, used at Start).
     spec: Option<PathBuf>,
+    /// What the keeper may hold under `key` and has not been told to drop
+    /// yet: the stdin relay's ends (a stdin FIFO) and the terminal's (a
+    /// terminal). Told once; a process without either costs the keeper no
+    /// message (a wasm task's or a plain one's end used to send it eight).
+    kept: Kept,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Kept {
+    stdin: bool,
+    tty: bool,
 }
 
 impl Proc {
     fn new(io: IoSpec, key: String) -> Proc {
         Proc {
+            kept: Kept {
+                stdin: !io.stdin.is_empty(),
+                tty: io.terminal,
+            },
             key,
             pid: 0,
             io,
@@ -143,7 +158,7 @@ impl Proc {
         if let Some(s) = self.stdin.take() {
             s.close();
         }
-        if let Some(k) = keeper {
+        if let (Some(k), true) = (keeper, std::mem::take(&mut self.kept.stdin)) {
             k.release(&format!("{}:stdin", self.key));
             k.release(&format!("{}:stdin-fifo", self.key));
         }
@@ -152,7 +167,7 @@ impl Proc {
     /// The process is gone: nothing of its stdio is kept any more.
     fn release_io(&mut self, keeper: Option<&Keeper>) {
         self.close_stdin(keeper);
-        if let Some(k) = keeper {
+        if let (Some(k), true) = (keeper, std::mem::take(&mut self.kept.tty)) {
             k.release(&format!("{}:tty", self.key));
             k.release(&format!("{}:tty-out", self.key));
         }

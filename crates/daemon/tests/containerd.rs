@@ -186,6 +186,17 @@ fn ctr_through_ironcelld() {
     c.ok(&["-n", "other", "task", "delete", "svc"]);
     c.ok(&["-n", "other", "container", "rm", "svc"]);
 
+    // The keeper holds copies of a terminal's and a stdin relay's fds
+    // while their task lives (for a daemon restart), and drops them after.
+    let keeper_fds = || {
+        let k = s.keepers();
+        assert_eq!(k.len(), 1);
+        std::fs::read_dir(format!("/proc/{}/fd", k[0]))
+            .unwrap()
+            .count()
+    };
+    let fds_before = keeper_fds();
+
     // A terminal (-t), given to ctr by `script`.
     let args = s.run_args(
         &["--rm", "-t"],
@@ -222,6 +233,15 @@ fn ctr_through_ironcelld() {
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), "got:typed-line\nmore\nafter-eof\n");
+    let start = Instant::now();
+    while keeper_fds() > fds_before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the keeper still holds {} fds, {fds_before} before the tty and stdin tasks",
+            keeper_fds()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // One daemon and its keeper served every task; no shim process stayed.
     assert_eq!(s.daemons().len(), 1, "{}", s.daemon_log());
