@@ -5,8 +5,12 @@
 //!
 //!     cargo run --release -p ironcelld --example wasm_stress -- [--tasks N] [--parallel P]
 //!
-//! Runs N tasks one after another, then N tasks with P in flight at once,
-//! and prints tasks/s for both. Every task's output is checked. The
+//! Runs N tasks one after another (each task's four requests before the
+//! next task's first); then N tasks as runwasi's stress test runs them by
+//! default (`--parallel 1`, serial steps up to Start: one task at a time
+//! from Create to Start, its Wait and Delete overlapping the next tasks);
+//! then N tasks with P in flight at once, each whole; and prints tasks/s
+//! for the three. Every task's output is checked. The
 //! sequential client runs on a current-thread runtime
 //! (`STRESS_MT_CLIENT=1`: a multi-threaded one, whose own thread switches
 //! cost about a fifth of the rate on the CI host); `STRESS_DIRECT=1`
@@ -99,13 +103,20 @@ fn bundle(dir: &Path, module: &Path, i: usize) -> PathBuf {
 
 /// One task, Create to Delete; checks its exit status and output. Adds
 /// the time of each request to `phases` (Create, Start, Wait, Delete).
+/// With `slot`, the task holds one of its permits from before Create to
+/// after Start, as runwasi's stress test does.
 async fn task(
     t: &TaskClient,
     b: &Path,
     id: &str,
     phases: &mut [Duration; 4],
+    slot: Option<&tokio::sync::Semaphore>,
 ) -> Result<(), String> {
     let out = b.join("out");
+    let permit = match slot {
+        Some(s) => Some(s.acquire().await.map_err(|e| e.to_string())?),
+        None => None,
+    };
     let mut mark = Instant::now();
     let mut lap = |i: usize| {
         phases[i] += mark.elapsed();
@@ -134,6 +145,7 @@ async fn task(
     .await
     .map_err(|e| format!("start {id}: {e}"))?;
     lap(1);
+    drop(permit);
     let w = t
         .wait(
             ctx(),
@@ -287,44 +299,60 @@ fn main() {
         }
         // The first task compiles the module (into the daemon's cache).
         let mut phases = [Duration::ZERO; 4];
-        task(&t, &bundles[0], "warmup", &mut phases).await.unwrap();
+        task(&t, &bundles[0], "warmup", &mut phases, None)
+            .await
+            .unwrap();
         phases = [Duration::ZERO; 4];
         for b in &bundles {
             std::fs::write(b.join("out"), "").unwrap();
         }
         let start = Instant::now();
         for (i, b) in bundles.iter().enumerate() {
-            task(&t, b, &format!("s{i}"), &mut phases).await.unwrap();
+            task(&t, b, &format!("s{i}"), &mut phases, None)
+                .await
+                .unwrap();
         }
         (start.elapsed(), phases)
     });
     drop(seq_rt);
-    for b in &bundles {
-        std::fs::write(b.join("out"), "").unwrap();
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let par = rt.block_on(async {
-        let t = Arc::new(TaskClient::new(Client::connect(&address).await.unwrap()));
-        let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
-        let start = Instant::now();
-        let mut handles = Vec::new();
-        for (i, b) in bundles.iter().enumerate() {
-            let (t, b, sem) = (t.clone(), b.clone(), sem.clone());
-            handles.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await.unwrap();
-                task(&t, &b, &format!("p{i}"), &mut [Duration::ZERO; 4]).await
-            }));
+    // `slots` tasks at a time: in whole (Create to Delete), or, as
+    // runwasi's stress test does, only from Create to Start.
+    let many = |prefix: &'static str, slots: usize, whole: bool| {
+        for b in &bundles {
+            std::fs::write(b.join("out"), "").unwrap();
         }
-        for h in handles {
-            h.await.unwrap().unwrap();
-        }
-        start.elapsed()
-    });
-    // Four events a task: the warm-up task and 2n more.
-    let expected = 4 * (2 * n + 1);
+        rt.block_on(async {
+            let t = Arc::new(TaskClient::new(Client::connect(&address).await.unwrap()));
+            let sem = Arc::new(tokio::sync::Semaphore::new(slots));
+            let start = Instant::now();
+            let mut handles = Vec::new();
+            for (i, b) in bundles.iter().enumerate() {
+                let (t, b, sem) = (t.clone(), b.clone(), sem.clone());
+                handles.push(tokio::spawn(async move {
+                    let id = format!("{prefix}{i}");
+                    let mut phases = [Duration::ZERO; 4];
+                    if whole {
+                        let _permit = sem.acquire_owned().await.unwrap();
+                        task(&t, &b, &id, &mut phases, None).await
+                    } else {
+                        task(&t, &b, &id, &mut phases, Some(&sem)).await
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.unwrap().unwrap();
+            }
+            start.elapsed()
+        })
+    };
+    let serial_start = many("r", 1, false);
+    let par = many("p", parallel, true);
+    // Four events a task: the warm-up task and 3n more.
+    let expected = 4 * (3 * n + 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     let arrived = || {
         sink.0
@@ -350,7 +378,11 @@ fn main() {
     );
     println!("| run | tasks | in flight | seconds | tasks/s |");
     println!("|---|---:|---:|---:|---:|");
-    for (what, d, p) in [("sequential", seq, 1), ("concurrent", par, parallel)] {
+    for (what, d, p) in [
+        ("sequential", seq, "1"),
+        ("serial-start", serial_start, "1 from Create to Start"),
+        ("concurrent", par, &parallel.to_string()),
+    ] {
         println!(
             "| {what} | {n} | {p} | {:.3} | {:.0} |",
             d.as_secs_f64(),
