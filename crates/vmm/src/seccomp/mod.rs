@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use seccompiler::{sock_filter, BpfProgram};
 
-use rules::{Syscalls, COMMON, VCPU, VMM};
+use rules::{Ioctls, Syscalls, COMMON, VCPU, VCPU_IOCTLS, VMM, VMM_IOCTLS};
 
 /// Set in the environment, this makes the VMM thread issue a syscall outside
 /// its allowlist right after installing it: the test that the filter kills.
@@ -46,23 +46,25 @@ pub fn filters() -> Filters {
 
 /// Thread kind → allowed syscall names, as `--print-seccomp` shows them.
 pub fn allowlist() -> BTreeMap<&'static str, Vec<String>> {
-    let names = |extra: Syscalls| {
+    // ioctl appears with the requests compile_rules restricts it to.
+    let names = |extra: Syscalls, ioctls: Ioctls| {
         let mut v: Vec<String> = COMMON
             .iter()
             .chain(extra)
             .map(|(n, _)| n.trim_start_matches("SYS_").to_string())
+            .filter(|n| n != "ioctl")
             .collect();
+        if !ioctls.is_empty() {
+            let requests: Vec<&str> = ioctls.iter().map(|(n, _)| *n).collect();
+            v.push(format!("ioctl({})", requests.join(" | ")));
+        }
         v.sort();
         v
     };
-    let mut vcpu = names(VCPU);
-    for s in vcpu.iter_mut().filter(|s| *s == "ioctl") {
-        *s = "ioctl(KVM_RUN | KVM_GET_REGS | KVM_SIGNAL_MSI)".into();
-    }
-    let mut vmm = names(VMM);
-    vmm.push("ioctl(FIONBIO | KVM_SIGNAL_MSI)".into());
-    vmm.sort();
-    BTreeMap::from([("vcpu", vcpu), ("vmm", vmm)])
+    BTreeMap::from([
+        ("vcpu", names(VCPU, VCPU_IOCTLS)),
+        ("vmm", names(VMM, VMM_IOCTLS)),
+    ])
 }
 
 /// See `SELFTEST_ENV`. personality(0xffffffff) only queries, and is in no

@@ -10,6 +10,13 @@ macro_rules! syscalls {
 
 pub(crate) type Syscalls = &'static [(&'static str, libc::c_long)];
 
+macro_rules! ioctls {
+    ($($name:ident),* $(,)?) => { &[$((stringify!($name), $name)),*] };
+}
+
+/// ioctl requests a thread may make, by name (for the printed allowlist).
+pub(crate) type Ioctls = &'static [(&'static str, u64)];
+
 /// Needed by every thread: memory allocation, locks, signals, exit, logs.
 pub(crate) const COMMON: Syscalls = syscalls!(
     SYS_brk,
@@ -85,7 +92,7 @@ pub(crate) const FIONBIO: u64 = 0x5421;
 
 /// Compiles the allowlist of one thread kind: COMMON plus `extra`, ioctl
 /// restricted to `ioctls` (its second argument, as a 32-bit value).
-pub(crate) fn compile_rules(extra: Syscalls, ioctls: &[u64]) -> Result<seccompiler::BpfProgram, String> {
+pub(crate) fn compile_rules(extra: Syscalls, ioctls: Ioctls) -> Result<seccompiler::BpfProgram, String> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,
@@ -98,7 +105,7 @@ pub(crate) fn compile_rules(extra: Syscalls, ioctls: &[u64]) -> Result<seccompil
     if !ioctls.is_empty() {
         let conditions = ioctls
             .iter()
-            .map(|req| {
+            .map(|(_, req)| {
                 SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)
                     .and_then(|c| SeccompRule::new(vec![c]))
                     .map_err(|e| e.to_string())
@@ -119,6 +126,6 @@ pub(crate) fn compile_rules(extra: Syscalls, ioctls: &[u64]) -> Result<seccompil
 }
 
 /// The vCPU threads' ioctls.
-pub(crate) const VCPU_IOCTLS: &[u64] = &[KVM_RUN, KVM_GET_REGS, KVM_SIGNAL_MSI];
+pub(crate) const VCPU_IOCTLS: Ioctls = ioctls!(KVM_RUN, KVM_GET_REGS, KVM_SIGNAL_MSI);
 /// The VMM thread's ioctls.
-pub(crate) const VMM_IOCTLS: &[u64] = &[FIONBIO, KVM_SIGNAL_MSI];
+pub(crate) const VMM_IOCTLS: Ioctls = ioctls!(FIONBIO, KVM_SIGNAL_MSI);
