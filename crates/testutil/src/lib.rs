@@ -260,3 +260,36 @@ pub fn start_daemon_with(bin: &Path, root: &Path, args: &[&OsStr]) -> std::proce
         .spawn()
         .expect("start ironcelld")
 }
+
+/// A shell function `snap` that prints what confines the process calling
+/// it, one fact a line: credentials, capabilities, no_new_privs, seccomp,
+/// cgroups, namespaces, rlimits, the LSM label and the OOM score
+/// adjustment. A container's init and a process exec'd into the container
+/// must print the same.
+pub const CONFINEMENT_SNAPSHOT: &str = r#"snap() {
+  grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status
+  sed 's/^/cgroup /' /proc/self/cgroup
+  for n in cgroup ipc mnt net pid time user uts; do echo "ns $n $(readlink /proc/self/ns/$n)"; done
+  sed 's/^/limit /' /proc/self/limits
+  echo "lsm $(cat /proc/self/attr/current 2>/dev/null)"
+  echo "oom_score_adj $(cat /proc/self/oom_score_adj)"
+}"#;
+
+/// The lines in which two [`CONFINEMENT_SNAPSHOT`] outputs differ, as
+/// `-init` / `+exec` pairs; empty when they agree line for line.
+pub fn confinement_diff(init: &str, exec: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (init.lines().collect(), exec.lines().collect());
+    assert!(
+        a.iter().any(|l| l.starts_with("Seccomp:")),
+        "not a confinement snapshot: {init:?}"
+    );
+    let mut diff = Vec::new();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i).copied(), b.get(i).copied());
+        if x != y {
+            diff.push(format!("-{}", x.unwrap_or("")));
+            diff.push(format!("+{}", y.unwrap_or("")));
+        }
+    }
+    diff
+}

@@ -163,6 +163,37 @@ pub fn drop_privileges<S: Syscall + ?Sized>(
     Ok(())
 }
 
+/// `cs` with CAP_SYS_ADMIN added to its effective and permitted sets (where
+/// it names them): what a process keeps until it has loaded a seccomp
+/// filter without no_new_privs.
+pub fn with_sys_admin(cs: &LinuxCapabilities) -> LinuxCapabilities {
+    let mut staged = cs.clone();
+    let add = |set: &Option<Capabilities>| {
+        set.clone().map(|mut s| {
+            s.insert(SpecCapability::SysAdmin);
+            s
+        })
+    };
+    staged.set_effective(add(cs.effective()));
+    staged.set_permitted(add(cs.permitted()));
+    staged
+}
+
+/// Sets the effective and permitted sets to `cs`'s, dropping the
+/// CAP_SYS_ADMIN that [`with_sys_admin`] kept.
+pub fn drop_kept_sys_admin<S: Syscall + ?Sized>(
+    cs: &LinuxCapabilities,
+    syscall: &S,
+) -> Result<(), SyscallError> {
+    if let Some(effective) = cs.effective() {
+        syscall.set_capability(CapSet::Effective, &to_set(effective))?;
+    }
+    if let Some(permitted) = cs.permitted() {
+        syscall.set_capability(CapSet::Permitted, &to_set(permitted))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -466,6 +466,12 @@ impl TenantContainerBuilder {
             linux_builder = linux_builder.personality(personality.clone());
         }
 
+        // A process started in the container is confined by the container's
+        // seccomp filter, as its init is.
+        if let Some(seccomp) = spec_linux.seccomp() {
+            linux_builder = linux_builder.seccomp(seccomp.clone());
+        }
+
         if let Some(time_offsets) = spec_linux.time_offsets() {
             linux_builder = linux_builder.time_offsets(time_offsets.clone());
         }

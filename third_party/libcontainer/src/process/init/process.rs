@@ -348,33 +348,28 @@ pub fn container_init_process(
         )?;
     }
 
-    // Without no new privileges, seccomp is a privileged operation. We have to
-    // do this before dropping capabilities. Otherwise, we should do it later,
-    // as close to exec as possible.
+    // The seccomp filter is loaded last, right before the payload's exec
+    // (below), so that none of the runtime's own calls meet it. Without
+    // no_new_privs the kernel lets a process load a filter only with
+    // CAP_SYS_ADMIN in its effective set: when the final capabilities lack
+    // it, it is kept until the filter is loaded and dropped then.
     #[cfg(feature = "libseccomp")]
-    if let Some(seccomp) = ctx.linux.seccomp() {
-        if ctx.process.no_new_privileges().is_none() {
-            let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
-                tracing::error!(?err, "failed to initialize seccomp");
-                err
-            })?;
-            sync_seccomp(notify_fd, main_sender, init_receiver).map_err(|err| {
-                tracing::error!(?err, "failed to sync seccomp");
-                err
-            })?;
-        }
-    }
+    let seccomp_keeps_sys_admin =
+        ctx.linux.seccomp().is_some() && ctx.process.no_new_privileges() != Some(true);
     #[cfg(not(feature = "libseccomp"))]
-    if ctx.process.no_new_privileges().is_none() {
-        tracing::warn!("seccomp not available, unable to enforce no_new_privileges!")
-    }
+    let seccomp_keeps_sys_admin = false;
 
     capabilities::reset_effective(ctx.syscall.as_ref()).map_err(|err| {
         tracing::error!(?err, "failed to reset effective capabilities");
         InitProcessError::SyscallOther(err)
     })?;
     if let Some(caps) = ctx.process.capabilities() {
-        capabilities::drop_privileges(caps, ctx.syscall.as_ref()).map_err(|err| {
+        let staged = if seccomp_keeps_sys_admin {
+            capabilities::with_sys_admin(caps)
+        } else {
+            caps.clone()
+        };
+        capabilities::drop_privileges(&staged, ctx.syscall.as_ref()).map_err(|err| {
             tracing::error!(?err, "failed to drop capabilities");
             InitProcessError::SyscallOther(err)
         })?;
@@ -400,20 +395,26 @@ pub fn container_init_process(
     // notify socket will still need network related syscalls.
     #[cfg(feature = "libseccomp")]
     if let Some(seccomp) = ctx.linux.seccomp() {
-        if ctx.process.no_new_privileges().is_some() {
-            let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
-                tracing::error!(?err, "failed to initialize seccomp");
-                err
-            })?;
-            sync_seccomp(notify_fd, main_sender, init_receiver).map_err(|err| {
-                tracing::error!(?err, "failed to sync seccomp");
-                err
-            })?;
+        let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
+            tracing::error!(?err, "failed to initialize seccomp");
+            err
+        })?;
+        sync_seccomp(notify_fd, main_sender, init_receiver).map_err(|err| {
+            tracing::error!(?err, "failed to sync seccomp");
+            err
+        })?;
+        if seccomp_keeps_sys_admin {
+            if let Some(caps) = ctx.process.capabilities() {
+                capabilities::drop_kept_sys_admin(caps, ctx.syscall.as_ref()).map_err(|err| {
+                    tracing::error!(?err, "failed to drop capabilities after seccomp");
+                    InitProcessError::SyscallOther(err)
+                })?;
+            }
         }
     }
     #[cfg(not(feature = "libseccomp"))]
-    if ctx.process.no_new_privileges().is_some() {
-        tracing::warn!("seccomp not available, unable to set seccomp privileges!")
+    if ctx.linux.seccomp().is_some() {
+        tracing::warn!("seccomp not available, unable to set seccomp profile!")
     }
 
     // add HOME into envs if not exists
