@@ -32,6 +32,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Commands that fork into a container run from a sealed copy of this
+    // binary, out of the container's reach (CVE-2019-5736).
+    if matches!(
+        command,
+        args::Command::Create(_) | args::Command::Run { .. } | args::Command::Exec(_)
+    ) {
+        if let Err(e) = ironcell_container::sealed_exe::ensure_sealed() {
+            eprintln!("ironcell: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Err(e) = logging::init(global.log.as_deref(), global.log_format, global.debug) {
         eprintln!("ironcell: {e:#}");
         return ExitCode::FAILURE;

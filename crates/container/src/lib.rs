@@ -15,6 +15,7 @@ mod console;
 mod engine;
 mod error;
 mod exec;
+pub mod sealed_exe;
 mod signal;
 
 pub use console::{send_new_pty, ConsoleSocket};

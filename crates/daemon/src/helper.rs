@@ -191,6 +191,11 @@ impl Job {
 
 /// `ironcelld helper ...`: runs in the re-executed binary.
 pub fn main(args: &[OsString]) -> ExitCode {
+    // The helper forks the container's processes: it runs from a sealed
+    // copy of this binary, out of their reach (CVE-2019-5736). This comes
+    // before the error fd is made close-on-exec, so that the re-executed
+    // helper has it too.
+    let sealed = ironcell_container::sealed_exe::ensure_sealed();
     if let Some(log) = std::env::var_os(LOG_ENV) {
         let _ = logging::init(
             Some(Path::new(&log)),
@@ -212,7 +217,10 @@ pub fn main(args: &[OsString]) -> ExitCode {
             );
             f
         });
-    let result = Job::parse(args).and_then(|job| job.run());
+    let result = sealed
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Job::parse(args))
+        .and_then(|job| job.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

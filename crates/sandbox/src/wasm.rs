@@ -126,7 +126,7 @@ impl WasmSandbox {
         if let Some(p) = std::env::var_os(RUNNER_ENV) {
             return p.into();
         }
-        std::env::current_exe()
+        ironcell_container::sealed_exe::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.join(RUNNER)))
             .filter(|p| p.exists())
