@@ -1,5 +1,6 @@
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,30 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     /// false when the caller waits for the container in the foreground.
     pub detach: bool,
+}
+
+/// The stdio a container's (or an exec'd) process gets instead of the
+/// caller's own fds 0, 1 and 2 (the guest agent gives it pipes).
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+impl ProcessIo {
+    pub(crate) fn apply(self, mut b: ContainerBuilder) -> ContainerBuilder {
+        if let Some(fd) = self.stdin {
+            b = b.with_stdin(fd);
+        }
+        if let Some(fd) = self.stdout {
+            b = b.with_stdout(fd);
+        }
+        if let Some(fd) = self.stderr {
+            b = b.with_stderr(fd);
+        }
+        b
+    }
 }
 
 /// All containers under one state root (runc's `--root`).
@@ -81,6 +106,17 @@ impl Engine {
         bundle: &Bundle,
         opts: &CreateOptions,
     ) -> Result<Container, ContainerError> {
+        self.create_with_io(id, bundle, opts, ProcessIo::default())
+    }
+
+    /// [`Self::create`] with the init's stdio given as `io`.
+    pub fn create_with_io(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        io: ProcessIo,
+    ) -> Result<Container, ContainerError> {
         validate_id(id)?;
         let dir = self.dir(id);
         if dir.exists() {
@@ -99,8 +135,10 @@ impl Engine {
             .with_pid_file(opts.pid_file.as_ref())
             .and_then(|b| b.with_root_path(&self.root))
             .map(|b| {
-                b.with_console_socket(opts.console_socket.as_ref())
-                    .with_preserved_fds(opts.preserve_fds)
+                io.apply(
+                    b.with_console_socket(opts.console_socket.as_ref())
+                        .with_preserved_fds(opts.preserve_fds),
+                )
             })
             .and_then(|b| b.validate_id())
             .and_then(|b| {

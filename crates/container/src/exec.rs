@@ -7,7 +7,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{Capability, Process, Spec};
 
-use crate::engine::{Container, Engine};
+use crate::engine::{Engine, ProcessIo};
 use crate::error::ContainerError;
 
 /// Options of `exec`, named as runc names them.
@@ -46,6 +46,16 @@ impl Engine {
     /// Starts another process inside running container `id`. Returns its
     /// pid on the host; the caller waits for it unless `detach`.
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, ContainerError> {
+        self.exec_with_io(id, opts, ProcessIo::default())
+    }
+
+    /// [`Self::exec`] with the process's stdio given as `io`.
+    pub fn exec_with_io(
+        &self,
+        id: &str,
+        opts: &ExecOptions,
+        io: ProcessIo,
+    ) -> Result<i32, ContainerError> {
         let container = self.load(id)?;
         match container.status() {
             ironcell_oci::Status::Running => {}
@@ -61,7 +71,13 @@ impl Engine {
         }
         let process = match &opts.process {
             Some(path) => read_process(path)?,
-            None => process_from_container(&container, opts)?,
+            None => {
+                let config = container.bundle().join("config.json");
+                let spec = Spec::load(&config).map_err(|e| {
+                    ContainerError::Invalid(format!("cannot read {}: {e}", config.display()))
+                })?;
+                exec_process(&spec, opts)?
+            }
         };
         // libcontainer reads the process from a file; write ours next to the
         // container's state so it never outlives the container.
@@ -82,8 +98,10 @@ impl Engine {
             .with_root_path(self.root())
             .and_then(|b| b.with_pid_file(opts.pid_file.as_ref()))
             .map(|b| {
-                b.with_console_socket(opts.console_socket.as_ref())
-                    .with_preserved_fds(opts.preserve_fds)
+                io.apply(
+                    b.with_console_socket(opts.console_socket.as_ref())
+                        .with_preserved_fds(opts.preserve_fds),
+                )
             })
             .and_then(|b| b.validate_id())
             .and_then(|b| {
@@ -118,20 +136,18 @@ fn read_process(path: &Path) -> Result<Process, ContainerError> {
     }
 }
 
-/// runc's exec without `--process`: the container's own process spec with
-/// the command line's changes.
-fn process_from_container(
-    container: &Container,
-    opts: &ExecOptions,
-) -> Result<Process, ContainerError> {
+/// The process runc's `exec` starts in a container of spec `spec`: the
+/// `--process` file, or else the container's own process with the command
+/// line's changes.
+pub fn exec_process(spec: &Spec, opts: &ExecOptions) -> Result<Process, ContainerError> {
+    if let Some(path) = &opts.process {
+        return read_process(path);
+    }
     if opts.args.is_empty() {
         return Err(ContainerError::Invalid(
             "exec needs a command to run, or --process".into(),
         ));
     }
-    let config = container.bundle().join("config.json");
-    let spec = Spec::load(&config)
-        .map_err(|e| ContainerError::Invalid(format!("cannot read {}: {e}", config.display())))?;
     let mut p = spec.process().clone().unwrap_or_default();
     p.set_args(Some(opts.args.clone()));
     p.set_terminal(Some(opts.tty));

@@ -19,9 +19,9 @@ pub mod sealed_exe;
 mod signal;
 
 pub use console::{send_new_pty, ConsoleSocket};
-pub use engine::{Container, CreateOptions, Engine};
+pub use engine::{Container, CreateOptions, Engine, ProcessIo};
 pub use error::ContainerError;
-pub use exec::{parse_capability, ExecOptions};
+pub use exec::{exec_process, parse_capability, ExecOptions};
 pub use signal::{parse_signal, SignalError};
 
 /// cgroup statistics as [`Container::stats`] returns them.

@@ -92,7 +92,10 @@ pub fn ensure_sealed() -> io::Result<()> {
     let err = exec_fd(&sealed, std::env::args_os());
     Err(io::Error::new(
         err.kind(),
-        format!("cannot re-execute from a sealed copy of {}: {err}", original.display()),
+        format!(
+            "cannot re-execute from a sealed copy of {}: {err}",
+            original.display()
+        ),
     ))
 }
 
@@ -120,37 +123,29 @@ pub fn sealed_handle(exe: &File, path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens `path` through a detached read-only overlayfs mount of its
 /// directory, and checks it is the file `exe` is.
+///
+/// overlayfs without an upper layer needs two lower ones, and they must not
+/// overlap: the second is an empty tmpfs that is never attached either,
+/// named through its mount fd. Kernels before 6.13 refuse a detached mount
+/// as a layer; there the second layer is an empty directory made for the
+/// purpose and removed at once.
 fn overlay_handle(exe: &File, path: &Path) -> io::Result<OwnedFd> {
     let (dir, name) = match (path.parent(), path.file_name()) {
         (Some(d), Some(n)) if path.is_absolute() => (d, n),
         _ => return Err(io::Error::other("binary path is not absolute")),
     };
-    // overlayfs without an upper layer needs two lower ones, and they must
-    // not overlap: the second is an empty tmpfs that is never attached
-    // either, named through its mount fd.
-    let empty = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    rustix::mount::fsconfig_set_string(&empty, "size", "4k")?;
-    rustix::mount::fsconfig_create(&empty)?;
-    let empty = rustix::mount::fsmount(
-        &empty,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY
-            | MountAttrFlags::MOUNT_ATTR_NODEV
-            | MountAttrFlags::MOUNT_ATTR_NOSUID
-            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
-    )?;
-    let mut lower = escape_lowerdir(dir.as_os_str());
-    lower.push(format!(":/proc/self/fd/{}", empty.as_raw_fd()));
-    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    rustix::mount::fsconfig_set_string(&fs, "lowerdir", lower)?;
-    rustix::mount::fsconfig_create(&fs)?;
-    let mnt = rustix::mount::fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY
-            | MountAttrFlags::MOUNT_ATTR_NODEV
-            | MountAttrFlags::MOUNT_ATTR_NOSUID,
-    )?;
+    let empty = empty_tmpfs()?;
+    let detached = format!("/proc/self/fd/{}", empty.as_raw_fd());
+    let mnt = match read_only_overlay(dir, OsStr::new(&detached)) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            let tmp = tempfile_dir()?;
+            let m = read_only_overlay(dir, tmp.as_os_str());
+            let _ = std::fs::remove_dir(&tmp);
+            m?
+        }
+        Err(e) => return Err(e),
+    };
     let fd = rustix::fs::openat(
         &mnt,
         name,
@@ -167,6 +162,53 @@ fn overlay_handle(exe: &File, path: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::other("overlay mount is not read-only"));
     }
     Ok(fd)
+}
+
+/// A small read-only tmpfs that no mount tree holds.
+fn empty_tmpfs() -> io::Result<OwnedFd> {
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    rustix::mount::fsconfig_set_string(&fs, "size", "4k")?;
+    rustix::mount::fsconfig_create(&fs)?;
+    Ok(rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?)
+}
+
+/// A new empty directory of this process's own in the temporary directory.
+fn tempfile_dir() -> io::Result<std::path::PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..100u32 {
+        let p = base.join(format!(".ironcell-sealed-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free name for an empty directory"))
+}
+
+/// A read-only overlayfs of `dir` over `second` (an empty layer), never
+/// attached to any mount tree; its mount fd.
+fn read_only_overlay(dir: &Path, second: &OsStr) -> io::Result<OwnedFd> {
+    let mut lower = escape_lowerdir(dir.as_os_str());
+    lower.push(":");
+    lower.push(escape_lowerdir(second));
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    rustix::mount::fsconfig_set_string(&fs, "lowerdir", lower)?;
+    rustix::mount::fsconfig_create(&fs)?;
+    Ok(rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )?)
 }
 
 /// overlayfs splits `lowerdir` at `:` and unescapes `\`.
@@ -238,7 +280,10 @@ mod tests {
 
     #[test]
     fn lowerdir_escapes_separators() {
-        assert_eq!(escape_lowerdir(OsStr::new("/a:b\\c,d")), OsString::from("/a\\:b\\\\c\\,d"));
+        assert_eq!(
+            escape_lowerdir(OsStr::new("/a:b\\c,d")),
+            OsString::from("/a\\:b\\\\c\\,d")
+        );
     }
 
     #[test]
@@ -268,7 +313,9 @@ mod tests {
     #[test]
     fn overlay_handle_is_read_only_and_leaves_no_mount() {
         if !root() {
-            eprintln!("==== SKIPPED overlay_handle_is_read_only_and_leaves_no_mount: needs root ====");
+            eprintln!(
+                "==== SKIPPED overlay_handle_is_read_only_and_leaves_no_mount: needs root ===="
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
