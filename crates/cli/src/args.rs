@@ -26,6 +26,9 @@ pub struct Global {
     pub debug: bool,
     pub systemd_cgroup: bool,
     pub sandbox: Option<Kind>,
+    /// The configuration file (`--config`; else IRONCELL_CONFIG, else
+    /// /etc/ironcell/config.toml).
+    pub config: Option<PathBuf>,
 }
 
 impl Default for Global {
@@ -37,6 +40,7 @@ impl Default for Global {
             debug: false,
             systemd_cgroup: false,
             sandbox: None,
+            config: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub enum Command {
         id: String,
     },
     Features,
+    Check,
     Spec {
         bundle: PathBuf,
     },
@@ -142,6 +147,7 @@ commands:
   pause     freeze every process of a container
   resume    thaw a paused container
   features  print what this runtime supports (OCI features JSON)
+  check     print what this host offers and which sandboxes can run
   spec      write a default config.json into a bundle
 
 global options:
@@ -152,6 +158,8 @@ global options:
   --systemd-cgroup       manage cgroups through systemd (needs systemd as init)
   --sandbox KIND         namespace, vm, wasm or app-kernel (default: the config.json
                          annotation io.ironcell.sandbox, else namespace)
+  --config FILE          configuration file (default $IRONCELL_CONFIG, else
+                         /etc/ironcell/config.toml; see docs/vm.md)
   -v, --version          print the version
   -h, --help             print this help
 ";
@@ -228,6 +236,7 @@ fn global_flag(p: &mut Parser, flag: &str, g: &mut Global) -> Result<bool> {
             }
         }
         "--debug" => g.debug = true,
+        "--config" => g.config = Some(p.value()?.into()),
         "--systemd-cgroup" => g.systemd_cgroup = true,
         "--sandbox" => {
             let s = string(p.value()?, "--sandbox")?;
@@ -438,6 +447,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation> {
                 bail!("features: unexpected argument {extra:?}");
             }
             Command::Features
+        }
+        "check" => {
+            let mut extra = None;
+            if let Some(f) = next_flag(&mut p, &mut g, one_value(&mut extra, "check"))? {
+                return Err(unexpected(&f, "check"));
+            }
+            if let Some(extra) = extra {
+                bail!("check: unexpected argument {extra:?}");
+            }
+            Command::Check
         }
         "spec" => {
             let mut bundle = PathBuf::from(".");

@@ -22,7 +22,11 @@ pub fn run(global: &Global, command: Command) -> Result<u8> {
     if global.systemd_cgroup && !Path::new("/run/systemd/system").exists() {
         bail!("--systemd-cgroup: systemd is not running on this host (use the cgroupfs driver)");
     }
-    let sandboxes = Sandboxes::new(global.root.clone(), global.systemd_cgroup);
+    let sandboxes = Sandboxes::with_config(
+        global.root.clone(),
+        global.systemd_cgroup,
+        global.config.clone(),
+    );
     match command {
         Command::Create(args) => {
             ironcell_oci::validate_id(&args.id)?;
@@ -70,6 +74,7 @@ pub fn run(global: &Global, command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::Spec { bundle } => spec(&bundle),
+        Command::Check => crate::check::run(global.config.as_deref()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! podman, docker and containerd's runc shim can drive it unchanged.
 
 mod args;
+mod check;
 mod commands;
 mod console;
 mod foreground;
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
         Ok(Invocation::Run(g, c)) => (g, c),
         Ok(Invocation::Version) => {
             println!(
-                "ironcell version {VERSION}\nspec: {}\nsandboxes: namespace",
+                "ironcell version {VERSION}\nspec: {}\nsandboxes: namespace, vm, wasm",
                 ironcell_oci::OCI_VERSION
             );
             return ExitCode::SUCCESS;

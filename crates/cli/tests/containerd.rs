@@ -158,3 +158,94 @@ fn containerd_runc_shim_drives_ironcell() {
         .unwrap_or_default();
     assert!(left.is_empty(), "ironcell state left: {left:?}");
 }
+
+/// The vm sandbox through containerd's runc shim: the runc binary is a
+/// wrapper running ironcell with `--sandbox vm` and a configuration that
+/// boots VMs under QEMU with TCG (the shim passes the binary no arguments
+/// of its own).
+#[test]
+fn containerd_runc_shim_runs_containers_in_vms() {
+    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
+    let test = "containerd_runc_shim_runs_containers_in_vms";
+    if !need_root(test) || !qemu_tools(test) {
+        return;
+    }
+    let Some(g) = guest(test) else { return };
+    let Some(c) = Containerd::start(Options::default()) else {
+        return;
+    };
+    let config = qemu_config(c.dir(), &g, "");
+    let wrapper = c.dir().join("ironcell-vmtest");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} --sandbox vm \"$@\"\n",
+            ironcell().display(),
+            config.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let args = |extra: &[&str], rest: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into(), "--runc-binary".into()];
+        v.push(wrapper.to_str().unwrap().into());
+        v.push("--runc-root".into());
+        v.push(runc_root(&c).to_str().unwrap().into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push(IMAGE.into());
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    };
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+
+    let out = ctr_ok(&c, &args(&["--rm"], &["vmfg", "uname", "-r"]));
+    assert!(
+        out.trim().ends_with("-ironcell") && out.trim() != host_release,
+        "{out}"
+    );
+    let a = args(&["--rm"], &["vmexit", "sh", "-c", "exit 3"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_eq!(c.run(&a).status.code(), Some(3));
+
+    ctr_ok(&c, &args(&["-d"], &["vmsvc", "sleep", "1000"]));
+    c.wait_task("vmsvc", "RUNNING");
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "vmsvc",
+        "sh",
+        "-c",
+        "uname -r",
+    ]);
+    assert!(out.trim().ends_with("-ironcell"), "{out}");
+    c.ok(&["task", "pause", "vmsvc"]);
+    c.wait_task("vmsvc", "PAUSED");
+    c.ok(&["task", "resume", "vmsvc"]);
+    c.wait_task("vmsvc", "RUNNING");
+    c.ok(&["task", "kill", "-s", "KILL", "vmsvc"]);
+    c.wait_task("vmsvc", "STOPPED");
+    c.ok(&["task", "delete", "vmsvc"]);
+    c.ok(&["container", "delete", "vmsvc"]);
+    assert!(
+        !ironcell_root(&c).join("vmsvc").exists(),
+        "state left behind"
+    );
+    assert!(
+        run_dirs(c.dir()).is_empty(),
+        "VM run directories left behind"
+    );
+    assert!(
+        processes_with(c.dir().join("vmrun").to_str().unwrap()).is_empty(),
+        "VM processes left behind"
+    );
+}

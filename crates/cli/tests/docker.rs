@@ -21,6 +21,11 @@ struct Dockerd {
 
 impl Dockerd {
     fn start() -> Option<Dockerd> {
+        Self::start_with(&[])
+    }
+
+    /// dockerd with ironcell and `runtimes` (name, path) added.
+    fn start_with(runtimes: &[(&str, PathBuf)]) -> Option<Dockerd> {
         if !need_root("docker") {
             return None;
         }
@@ -34,22 +39,26 @@ impl Dockerd {
             .unwrap();
         let d = dir.path();
         let log = fs::File::create(d.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--host")
-            .arg(format!("unix://{}", d.join("d.sock").display()))
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("d.pid"))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .arg("--add-runtime")
-            .arg(format!("ironcell={}", ironcell().display()))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd is not installed: run `make setup`");
+        let child =
+            Command::new("dockerd")
+                .arg("--host")
+                .arg(format!("unix://{}", d.join("d.sock").display()))
+                .arg("--data-root")
+                .arg(d.join("root"))
+                .arg("--exec-root")
+                .arg(d.join("exec"))
+                .arg("--pidfile")
+                .arg(d.join("d.pid"))
+                .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+                .arg("--add-runtime")
+                .arg(format!("ironcell={}", ironcell().display()))
+                .args(runtimes.iter().flat_map(|(n, p)| {
+                    ["--add-runtime".to_string(), format!("{n}={}", p.display())]
+                }))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("dockerd is not installed: run `make setup`");
         let dk = Dockerd { dir, child };
         let start = Instant::now();
         while !dk.run(&["version"]).status.success() {
@@ -199,4 +208,110 @@ fn docker_runs_containers_with_ironcell() {
         .map(|x| x.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "ironcell state left: {left:?}");
+}
+
+/// The vm sandbox through docker: a runtime added with `--add-runtime`
+/// that runs ironcell with `--sandbox vm` and a configuration that boots
+/// VMs under QEMU with TCG. (Docker 24 and later pass `--annotation
+/// io.ironcell.sandbox=vm` through to the runtime; Debian 12's docker 20.10
+/// has no such flag, so a runtime of its own selects the sandbox.)
+#[test]
+fn docker_runs_containers_in_vms() {
+    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
+    let test = "docker_runs_containers_in_vms";
+    if !need_root(test) || !qemu_tools(test) {
+        return;
+    }
+    let Some(g) = guest(test) else { return };
+    let dir = tempfile::Builder::new()
+        .prefix("ironcell-docker-vm-")
+        .tempdir()
+        .unwrap();
+    let config = qemu_config(dir.path(), &g, "");
+    // dockerd's --add-runtime takes no arguments for the runtime: a
+    // wrapper adds them.
+    let wrapper = dir.path().join("ironcell-vmtest");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} --sandbox vm \"$@\"\n",
+            ironcell().display(),
+            config.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let Some(d) = Dockerd::start_with(&[("ironcell-vmtest", wrapper)]) else {
+        return;
+    };
+    let base = ["run", "--runtime", "ironcell-vmtest", "--network", "none"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+
+    let out = d.run(&with(
+        &base,
+        &["--rm", IMAGE, "sh", "-c", "uname -r; exit 5"],
+    ));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let release = stdout(&out);
+    assert!(
+        release.trim().ends_with("-ironcell") && release.trim() != host_release,
+        "{release}"
+    );
+
+    d.ok(&with(
+        &base,
+        &[
+            "-d",
+            "--name",
+            "vmsvc",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ],
+    ));
+    let out = d.run(&["exec", "vmsvc", "sh", "-c", "uname -r; exit 6"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(6), release.clone())
+    );
+    d.ok(&["pause", "vmsvc"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Status}}", "vmsvc"])
+            .trim(),
+        "paused"
+    );
+    d.ok(&["unpause", "vmsvc"]);
+    d.ok(&["stop", "-t", "20", "vmsvc"]);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "vmsvc"])
+            .trim(),
+        "0"
+    );
+    d.ok(&with(
+        &base,
+        &["-d", "--name", "vmvictim", IMAGE, "sleep", "1000"],
+    ));
+    d.ok(&["kill", "vmvictim"]);
+    assert_eq!(d.ok(&["wait", "vmvictim"]).trim(), "137");
+    d.ok(&["rm", "vmsvc", "vmvictim"]);
+    assert!(
+        run_dirs(dir.path()).is_empty(),
+        "VM run directories left behind"
+    );
+    assert!(
+        processes_with(dir.path().join("vmrun").to_str().unwrap()).is_empty(),
+        "VM processes left behind"
+    );
 }

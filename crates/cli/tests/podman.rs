@@ -382,3 +382,161 @@ fn podman_runs_a_wasm_image() {
         "state of {id} left"
     );
 }
+
+/// The vm sandbox through podman: `--runtime-flag config=...` points
+/// ironcell at a configuration that boots VMs under QEMU with TCG, and the
+/// `io.ironcell.sandbox=vm` annotation selects the sandbox. Each container
+/// runs in a guest of its own.
+#[test]
+fn podman_runs_containers_in_vms() {
+    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
+    let test = "podman_runs_containers_in_vms";
+    if !need_root(test) || !qemu_tools(test) {
+        return;
+    }
+    let Some(g) = guest(test) else { return };
+    let Some(p) = Podman::new() else { return };
+    let config = qemu_config(p.dir.path(), &g, "memory_mib = 256");
+    let flag = format!("--runtime-flag=config={}", config.display());
+    let vm = |args: &[&str]| {
+        let mut a: Vec<&str> = vec![&flag];
+        a.extend_from_slice(&args[..1]);
+        a.extend(["--annotation", "io.ironcell.sandbox=vm"]);
+        a.extend_from_slice(&args[1..]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let ok = |args: &[&str]| p.ok(&vm(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let run = |args: &[&str]| p.run(&vm(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+
+    // run --rm: the guest's kernel, and the exit code.
+    let out = run(&["run", "--rm", IMAGE, "sh", "-c", "uname -r; exit 6"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let release = stdout(&out);
+    assert!(
+        release.trim().ends_with("-ironcell") && release.trim() != host_release,
+        "{release}"
+    );
+
+    // -it: a terminal of the guest.
+    let out = in_terminal(
+        &p.cmd(
+            &vm(&[
+                "run",
+                "--rm",
+                "-it",
+                IMAGE,
+                "sh",
+                "-c",
+                "[ -t 0 ] && echo is-a-tty; tty; sleep 0.5",
+            ])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ),
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("is-a-tty") && text.contains("/dev/pts/0"),
+        "{text} {}",
+        stderr(&out)
+    );
+
+    // -v: a volume written inside the guest, read on the host.
+    let vol = p.dir.path().join("vol");
+    fs::create_dir(&vol).unwrap();
+    let spec = format!("{}:/data", vol.display());
+    ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo from-the-guest > /data/f; uname -r > /data/k",
+    ]);
+    assert_eq!(
+        fs::read_to_string(vol.join("f")).unwrap(),
+        "from-the-guest\n"
+    );
+    assert_eq!(fs::read_to_string(vol.join("k")).unwrap(), release);
+
+    // -m: the limit is the guest cgroup's, and enforced there.
+    let seen = ok(&[
+        "run",
+        "--rm",
+        "-m",
+        "48m",
+        IMAGE,
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+    ]);
+    assert_eq!(seen.trim(), (48 * 1024 * 1024).to_string());
+    let big = run(&[
+        "run",
+        "--rm",
+        "-m",
+        "48m",
+        "--memory-swap",
+        "48m",
+        IMAGE,
+        "sh",
+        "-c",
+        "exec dd if=/dev/zero of=/dev/shm/fill bs=1M count=128",
+    ]);
+    assert_eq!(
+        big.status.code(),
+        Some(137),
+        "{} {}",
+        stdout(&big),
+        stderr(&big)
+    );
+
+    // exec, stop (SIGTERM reaches the guest's trap), kill.
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vmsvc",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'echo stopping; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    assert_eq!(p.ok(&["exec", "vmsvc", "uname", "-r"]), release);
+    let out = p.run(&["exec", "vmsvc", "sh", "-c", "echo exec-out; exit 3"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim()),
+        (Some(3), "exec-out")
+    );
+    p.ok(&["stop", "-t", "20", "vmsvc"]);
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "vmsvc"])
+            .trim(),
+        "0"
+    );
+    assert!(p.ok(&["logs", "vmsvc"]).contains("stopping"));
+    ok(&["run", "-d", "--name", "vmvictim", IMAGE, "sleep", "1000"]);
+    p.ok(&["kill", "--signal", "KILL", "vmvictim"]);
+    p.ok(&["wait", "vmvictim"]);
+    assert_eq!(
+        p.ok(&["inspect", "--format", "{{.State.ExitCode}}", "vmvictim"])
+            .trim(),
+        "137"
+    );
+    p.ok(&["rm", "vmsvc", "vmvictim"]);
+    assert!(
+        run_dirs(p.dir.path()).is_empty(),
+        "VM run directories left behind"
+    );
+    let marker = p.dir.path().join("vmrun");
+    assert!(
+        processes_with(marker.to_str().unwrap()).is_empty(),
+        "VM processes left behind"
+    );
+}

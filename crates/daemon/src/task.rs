@@ -659,6 +659,14 @@ impl Tasks {
                 return Err(e.into());
             }
         };
+        if kind == Kind::Vm {
+            undo(&task);
+            return Err(TaskError::InvalidArgument(
+                "the vm sandbox is not served by ironcelld yet: run the container with \
+                 containerd's runc shim and ironcell as its binary (docs/vm.md)"
+                    .into(),
+            ));
+        }
         if kind == Kind::Wasm {
             return match self.create_wasm(&task, &bundle, &req.io).await {
                 Ok((proc, stdin)) => {

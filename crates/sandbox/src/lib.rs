@@ -4,10 +4,11 @@
 //! every later operation to the backend that owns the container's id.
 //!
 //! Backends: `namespace` (host namespaces and cgroups, built on the
-//! `ironcell-container` engine) and `wasm` (a WebAssembly module run by the
-//! `ironcell-wasm` runner process). `vm` and `app-kernel` are named so that
-//! selecting them gives a clear "not built yet" error rather than a silent
-//! fallback.
+//! `ironcell-container` engine), `vm` (a microVM per container, whose guest
+//! agent runs the container with the same engine) and `wasm` (a WebAssembly
+//! module run by the `ironcell-wasm` runner process). `app-kernel` is named
+//! so that selecting it gives a clear "not built yet" error rather than a
+//! silent fallback.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,10 +20,14 @@ use ironcell_oci::{Bundle, ContainerState};
 use oci_spec::runtime::LinuxResources;
 use thiserror::Error;
 
+pub mod config;
+pub mod host;
 mod namespace;
+pub mod vm;
 mod wasm;
 
 pub use namespace::NamespaceSandbox;
+pub use vm::VmSandbox;
 pub use wasm::{WasmSandbox, RUNNER_ENV};
 
 /// A sandbox family.
@@ -48,7 +53,7 @@ impl Kind {
 
     /// Whether this build of ironcell can run this kind.
     pub fn is_built(self) -> bool {
-        matches!(self, Kind::Namespace | Kind::Wasm)
+        matches!(self, Kind::Namespace | Kind::Vm | Kind::Wasm)
     }
 }
 
@@ -74,17 +79,32 @@ pub enum SandboxError {
     #[error("unknown sandbox kind {0:?} (known: namespace, vm, wasm, app-kernel)")]
     UnknownKind(String),
     #[error(
-        "the {0} sandbox is not built yet in this version of ironcell (available: namespace, wasm)"
+        "the {0} sandbox is not built yet in this version of ironcell (available: namespace, vm, wasm)"
     )]
     NotBuilt(Kind),
     #[error("{what} is not supported for {kind} containers")]
     Unsupported { what: &'static str, kind: Kind },
     #[error("wasm: {0}")]
     Wasm(String),
+    #[error("vm: {0}")]
+    Vm(String),
+    #[error("{0}")]
+    Config(String),
     #[error("annotation io.ironcell.sandbox: {0}")]
     Annotation(Box<SandboxError>),
     #[error(transparent)]
     Container(#[from] ContainerError),
+}
+
+impl SandboxError {
+    /// The error's text without the `vm: ` prefix of [`SandboxError::Vm`]
+    /// (for wrapping it again).
+    pub fn message(&self) -> String {
+        match self {
+            SandboxError::Vm(m) => m.clone(),
+            e => e.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
@@ -123,11 +143,22 @@ pub struct Sandboxes {
 
 impl Sandboxes {
     pub fn new(root: impl Into<PathBuf>, systemd_cgroup: bool) -> Self {
+        Self::with_config(root, systemd_cgroup, None)
+    }
+
+    /// Every backend, the vm sandbox's configuration read from `config`
+    /// (`--config`) instead of its default place.
+    pub fn with_config(
+        root: impl Into<PathBuf>,
+        systemd_cgroup: bool,
+        config: Option<PathBuf>,
+    ) -> Self {
         let root = root.into();
         let engine = Engine::new(root.clone(), systemd_cgroup);
         Sandboxes {
             backends: vec![
                 Box::new(NamespaceSandbox::new(engine)),
+                Box::new(VmSandbox::new(root.clone(), config)),
                 Box::new(WasmSandbox::new(root.clone(), systemd_cgroup)),
             ],
             root,
@@ -241,10 +272,7 @@ mod tests {
         };
         let plain = write("");
         assert_eq!(Sandboxes::select(None, &plain).unwrap(), Kind::Namespace);
-        let e = Sandboxes::select(Some(Kind::Vm), &plain)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("vm sandbox is not built yet"), "{e}");
+        assert_eq!(Sandboxes::select(Some(Kind::Vm), &plain).unwrap(), Kind::Vm);
         let wasm = write(r#""annotations":{"io.ironcell.sandbox":"wasm"},"#);
         assert_eq!(Sandboxes::select(None, &wasm).unwrap(), Kind::Wasm);
         let ak = write(r#""annotations":{"io.ironcell.sandbox":"app-kernel"},"#);

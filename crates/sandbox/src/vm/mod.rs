@@ -1,0 +1,676 @@
+//! The `vm` sandbox: each container in a microVM of its own, run by
+//! `ironcell-agent` inside the guest with the same container engine as the
+//! `namespace` sandbox. docs/vm.md describes the design.
+//!
+//! - [`hypervisor`]: starting the VM (ironcell-vmm or QEMU);
+//! - [`share`]: the directory the guest mounts, and the spec it gets;
+//! - [`agent`]: the agent protocol's client;
+//! - [`relay`]: the host process that stands in for a guest process;
+//! - [`state`]: a vm container's records on disk.
+//!
+//! A vm container's state directory holds `vm.json` (and `exit.json` once
+//! it exited); its VM's sockets and logs are in a run directory of their
+//! own under `[vm] run_dir`, whose short path keeps socket paths within
+//! the 108 bytes unix sockets allow.
+
+pub mod agent;
+pub mod hooks;
+pub mod hypervisor;
+pub mod relay;
+pub mod share;
+pub mod state;
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chrono::SecondsFormat;
+use ironcell_container::stats::Stats;
+use ironcell_container::{ContainerError, CreateOptions, ExecOptions};
+use ironcell_oci::{Bundle, ContainerState, Status, OCI_VERSION};
+use ironcell_protocol::agent::ContainerStatus;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use crate::config::{Config, VmConfig};
+use crate::host::KvmKind;
+use crate::{Kind, Result, Sandbox, SandboxError};
+use agent::Agent;
+use hypervisor::{Plan, Vm};
+use relay::{OwnedVm, Relay};
+use state::{ExitRecord, VmState, EXIT_FILE, STATE_FILE};
+
+fn vm_err(what: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Vm(what.to_string())
+}
+
+pub struct VmSandbox {
+    root: PathBuf,
+    config_path: Option<PathBuf>,
+    config: OnceLock<std::result::Result<Config, String>>,
+}
+
+/// Removes a VM's run directory: its sockets and logs, then the directory.
+/// Never recursive: in the relay's mount namespace the share holds the
+/// container's files.
+pub fn remove_run_dir(dir: &Path) {
+    let share = dir.join("share");
+    let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&share);
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl VmSandbox {
+    pub fn new(root: PathBuf, config_path: Option<PathBuf>) -> VmSandbox {
+        VmSandbox {
+            root,
+            config_path,
+            config: OnceLock::new(),
+        }
+    }
+
+    /// The configuration, loaded on first use (only vm containers need it).
+    fn config(&self) -> Result<&VmConfig> {
+        self.config
+            .get_or_init(|| Config::load(self.config_path.as_deref()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map(|c| &c.vm)
+            .map_err(|e| SandboxError::Config(e.clone()))
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn load(&self, id: &str) -> Result<VmState> {
+        state::read_json(&self.dir(id).join(STATE_FILE)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ContainerError::NotFound(id.to_string()).into()
+            } else {
+                vm_err(format!("container {id}: {STATE_FILE}: {e}"))
+            }
+        })
+    }
+
+    fn exit_record(&self, id: &str) -> Option<ExitRecord> {
+        state::read_json(&self.dir(id).join(EXIT_FILE)).ok()
+    }
+
+    /// The container's status: stopped once its relay ended (with or
+    /// without an exit record), else what the agent says.
+    fn status(&self, id: &str, st: &VmState) -> Result<Status> {
+        if self.exit_record(id).is_some() || !state::is_alive(st.relay_pid, st.relay_start) {
+            return Ok(Status::Stopped);
+        }
+        if !st.ready {
+            return Ok(Status::Creating);
+        }
+        let guest = match Agent::connect(&st.run_dir.join("vsock.sock")).and_then(|a| a.state(id)) {
+            Ok(g) => g,
+            Err(e) => {
+                // A VM that just ended: its relay records the exit at once.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline {
+                    if self.exit_record(id).is_some()
+                        || !state::is_alive(st.relay_pid, st.relay_start)
+                    {
+                        return Ok(Status::Stopped);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return Err(e);
+            }
+        };
+        Ok(match guest.status.enum_value_or_default() {
+            ContainerStatus::CREATED => Status::Created,
+            ContainerStatus::RUNNING => Status::Running,
+            ContainerStatus::PAUSED => Status::Paused,
+            ContainerStatus::STOPPED => Status::Stopped,
+            ContainerStatus::UNKNOWN => Status::Creating,
+        })
+    }
+
+    fn agent(&self, st: &VmState) -> Result<Agent> {
+        Agent::connect(&st.run_dir.join("vsock.sock"))
+    }
+
+    fn wrong(id: &str, op: &'static str, status: Status, hint: &'static str) -> SandboxError {
+        ContainerError::WrongStatus {
+            op,
+            id: id.to_string(),
+            status,
+            hint,
+        }
+        .into()
+    }
+
+    /// The run directory of the container whose state directory is `dir`.
+    fn run_dir(config: &VmConfig, dir: &Path) -> PathBuf {
+        let mut h = DefaultHasher::new();
+        dir.hash(&mut h);
+        config.run_dir.join(format!("{:016x}", h.finish()))
+    }
+
+    fn vmm_binary(config: &VmConfig) -> PathBuf {
+        if let Some(p) = &config.vmm {
+            return p.clone();
+        }
+        ironcell_container::sealed_exe::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("ironcell-vmm")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| "ironcell-vmm".into())
+    }
+
+    fn create_in(&self, id: &str, dir: &Path, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
+        let config = self.config()?.clone();
+        let kvm = KvmKind::detect();
+        hypervisor::check_host(&config, kvm)?;
+        share::check_spec(&bundle.spec)?;
+        if opts.preserve_fds > 0 {
+            return Err(vm_err(
+                "--preserve-fds: file descriptors cannot be passed into a VM",
+            ));
+        }
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let run_dir = Self::run_dir(&config, dir);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.run_dir)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", config.run_dir.display())))?;
+        if run_dir.exists() {
+            remove_run_dir(&run_dir);
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run_dir)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", run_dir.display())))?;
+
+        let created = chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
+        let rootfs = bundle
+            .spec
+            .root()
+            .as_ref()
+            .map(|r| {
+                if r.path().is_absolute() {
+                    r.path().clone()
+                } else {
+                    bundle.path.join(r.path())
+                }
+            })
+            .unwrap_or_else(|| bundle.path.join("rootfs"));
+        let mut record = VmState {
+            id: id.to_string(),
+            bundle: bundle.path.clone(),
+            rootfs,
+            created,
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            relay_pid: 0,
+            relay_start: 0,
+            run_dir: run_dir.clone(),
+            hypervisor: config.hypervisor.as_str().to_string(),
+            ready: false,
+            guest_pid: 0,
+            guest_times: Default::default(),
+        };
+        let state_file = dir.join(STATE_FILE);
+        let setup = || {
+            container_relay(
+                id,
+                bundle,
+                &config,
+                kvm,
+                &run_dir,
+                &dir.join(EXIT_FILE),
+                terminal,
+                opts.console_socket.as_deref(),
+            )
+        };
+        let forked = relay::fork(setup, |pid| {
+            record.relay_pid = pid;
+            record.relay_start = state::start_time(pid).unwrap_or(0);
+            let _ = state::write_json(&state_file, &record);
+        });
+        let forked = match forked {
+            Ok(f) => f,
+            Err(e) => {
+                remove_run_dir(&run_dir);
+                return Err(e);
+            }
+        };
+        record.relay_pid = forked.pid;
+        record.relay_start = state::start_time(forked.pid).unwrap_or(0);
+        let report: Vec<u64> = forked
+            .report
+            .split_whitespace()
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        if let [pid, agent_start_us, agent_ready_us, created_us] = report[..] {
+            record.guest_pid = pid as i32;
+            record.guest_times = state::GuestTimes {
+                agent_start_us,
+                agent_ready_us,
+                created_us,
+                started_us: 0,
+            };
+        }
+        record.ready = true;
+        let written = state::write_json(&state_file, &record)
+            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())));
+        let pid_file = match &opts.pid_file {
+            Some(p) => fs::write(p, forked.pid.to_string())
+                .map_err(|e| vm_err(format!("cannot write pid file {}: {e}", p.display()))),
+            None => Ok(()),
+        };
+        let hooks = bundle.spec.hooks().as_ref();
+        let ran = written.and(pid_file).and_then(|()| {
+            let annotations = record.annotations.clone();
+            let state = |status| hooks::HookState {
+                id,
+                status,
+                pid: record.relay_pid,
+                bundle: &record.bundle,
+                annotations: &annotations,
+            };
+            hooks::run(
+                "prestart",
+                hooks.and_then(|h| h.prestart().as_ref()),
+                &state("created"),
+            )?;
+            hooks::run(
+                "createRuntime",
+                hooks.and_then(|h| h.create_runtime().as_ref()),
+                &state("creating"),
+            )
+        });
+        if let Err(e) = ran {
+            kill_relay(&record);
+            remove_run_dir(&run_dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Runs the bundle's `kind` hooks (poststart, poststop); their failure
+    /// is only a warning, as the runtime spec says.
+    fn warn_hooks(&self, kind: &str, st: &VmState, status: &str) {
+        let Ok(bundle) = Bundle::load(&st.bundle) else {
+            return;
+        };
+        let list = bundle.spec.hooks().as_ref().and_then(|h| match kind {
+            "poststart" => h.poststart().as_ref(),
+            _ => h.poststop().as_ref(),
+        });
+        let state = hooks::HookState {
+            id: &st.id,
+            status,
+            pid: st.relay_pid,
+            bundle: &st.bundle,
+            annotations: &st.annotations,
+        };
+        if let Err(e) = hooks::run(kind, list, &state) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The container relay's setup, in the forked child: its own namespaces,
+/// the share, the VM, the container in the guest, its stdio.
+#[allow(clippy::too_many_arguments)]
+fn container_relay(
+    id: &str,
+    bundle: &Bundle,
+    config: &VmConfig,
+    kvm: KvmKind,
+    run_dir: &Path,
+    exit_file: &Path,
+    terminal: bool,
+    console_socket: Option<&Path>,
+) -> Result<(Relay, String)> {
+    share::enter_network(&share::host_network(&bundle.spec))?;
+    share::private_mount_namespace()?;
+    let share_dir = run_dir.join("share");
+    fs::create_dir(&share_dir).map_err(|e| vm_err(format!("{}: {e}", share_dir.display())))?;
+    let guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;
+    let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
+    let plan = Plan {
+        config,
+        kvm,
+        run_dir,
+        share: &share_dir,
+        vmm: VmSandbox::vmm_binary(config),
+    };
+    let mut vm = Vm::launch(&plan)?;
+    let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs.into());
+    let agent = vm
+        .wait_ready(deadline)
+        .and_then(|()| Agent::connect(&vm.vsock));
+    let agent = match agent {
+        Ok(a) => a,
+        Err(e) => {
+            let why = format!("{e}{}", vm.diagnostics());
+            return Err(vm_err(format!("the VM did not boot: {why}")));
+        }
+    };
+    let details = agent.guest_details()?;
+    let created = agent
+        .create(id, spec_json)
+        .map_err(|e| vm_err(format!("{}{}", e.message(), vm.console_tail())))?;
+    let stdio = relay::attach(&agent, id, "", terminal, console_socket)?;
+    let uds = vm.vsock.clone();
+    Ok((
+        Relay {
+            agent,
+            uds,
+            id: id.to_string(),
+            exec_id: String::new(),
+            stdio,
+            vm: Some(OwnedVm {
+                vm,
+                run_dir: run_dir.to_path_buf(),
+                exit_file: exit_file.to_path_buf(),
+            }),
+        },
+        format!(
+            "{} {} {} {}",
+            created.pid, details.agent_start_us, details.agent_ready_us, created.created_us
+        ),
+    ))
+}
+
+/// Kills a container's relay (its VM dies with it) and waits until it is
+/// gone.
+fn kill_relay(st: &VmState) {
+    if !state::is_alive(st.relay_pid, st.relay_start) {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory.
+    unsafe { libc::kill(st.relay_pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state::is_alive(st.relay_pid, st.relay_start) && Instant::now() < deadline {
+        // Reaped here when it is our child (a foreground run).
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(st.relay_pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// libcgroups' statistics from the agent's answer.
+fn stats_of(s: ironcell_protocol::agent::StatsResponse) -> Stats {
+    let mut out = Stats::default();
+    if let Some(c) = s.cpu.as_ref() {
+        out.cpu.usage.usage_total = c.usage_usec * 1000;
+        out.cpu.usage.usage_user = c.user_usec * 1000;
+        out.cpu.usage.usage_kernel = c.system_usec * 1000;
+        out.cpu.throttling.periods = c.nr_periods;
+        out.cpu.throttling.throttled_periods = c.nr_throttled;
+        out.cpu.throttling.throttled_time = c.throttled_usec * 1000;
+    }
+    if let Some(m) = s.memory.as_ref() {
+        out.memory.memory.usage = m.usage;
+        out.memory.memory.limit = if m.limit == 0 { u64::MAX } else { m.limit };
+        out.memory.memory.max_usage = m.max_usage;
+        out.memory.memswap.usage = m.swap_usage;
+        for (k, v) in [
+            ("anon", m.anon),
+            ("file", m.file),
+            ("kernel", m.kernel),
+            ("oom", m.oom_events),
+            ("oom_kill", m.oom_kill_events),
+            ("max", m.max_events),
+        ] {
+            out.memory.stats.insert(k.to_string(), v);
+        }
+    }
+    if let Some(p) = s.pids.as_ref() {
+        out.pids.current = p.current;
+        out.pids.limit = p.limit;
+    }
+    out
+}
+
+impl Sandbox for VmSandbox {
+    fn kind(&self) -> Kind {
+        Kind::Vm
+    }
+
+    fn owns(&self, id: &str) -> bool {
+        self.dir(id).join(STATE_FILE).exists()
+    }
+
+    fn ids(&self) -> Result<Vec<String>> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .flatten()
+            .filter(|e| e.path().join(STATE_FILE).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
+        // The configuration's errors come before anything is made.
+        self.config()?;
+        let dir = self.dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", self.root.display())))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", dir.display())))?;
+        let result = self.create_in(id, &dir, bundle, opts);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn start(&self, id: &str) -> Result<()> {
+        let st = self.load(id)?;
+        match self.status(id, &st)? {
+            Status::Created => {}
+            s => return Err(Self::wrong(id, "start", s, ", not created")),
+        }
+        let started_us = self.agent(&st)?.start(id)?;
+        let mut st = st;
+        st.guest_times.started_us = started_us;
+        if let Err(e) = state::write_json(&self.dir(id).join(STATE_FILE), &st) {
+            tracing::warn!("cannot record the start time of {id}: {e}");
+        }
+        self.warn_hooks("poststart", &st, "running");
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Result<ContainerState> {
+        let st = self.load(id)?;
+        let status = self.status(id, &st)?;
+        Ok(ContainerState {
+            oci_version: OCI_VERSION.to_string(),
+            id: id.to_string(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                st.relay_pid
+            },
+            status,
+            bundle: st.bundle.clone(),
+            rootfs: st.rootfs.clone(),
+            created: st.created.clone(),
+            annotations: st.annotations.clone().into_iter().collect(),
+            owner: String::new(),
+            sandbox: Kind::Vm.as_str().to_string(),
+        })
+    }
+
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let st = self.load(id)?;
+        match self.status(id, &st)? {
+            Status::Created | Status::Running | Status::Paused => {}
+            // Nothing is left to signal.
+            Status::Stopped if all => return Ok(()),
+            s => return Err(Self::wrong(id, "kill", s, ", not running")),
+        }
+        self.agent(&st)?.signal(id, "", signal, all)
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let st = self.load(id)?;
+        let status = self.status(id, &st).unwrap_or(Status::Running);
+        if !force && matches!(status, Status::Running | Status::Paused) {
+            return Err(Self::wrong(
+                id,
+                "delete",
+                status,
+                ", stop it first or use --force",
+            ));
+        }
+        kill_relay(&st);
+        remove_run_dir(&st.run_dir);
+        self.warn_hooks("poststop", &st, "stopped");
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            // A create that failed meanwhile removed it first.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(vm_err(format!("cannot remove {}: {e}", dir.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        let st = self.load(id)?;
+        match self.status(id, &st)? {
+            Status::Running => self.agent(&st)?.pause(id),
+            s => Err(Self::wrong(id, "pause", s, ", not running")),
+        }
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        let st = self.load(id)?;
+        match self.status(id, &st)? {
+            Status::Paused => self.agent(&st)?.resume(id),
+            s => Err(Self::wrong(id, "resume", s, ", not paused")),
+        }
+    }
+
+    /// The host process that stands for the container (its relay). Engines
+    /// match these pids against the host's processes (`docker top` runs the
+    /// host's ps over them); the guest's pids would name unrelated host
+    /// processes. What runs inside is `ironcell exec ID ps`'s to show.
+    fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let st = self.load(id)?;
+        match self.status(id, &st)? {
+            Status::Stopped => Ok(Vec::new()),
+            _ => Ok(vec![st.relay_pid]),
+        }
+    }
+
+    fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
+        let st = self.load(id)?;
+        // The relay is forked from a single-threaded process: the agent
+        // (whose client has a thread) is asked only in the child.
+        if self.exit_record(id).is_some() || !state::is_alive(st.relay_pid, st.relay_start) {
+            return Err(Self::wrong(id, "exec in", Status::Stopped, ", not running"));
+        }
+        if opts.preserve_fds > 0 {
+            return Err(vm_err(
+                "--preserve-fds: file descriptors cannot be passed into a VM",
+            ));
+        }
+        let bundle = Bundle::load(&st.bundle).map_err(ContainerError::from)?;
+        let process = ironcell_container::exec_process(&bundle.spec, opts)?;
+        let terminal = process.terminal().unwrap_or(false);
+        let process_json = serde_json::to_vec(&process).map_err(|e| vm_err(e.to_string()))?;
+        let exec_id = format!(
+            "exec-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let uds = st.run_dir.join("vsock.sock");
+        let setup = || {
+            let agent = Agent::connect(&uds)?;
+            let status = agent.state(id)?.status.enum_value_or_default();
+            match status {
+                ContainerStatus::RUNNING => {}
+                ContainerStatus::PAUSED if opts.ignore_paused => {}
+                s => {
+                    let status = match s {
+                        ContainerStatus::CREATED => Status::Created,
+                        ContainerStatus::PAUSED => Status::Paused,
+                        _ => Status::Stopped,
+                    };
+                    return Err(Self::wrong(id, "exec in", status, ", not running"));
+                }
+            }
+            let pid = agent.exec(id, &exec_id, process_json)?;
+            let stdio = relay::attach(
+                &agent,
+                id,
+                &exec_id,
+                terminal,
+                opts.console_socket.as_deref(),
+            )?;
+            Ok((
+                Relay {
+                    agent,
+                    uds: uds.clone(),
+                    id: id.to_string(),
+                    exec_id: exec_id.clone(),
+                    stdio,
+                    vm: None,
+                },
+                pid.to_string(),
+            ))
+        };
+        let forked = relay::fork(setup, |_| {})?;
+        if let Some(p) = &opts.pid_file {
+            fs::write(p, forked.pid.to_string())
+                .map_err(|e| vm_err(format!("cannot write pid file {}: {e}", p.display())))?;
+        }
+        Ok(forked.pid)
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats> {
+        let st = self.load(id)?;
+        Ok(stats_of(self.agent(&st)?.stats(id)?))
+    }
+
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let st = self.load(id)?;
+        let json = serde_json::to_vec(resources).map_err(|e| vm_err(e.to_string()))?;
+        self.agent(&st)?.update(id, json)
+    }
+
+    /// OOM kills happen in the guest, whose agent reports them.
+    fn memory_cgroup(&self, _id: &str) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+}

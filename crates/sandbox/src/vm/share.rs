@@ -1,0 +1,380 @@
+//! The directory a VM shares with its guest, and the container's spec as
+//! the guest sees it.
+//!
+//! The relay makes the share in a mount namespace of its own (the VM's
+//! processes inherit it): a tmpfs holding, per container, its rootfs
+//! (`<id>/rootfs`) and the source of each bind mount (`<id>/m<N>`), each
+//! bind-mounted there, read-only where the spec says so. Nothing else of
+//! the host is in it, and since the mounts exist only in that namespace,
+//! they vanish with the VM's last process, whatever kills it.
+//!
+//! The guest mounts the share at [`GUEST_SHARE_DIR`]; the spec sent to the
+//! agent names the rootfs and bind sources there.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
+
+use crate::{Result, SandboxError};
+
+/// Where the agent mounts the shared directory in the guest.
+pub const GUEST_SHARE_DIR: &str = "/run/ironcell/share";
+
+fn vm_err(what: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Vm(what.to_string())
+}
+
+fn mnt(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(source, target, fstype, flags, data).map_err(|e| {
+        vm_err(format!(
+            "cannot mount {} on {}: {e}",
+            source.map_or("(none)".into(), |s| s.display().to_string()),
+            target.display()
+        ))
+    })
+}
+
+/// Gives the calling process a mount namespace of its own, which receives
+/// the host's mounts but sends none back.
+pub fn private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| vm_err(format!("cannot make a mount namespace for the VM: {e}")))?;
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None,
+    )
+}
+
+/// Whether a spec mount is a bind mount.
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+fn has_option(m: &Mount, opt: &str) -> bool {
+    m.options()
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|x| x == opt))
+}
+
+/// Bind-mounts `source` on `target` (made to match its type), read-only if
+/// `ro`.
+fn bind(source: &Path, target: &Path, recursive: bool, ro: bool) -> Result<()> {
+    let meta = fs::metadata(source)
+        .map_err(|e| vm_err(format!("bind mount source {}: {e}", source.display())))?;
+    if meta.is_dir() {
+        fs::create_dir_all(target)
+    } else {
+        fs::write(target, b"")
+    }
+    .map_err(|e| vm_err(format!("cannot create {}: {e}", target.display())))?;
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mnt(Some(source), target, None, MsFlags::MS_BIND | rec, None)?;
+    if ro {
+        mnt(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// The guest's tmpfs for /dev/shm (a host bind of a shm directory would
+/// share nothing across the VM boundary).
+fn guest_shm(m: &Mount) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(m.destination().clone())
+        .typ("tmpfs")
+        .source("shm")
+        .options(vec![
+            "nosuid".into(),
+            "noexec".into(),
+            "nodev".into(),
+            "mode=1777".into(),
+            "size=65536k".into(),
+        ])
+        .build()
+        .map_err(|e| vm_err(e.to_string()))
+}
+
+/// Makes `share` (a directory) the VM's shared directory holding container
+/// `id` of the bundle at `bundle_dir` with spec `spec`, in the calling
+/// process's mount namespace (see [`private_mount_namespace`]), and
+/// returns the spec for the guest.
+pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result<Spec> {
+    mnt(
+        Some(Path::new("ironcell-share")),
+        share,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )?;
+    let host_dir = share.join(id);
+    let guest_dir = Path::new(GUEST_SHARE_DIR).join(id);
+    fs::create_dir(&host_dir).map_err(|e| vm_err(format!("{}: {e}", host_dir.display())))?;
+
+    let mut guest = spec.clone();
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| vm_err("config.json has no root"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle_dir.join(root.path())
+    };
+    let readonly = root.readonly().unwrap_or(false);
+    bind(&rootfs, &host_dir.join("rootfs"), true, readonly)?;
+    let mut groot = root.clone();
+    groot.set_path(guest_dir.join("rootfs"));
+    guest.set_root(Some(groot));
+
+    let mut mounts = Vec::new();
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !is_bind(m) {
+            mounts.push(m.clone());
+            continue;
+        }
+        if m.destination() == Path::new("/dev/shm") {
+            mounts.push(guest_shm(m)?);
+            continue;
+        }
+        let source = m.source().as_ref().ok_or_else(|| {
+            vm_err(format!(
+                "bind mount on {} has no source",
+                m.destination().display()
+            ))
+        })?;
+        let source = if source.is_absolute() {
+            source.clone()
+        } else {
+            bundle_dir.join(source)
+        };
+        let meta = fs::metadata(&source)
+            .map_err(|e| vm_err(format!("bind mount source {}: {e}", source.display())))?;
+        let ft = meta.file_type();
+        if ft.is_char_device() || ft.is_block_device() {
+            // A device is the guest's own device of the same path.
+            mounts.push(m.clone());
+            continue;
+        }
+        let name = format!("m{i}");
+        bind(
+            &source,
+            &host_dir.join(&name),
+            has_option(m, "rbind"),
+            has_option(m, "ro"),
+        )?;
+        let mut gm = m.clone();
+        gm.set_source(Some(guest_dir.join(&name)));
+        mounts.push(gm);
+    }
+    guest.set_mounts(Some(mounts));
+
+    // The share itself takes no new files; the binds keep their own flags.
+    mnt(
+        None,
+        share,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=64k"),
+    )?;
+    Ok(for_guest(guest))
+}
+
+/// What of a host spec means nothing, or something else, in the guest:
+/// hooks run on the host; namespace paths name the host's namespaces (the
+/// guest makes new ones); LSM labels name host policies the guest kernel
+/// does not have. And the guest mounts cgroup v2 whatever the host has: a
+/// container there gets a cgroup namespace of its own, as engines give
+/// every container on a v2 host, so that its /sys/fs/cgroup is its own
+/// cgroup (an engine on a v1 host does not ask for one).
+fn for_guest(mut spec: Spec) -> Spec {
+    spec.set_hooks(None);
+    if let Some(mut linux) = spec.linux().clone() {
+        let mut ns: Vec<_> = linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut n| {
+                n.set_path(None);
+                n
+            })
+            .collect();
+        if !ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup) {
+            let mut cgroup = oci_spec::runtime::LinuxNamespace::default();
+            cgroup.set_typ(LinuxNamespaceType::Cgroup);
+            ns.push(cgroup);
+        }
+        linux.set_namespaces(Some(ns));
+        linux.set_mount_label(None);
+        spec.set_linux(Some(linux));
+    }
+    if let Some(mut p) = spec.process().clone() {
+        p.set_apparmor_profile(None);
+        p.set_selinux_label(None);
+        spec.set_process(Some(p));
+    }
+    spec
+}
+
+/// Checks, before anything is made, that a spec can run in a VM.
+pub fn check_spec(spec: &Spec) -> Result<()> {
+    if let Some(h) = spec.hooks() {
+        for (kind, list) in [
+            ("createContainer", h.create_container()),
+            ("startContainer", h.start_container()),
+        ] {
+            if list.as_ref().is_some_and(|l| !l.is_empty()) {
+                return Err(vm_err(format!(
+                    "{kind} hooks run inside the container, which the vm sandbox cannot do with \
+                     host binaries; remove them or use the namespace sandbox"
+                )));
+            }
+        }
+    }
+    if let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) {
+        if ns
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_some())
+        {
+            return Err(vm_err(
+                "joining a host user namespace is not possible in a VM",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The network namespace the spec gives the container on the host: a path
+/// to join, a new one, or none (the host's).
+pub enum HostNetwork {
+    Join(PathBuf),
+    New,
+    Host,
+}
+
+pub fn host_network(spec: &Spec) -> HostNetwork {
+    let ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+                .cloned()
+        });
+    match ns {
+        Some(n) => match n.path() {
+            Some(p) => HostNetwork::Join(p.clone()),
+            None => HostNetwork::New,
+        },
+        None => HostNetwork::Host,
+    }
+}
+
+/// Puts the calling process in the network namespace the container has on
+/// the host: the relay stands for the container, so whatever a caller's
+/// hooks set up in `/proc/<pid>/ns/net` of the container's pid lands in a
+/// namespace of its own, never in the host's.
+pub fn enter_network(net: &HostNetwork) -> Result<()> {
+    match net {
+        HostNetwork::Host => Ok(()),
+        HostNetwork::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| vm_err(format!("cannot make a network namespace: {e}"))),
+        HostNetwork::Join(p) => {
+            let f = fs::File::open(p)
+                .map_err(|e| vm_err(format!("network namespace {}: {e}", p.display())))?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                vm_err(format!(
+                    "cannot join network namespace {}: {e}",
+                    p.display()
+                ))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn guest_spec_drops_host_only_parts() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"apparmorProfile":"p"},
+            "hooks":{"prestart":[{"path":"/bin/true"}]},
+            "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"},{"type":"pid"}],"mountLabel":"l"}}"#,
+        );
+        let g = for_guest(s);
+        assert!(g.hooks().is_none());
+        assert!(g.process().as_ref().unwrap().apparmor_profile().is_none());
+        let l = g.linux().as_ref().unwrap();
+        assert!(l.mount_label().is_none());
+        let ns = l.namespaces().as_ref().unwrap();
+        assert!(ns.iter().all(|n| n.path().is_none()));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup));
+    }
+
+    #[test]
+    fn specs_a_vm_cannot_run_are_refused() {
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},
+            "hooks":{"startContainer":[{"path":"/bin/true"}]}}"#,
+        );
+        assert!(check_spec(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("startContainer"));
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},
+            "linux":{"namespaces":[{"type":"user","path":"/proc/1/ns/user"}]}}"#,
+        );
+        assert!(check_spec(&s).is_err());
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]}}"#,
+        );
+        assert!(check_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn host_network_follows_the_spec() {
+        let join = spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network","path":"/run/netns/a"}]}}"#,
+        );
+        assert!(
+            matches!(host_network(&join), HostNetwork::Join(p) if p == Path::new("/run/netns/a"))
+        );
+        let new = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"}]}}"#);
+        assert!(matches!(host_network(&new), HostNetwork::New));
+        let host = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"}]}}"#);
+        assert!(matches!(host_network(&host), HostNetwork::Host));
+    }
+}

@@ -1,0 +1,131 @@
+//! A vm container's records in its state directory (`<root>/<id>/`):
+//! `vm.json`, written when its relay has been forked and again once the
+//! container exists in the guest, and `exit.json`, written by the relay
+//! when the container has exited.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "vm.json";
+pub const EXIT_FILE: &str = "exit.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The host process that stands in for the container (state.json's
+    /// pid): it holds the container's stdio and owns the VM.
+    pub relay_pid: i32,
+    /// The relay's start time (/proc/<pid>/stat), telling it from a later
+    /// process with the same pid.
+    pub relay_start: u64,
+    /// Where the VM's sockets and logs are.
+    pub run_dir: PathBuf,
+    pub hypervisor: String,
+    /// False while the VM boots and the container is being created.
+    pub ready: bool,
+    /// The init's pid inside the guest.
+    #[serde(default)]
+    pub guest_pid: i32,
+    /// The guest's boot and the container's creation, on the guest's
+    /// clock (microseconds since its kernel started).
+    #[serde(default)]
+    pub guest_times: GuestTimes,
+}
+
+/// Microseconds since the guest's kernel started (CLOCK_BOOTTIME), as the
+/// agent reports them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuestTimes {
+    pub agent_start_us: u64,
+    pub agent_ready_us: u64,
+    pub created_us: u64,
+    #[serde(default)]
+    pub started_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    /// The exit code, or 128 + the signal's number.
+    pub code: i32,
+    /// The signal that ended the container, 0 if none.
+    pub signal: u32,
+    pub oom_killed: bool,
+    pub exited_at: String,
+    /// Why the container ended if not by itself (the VM died, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file renamed
+/// over it): a reader never sees half a record.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec(value)?)?;
+    fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
+    let text = fs::read(path)?;
+    serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A process's start time in clock ticks since boot (field 22 of
+/// /proc/<pid>/stat), or None if it does not exist.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start` (and not a
+/// zombie).
+pub fn is_alive(pid: i32, start: u64) -> bool {
+    if pid <= 0 || start_time(pid) != Some(start) {
+        return false;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_its_start_time_is_stable() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        assert_eq!(start_time(me), Some(start));
+        assert!(is_alive(me, start));
+        assert!(!is_alive(me, start + 1));
+        assert!(!is_alive(0, start));
+    }
+
+    #[test]
+    fn json_round_trip_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(EXIT_FILE);
+        let r = ExitRecord {
+            code: 137,
+            signal: 9,
+            oom_killed: true,
+            exited_at: "2026-01-01T00:00:00Z".into(),
+            reason: Some("the VM ended".into()),
+        };
+        write_json(&p, &r).unwrap();
+        assert_eq!(read_json::<ExitRecord>(&p).unwrap(), r);
+        assert!(!dir.path().join("exit.json.tmp").exists());
+    }
+}
