@@ -71,6 +71,46 @@ fn drop_swap_limit(resources: &mut LinuxResources) {
     }
 }
 
+/// The spec of a container as the agent makes it from the host's
+/// `config.json`: checked, its cgroup the guest's `/ironcell/<id>`, no
+/// swap limit without swap; and whether its process has a terminal.
+pub fn guest_spec(id: &str, spec_json: &[u8]) -> Result<(Spec, bool), AgentError> {
+    check_id("container id", id)?;
+    let mut spec: Spec = parse_json("config.json", spec_json)?;
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/ironcell/{id}"))));
+    if let Some(mut r) = linux.resources().clone() {
+        drop_swap_limit(&mut r);
+        linux.set_resources(Some(r));
+    }
+    spec.set_linux(Some(linux));
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    Ok((spec, terminal))
+}
+
+/// An exec'd process from the host's JSON, and whether it has a terminal.
+pub fn exec_process(process_json: &[u8]) -> Result<(OciProcess, bool), AgentError> {
+    let process: OciProcess = parse_json("process", process_json)?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(AgentError::Invalid(
+            "process: args must name a program".into(),
+        ));
+    }
+    let terminal = process.terminal().unwrap_or(false);
+    Ok((process, terminal))
+}
+
+/// Resources for an update from the host's JSON.
+pub fn guest_resources(resources_json: &[u8]) -> Result<LinuxResources, AgentError> {
+    let mut resources: LinuxResources = parse_json("resources", resources_json)?;
+    drop_swap_limit(&mut resources);
+    Ok(resources)
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, AgentError> {
     if bytes.len() > MAX_DOCUMENT {
         return Err(AgentError::Invalid(format!(
@@ -146,19 +186,7 @@ impl Containers {
         if self.lock().contains_key(id) {
             return Err(AgentError::Exists(format!("container {id}")));
         }
-        let mut spec: Spec = parse_json("config.json", spec_json)?;
-        let mut linux = spec.linux().clone().unwrap_or_default();
-        linux.set_cgroups_path(Some(PathBuf::from(format!("/ironcell/{id}"))));
-        if let Some(mut r) = linux.resources().clone() {
-            drop_swap_limit(&mut r);
-            linux.set_resources(Some(r));
-        }
-        spec.set_linux(Some(linux));
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let (spec, terminal) = guest_spec(id, spec_json)?;
         // The bundle directory is this create's claim on the id: a create
         // of the same id in flight on another connection fails here, and
         // never removes what is not its own.
@@ -321,8 +349,7 @@ impl Containers {
 
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {
         self.entry(id)?;
-        let mut resources: LinuxResources = parse_json("resources", resources_json)?;
-        drop_swap_limit(&mut resources);
+        let resources = guest_resources(resources_json)?;
         Ok(self.engine.load(id)?.update(&resources)?)
     }
 
@@ -350,13 +377,7 @@ impl Containers {
                 )))
             }
         }
-        let process: OciProcess = parse_json("process", process_json)?;
-        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(AgentError::Invalid(
-                "process: args must name a program".into(),
-            ));
-        }
-        let terminal = process.terminal().unwrap_or(false);
+        let (process, terminal) = exec_process(process_json)?;
         // Named uniquely: a request for the same exec id may be in flight.
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let file = self

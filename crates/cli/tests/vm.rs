@@ -436,6 +436,18 @@ fn vm_faults_are_one_line_errors_and_leave_nothing() {
     );
     bad.assert_clean("nokernel");
 
+    // ironcell-vmm on a PVM host with a stock kernel: refused at once.
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        let pvm = Vm::with_guest(&g, Backend::IroncellVmm, "");
+        let b = pvm.bundle("pvm", &["/bin/true"], |_| {});
+        let e = pvm.fails(&["run", "-b", b.to_str().unwrap(), "pvm"], "PVM (kvm_pvm)");
+        assert!(
+            e.contains("hypervisor = \"qemu\"") && e.contains("pvm_guest"),
+            "{e}"
+        );
+        pvm.assert_clean("pvm");
+    }
+
     // A bad configuration key.
     let c = vm.env.dir.path().join("bad.toml");
     fs::write(&c, "[vm]\nvcpu = 2\n").unwrap();
@@ -595,10 +607,57 @@ fn vm_hypervisor_killed_or_agent_gone() {
     }
 }
 
-/// Powers a guest off through its agent, as a host client would.
-fn shutdown_guest(uds: &Path) {
-    use ironcell_protocol::agent::Empty;
-    use ironcell_protocol::agent_ttrpc::AgentClient;
+/// A container over its memory limit inside the guest is OOM-killed
+/// there: it exits 137, its exit record says so, and the agent's OOM event
+/// names it.
+#[test]
+fn vm_oom_kill_is_reported() {
+    for vm in Vm::all("vm_oom_kill_is_reported", "") {
+        let id = "vm-oom";
+        let b = vm.bundle(
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "sleep 1; exec dd if=/dev/zero of=/dev/shm/fill bs=1M count=128",
+            ],
+            |c| {
+                c["linux"]["resources"]["memory"] =
+                    json!({"limit": 32 * 1024 * 1024, "swap": 32 * 1024 * 1024});
+            },
+        );
+        vm.ok(&["create", "-b", b.to_str().unwrap(), id]);
+        let st: Value = serde_json::from_str(
+            &fs::read_to_string(vm.env.root.join(id).join("vm.json")).unwrap(),
+        )
+        .unwrap();
+        let uds = PathBuf::from(st["run_dir"].as_str().unwrap()).join("vsock.sock");
+        let events = std::thread::spawn(move || {
+            agent_client(&uds)
+                .get_oom_event(
+                    ironcell_protocol::ttrpc::context::with_timeout(60_000_000_000),
+                    &Default::default(),
+                )
+                .map(|e| e.container_id)
+        });
+        vm.ok(&["start", id]);
+        vm.wait_status(id, "stopped");
+        let exit_file = vm.env.root.join(id).join("exit.json");
+        wait_until(|| exit_file.exists());
+        let exit: Value = serde_json::from_str(&fs::read_to_string(&exit_file).unwrap()).unwrap();
+        assert_eq!(
+            (exit["code"].as_i64(), exit["oom_killed"].as_bool()),
+            (Some(137), Some(true)),
+            "{exit}"
+        );
+        assert_eq!(events.join().unwrap().unwrap(), id);
+        vm.ok(&["delete", id]);
+        vm.assert_clean(id);
+    }
+}
+
+/// A client of a VM's agent, as the host's.
+fn agent_client(uds: &Path) -> ironcell_protocol::agent_ttrpc::AgentClient {
     use std::os::fd::IntoRawFd;
     let s = ironcell_protocol::hybrid::connect(
         uds,
@@ -606,11 +665,17 @@ fn shutdown_guest(uds: &Path) {
         Duration::from_secs(5),
     )
     .unwrap();
-    let client = AgentClient::new(ironcell_protocol::ttrpc::Client::new(s.into_raw_fd()).unwrap());
-    client
+    ironcell_protocol::agent_ttrpc::AgentClient::new(
+        ironcell_protocol::ttrpc::Client::new(s.into_raw_fd()).unwrap(),
+    )
+}
+
+/// Powers a guest off through its agent, as a host client would.
+fn shutdown_guest(uds: &Path) {
+    agent_client(uds)
         .shutdown(
             ironcell_protocol::ttrpc::context::with_timeout(5_000_000_000),
-            &Empty::new(),
+            &Default::default(),
         )
         .unwrap();
 }

@@ -48,6 +48,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/sync/agent_ttrpc.rs"));
 }
 
+pub use protobuf;
 pub use ttrpc;
 
 /// The agent's ttrpc service.
