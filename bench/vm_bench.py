@@ -96,8 +96,14 @@ def bundle(dir_, a, name, args):
 
 
 def ironcell(a, cfg, root, *args, check=True):
+    """Runs ironcell; its output goes through files, not pipes: a detached
+    container's relay holds the stdio it was given, and a pipe would stay
+    open as long as the container runs."""
     cmd = [a.ironcell, "--config", cfg, "--root", root, *args]
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        err.seek(0)
+        r.stderr = err.read().decode(errors="replace")
     if check and r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: {r.stderr.strip()}")
     return r
