@@ -14,6 +14,7 @@ fn main() {
     for (name, extra, ioctls) in [
         ("VCPU_BPF", VCPU, VCPU_IOCTLS),
         ("VMM_BPF", VMM, VMM_IOCTLS),
+        ("FS_BPF", FS, FS_IOCTLS),
     ] {
         let program = compile_rules(extra, ioctls)
             .unwrap_or_else(|e| panic!("seccomp rules for {name}: {e}"));

@@ -21,6 +21,8 @@ pub const MAX_VCPUS: u8 = 32;
 pub const MAX_CMDLINE_LEN: usize = 4095;
 /// One 4 KiB MMIO window per virtio device, GSIs 5..=23 on the IOAPIC.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// virtio-fs config space: the tag is a 36-byte field, NUL-padded.
+pub const MAX_FS_TAG_LEN: usize = 36;
 
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
@@ -45,6 +47,9 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<NetConfig>,
+    /// Host directories shared with the guest (virtio-fs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
@@ -52,6 +57,9 @@ pub struct VmConfig {
     /// Where the host's supported CPUID is cached (arch/cpuid_cache.rs).
     #[serde(default, skip_serializing_if = "CpuidCache::is_default")]
     pub cpuid_cache: CpuidCache,
+    /// Once set up, confine the VMM to an empty root of its own (jail.rs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jail: bool,
 }
 
 fn default_cmdline() -> String {
@@ -194,6 +202,17 @@ fn default_cid() -> u32 {
     3
 }
 
+/// A host directory the guest mounts with `mount -t virtiofs <tag> <dir>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// At most 36 bytes (the config space field).
+    pub tag: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// Splits `key=value,flag,key=value` device options.
 fn options(spec: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     spec.split(',')
@@ -242,6 +261,30 @@ impl NetConfig {
                 _ => {
                     return Err(Error::Config(format!(
                         "--net: unknown option {k:?} in {spec:?} (tap=NAME,mac=MAC)"
+                    )))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+impl FsConfig {
+    /// `--fs tag=TAG,path=DIR[,ro]`
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut cfg = FsConfig {
+            tag: String::new(),
+            path: PathBuf::new(),
+            read_only: false,
+        };
+        for (k, v) in options(spec) {
+            match (k, v) {
+                ("tag", Some(v)) => cfg.tag = v.to_string(),
+                ("path", Some(v)) => cfg.path = PathBuf::from(v),
+                ("ro", None) | ("readonly", None) => cfg.read_only = true,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "--fs: unknown option {k:?} in {spec:?} (tag=TAG,path=DIR,ro)"
                     )))
                 }
             }
@@ -306,9 +349,11 @@ impl VmConfig {
             api_socket: None,
             block: Vec::new(),
             net: Vec::new(),
+            fs: Vec::new(),
             vsock: None,
             rng: false,
             cpuid_cache: CpuidCache::Default,
+            jail: false,
         }
     }
 
@@ -327,6 +372,7 @@ impl VmConfig {
     pub fn virtio_device_count(&self) -> usize {
         self.block.len()
             + self.net.len()
+            + self.fs.len()
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng)
     }
@@ -390,6 +436,27 @@ impl VmConfig {
                 parse_mac(mac)?;
             }
         }
+        for (i, f) in self.fs.iter().enumerate() {
+            if f.tag.is_empty() {
+                return bad(format!("fs {}: no tag (tag=TAG)", f.path.display()));
+            }
+            if f.tag.len() > MAX_FS_TAG_LEN {
+                return bad(format!(
+                    "fs tag {:?} is {} bytes, at most {MAX_FS_TAG_LEN} fit",
+                    f.tag,
+                    f.tag.len()
+                ));
+            }
+            if f.tag.contains('\0') {
+                return bad(format!("fs tag {:?} contains a NUL byte", f.tag));
+            }
+            if self.fs[..i].iter().any(|o| o.tag == f.tag) {
+                return bad(format!("fs tag {:?} is used twice", f.tag));
+            }
+            if f.path.as_os_str().is_empty() {
+                return bad(format!("fs {}: no directory (path=DIR)", f.tag));
+            }
+        }
         if let Some(v) = &self.vsock {
             if v.guest_cid <= 2 || v.guest_cid == u32::MAX {
                 return bad(format!(
@@ -412,9 +479,19 @@ mod tests {
     #[test]
     fn json_round_trip_and_defaults() {
         let c = VmConfig::from_json(
-            r#"{"kernel":"/k","block":[{"path":"/d","read_only":true}],"rng":true}"#,
+            r#"{"kernel":"/k","block":[{"path":"/d","read_only":true}],"rng":true,
+                "fs":[{"tag":"rootfs","path":"/srv/share","read_only":true}],"jail":true}"#,
         )
         .unwrap();
+        assert_eq!(
+            c.fs,
+            vec![FsConfig {
+                tag: "rootfs".into(),
+                path: "/srv/share".into(),
+                read_only: true
+            }]
+        );
+        assert!(c.jail);
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.memory_mib, 128);
         assert_eq!(c.serial, SerialOutput::Stdout);
@@ -461,6 +538,45 @@ mod tests {
     }
 
     #[test]
+    fn fs_shares_are_checked() {
+        assert!(
+            VmConfig::from_json(r#"{"kernel":"/k","fs":[{"tag":"a","path":"/d","rw":1}]}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("rw")
+        );
+        assert!(
+            VmConfig::from_json(r#"{"kernel":"/k","fs":[{"path":"/d"}]}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("tag")
+        );
+        let mut c = VmConfig::new("/k".into());
+        let share = |tag: &str, path: &str| FsConfig {
+            tag: tag.into(),
+            path: path.into(),
+            read_only: false,
+        };
+        c.fs = vec![share(&"t".repeat(36), "/d")];
+        c.validate().unwrap();
+        c.fs = vec![share(&"t".repeat(37), "/d")];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("37 bytes, at most 36"), "{e}");
+        c.fs = vec![share("", "/d")];
+        assert!(c.validate().unwrap_err().to_string().contains("no tag"));
+        c.fs = vec![share("a", "")];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no directory"));
+        c.fs = vec![share("a", "/d"), share("a", "/e")];
+        assert!(c.validate().unwrap_err().to_string().contains("used twice"));
+        c.fs = vec![share("a\0b", "/d")];
+        assert!(c.validate().unwrap_err().to_string().contains("NUL"));
+    }
+
+    #[test]
     fn device_specs() {
         let b = BlockConfig::parse("path=/x.img,ro,serial=disk0").unwrap();
         assert_eq!(
@@ -482,6 +598,16 @@ mod tests {
             VsockConfig::parse("uds=/v.sock,cid=7").unwrap().guest_cid,
             7
         );
+        assert_eq!(
+            FsConfig::parse("tag=share,path=/srv/x,ro").unwrap(),
+            FsConfig {
+                tag: "share".into(),
+                path: "/srv/x".into(),
+                read_only: true
+            }
+        );
+        assert!(!FsConfig::parse("tag=s,path=/x").unwrap().read_only);
+        assert!(FsConfig::parse("tag=s,path=/x,cache=always").is_err());
         assert_eq!(
             parse_mac("02:00:0a:0b:0c:ff").unwrap(),
             [2, 0, 10, 11, 12, 255]

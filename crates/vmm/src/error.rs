@@ -40,6 +40,8 @@ pub enum Error {
     },
     #[error("seccomp: {0}")]
     Seccomp(String),
+    #[error("--jail: {0}")]
+    Jail(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod jail;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use vmm::config::{BlockConfig, CpuidCache, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::config::{
+    BlockConfig, CpuidCache, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use vmm::Vmm;
 
 const USAGE: &str = "\
@@ -23,14 +25,18 @@ Boots a KVM microVM (see docs/vmm.md). Options override the config file.
   --memory MIB         guest memory in MiB (default 128)
   --serial DEST        stdout (default), none, or a file path
   --config FILE        JSON config (fields: kernel, initrd, cmdline, vcpus,
-                       memory_mib, serial, api_socket, block, net, vsock, rng)
+                       memory_mib, serial, api_socket, block, net, fs, vsock,
+                       rng, cpuid_cache, jail)
   --api-socket PATH    control socket (pause, resume, shutdown, status)
   --block SPEC         path=FILE[,ro][,serial=ID]   (repeatable)
   --net SPEC           tap=NAME[,mac=MAC]          (repeatable)
+  --fs SPEC            tag=TAG,path=DIR[,ro]       (repeatable; virtio-fs share)
   --vsock SPEC         uds=PATH[,cid=N]
   --rng                add a virtio-rng device
   --cpuid-cache DIR    where the host's supported CPUID is cached (default
                        /run/ironcell-vmm for root; none: ask KVM every time)
+  --jail               once set up, confine the VMM to an empty root of its own
+                       (needs root; see docs/vmm.md)
   --no-seccomp         do not install the seccomp allowlists
   --print-seccomp      print the allowlists as JSON and exit
   --log PATH           log file (default stderr)
@@ -50,9 +56,11 @@ struct Args {
     api_socket: Option<PathBuf>,
     block: Vec<String>,
     net: Vec<String>,
+    fs: Vec<String>,
     vsock: Option<String>,
     rng: bool,
     cpuid_cache: Option<String>,
+    jail: bool,
     no_seccomp: bool,
     print_seccomp: bool,
     log: Option<PathBuf>,
@@ -93,9 +101,11 @@ fn parse_args() -> Result<Args> {
             Long("api-socket") => a.api_socket = Some(p.value()?.into()),
             Long("block") => a.block.push(string(p.value()?, "--block")?),
             Long("net") => a.net.push(string(p.value()?, "--net")?),
+            Long("fs") => a.fs.push(string(p.value()?, "--fs")?),
             Long("vsock") => a.vsock = Some(string(p.value()?, "--vsock")?),
             Long("rng") => a.rng = true,
             Long("cpuid-cache") => a.cpuid_cache = Some(string(p.value()?, "--cpuid-cache")?),
+            Long("jail") => a.jail = true,
             Long("no-seccomp") => a.no_seccomp = true,
             Long("print-seccomp") => a.print_seccomp = true,
             Long("log") => a.log = Some(p.value()?.into()),
@@ -154,10 +164,14 @@ fn build_config(a: &Args) -> Result<VmConfig> {
     for n in &a.net {
         cfg.net.push(NetConfig::parse(n)?);
     }
+    for f in &a.fs {
+        cfg.fs.push(FsConfig::parse(f)?);
+    }
     if let Some(v) = &a.vsock {
         cfg.vsock = Some(VsockConfig::parse(v)?);
     }
     cfg.rng |= a.rng;
+    cfg.jail |= a.jail;
     if let Some(c) = &a.cpuid_cache {
         cfg.cpuid_cache = CpuidCache::parse(c)?;
     }

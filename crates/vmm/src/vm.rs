@@ -22,10 +22,12 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::devices::legacy::{
     Ioapic, KvmMsiSink, Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
+use crate::devices::virtio::fs::FsWorker;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::{self, EventRegistrar, VirtioDevice, QUEUE_TOKEN};
 use crate::devices::IrqLine;
 use crate::error::{Error, Result};
+use crate::jail::Jail;
 pub use crate::vcpu::ExitReason;
 use crate::vcpu::{ExitNotifier, RunState, Vcpu, VcpuControl};
 use crate::GuestMemory;
@@ -53,6 +55,11 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     vcpu_filter: Option<seccompiler::BpfProgram>,
     vmm_filter: Option<seccompiler::BpfProgram>,
+    fs_filter: Option<seccompiler::BpfProgram>,
+    /// Entered in `run`, before any thread starts.
+    jail: Option<Jail>,
+    /// The virtio-fs devices' threads, started in `run`.
+    fs_workers: Vec<FsWorker>,
     control: Arc<VcpuControl>,
     exit: Arc<ExitNotifier>,
     epoll: Arc<Epoll>,
@@ -174,12 +181,19 @@ impl SameCpuStart {
 
 impl Vmm {
     /// Builds the VM. Nothing on the host is left behind if this fails.
-    /// `filters` are the seccomp programs for the vCPU and VMM threads
-    /// (None: no seccomp).
-    pub fn new(config: VmConfig, filters: Option<crate::seccomp::Filters>) -> Result<Self> {
+    /// `filters` are the seccomp programs for the vCPU, VMM and virtio-fs
+    /// threads (None: no seccomp). With `config.jail`, this must be called
+    /// before the process starts any thread (jail.rs).
+    pub fn new(mut config: VmConfig, filters: Option<crate::seccomp::Filters>) -> Result<Self> {
         let t0 = Instant::now();
         tracing::debug!("setup starts at {} us", crate::since_start_us());
         config.validate()?;
+        // The jail's mount namespace comes first: every thread started
+        // later is in it, and the fs devices open their /proc fd in it.
+        let jail = match config.jail {
+            true => Some(crate::jail::prepare(&mut config)?),
+            false => None,
+        };
         // Devices that open host files go first, so bad paths are reported
         // before KVM is touched.
         let device_error = |device: &'static str| {
@@ -197,6 +211,15 @@ impl Vmm {
         for n in &config.net {
             let dev = virtio::net::Net::new(n).map_err(device_error("net"))?;
             devices.push(("net", Box::new(dev)));
+        }
+        let mut fs_workers = Vec::new();
+        for f in &config.fs {
+            let (dev, worker) = virtio::fs::Fs::new(f).map_err(|reason| Error::Device {
+                device: format!("fs {}", f.tag),
+                reason,
+            })?;
+            devices.push(("fs", Box::new(dev)));
+            fs_workers.push(worker);
         }
         if let Some(v) = &config.vsock {
             let dev = virtio::vsock::Vsock::new(v).map_err(device_error("vsock"))?;
@@ -272,7 +295,10 @@ impl Vmm {
             _mem: mem,
             vcpus,
             vcpu_filter: filters.as_ref().map(|f| f.vcpu.clone()),
+            fs_filter: filters.as_ref().map(|f| f.fs.clone()),
             vmm_filter: filters.map(|f| f.vmm),
+            jail,
+            fs_workers,
             control,
             exit,
             epoll,
@@ -409,6 +435,26 @@ impl Vmm {
         self.started = Instant::now();
         crate::vcpu::install_kick_handler()
             .map_err(Error::io("installing the vCPU kick signal handler"))?;
+        // Before any thread starts: the jail's pivot_root, then the fs
+        // threads with their cwd at the shares' roots in it.
+        let workers = std::mem::take(&mut self.fs_workers);
+        let mut roots: Vec<Option<std::os::fd::OwnedFd>> = match self.jail.take() {
+            Some(jail) => {
+                let shares: Vec<_> = workers.iter().map(|w| (w.share(), w.read_only())).collect();
+                jail.enter(&shares)?.into_iter().map(Some).collect()
+            }
+            None => Vec::new(),
+        };
+        roots.resize_with(workers.len(), || None);
+        for (worker, root) in workers.into_iter().zip(roots) {
+            let tag = worker.tag().to_string();
+            worker
+                .start(self.fs_filter.clone(), root)
+                .map_err(|reason| Error::Device {
+                    device: format!("fs {tag}"),
+                    reason,
+                })?;
+        }
         let vcpu_filter = self.vcpu_filter.take().map(Arc::new);
         let affinity = SameCpuStart::begin();
         for vcpu in std::mem::take(&mut self.vcpus) {

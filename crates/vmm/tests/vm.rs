@@ -695,6 +695,295 @@ fn bad_input_is_one_line_and_leaves_nothing_behind() {
     }
 }
 
+/// A directory holding `share/hello.txt` and, next to the share,
+/// `outside.txt`, which the guest must not reach.
+fn fs_tree() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), "SECRET\n").unwrap();
+    (dir, share)
+}
+
+fn run_fs_guest(share: &Path, extra: &[&str]) -> Output {
+    let kernel = guest("fs");
+    let fs = format!("tag=hostshare,path={}", share.display());
+    let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--fs", &fs];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn assert_fs_guest_wrote(o: &Output, dir: &Path, share: &Path) {
+    assert_pass(o, "fs");
+    let out = stdout(o);
+    assert!(out.contains("fs: tag hostshare\n"), "{out}");
+    assert!(
+        out.contains("fs: hello.txt: hello from the host\n"),
+        "{out}"
+    );
+    assert!(out.contains("fs: names stay in the share\n"), "{out}");
+    assert!(out.contains("fs: wrote from-guest.txt\n"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("outside.txt")).unwrap(),
+        "SECRET\n"
+    );
+}
+
+#[test]
+fn fs_guest_reads_and_writes_the_share() {
+    if !kvm_or_skip("fs_guest_reads_and_writes_the_share") {
+        return;
+    }
+    let (dir, share) = fs_tree();
+    let o = run_fs_guest(&share, &[]);
+    assert_fs_guest_wrote(&o, dir.path(), &share);
+
+    let (_dir, share) = fs_tree();
+    let fs = format!("tag=hostshare,path={},ro", share.display());
+    let o = run(&["--kernel", guest("fs").to_str().unwrap(), "--fs", &fs]);
+    assert_pass(&o, "fs");
+    assert!(stdout(&o).contains("fs: read-only ok\n"), "{}", stdout(&o));
+    assert!(!share.join("from-guest.txt").exists());
+}
+
+#[test]
+fn fs_and_jail_bad_input_is_one_line() {
+    let (dir, share) = fs_tree();
+    let missing = dir.path().join("missing");
+    let e = bad(&[
+        "--kernel",
+        "/k",
+        "--fs",
+        &format!("tag=t,path={}", missing.display()),
+    ]);
+    assert!(
+        e.contains("device fs t: cannot open") && e.contains("No such file"),
+        "{e}"
+    );
+    let e = bad(&[
+        "--kernel",
+        "/k",
+        "--fs",
+        &format!("tag=t,path={}", share.join("hello.txt").display()),
+    ]);
+    assert!(e.contains("is not a directory"), "{e}");
+    let long = "t".repeat(37);
+    let e = bad(&[
+        "--kernel",
+        "/k",
+        "--fs",
+        &format!("tag={long},path={}", share.display()),
+    ]);
+    assert!(e.contains("37 bytes, at most 36"), "{e}");
+    let e = bad(&["--kernel", "/k", "--fs", "path=/tmp"]);
+    assert!(e.contains("no tag"), "{e}");
+    let e = bad(&["--kernel", "/k", "--fs", "tag=t,path=/tmp,cache=always"]);
+    assert!(e.contains("cache"), "{e}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let e = bad(&["--kernel", "/k", "--jail", "--vsock", "uds=/v.sock"]);
+        assert!(e.contains("--jail: socket /v.sock is in /"), "{e}");
+    }
+}
+
+fn is_root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("==== SKIPPED {test}: the jail needs root ====");
+    false
+}
+
+#[test]
+fn fs_guest_works_in_the_jail() {
+    if !kvm_or_skip("fs_guest_works_in_the_jail") || !is_root_or_skip("fs_guest_works_in_the_jail")
+    {
+        return;
+    }
+    // The fs thread's seccomp filter, the jail's bind mount of the share,
+    // interrupts raised from the fs thread.
+    let (dir, share) = fs_tree();
+    let o = run_fs_guest(&share, &["--jail"]);
+    assert_fs_guest_wrote(&o, dir.path(), &share);
+}
+
+/// Unmounts what a test mounted, also when it fails.
+struct Mounts(Vec<PathBuf>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for m in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn sh(cmd: &str, args: &[&Path]) {
+    let st = Command::new(cmd).args(args).status().unwrap();
+    assert!(st.success(), "{cmd} {args:?}");
+}
+
+/// (st_dev, st_ino) of what `path` refers to (following /proc magic links).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[test]
+fn jail_leaves_the_vmm_its_shares_and_sockets_only() {
+    if !kvm_or_skip("jail_leaves_the_vmm_its_shares_and_sockets_only")
+        || !is_root_or_skip("jail_leaves_the_vmm_its_shares_and_sockets_only")
+    {
+        return;
+    }
+    let (dir, share) = fs_tree();
+    let ro_share = dir.path().join("ro");
+    std::fs::create_dir(&ro_share).unwrap();
+    // The share is a shared mount, so that mounts made under it on the host
+    // after the VMM started propagate into the VMM's namespace.
+    let mut mounts = Mounts(Vec::new());
+    sh("mount", &[Path::new("--bind"), &share, &share]);
+    mounts.0.push(share.clone());
+    sh("mount", &[Path::new("--make-shared"), &share]);
+    let socks = dir.path().join("sockets");
+    std::fs::create_dir(&socks).unwrap();
+    let uds = socks.join("v.sock");
+    let api_sock = socks.join("api.sock");
+    let host_listener = UnixListener::bind(format!("{}_5678", uds.display())).unwrap();
+    let child = vmm(&[
+        "--kernel",
+        guest("vsock").to_str().unwrap(),
+        "--jail",
+        "--fs",
+        &format!("tag=rw,path={}", share.display()),
+        "--fs",
+        &format!("tag=ro,path={},ro", ro_share.display()),
+        "--vsock",
+        &format!("uds={},cid=7", uds.display()),
+        "--api-socket",
+        api_sock.to_str().unwrap(),
+    ])
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    // The API answers once the VMM runs, jailed.
+    assert_eq!(api(&api_sock, "status")["state"], "running");
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let root = proc.join("root");
+
+    // The root: the shares and the sockets' directory, nothing else.
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let top = socks
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    let mut want = vec!["fs0".to_string(), "fs1".to_string(), top];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        file_id(&root.join("fs0").join("hello.txt")),
+        file_id(&share.join("hello.txt"))
+    );
+    assert!(root
+        .join(socks.strip_prefix("/").unwrap())
+        .join("v.sock")
+        .exists());
+    // The jail's root and the read-only share are read-only mounts.
+    for p in [root.join("planted"), root.join("fs1").join("planted")] {
+        let e = std::fs::write(&p, "x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{}", p.display());
+    }
+    // No fd of the VMM is a directory but a share's root and the /proc
+    // fd the passthrough reopens files through; the fs threads' cwds are
+    // their shares.
+    let shares = [file_id(&share).unwrap(), file_id(&ro_share).unwrap()];
+    for fd in std::fs::read_dir(proc.join("fd")).unwrap() {
+        let fd = fd.unwrap().path();
+        let Ok(meta) = std::fs::metadata(&fd) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let target = std::fs::read_link(&fd).unwrap();
+        let id = file_id(&fd).unwrap();
+        assert!(
+            shares.contains(&id) || target == Path::new(&format!("/{pid}/fd")),
+            "fd {} is the directory {}",
+            fd.display(),
+            target.display()
+        );
+    }
+    let mut fs_threads = 0;
+    for task in std::fs::read_dir(proc.join("task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        if comm.starts_with("fs-") {
+            fs_threads += 1;
+            assert!(
+                shares.contains(&file_id(&task.join("cwd")).unwrap()),
+                "{comm}"
+            );
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "{comm}: no seccomp filter");
+    }
+    assert_eq!(fs_threads, 2);
+    // A mount made under the share now reaches the jailed VMM.
+    let late = share.join("late");
+    std::fs::create_dir(&late).unwrap();
+    sh(
+        "mount",
+        &[
+            Path::new("-t"),
+            Path::new("tmpfs"),
+            Path::new("late"),
+            &late,
+        ],
+    );
+    mounts.0.push(late.clone());
+    std::fs::write(late.join("file"), "late\n").unwrap();
+    let seen = root.join("fs0").join("late").join("file");
+    let start = Instant::now();
+    while !seen.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "late\n");
+
+    // vsock through the jail: host-initiated, then guest-initiated (the
+    // VMM connects to <uds>_5678 by name, in the jail's socket directory).
+    let mut c = connect_retry(&uds);
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"CONNECT 1234\n").unwrap();
+    assert!(read_line(&mut c).starts_with("OK "));
+    c.write_all(b"hello guest\n").unwrap();
+    assert_eq!(read_line(&mut c), "HELLO GUEST\n");
+    drop(c);
+    let (mut g, _) = host_listener.accept().unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(read_line(&mut g), "ping from guest\n");
+    g.write_all(b"pong from host\n").unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    assert_pass(&o, "vsock");
+    assert!(
+        !uds.exists() && !api_sock.exists(),
+        "the jailed VMM removed its sockets"
+    );
+}
+
 #[test]
 fn missing_dev_kvm_is_a_clear_error() {
     // A mount namespace with an empty /dev hides /dev/kvm from the VMM.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use seccompiler::{sock_filter, BpfProgram};
 
-use rules::{Ioctls, Syscalls, COMMON, VCPU, VCPU_IOCTLS, VMM, VMM_IOCTLS};
+use rules::{Ioctls, Syscalls, COMMON, FS, FS_IOCTLS, VCPU, VCPU_IOCTLS, VMM, VMM_IOCTLS};
 
 /// Set in the environment, this makes the VMM thread issue a syscall outside
 /// its allowlist right after installing it: the test that the filter kills.
@@ -28,9 +28,11 @@ mod built {
 pub struct Filters {
     pub vcpu: BpfProgram,
     pub vmm: BpfProgram,
+    /// virtio-fs worker threads.
+    pub fs: BpfProgram,
 }
 
-/// The vCPU and VMM thread programs, as compiled at build time.
+/// The vCPU, VMM and virtio-fs thread programs, as compiled at build time.
 pub fn filters() -> Filters {
     let program = |insns: &[(u16, u8, u8, u32)]| -> BpfProgram {
         insns
@@ -41,6 +43,7 @@ pub fn filters() -> Filters {
     Filters {
         vcpu: program(built::VCPU_BPF),
         vmm: program(built::VMM_BPF),
+        fs: program(built::FS_BPF),
     }
 }
 
@@ -64,6 +67,7 @@ pub fn allowlist() -> BTreeMap<&'static str, Vec<String>> {
     BTreeMap::from([
         ("vcpu", names(VCPU, VCPU_IOCTLS)),
         ("vmm", names(VMM, VMM_IOCTLS)),
+        ("fs", names(FS, FS_IOCTLS)),
     ])
 }
 
@@ -90,9 +94,12 @@ mod tests {
         let f = filters();
         let vcpu = rules::compile_rules(VCPU, rules::VCPU_IOCTLS).unwrap();
         let vmm = rules::compile_rules(VMM, rules::VMM_IOCTLS).unwrap();
+        let fs = rules::compile_rules(FS, rules::FS_IOCTLS).unwrap();
         assert_eq!(raw(&f.vcpu), raw(&vcpu));
         assert_eq!(raw(&f.vmm), raw(&vmm));
+        assert_eq!(raw(&f.fs), raw(&fs));
         assert_ne!(raw(&f.vcpu), raw(&f.vmm));
+        assert_ne!(raw(&f.fs), raw(&f.vmm));
     }
 
     #[test]
@@ -105,5 +112,9 @@ mod tests {
             .iter()
             .any(|s| s == "execve" || s == "personality"));
         assert!(list["vmm"].windows(2).all(|w| w[0] <= w[1]));
+        assert!(list["fs"].contains(&"renameat2".to_string()));
+        assert!(!list["fs"]
+            .iter()
+            .any(|s| s == "socket" || s == "connect" || s == "execve"));
     }
 }

@@ -84,6 +84,48 @@ pub(crate) const VMM: Syscalls = syscalls!(
     SYS_nanosleep,
 );
 
+/// virtio-fs worker threads (devices/virtio/fs.rs), one per share: the
+/// passthrough file system's calls on the share (lookups and opens by one
+/// name relative to a directory fd, reopening through the /proc fd, the
+/// file and directory operations; setresuid and setresgid switch the
+/// thread's effective ids to the guest's for creations; umask and
+/// name_to_handle_at when it imports the root), and the worker's own: its
+/// channel (futex) and KVM_SIGNAL_MSI for the interrupts of completed
+/// requests. No socket calls, no unlink or open by absolute path needed.
+pub(crate) const FS: Syscalls = syscalls!(
+    SYS_openat,
+    SYS_newfstatat,
+    SYS_fstat,
+    SYS_statx,
+    SYS_fstatfs,
+    SYS_getdents64,
+    SYS_lseek,
+    SYS_pread64,
+    SYS_preadv,
+    SYS_pwrite64,
+    SYS_pwritev,
+    SYS_fsync,
+    SYS_fdatasync,
+    SYS_fallocate,
+    SYS_ftruncate,
+    SYS_fchmod,
+    SYS_fchmodat,
+    SYS_fchownat,
+    SYS_utimensat,
+    SYS_mkdirat,
+    SYS_mknodat,
+    SYS_symlinkat,
+    SYS_linkat,
+    SYS_unlinkat,
+    SYS_renameat2,
+    SYS_readlinkat,
+    SYS_dup,
+    SYS_umask,
+    SYS_setresuid,
+    SYS_setresgid,
+    SYS_name_to_handle_at,
+);
+
 pub(crate) const KVM_RUN: u64 = 0xae80;
 pub(crate) const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub(crate) const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
@@ -92,7 +134,10 @@ pub(crate) const FIONBIO: u64 = 0x5421;
 
 /// Compiles the allowlist of one thread kind: COMMON plus `extra`, ioctl
 /// restricted to `ioctls` (its second argument, as a 32-bit value).
-pub(crate) fn compile_rules(extra: Syscalls, ioctls: Ioctls) -> Result<seccompiler::BpfProgram, String> {
+pub(crate) fn compile_rules(
+    extra: Syscalls,
+    ioctls: Ioctls,
+) -> Result<seccompiler::BpfProgram, String> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,
@@ -129,3 +174,5 @@ pub(crate) fn compile_rules(extra: Syscalls, ioctls: Ioctls) -> Result<seccompil
 pub(crate) const VCPU_IOCTLS: Ioctls = ioctls!(KVM_RUN, KVM_GET_REGS, KVM_SIGNAL_MSI);
 /// The VMM thread's ioctls.
 pub(crate) const VMM_IOCTLS: Ioctls = ioctls!(FIONBIO, KVM_SIGNAL_MSI);
+/// The virtio-fs worker threads' ioctls.
+pub(crate) const FS_IOCTLS: Ioctls = ioctls!(KVM_SIGNAL_MSI);

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the ironcell test guests: build.sh OUTDIR writes OUTDIR/<name>.elf
-# for hello, triple, block, rng, vsock, net, irq and cpuid, and hello64 (a 64-bit ELF
+# for hello, triple, block, rng, vsock, net, irq, cpuid and fs, and hello64 (a 64-bit ELF
 # without PVH note: the VMM's long-mode entry).
 #
 # Only gcc, as, ld and objcopy (Debian's build-essential/binutils; no
@@ -69,7 +69,7 @@ assemble "$SRC/start.S" "$OBJ/start.o"
 compile_c "$SRC/lib.c" "$OBJ/lib.o"
 # A guest with assembly of its own has it in <name>-stubs.S (irq: GDT,
 # interrupt entry stubs).
-for g in block rng vsock net irq cpuid; do
+for g in block rng vsock net irq cpuid fs; do
 	compile_c "$SRC/$g.c" "$OBJ/$g.o"
 	if [ -f "$SRC/$g-stubs.S" ]; then
 		assemble "$SRC/$g-stubs.S" "$OBJ/$g-stubs.o"

@@ -4,6 +4,7 @@
 //! from a queue is validated here first (`checked_chain`).
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -24,6 +25,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
