@@ -12,6 +12,14 @@
 #
 #   --config-only   stop after the .config was produced and verified; the last
 #                   stdout line is then the path of that .config.
+#   --variant NAME  build a variant of the kernel: guest/kernel/NAME/ holds its
+#                   patches (*.patch, applied in name order with patch -p1), a
+#                   config fragment NAME.config merged after ironcell.config,
+#                   and the kernel command line the variant needs (`cmdline`,
+#                   copied next to its vmlinux). Its cache key covers all of
+#                   them. The only variant is pvm-test (guest/README.md): a
+#                   test-only kernel for PVM hosts. Without --variant the
+#                   kernel is built from ironcell.config alone, as always.
 # Environment: IRONCELL_KERNEL_CACHE (cache root), IRONCELL_KERNEL_KEEP_TREE=1
 # (keep the unpacked, built source tree next to the vmlinux; ~1 GiB).
 set -euo pipefail
@@ -26,17 +34,39 @@ SRC_TAR=/usr/src/linux-source-6.1.tar.xz
 CACHE_ROOT=${IRONCELL_KERNEL_CACHE:-/var/cache/ironcell/guest-kernel}
 KARCH=x86_64
 
+usage() { echo "usage: $0 [--config-only] [--variant NAME]" >&2; exit 2; }
 CONFIG_ONLY=0
-case "${1:-}" in
-  "") ;;
-  --config-only) CONFIG_ONLY=1 ;;
-  *) echo "usage: $0 [--config-only]" >&2; exit 2 ;;
-esac
+VARIANT=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config-only) CONFIG_ONLY=1 ;;
+    --variant) [ $# -ge 2 ] || usage; VARIANT=$2; shift ;;
+    --variant=*) VARIANT=${1#--variant=} ;;
+    *) usage ;;
+  esac
+  shift
+done
 
 log() { echo "build-guest-kernel: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ -f "$FRAGMENT" ] || die "missing $FRAGMENT"
+
+# A variant's files: its patches, its config fragment and its command line.
+VARIANT_DIR=
+VARIANT_FRAGMENT=
+VARIANT_PATCHES=()
+if [ -n "$VARIANT" ]; then
+  case "$VARIANT" in
+    *[!a-z0-9-]* | -*) die "bad variant name '$VARIANT'" ;;
+  esac
+  VARIANT_DIR=$REPO/guest/kernel/$VARIANT
+  [ -d "$VARIANT_DIR" ] || die "no variant '$VARIANT' ($VARIANT_DIR does not exist)"
+  [ ! -f "$VARIANT_DIR/$VARIANT.config" ] || VARIANT_FRAGMENT=$VARIANT_DIR/$VARIANT.config
+  for p in "$VARIANT_DIR"/*.patch; do
+    [ -f "$p" ] && VARIANT_PATCHES+=("$p")
+  done
+fi
 
 # --- build dependencies (same pattern as scripts/setup.sh) -------------------
 PKGS=(
@@ -47,6 +77,8 @@ PKGS=(
   # kconfig's parser (bison, flex), kernel/time/timeconst.bc (bc),
   # objtool (libelf-dev; ORC unwinder, retpoline/rethunk annotations)
   bison flex bc libelf-dev
+  # a variant's patches
+  patch
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -73,8 +105,17 @@ fi
 
 # --- cache key ---------------------------------------------------------------
 src_version=$(dpkg-query -W -f='${Version}' "$SRC_PKG")
-key=$({ cat "$FRAGMENT"; echo "script-version=$SCRIPT_VERSION"; echo "$SRC_PKG=$src_version"; } \
-      | sha256sum | cut -c1-16)
+# The default kernel's key is exactly what it always was; a variant's adds
+# its name and every file of its directory (name and content).
+key=$({
+  cat "$FRAGMENT"; echo "script-version=$SCRIPT_VERSION"; echo "$SRC_PKG=$src_version"
+  if [ -n "$VARIANT" ]; then
+    echo "variant=$VARIANT"
+    (cd "$VARIANT_DIR" && LC_ALL=C find . -type f | LC_ALL=C sort | while IFS= read -r f; do
+      echo "file=$f"; cat "$f"
+    done)
+  fi
+} | sha256sum | cut -c1-16)
 dir=$CACHE_ROOT/$key
 out=$dir/vmlinux
 
@@ -111,42 +152,69 @@ rm -rf "$tree"
 mkdir -p "$tree"
 nice -n 19 tar -xJf "$SRC_TAR" -C "$tree" --strip-components=1
 
+# --- a variant's patches -----------------------------------------------------
+for p in "${VARIANT_PATCHES[@]}"; do
+  log "applying $VARIANT/$(basename "$p")"
+  if ! patch -d "$tree" -p1 --batch --forward --no-backup-if-mismatch <"$p" >>"$buildlog" 2>&1; then
+    die "$p does not apply to $SRC_PKG $src_version"
+  fi
+done
+
 # --- configuration -----------------------------------------------------------
-log "configuring: allnoconfig + $(basename "$FRAGMENT")"
+FRAGMENTS=("$FRAGMENT")
+[ -z "$VARIANT_FRAGMENT" ] || FRAGMENTS+=("$VARIANT_FRAGMENT")
+log "configuring: allnoconfig + $(for f in "${FRAGMENTS[@]}"; do basename "$f"; done | paste -sd+ | sed 's/+/ + /g')"
 kmake allnoconfig
-(cd "$tree" && ARCH="$KARCH" scripts/kconfig/merge_config.sh -m .config "$FRAGMENT") >>"$buildlog" 2>&1
+(cd "$tree" && ARCH="$KARCH" scripts/kconfig/merge_config.sh -m .config "${FRAGMENTS[@]}") >>"$buildlog" 2>&1
 kmake olddefconfig
 
-# Every option the fragment sets must have survived olddefconfig: an option
-# whose dependencies are unmet is silently dropped by kconfig.
+# The options a fragment sets, one "NAME<TAB>LINE" per line.
+fragment_options() {
+  local line name
+  while IFS= read -r line || [ -n "$line" ]; do
+    line=${line%"${line##*[![:space:]]}"}        # strip trailing whitespace
+    case "$line" in
+      CONFIG_*=*) name=${line%%=*} ;;
+      "# CONFIG_"*" is not set") name=${line#\# }; name=${name%% *} ;;
+      *) continue ;;
+    esac
+    printf '%s\t%s\n' "$name" "$line"
+  done < "$1"
+}
+
+# Every option the fragments set must have survived olddefconfig: an option
+# whose dependencies are unmet is silently dropped by kconfig. A variant's
+# fragment overrides ironcell.config for the options it names.
+overridden=$( [ -z "$VARIANT_FRAGMENT" ] || fragment_options "$VARIANT_FRAGMENT" | cut -f1)
 dropped=()
-while IFS= read -r line || [ -n "$line" ]; do
-  line=${line%"${line##*[![:space:]]}"}        # strip trailing whitespace
-  case "$line" in
-    CONFIG_*=*)
-      name=${line%%=*}
-      if ! grep -qxF -- "$line" "$tree/.config"; then
-        final=$(grep -E "^($name=|# $name is not set)" "$tree/.config" || true)
-        dropped+=("$line  (final: ${final:-absent})")
-      fi
-      ;;
-    "# CONFIG_"*" is not set")
-      name=${line#\# }
-      name=${name%% *}
-      if final=$(grep -E "^$name=" "$tree/.config"); then
-        dropped+=("$line  (final: $final)")
-      fi
-      ;;
-  esac
-done < "$FRAGMENT"
+for f in "${FRAGMENTS[@]}"; do
+  while IFS=$'\t' read -r name line; do
+    if [ "$f" = "$FRAGMENT" ] && grep -qxF -- "$name" <<<"$overridden"; then
+      continue
+    fi
+    case "$line" in
+      CONFIG_*=*)
+        if ! grep -qxF -- "$line" "$tree/.config"; then
+          final=$(grep -E "^($name=|# $name is not set)" "$tree/.config" || true)
+          dropped+=("$(basename "$f"): $line  (final: ${final:-absent})")
+        fi
+        ;;
+      *)
+        if final=$(grep -E "^$name=" "$tree/.config"); then
+          dropped+=("$(basename "$f"): $line  (final: $final)")
+        fi
+        ;;
+    esac
+  done < <(fragment_options "$f")
+done
 if [ "${#dropped[@]}" -gt 0 ]; then
-  log "error: ${#dropped[@]} option(s) of $FRAGMENT did not survive into $tree/.config"
+  log "error: ${#dropped[@]} fragment option(s) did not survive into $tree/.config"
   log "(unmet dependencies or unknown symbols; see scripts/kconfig/merge_config.sh's warnings in $buildlog):"
   for d in "${dropped[@]}"; do log "  $d"; done
   exit 1
 fi
 cp "$tree/.config" "$dir/config"
-log "configuration verified ($(grep -cE '^CONFIG_|^# CONFIG_.* is not set' "$FRAGMENT") fragment options)"
+log "configuration verified ($(cat "${FRAGMENTS[@]}" | grep -cE '^CONFIG_|^# CONFIG_.* is not set') fragment options)"
 
 if [ "$CONFIG_ONLY" -eq 1 ]; then
   echo "$dir/config"
@@ -166,6 +234,12 @@ if ! readelf -n "$tree/vmlinux" | awk '$1 == "Xen" && /0x00000012|PHYS32_ENTRY/ 
   die "$tree/vmlinux has no Xen PHYS32_ENTRY (0x12) ELF note: no PVH entry"
 fi
 
+# A variant's command line goes next to its vmlinux, for the tests and the
+# runtime to read (written before the vmlinux, whose presence marks the
+# cache entry complete).
+if [ -n "$VARIANT" ] && [ -f "$VARIANT_DIR/cmdline" ]; then
+  cp "$VARIANT_DIR/cmdline" "$dir/cmdline"
+fi
 cp "$tree/vmlinux" "$out.tmp"
 mv "$out.tmp" "$out"
 if [ "${IRONCELL_KERNEL_KEEP_TREE:-0}" != 1 ]; then
