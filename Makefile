@@ -25,7 +25,7 @@ VMM := target/$(VMM_TARGET)/release/ironcell-vmm
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs -C symbol-mangling-version=v0 -C linker=$(CURDIR)/scripts/link-ordered.sh
 STATIC_ENV := RUSTFLAGS="$(RELEASE_RUSTFLAGS)" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: setup build image demo test lint unit bench bench-vmm bench-daemon bench-wasm fuzz clean print-rustflags link-order guest-kernel
+.PHONY: setup build image demo test lint unit bench bench-vmm bench-vm bench-daemon bench-wasm fuzz clean print-rustflags link-order guest-kernel guest
 
 setup:
 	bash scripts/setup.sh
@@ -49,16 +49,24 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The guest kernel is built (or taken from its cache) first: the VMM's
-# tests boot it (tests/vm.rs).
+# The guest image (kernel and initramfs) is built (or taken from its cache)
+# first: the VMM's tests and the vm sandbox's boot it. So is the kernel's
+# test-only pvm-test variant, which the tests boot on PVM hosts
+# (guest/README.md).
 test: setup image lint
-	set -o pipefail; GUEST_KERNEL=$$(bash scripts/build-guest-kernel.sh | tail -n 1) && \
-	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
+	set -o pipefail; bash scripts/build-guest-image.sh > build/guest-image.txt && \
+	GUEST_KERNEL=$$(tail -n 2 build/guest-image.txt | head -n 1) && GUEST_INITRD=$$(tail -n 1 build/guest-image.txt) && \
+	GUEST_KERNEL_PVM_TEST=$$(bash scripts/build-guest-kernel.sh --variant pvm-test | tail -n 1) && \
+	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL IRONCELL_GUEST_INITRD=$$GUEST_INITRD \
+	IRONCELL_GUEST_KERNEL_PVM_TEST=$$GUEST_KERNEL_PVM_TEST \
+	IRONCELL_TEST_IMAGE=$(CURDIR)/$(IMAGE_DIR) $(CARGO) test --workspace -- --nocapture 2>&1 | tee build/test.log
 	@# The VMM's tests again on its release build: musl (other syscalls
 	@# behind the same calls, which its seccomp allowlists must admit) with
 	@# LTO (which once left a libc function unlinked, see rng.rs).
 	set -o pipefail; GUEST_KERNEL=$$(bash scripts/build-guest-kernel.sh | tail -n 1) && \
-	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL $(CARGO) test --release -p vmm --target $(VMM_TARGET) -- --nocapture 2>&1 | tee -a build/test.log
+	GUEST_KERNEL_PVM_TEST=$$(bash scripts/build-guest-kernel.sh --variant pvm-test | tail -n 1) && \
+	IRONCELL_GUEST_KERNEL=$$GUEST_KERNEL IRONCELL_GUEST_KERNEL_PVM_TEST=$$GUEST_KERNEL_PVM_TEST \
+	$(CARGO) test --release -p vmm --target $(VMM_TARGET) -- --nocapture 2>&1 | tee -a build/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' build/test.log
 
 bench: build image
@@ -88,13 +96,25 @@ bench-wasm: build image
 	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcelld --example wasm_stress
 	target/$(TARGET)/release/examples/wasm_stress --tasks 1000 --parallel 100
 
-# Fuzzes ironcelld's request decoding and handling (fuzz/). Needs the nightly
-# toolchain and cargo-fuzz, installed by `scripts/setup.sh fuzz`.
-# FUZZ_SECONDS bounds the run (default 120).
+# The vm sandbox (bench/vm_bench.py, docs/vm.md): guest memory in use and the
+# agent's RSS for one sleeping container, the host processes ironcell adds
+# per VM, and `ironcell run` of /bin/true against the namespace sandbox,
+# under QEMU with TCG (BENCH_VM_ARGS="--hypervisor ironcell-vmm" on a KVM
+# host with VT-x or AMD-V).
+BENCH_VM_ARGS ?=
+bench-vm: build image guest
+	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcell-sandbox --example guest_details
+	python3 bench/vm_bench.py --ironcell $(IRONCELL) $(BENCH_VM_ARGS)
+
+# Fuzzes request decoding and handling (fuzz/): ironcelld's (FUZZ_TARGET
+# requests, the default) or the guest agent's (FUZZ_TARGET=agent_requests).
+# Needs the nightly toolchain and cargo-fuzz, installed by
+# `scripts/setup.sh fuzz`. FUZZ_SECONDS bounds the run (default 120).
 FUZZ_SECONDS ?= 120
+FUZZ_TARGET ?= requests
 fuzz:
 	bash scripts/setup.sh fuzz
-	cd fuzz && $(CARGO) +nightly fuzz run requests -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+	cd fuzz && $(CARGO) +nightly fuzz run $(FUZZ_TARGET) -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 # Re-record crates/cli/link-order.txt (root, tracefs; see the script).
 link-order: image
@@ -110,3 +130,12 @@ clean:
 # The microVM guest kernel (guest/README.md); prints the cached vmlinux path.
 guest-kernel:
 	bash scripts/build-guest-kernel.sh
+
+# The vm sandbox's guest (guest/README.md): the script builds the kernel
+# (scripts/build-guest-kernel.sh, as guest-kernel) and the initramfs holding
+# only ironcell-agent as /init, both cached under /var/cache/ironcell/. The
+# last two lines printed are the stable paths ironcell reads by default,
+# /var/cache/ironcell/guest/vmlinux and /var/cache/ironcell/guest/initrd.img.
+# Its cargo and kernel builds take turns on /tmp/ironcell-heavy.lock.
+guest: setup
+	bash scripts/build-guest-image.sh

@@ -14,11 +14,11 @@ PKGS=(
   jq procps util-linux iproute2 time cpio
   # WASI test and benchmark programs in C (wasi-libc; clang's wasm32 target)
   clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32
+  # the vm sandbox's guest side under QEMU TCG (docs/qemu-recipe.md), and the
+  # VMM benchmark's reference; libcap-ng-dev (and libseccomp-dev above) for
+  # building virtiofsd below
+  qemu-system-x86 libcap-ng-dev
 )
-# `setup.sh bench` also installs what only benchmarks need.
-if [ "${1:-}" = bench ]; then
-  PKGS+=(qemu-system-x86)
-fi
 # `setup.sh fuzz`: the nightly toolchain and cargo-fuzz (crates.io), for
 # `make fuzz`; nothing from Debian beyond the build packages.
 if [ "${1:-}" = fuzz ]; then
@@ -70,3 +70,30 @@ fi
 # /var/cache/ironcell, for the daemon's CRI tests.
 bash "$(dirname "$0")/fetch-containerd.sh" 1.7 >/dev/null
 bash "$(dirname "$0")/fetch-containerd.sh" 2 >/dev/null
+
+# vhost-user backends for the vm sandbox under QEMU (docs/qemu-recipe.md):
+# virtiofsd (virtio-fs) and vhost-device-vsock (hybrid vsock over
+# vhost-user-vsock). Debian 12 packages neither, so they are built from
+# crates.io at pinned versions, with the crates' own Cargo.lock (--locked),
+# into a project-owned prefix. The build takes the shared heavy-build lock
+# (other builds run on this 2-core machine at the same time).
+TOOLS_ROOT=${IRONCELL_TOOLS_ROOT:-/var/cache/ironcell/tools}
+VHOST_TOOLS=(
+  "virtiofsd 1.14.0"
+  "vhost-device-vsock 0.3.0"
+)
+export PATH="$HOME/.cargo/bin:$PATH"
+for tool in "${VHOST_TOOLS[@]}"; do
+  read -r crate version <<<"$tool"
+  bin=$TOOLS_ROOT/bin/$crate
+  if [ "$("$bin" --version 2>/dev/null)" != "$crate $version" ]; then
+    command -v cargo >/dev/null || { echo "setup: cargo is needed to build $crate" >&2; exit 1; }
+    echo "setup: building $crate $version into $TOOLS_ROOT (about 1-2 minutes)"
+    flock /tmp/ironcell-heavy.lock nice -n 10 \
+      cargo install --locked --quiet --root "$TOOLS_ROOT" "$crate@$version"
+    [ "$("$bin" --version 2>/dev/null)" = "$crate $version" ] \
+      || { echo "setup: $bin --version does not say $crate $version" >&2; exit 1; }
+  fi
+  echo "setup: $crate $version: $bin"
+done
+echo "setup: qemu: $(command -v qemu-system-x86_64) ($(qemu-system-x86_64 --version | head -n1))"

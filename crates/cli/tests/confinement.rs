@@ -36,14 +36,21 @@ fn compare(name: &str, edit: impl Fn(&mut Value)) {
         c["linux"]["seccomp"] = chmod_blocking_profile();
         args(
             c,
-            &["/bin/sh", "-c", &format!("{CONFINEMENT_SNAPSHOT}\nsnap > /out/init; touch /out/f; exec sleep 1000")],
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("{CONFINEMENT_SNAPSHOT}\nsnap > /out/init; touch /out/f; exec sleep 1000"),
+            ],
         );
         edit(c);
     });
     env.ok(&["run", "-d", "-b", b.to_str().unwrap(), &id]);
     wait_until(|| tmp.join("f").exists());
     let init = fs::read_to_string(tmp.join("init")).unwrap();
-    assert!(init.contains("Seccomp:\t2"), "the init has no filter: {init}");
+    assert!(
+        init.contains("Seccomp:\t2"),
+        "the init has no filter: {init}"
+    );
 
     let probe = format!(
         "{CONFINEMENT_SNAPSHOT}\nsnap > /out/$0; chmod 600 /out/f 2> /out/$0-chmod; echo $? >> /out/$0-chmod"
@@ -61,7 +68,11 @@ fn compare(name: &str, edit: impl Fn(&mut Value)) {
     for how in ["exec", "process"] {
         let snap = fs::read_to_string(tmp.join(how)).unwrap();
         let diff = confinement_diff(&init, &snap);
-        assert!(diff.is_empty(), "{how} differs from the init:\n{}", diff.join("\n"));
+        assert!(
+            diff.is_empty(),
+            "{how} differs from the init:\n{}",
+            diff.join("\n")
+        );
         let chmod = fs::read_to_string(tmp.join(format!("{how}-chmod"))).unwrap();
         assert!(
             chmod.contains("Operation not supported") && chmod.trim_end().ends_with('1'),
@@ -91,7 +102,10 @@ fn exec_is_confined_as_the_init_without_no_new_privileges() {
         return;
     }
     compare("conf-nonnp", |c| {
-        c["process"].as_object_mut().unwrap().remove("noNewPrivileges");
+        c["process"]
+            .as_object_mut()
+            .unwrap()
+            .remove("noNewPrivileges");
     });
     compare("conf-nnp-false", |c| {
         c["process"]["noNewPrivileges"] = json!(false);

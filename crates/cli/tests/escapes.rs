@@ -90,10 +90,9 @@ impl Escape {
 
     /// A bundle over the shared rootfs running `argv`.
     fn bundle(&self, name: &str, argv: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
-        let mut config: Value = serde_json::from_str(
-            &fs::read_to_string(image().join("bundle/config.json")).unwrap(),
-        )
-        .unwrap();
+        let mut config: Value =
+            serde_json::from_str(&fs::read_to_string(image().join("bundle/config.json")).unwrap())
+                .unwrap();
         config["root"] = json!({"path": self.rootfs, "readonly": false});
         config["process"]["args"] = json!(argv);
         config["linux"]["cgroupsPath"] = json!(format!("/ironcell-test/{name}"));
@@ -231,19 +230,33 @@ fn cve_2019_5736_exec_of_proc_self_exe_cannot_overwrite_the_runtime() {
         nix::sys::stat::Mode::from_bits_truncate(0o666),
     )
     .unwrap();
-    write_attacker(&e.rootfs, "ironcell-gate", "cat /tmp/ironcell-gate > /dev/null");
+    write_attacker(
+        &e.rootfs,
+        "ironcell-gate",
+        "cat /tmp/ironcell-gate > /dev/null",
+    );
     let id = unique("cve5736-exec");
     let bundle = e.bundle(&id, &["/bin/sh", "/attack.sh"], |_| {});
     let before = e.runtime_digest();
     e.ok(&["run", "-d", "-b", bundle.to_str().unwrap(), &id]);
 
     let exec = e
-        .cmd(&["exec", &id, "/bin/evil", "--log", "/tmp/ironcell-gate", "list"])
+        .cmd(&[
+            "exec",
+            &id,
+            "/bin/evil",
+            "--log",
+            "/tmp/ironcell-gate",
+            "list",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(e.rootfs.join("tmp/opened").exists(), "exec ended ({exec}) before the attacker saw it");
+    assert!(
+        e.rootfs.join("tmp/opened").exists(),
+        "exec ended ({exec}) before the attacker saw it"
+    );
     fs::write(e.rootfs.join("tmp/go"), "").unwrap();
     assert_refused(&e, &before);
     e.ok(&["delete", "--force", &id]);
