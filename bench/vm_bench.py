@@ -51,6 +51,9 @@ def parse():
     p.add_argument("--hypervisor", choices=["qemu", "ironcell-vmm"], default="qemu")
     p.add_argument("--accel", choices=["tcg", "kvm"], default="tcg")
     p.add_argument("--kernel", default=f"{GUEST}/vmlinux")
+    p.add_argument("--pvm-test-kernel", metavar="VMLINUX",
+                   help="ironcell-vmm on a PVM host: this pvm-test kernel, with the command line "
+                        "in the `cmdline` file beside it (docs/pvm-host.md)")
     p.add_argument("--initrd", default=f"{GUEST}/initrd.img")
     p.add_argument("--memory-mib", type=int, default=256)
     p.add_argument("--runs", type=int, default=10)
@@ -61,6 +64,11 @@ def parse():
         if path is None:
             p.error(f"--{what.replace('_', '-')} {getattr(a, what)}: not an executable (make bench-vm builds it)")
         setattr(a, what, path)
+    a.kernel_params = ""
+    if a.pvm_test_kernel:
+        a.hypervisor, a.kernel = "ironcell-vmm", a.pvm_test_kernel
+        with open(os.path.join(os.path.dirname(a.pvm_test_kernel), "cmdline")) as f:
+            a.kernel_params = f.read().strip()
     for f in (a.kernel, a.initrd):
         if not os.path.isfile(f):
             p.error(f"{f}: missing (make guest)")
@@ -74,6 +82,8 @@ def parse():
 def write_config(dir_, a):
     hyp = f'hypervisor = "qemu"\nqemu_accel = "{a.accel}"' if a.hypervisor == "qemu" \
         else 'hypervisor = "ironcell-vmm"'
+    if a.kernel_params:
+        hyp += f'\nkernel_params = "{a.kernel_params}"\npvm_guest = true\nboot_timeout_secs = 900'
     path = os.path.join(dir_, "config.toml")
     with open(path, "w") as f:
         f.write(f'[vm]\n{hyp}\nkernel = "{a.kernel}"\ninitrd = "{a.initrd}"\n'
@@ -208,7 +218,8 @@ def main():
     added = [p for p in procs if not p["hypervisor"]]
     rss_sum = sum(p["rss_kib"] for p in added)
     pss_sum = sum(p["pss_kib"] for p in added)
-    hyp = f"{a.hypervisor}" + (f" ({a.accel})" if a.hypervisor == "qemu" else "")
+    hyp = f"{a.hypervisor}" + (f" ({a.accel})" if a.hypervisor == "qemu" else "") \
+        + (" with the pvm-test kernel on PVM" if a.kernel_params else "")
     h = benchlib.host_info(load)
     print(f"# vm sandbox: {hyp}, {a.memory_mib} MiB guest; host {h['kernel']}, {h['cpus']} CPUs, "
           f"load {h['loadavg_1min_at_start']}\n")

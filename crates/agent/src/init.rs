@@ -36,6 +36,9 @@ pub fn mount_proc() -> Result<(), AgentError> {
     mount_fs("proc", "/proc", "proc", nosuid, None)
 }
 
+/// Where the agent runs from once off the initramfs.
+const AGENT_PATH: &str = "/sbin/ironcell-agent";
+
 /// Whether `/` is the kernel's initial rootfs (the unpacked initramfs).
 fn root_is_rootfs() -> bool {
     fs::read_to_string("/proc/self/mountinfo")
@@ -67,10 +70,12 @@ pub fn leave_initramfs() -> Result<(), AgentError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )?;
-    fs::copy("/init", "/newroot/init")
+    // In a directory of its own: the sealed re-execution mounts the
+    // binary's directory as an overlayfs layer, which must not overlap its
+    // second, empty layer (under /tmp).
+    fs::create_dir("/newroot/sbin").map_err(AgentError::io("cannot create /sbin"))?;
+    fs::copy("/init", format!("/newroot{AGENT_PATH}"))
         .map_err(AgentError::io("cannot copy /init onto the tmpfs"))?;
-    // The sealed re-execution may need an empty directory in /tmp before
-    // anything is mounted there.
     fs::create_dir("/newroot/tmp").map_err(AgentError::io("cannot create /tmp"))?;
     let _ = fs::remove_file("/init");
     let _ = nix::mount::umount2("/proc", nix::mount::MntFlags::MNT_DETACH);
@@ -83,7 +88,7 @@ pub fn leave_initramfs() -> Result<(), AgentError> {
         .map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())))
         .collect::<Result<_, _>>()
         .map_err(|_| AgentError::Invalid("NUL in the command line".into()))?;
-    let init = std::ffi::CString::new("/init").expect("no NUL");
+    let init = std::ffi::CString::new(AGENT_PATH).expect("no NUL");
     let env: Vec<std::ffi::CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
             let mut kv = k;

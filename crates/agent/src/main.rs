@@ -55,17 +55,15 @@ fn parse_args() -> Result<Args> {
 }
 
 fn serve(started_us: u64, pid1: bool) -> Result<()> {
-    // The kernel hands PID 1 its own command line words: ignore them there.
+    // The kernel hands PID 1 the words of its command line it does not
+    // know: PID 1 takes no arguments.
     let args = if pid1 {
-        parse_args().unwrap_or_else(|e| {
-            eprintln!("ironcell-agent: ignoring the command line: {e:#}");
-            Args {
-                control: Addr::Vsock(CONTROL_PORT),
-                streams: Addr::Vsock(STREAM_PORT),
-                root: PathBuf::from("/run/ironcell-agent"),
-                level: tracing::Level::WARN,
-            }
-        })
+        Args {
+            control: Addr::Vsock(CONTROL_PORT),
+            streams: Addr::Vsock(STREAM_PORT),
+            root: PathBuf::from("/run/ironcell-agent"),
+            level: tracing::Level::WARN,
+        }
     } else {
         parse_args()?
     };

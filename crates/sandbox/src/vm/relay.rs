@@ -245,7 +245,10 @@ impl Relay {
                 Ok(Event::Signal(libc::SIGCHLD)) => {
                     if let Some(owned) = &mut self.vm {
                         if let Err(e) = owned.vm.check_alive() {
-                            break Err(vm_err(format!("the VM ended: {e}")));
+                            break Err(vm_err(format!(
+                                "the VM ended: {e}{}",
+                                owned.vm.console_tail()
+                            )));
                         }
                     }
                 }
