@@ -165,31 +165,15 @@ fn containerd_runc_shim_drives_ironcell() {
 /// of its own).
 #[test]
 fn containerd_runc_shim_runs_containers_in_vms() {
-    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
-    let test = "containerd_runc_shim_runs_containers_in_vms";
-    if !need_root(test) || !qemu_tools(test) {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest, vm_runtime_wrapper};
+    let Some(g) = qemu_guest("containerd_runc_shim_runs_containers_in_vms") else {
         return;
-    }
-    let Some(g) = guest(test) else { return };
+    };
     let Some(c) = Containerd::start(Options::default()) else {
         return;
     };
     let config = qemu_config(c.dir(), &g, "");
-    let wrapper = c.dir().join("ironcell-vmtest");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} --config {} --sandbox vm \"$@\"\n",
-            ironcell().display(),
-            config.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = vm_runtime_wrapper(c.dir(), &ironcell(), &config);
     let args = |extra: &[&str], rest: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = vec!["run".into(), "--runc-binary".into()];
         v.push(wrapper.to_str().unwrap().into());
@@ -240,12 +224,5 @@ fn containerd_runc_shim_runs_containers_in_vms() {
         !ironcell_root(&c).join("vmsvc").exists(),
         "state left behind"
     );
-    assert!(
-        run_dirs(c.dir()).is_empty(),
-        "VM run directories left behind"
-    );
-    assert!(
-        processes_with(c.dir().join("vmrun").to_str().unwrap()).is_empty(),
-        "VM processes left behind"
-    );
+    assert_no_vm_left(c.dir());
 }

@@ -217,12 +217,10 @@ fn docker_runs_containers_with_ironcell() {
 /// has no such flag, so a runtime of its own selects the sandbox.)
 #[test]
 fn docker_runs_containers_in_vms() {
-    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
-    let test = "docker_runs_containers_in_vms";
-    if !need_root(test) || !qemu_tools(test) {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest, vm_runtime_wrapper};
+    let Some(g) = qemu_guest("docker_runs_containers_in_vms") else {
         return;
-    }
-    let Some(g) = guest(test) else { return };
+    };
     let dir = tempfile::Builder::new()
         .prefix("ironcell-docker-vm-")
         .tempdir()
@@ -230,21 +228,7 @@ fn docker_runs_containers_in_vms() {
     let config = qemu_config(dir.path(), &g, "");
     // dockerd's --add-runtime takes no arguments for the runtime: a
     // wrapper adds them.
-    let wrapper = dir.path().join("ironcell-vmtest");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} --config {} --sandbox vm \"$@\"\n",
-            ironcell().display(),
-            config.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = vm_runtime_wrapper(dir.path(), &ironcell(), &config);
     let Some(d) = Dockerd::start_with(&[("ironcell-vmtest", wrapper)]) else {
         return;
     };
@@ -306,12 +290,5 @@ fn docker_runs_containers_in_vms() {
     d.ok(&["kill", "vmvictim"]);
     assert_eq!(d.ok(&["wait", "vmvictim"]).trim(), "137");
     d.ok(&["rm", "vmsvc", "vmvictim"]);
-    assert!(
-        run_dirs(dir.path()).is_empty(),
-        "VM run directories left behind"
-    );
-    assert!(
-        processes_with(dir.path().join("vmrun").to_str().unwrap()).is_empty(),
-        "VM processes left behind"
-    );
+    assert_no_vm_left(dir.path());
 }

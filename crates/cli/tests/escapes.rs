@@ -67,19 +67,7 @@ impl Escape {
     /// Runs to completion and asserts success. Output goes through files:
     /// a detached container would hold a pipe open.
     fn ok(&self, args: &[&str]) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = self
-            .cmd(args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let out = Output {
-            status,
-            stdout: read_all(out),
-            stderr: read_all(err),
-        };
+        let out = output_via_files(&mut self.cmd(args));
         assert!(
             out.status.success(),
             "{args:?}: {}",

@@ -389,12 +389,10 @@ fn podman_runs_a_wasm_image() {
 /// runs in a guest of its own.
 #[test]
 fn podman_runs_containers_in_vms() {
-    use ironcell_testutil::vm::{guest, qemu_config, qemu_tools, run_dirs};
-    let test = "podman_runs_containers_in_vms";
-    if !need_root(test) || !qemu_tools(test) {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+    let Some(g) = qemu_guest("podman_runs_containers_in_vms") else {
         return;
-    }
-    let Some(g) = guest(test) else { return };
+    };
     let Some(p) = Podman::new() else { return };
     let config = qemu_config(p.dir.path(), &g, "memory_mib = 256");
     let flag = format!("--runtime-flag=config={}", config.display());
@@ -530,13 +528,5 @@ fn podman_runs_containers_in_vms() {
         "137"
     );
     p.ok(&["rm", "vmsvc", "vmvictim"]);
-    assert!(
-        run_dirs(p.dir.path()).is_empty(),
-        "VM run directories left behind"
-    );
-    let marker = p.dir.path().join("vmrun");
-    assert!(
-        processes_with(marker.to_str().unwrap()).is_empty(),
-        "VM processes left behind"
-    );
+    assert_no_vm_left(p.dir.path());
 }

@@ -322,6 +322,7 @@ mod tests {
         let path = dir.path().join("bin:with,odd\\name");
         std::fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .mode(0o755)
             .open(&path)

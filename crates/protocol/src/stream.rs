@@ -232,7 +232,7 @@ mod tests {
             Err("no such container".into())
         );
         assert_eq!(
-            parse_answer(&error_answer("a\nb").trim_end()[..]),
+            parse_answer(error_answer("a\nb").trim_end()),
             Err("a b".into())
         );
         assert!(parse_answer("\u{1b}[2J").is_err());

@@ -96,6 +96,19 @@ pub enum SandboxError {
     Container(#[from] ContainerError),
 }
 
+/// Ids of the containers under `root` whose state directory holds the
+/// file `marker` (each backend keeps a state file of its own name).
+pub(crate) fn ids_with(root: &std::path::Path, marker: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().join(marker).exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
 impl SandboxError {
     /// The error's text without the `vm: ` prefix of [`SandboxError::Vm`]
     /// (for wrapping it again).

@@ -381,14 +381,7 @@ impl Sandbox for WasmSandbox {
     }
 
     fn ids(&self) -> Result<Vec<String>> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(Vec::new());
-        };
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(STATE_FILE).exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect())
+        Ok(crate::ids_with(&self.root, STATE_FILE))
     }
 
     fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {

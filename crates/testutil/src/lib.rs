@@ -90,6 +90,24 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Runs `cmd` to completion with its stdout and stderr going through
+/// files, not pipes: a container it creates inherits them and would hold a
+/// pipe open for as long as it runs.
+pub fn output_via_files(cmd: &mut Command) -> Output {
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let status = cmd
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .expect("spawn");
+    Output {
+        status,
+        stdout: read_all(out),
+        stderr: read_all(err),
+    }
+}
+
 pub fn read_all(mut f: fs::File) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let mut v = Vec::new();

@@ -131,3 +131,43 @@ pub fn run_dirs(config_dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
+
+/// The guest image and QEMU's tools, for a test that runs VMs under QEMU
+/// with TCG (root included); None, with a loud notice, when one is missing.
+pub fn qemu_guest(test: &str) -> Option<Guest> {
+    if !crate::need_root(test) || !qemu_tools(test) {
+        return None;
+    }
+    guest(test)
+}
+
+/// An executable in `dir` that runs `ironcell` with `--config config
+/// --sandbox vm` before its own arguments: the runtime binary for callers
+/// that pass a runtime no arguments (dockerd's --add-runtime, containerd's
+/// runc shim).
+pub fn vm_runtime_wrapper(dir: &Path, ironcell: &Path, config: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("ironcell-vmtest");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --config {} --sandbox vm \"$@\"\n",
+            ironcell.display(),
+            config.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// Asserts that no VM run directory or VM process of a configuration
+/// written in `dir` is left.
+pub fn assert_no_vm_left(dir: &Path) {
+    assert!(run_dirs(dir).is_empty(), "VM run directories left behind");
+    let marker = dir.join("vmrun");
+    assert!(
+        crate::processes_with(marker.to_str().unwrap()).is_empty(),
+        "VM processes left behind"
+    );
+}

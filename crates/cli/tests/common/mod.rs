@@ -43,19 +43,7 @@ impl Env {
     /// Runs to completion. Output goes through files, not pipes: a created
     /// container inherits ironcell's stdio and would hold a pipe open.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = self
-            .cmd(args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .expect("spawn ironcell");
-        Output {
-            status,
-            stdout: read_all(out),
-            stderr: read_all(err),
-        }
+        output_via_files(&mut self.cmd(args))
     }
 
     /// Runs and asserts success; returns stdout.
