@@ -83,7 +83,7 @@ def write_config(dir_, a):
     hyp = f'hypervisor = "qemu"\nqemu_accel = "{a.accel}"' if a.hypervisor == "qemu" \
         else 'hypervisor = "ironcell-vmm"'
     if a.kernel_params:
-        hyp += f'\nkernel_params = "{a.kernel_params}"\npvm_guest = true\nboot_timeout_secs = 900'
+        hyp += f'\nkernel_params = "{a.kernel_params}"\npvm_guest = true\nboot_timeout_secs = 900\nagent_timeout_secs = 900'
     path = os.path.join(dir_, "config.toml")
     with open(path, "w") as f:
         f.write(f'[vm]\n{hyp}\nkernel = "{a.kernel}"\ninitrd = "{a.initrd}"\n'

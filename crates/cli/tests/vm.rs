@@ -71,18 +71,7 @@ impl Vm {
     }
 
     fn output(&self, mut cmd: Command) -> std::process::Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = cmd
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        std::process::Output {
-            status,
-            stdout: read_all(out),
-            stderr: read_all(err),
-        }
+        output_via_files(&mut cmd)
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -737,7 +726,7 @@ fn vm_end_to_end_under_ironcell_vmm_on_pvm_and_under_qemu() {
                 initrd: g.initrd.clone(),
             };
             let extra = format!(
-                "kernel_params = {:?}\npvm_guest = true\nboot_timeout_secs = 600",
+                "kernel_params = {:?}\npvm_guest = true\nboot_timeout_secs = 600\nagent_timeout_secs = 600",
                 cmdline.trim()
             );
             runs.push((

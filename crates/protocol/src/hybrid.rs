@@ -4,13 +4,14 @@
 //! `CONNECT <port>\n` and reads one line; `OK ...` means the guest accepted
 //! on that port, and the connection then carries the stream. What follows
 //! `OK` (a port number, which the two servers choose differently) is not
-//! read. When the guest does not listen on the port (yet), the server
-//! closes the connection instead.
+//! read. When the guest does not listen on the port, the server closes the
+//! connection instead. (The host connects only once the agent said it is
+//! ready: see [`READY_PORT`](crate::READY_PORT).)
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::stream::read_line;
 
@@ -34,39 +35,6 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStrea
     s.set_read_timeout(None)?;
     s.set_write_timeout(None)?;
     Ok(s)
-}
-
-/// [`connect`], retried until `deadline` while the guest is not listening
-/// yet (the socket missing, refused, or closed before `OK`). `alive` is
-/// asked between attempts and stops the wait with its error (the
-/// hypervisor died, say).
-pub fn connect_until(
-    uds: &Path,
-    port: u32,
-    deadline: Instant,
-    mut alive: impl FnMut() -> io::Result<()>,
-) -> io::Result<UnixStream> {
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connect(
-            uds,
-            port,
-            left.clamp(Duration::from_millis(50), Duration::from_secs(5)),
-        ) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("vsock port {port} did not answer in time (last: {e})"),
-                ))
-            }
-            Err(_) => {}
-        }
-        alive()?;
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }
 
 #[cfg(test)]
@@ -104,27 +72,10 @@ mod tests {
     }
 
     #[test]
-    fn closed_or_odd_answers_are_retried_until_ok() {
-        let (_d, path) = server(vec![b"", b"NO\n", b"OK 5\n"]);
-        let s = connect_until(
-            &path,
-            1024,
-            Instant::now() + Duration::from_secs(10),
-            || Ok(()),
-        );
-        assert!(s.is_ok());
-    }
-
-    #[test]
-    fn a_dead_peer_ends_the_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let e = connect_until(
-            &dir.path().join("none"),
-            1024,
-            Instant::now() + Duration::from_secs(10),
-            || Err(io::Error::other("hypervisor exited")),
-        )
-        .unwrap_err();
-        assert_eq!(e.to_string(), "hypervisor exited");
+    fn a_closed_or_odd_answer_is_an_error() {
+        let (_d, path) = server(vec![b"", b"NO\n"]);
+        assert!(connect(&path, 1024, Duration::from_secs(5)).is_err());
+        let e = connect(&path, 1024, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 }

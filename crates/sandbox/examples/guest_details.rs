@@ -13,13 +13,15 @@ fn main() {
         eprintln!("usage: guest_details VSOCK_SOCKET");
         std::process::exit(2);
     };
-    let d = match Agent::connect(std::path::Path::new(&uds)).and_then(|a| a.guest_details()) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("guest_details: {e}");
-            std::process::exit(1);
-        }
-    };
+    let timeout = ironcell_sandbox::vm::agent::CALL_TIMEOUT;
+    let d =
+        match Agent::connect(std::path::Path::new(&uds), timeout).and_then(|a| a.guest_details()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("guest_details: {e}");
+                std::process::exit(1);
+            }
+        };
     println!(
         "{}",
         serde_json::json!({

@@ -95,6 +95,10 @@ pub struct VmConfig {
     pub pvm_guest: bool,
     /// How long a VM may take from its start to the agent's answer.
     pub boot_timeout_secs: u32,
+    /// How long a call to the guest agent may take (creating a container
+    /// or an exec'd process is real work in the guest; a wait has no
+    /// deadline).
+    pub agent_timeout_secs: u32,
     /// Sockets of running VMs (short paths: unix socket paths are limited
     /// to 108 bytes).
     pub run_dir: PathBuf,
@@ -116,6 +120,7 @@ impl Default for VmConfig {
             kernel_params: String::new(),
             pvm_guest: false,
             boot_timeout_secs: 120,
+            agent_timeout_secs: 30,
             run_dir: "/run/ironcell-vm".into(),
         }
     }
@@ -178,11 +183,13 @@ impl VmConfig {
                 self.memory_mib
             ));
         }
-        if self.boot_timeout_secs == 0 || self.boot_timeout_secs > 3600 {
-            return Err(format!(
-                "[vm] boot_timeout_secs = {}: must be 1 to 3600",
-                self.boot_timeout_secs
-            ));
+        for (key, v) in [
+            ("boot_timeout_secs", self.boot_timeout_secs),
+            ("agent_timeout_secs", self.agent_timeout_secs),
+        ] {
+            if v == 0 || v > 3600 {
+                return Err(format!("[vm] {key} = {v}: must be 1 to 3600"));
+            }
         }
         for (key, p) in [
             ("kernel", &self.kernel),
@@ -237,6 +244,7 @@ vhost_device_vsock = "/h"
 kernel_params = "tsc=reliable"
 pvm_guest = true
 boot_timeout_secs = 30
+agent_timeout_secs = 300
 run_dir = "/run/x"
 "#,
         )

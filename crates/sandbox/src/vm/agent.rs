@@ -3,11 +3,11 @@
 //! connections. Everything the agent answers is treated as untrusted: its
 //! messages are bounded by ttrpc, and what they say is checked before use.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ironcell_protocol::agent::*;
 use ironcell_protocol::agent_ttrpc::AgentClient;
@@ -17,12 +17,15 @@ use ironcell_protocol::{check_request, check_version, hybrid, CONTROL_PORT, STRE
 
 use crate::{Result, SandboxError};
 
-/// A call that does not answer in this time fails (the guest hangs).
+/// A call that does not answer in time fails (the guest hangs). The
+/// default; `[vm] agent_timeout_secs` sets a container's own.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     client: AgentClient,
     uds: std::path::PathBuf,
+    /// Every call's deadline but a wait's.
+    timeout: Duration,
 }
 
 fn vm_err(what: impl std::fmt::Display) -> SandboxError {
@@ -46,40 +49,29 @@ fn call_err(call: &str, e: ttrpc::Error) -> SandboxError {
 }
 
 impl Agent {
-    /// Connects to the agent of the VM whose hybrid vsock socket is `uds`,
-    /// waiting until `deadline` for it to listen (the VM is booting) as
-    /// long as `alive` says the VM runs, and checks its version.
-    pub fn connect_until(
-        uds: &Path,
-        deadline: Instant,
-        alive: impl FnMut() -> io::Result<()>,
-    ) -> Result<Agent> {
-        let stream = hybrid::connect_until(uds, CONTROL_PORT, deadline, alive)
-            .map_err(|e| vm_err(format!("cannot reach the guest agent: {e}")))?;
-        Self::over(stream, uds)
-    }
-
-    /// Connects to the agent of a running VM.
-    pub fn connect(uds: &Path) -> Result<Agent> {
+    /// Connects to the agent of a running VM whose hybrid vsock socket is
+    /// `uds`; `timeout` is each call's deadline.
+    pub fn connect(uds: &Path, timeout: Duration) -> Result<Agent> {
         let stream = hybrid::connect(uds, CONTROL_PORT, Duration::from_secs(10)).map_err(|e| {
             vm_err(format!(
                 "cannot reach the guest agent through {}: {e}",
                 uds.display()
             ))
         })?;
-        Self::over(stream, uds)
+        Self::over(stream, uds, timeout)
     }
 
-    fn over(stream: UnixStream, uds: &Path) -> Result<Agent> {
+    fn over(stream: UnixStream, uds: &Path, timeout: Duration) -> Result<Agent> {
         let client = ttrpc::Client::new(stream.into_raw_fd())
             .map_err(|e| vm_err(format!("ttrpc client: {e}")))?;
         let agent = Agent {
             client: AgentClient::new(client),
             uds: uds.to_path_buf(),
+            timeout,
         };
         let resp = agent
             .client
-            .check(ctx(), &check_request())
+            .check(agent.ctx(), &check_request())
             .map_err(|e| call_err("version check", e))?;
         check_version(&resp).map_err(vm_err)?;
         Ok(agent)
@@ -87,7 +79,7 @@ impl Agent {
 
     pub fn guest_details(&self) -> Result<GuestDetailsResponse> {
         self.client
-            .guest_details(ctx(), &Empty::new())
+            .guest_details(self.ctx(), &Empty::new())
             .map_err(|e| call_err("guest details", e))
     }
 
@@ -98,21 +90,21 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .create_container(ctx(), &req)
+            .create_container(self.ctx(), &req)
             .map_err(|e| call_err("create in the guest", e))
     }
 
     /// Starts the container; returns the guest's clock at its start (us).
     pub fn start(&self, id: &str) -> Result<u64> {
         self.client
-            .start_container(ctx(), &container(id))
+            .start_container(self.ctx(), &container(id))
             .map(|r| r.started_us)
             .map_err(|e| call_err("start in the guest", e))
     }
 
     pub fn state(&self, id: &str) -> Result<ContainerStateResponse> {
         self.client
-            .container_state(ctx(), &container(id))
+            .container_state(self.ctx(), &container(id))
             .map_err(|e| call_err("state in the guest", e))
     }
 
@@ -123,35 +115,35 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .delete_container(ctx(), &req)
+            .delete_container(self.ctx(), &req)
             .map(drop)
             .map_err(|e| call_err("delete in the guest", e))
     }
 
     pub fn pause(&self, id: &str) -> Result<()> {
         self.client
-            .pause_container(ctx(), &container(id))
+            .pause_container(self.ctx(), &container(id))
             .map(drop)
             .map_err(|e| call_err("pause in the guest", e))
     }
 
     pub fn resume(&self, id: &str) -> Result<()> {
         self.client
-            .resume_container(ctx(), &container(id))
+            .resume_container(self.ctx(), &container(id))
             .map(drop)
             .map_err(|e| call_err("resume in the guest", e))
     }
 
     pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
         self.client
-            .list_processes(ctx(), &container(id))
+            .list_processes(self.ctx(), &container(id))
             .map(|r| r.pids)
             .map_err(|e| call_err("ps in the guest", e))
     }
 
     pub fn stats(&self, id: &str) -> Result<StatsResponse> {
         self.client
-            .stats(ctx(), &container(id))
+            .stats(self.ctx(), &container(id))
             .map_err(|e| call_err("statistics from the guest", e))
     }
 
@@ -162,7 +154,7 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .update_container(ctx(), &req)
+            .update_container(self.ctx(), &req)
             .map(drop)
             .map_err(|e| call_err("update in the guest", e))
     }
@@ -175,7 +167,7 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .exec_process(ctx(), &req)
+            .exec_process(self.ctx(), &req)
             .map(|r| r.pid)
             .map_err(|e| call_err("exec in the guest", e))
     }
@@ -189,7 +181,7 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .signal_process(ctx(), &req)
+            .signal_process(self.ctx(), &req)
             .map(drop)
             .map_err(|e| call_err("signal in the guest", e))
     }
@@ -215,26 +207,31 @@ impl Agent {
             ..Default::default()
         };
         self.client
-            .resize_terminal(ctx(), &req)
+            .resize_terminal(self.ctx(), &req)
             .map(drop)
             .map_err(|e| call_err("terminal resize in the guest", e))
     }
 
     pub fn shutdown(&self) -> Result<()> {
         self.client
-            .shutdown(ctx(), &Empty::new())
+            .shutdown(self.ctx(), &Empty::new())
             .map(drop)
             .map_err(|e| call_err("shutdown of the guest", e))
     }
 
     /// Opens stream `kind` of process `exec_id` ("" for the init).
     pub fn open_stream(&self, kind: StreamKind, id: &str, exec_id: &str) -> Result<UnixStream> {
-        open_stream(&self.uds, kind, id, exec_id)
+        open_stream(&self.uds, kind, id, exec_id, self.timeout)
     }
-}
 
-fn ctx() -> context::Context {
-    context::with_duration(CALL_TIMEOUT)
+    /// Each call's deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn ctx(&self) -> context::Context {
+        context::with_duration(self.timeout)
+    }
 }
 
 fn container(id: &str) -> ContainerRequest {
@@ -245,7 +242,13 @@ fn container(id: &str) -> ContainerRequest {
 }
 
 /// Opens one stdio stream through the hybrid vsock socket `uds`.
-pub fn open_stream(uds: &Path, kind: StreamKind, id: &str, exec_id: &str) -> Result<UnixStream> {
+pub fn open_stream(
+    uds: &Path,
+    kind: StreamKind,
+    id: &str,
+    exec_id: &str,
+    timeout: Duration,
+) -> Result<UnixStream> {
     let what = || format!("{} stream of the guest process", kind.as_str());
     let mut s = hybrid::connect(uds, STREAM_PORT, Duration::from_secs(10))
         .map_err(|e| vm_err(format!("cannot open the {}: {e}", what())))?;
@@ -254,7 +257,7 @@ pub fn open_stream(uds: &Path, kind: StreamKind, id: &str, exec_id: &str) -> Res
         container_id: id.into(),
         exec_id: exec_id.into(),
     };
-    s.set_read_timeout(Some(CALL_TIMEOUT))
+    s.set_read_timeout(Some(timeout))
         .and_then(|()| s.write_all(header.to_line().as_bytes()))
         .and_then(|()| read_line(&mut s))
         .map_err(|e| vm_err(format!("cannot open the {}: {e}", what())))

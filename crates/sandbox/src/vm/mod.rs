@@ -115,7 +115,7 @@ impl VmSandbox {
         if !st.ready {
             return Ok(Status::Creating);
         }
-        let guest = match Agent::connect(&st.run_dir.join("vsock.sock")).and_then(|a| a.state(id)) {
+        let guest = match self.agent(st).and_then(|a| a.state(id)) {
             Ok(g) => g,
             Err(e) => {
                 // A VM that just ended: its relay records the exit at once.
@@ -141,7 +141,7 @@ impl VmSandbox {
     }
 
     fn agent(&self, st: &VmState) -> Result<Agent> {
-        Agent::connect(&st.run_dir.join("vsock.sock"))
+        Agent::connect(&st.run_dir.join("vsock.sock"), st.agent_timeout())
     }
 
     fn wrong(id: &str, op: &'static str, status: Status, hint: &'static str) -> SandboxError {
@@ -234,6 +234,7 @@ impl VmSandbox {
             ready: false,
             guest_pid: 0,
             guest_times: Default::default(),
+            agent_timeout_secs: config.agent_timeout_secs,
         };
         let state_file = dir.join(STATE_FILE);
         let setup = || {
@@ -364,9 +365,12 @@ fn container_relay(
     };
     let mut vm = Vm::launch(&plan)?;
     let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs.into());
-    let agent = vm
-        .wait_ready(deadline)
-        .and_then(|()| Agent::connect(&vm.vsock));
+    let agent = vm.wait_ready(deadline).and_then(|()| {
+        Agent::connect(
+            &vm.vsock,
+            Duration::from_secs(config.agent_timeout_secs.into()),
+        )
+    });
     let agent = match agent {
         Ok(a) => a,
         Err(e) => {
@@ -463,14 +467,7 @@ impl Sandbox for VmSandbox {
     }
 
     fn ids(&self) -> Result<Vec<String>> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(Vec::new());
-        };
-        Ok(entries
-            .flatten()
-            .filter(|e| e.path().join(STATE_FILE).exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect())
+        Ok(crate::ids_with(&self.root, STATE_FILE))
     }
 
     fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
@@ -616,7 +613,7 @@ impl Sandbox for VmSandbox {
         );
         let uds = st.run_dir.join("vsock.sock");
         let setup = || {
-            let agent = Agent::connect(&uds)?;
+            let agent = Agent::connect(&uds, st.agent_timeout())?;
             let status = agent.state(id)?.status.enum_value_or_default();
             match status {
                 ContainerStatus::RUNNING => {}

@@ -215,7 +215,7 @@ impl Relay {
 
         // A connection of its own for the wait, which blocks for as long as
         // the process runs.
-        match Agent::connect(&self.uds) {
+        match Agent::connect(&self.uds, self.agent.timeout()) {
             Ok(waiter) => {
                 let (tx, id, exec) = (tx.clone(), self.id.clone(), self.exec_id.clone());
                 std::thread::spawn(move || {

@@ -39,6 +39,21 @@ pub struct VmState {
     /// clock (microseconds since its kernel started).
     #[serde(default)]
     pub guest_times: GuestTimes,
+    /// The deadline of calls to the agent (`[vm] agent_timeout_secs` at
+    /// create).
+    #[serde(default = "default_agent_timeout")]
+    pub agent_timeout_secs: u32,
+}
+
+fn default_agent_timeout() -> u32 {
+    super::agent::CALL_TIMEOUT.as_secs() as u32
+}
+
+impl VmState {
+    /// The deadline of calls to this container's agent.
+    pub fn agent_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.agent_timeout_secs.into())
+    }
 }
 
 /// Microseconds since the guest's kernel started (CLOCK_BOOTTIME), as the
