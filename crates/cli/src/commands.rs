@@ -354,10 +354,12 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 fn ps(sandboxes: &Sandboxes, format: &str, id: &str, ps_args: &[String]) -> Result<u8> {
     let backend = sandboxes.owner(id)?;
     let state = backend.state(id)?;
-    if state.status == Status::Stopped {
-        bail!("container {id} is not running");
-    }
-    let pids = backend.pids(id)?;
+    // As runc: a stopped container lists what is left in its cgroup, which
+    // may be nothing or gone.
+    let pids = match backend.pids(id) {
+        Err(_) if state.status == Status::Stopped => Vec::new(),
+        r => r?,
+    };
     match format {
         "json" => println!("{}", serde_json::to_string(&pids)?),
         "table" => {
@@ -535,6 +537,9 @@ mod tests {
         let f = features();
         let caps = f["linux"]["capabilities"].as_array().unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
-        assert_eq!(f["annotations"]["io.ironcell.sandboxes"], "namespace,wasm");
+        assert_eq!(
+            f["annotations"]["io.ironcell.sandboxes"],
+            "namespace,vm,wasm"
+        );
     }
 }

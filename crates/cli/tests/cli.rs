@@ -194,6 +194,124 @@ fn kill_by_name_number_and_all() {
     assert_no_leftovers(&env, id, Some(marker));
 }
 
+/// What containerd's runc shim runs once a container's init has exited:
+/// `kill --all ID 9` (its KillAll, and containerd's delete with
+/// WithProcessKill) must succeed and kill what is left in the container's
+/// cgroup; `kill ID 9` must fail with runc's "container not running", which
+/// the shim takes for "already finished". Anything else and containerd
+/// retries the delete forever: the exit is never recorded.
+#[test]
+fn kill_after_exit_as_the_runc_shim_does() {
+    if !need_root("kill_after_exit_as_the_runc_shim_does") {
+        return;
+    }
+    let env = Env::new();
+    // A container with its own pid namespace: nothing outlives the init.
+    let id = "exited";
+    let b = env.bundle(id, |c| args(c, &["/bin/sh", "-c", "exit 3"]));
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    env.wait_status(id, "stopped");
+    env.ok(&["kill", "--all", id, "9"]);
+    env.fails(&["kill", id, "9"], "container not running");
+    env.fails(&["kill", id, "KILL"], "container not running");
+    env.ok(&["kill", "--all", id, "9"]);
+    // ps answers for a stopped container too (runc lists what is left).
+    let pids: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "--format", "json", id])).unwrap();
+    assert!(pids.is_empty(), "{pids:?}");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+
+    // Without a pid namespace of its own, the init's children outlive it in
+    // the container's cgroup: `kill --all` on the stopped container kills
+    // them, as runc does.
+    let id = "orphans";
+    let marker = "4242424";
+    let b = env.bundle(id, |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "pid");
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                &format!("sleep {marker} & echo $! > /dev/null; exit 0"),
+            ],
+        )
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    env.wait_status(id, "stopped");
+    wait_until(|| processes_with(marker).len() == 1);
+    let pids: Vec<i64> = serde_json::from_str(&env.ok(&["ps", "--format", "json", id])).unwrap();
+    assert_eq!(pids.len(), 1, "the orphan is in the cgroup: {pids:?}");
+    env.fails(&["kill", id, "9"], "container not running");
+    assert_eq!(
+        processes_with(marker).len(),
+        1,
+        "kill without --all signals nothing"
+    );
+    env.ok(&["kill", "--all", id, "9"]);
+    wait_until(|| processes_with(marker).is_empty());
+    env.ok(&["kill", "--all", id, "9"]);
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some(marker));
+}
+
+/// A signal leaves the container's status alone: a created container that
+/// gets signal 0 (which only checks that the process exists) is still
+/// created, and a paused one that gets SIGTERM is still paused, and can be
+/// resumed (it then handles the signal).
+#[test]
+fn kill_keeps_created_and_paused_status() {
+    if !need_root("kill_keeps_created_and_paused_status") {
+        return;
+    }
+    let env = Env::new();
+    let id = "sig-status";
+    let log = env.dir.path().join("sig-status.out");
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.05; done",
+            ],
+        )
+    });
+    let status = env
+        .cmd(&["create", "-b", b.to_str().unwrap(), id])
+        .stdout(fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.ok(&["kill", id, "0"]);
+    assert_eq!(env.status(id), "created");
+    env.ok(&["start", id]);
+    wait_for_file_text(&log, "ready");
+    env.ok(&["kill", id, "0"]);
+    assert_eq!(env.status(id), "running");
+    env.ok(&["pause", id]);
+    env.ok(&["kill", id, "TERM"]);
+    assert_eq!(env.status(id), "paused");
+    env.ok(&["resume", id]);
+    env.wait_status(id, "stopped");
+    wait_for_file_text(&log, "got-term");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+
+    // --all thaws a paused container after signalling it, as runc does.
+    let id = "sig-all-paused";
+    let b = env.bundle(id, |c| args(c, &["/bin/sleep", "1000"]));
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    env.ok(&["pause", id]);
+    env.ok(&["kill", "--all", id, "0"]);
+    assert_eq!(env.status(id), "running");
+    env.ok(&["kill", "--all", id, "KILL"]);
+    env.wait_status(id, "stopped");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, None);
+}
+
 #[test]
 fn delete_force_kills_running_container() {
     if !need_root("delete_force_kills_running_container") {
@@ -604,8 +722,8 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     env.fails(&["create", "-b", g, "../escape"], "invalid container id");
     env.fails(&["create", "-b", g, ""], "must not be empty");
     env.fails(
-        &["--sandbox", "vm", "create", "-b", g, "vm1"],
-        "vm sandbox is not built yet",
+        &["--sandbox", "app-kernel", "create", "-b", g, "ak1"],
+        "app-kernel sandbox is not built yet",
     );
     let out = env.run(&["--sandbox", "kvm", "create", "-b", g, "x"]);
     assert!(!out.status.success());

@@ -523,11 +523,30 @@ fn rootfs_propagation_is_applied() {
         return;
     }
     let env = Env::new();
+    // The rootfs sits on a shared mount of the host, as on a systemd host
+    // (this host's own root may be private, where shared, slave and
+    // private would all look alike): a bind of the image's rootfs under a
+    // shared tmpfs, so each mode leaves its own tag on the container's root.
+    let shared_parent = env.dir.path().join("shared-parent");
+    let parent = HostTmpfs::mount(&shared_parent);
+    let run_mount = |args: &[&str]| {
+        let st = Command::new("mount").args(args).status().unwrap();
+        assert!(st.success(), "mount {args:?}");
+    };
+    run_mount(&["--make-shared", shared_parent.to_str().unwrap()]);
+    let rootfs = shared_parent.join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    run_mount(&[
+        "--bind",
+        image().join("rootfs").to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+    ]);
     // The root mount's line in the container's mountinfo: optional fields
     // (shared:N, master:N, unbindable) come between field 6 and " - ".
     let root_tags = |propagation: &str| -> Vec<String> {
         let id = format!("ns-prop-{propagation}");
         let b = env.bundle(&id, |c| {
+            c["root"]["path"] = json!(rootfs);
             c["linux"]["rootfsPropagation"] = json!(propagation);
             sh(c, "awk '$5 == \"/\"' /proc/self/mountinfo");
         });
@@ -540,20 +559,70 @@ fn rootfs_propagation_is_applied() {
         let (pre, _) = line.split_once(" - ").unwrap();
         pre.split_whitespace().skip(6).map(str::to_string).collect()
     };
-    let shared = root_tags("shared");
+    let is_shared = |tags: &[String]| tags.iter().any(|t| t.starts_with("shared:"));
+    let is_slave = |tags: &[String]| tags.iter().any(|t| t.starts_with("master:"));
+    let modes = [
+        "shared",
+        "rshared",
+        "slave",
+        "rslave",
+        "",
+        "private",
+        "rprivate",
+        "unbindable",
+        "runbindable",
+    ];
+    let tags: Vec<(&str, Vec<String>)> = modes.iter().map(|m| (*m, root_tags(m))).collect();
+    eprintln!("rootfs propagation -> root mount tags: {tags:?}");
+    for (mode, tags) in &tags {
+        match *mode {
+            "shared" | "rshared" => {
+                assert!(is_shared(tags) && !is_slave(tags), "{mode}: {tags:?}")
+            }
+            // runc's default, and what containerd writes for HostToContainer
+            // mounts: the host's mounts reach the container, not the reverse.
+            "rslave" | "" => assert!(is_slave(tags) && !is_shared(tags), "{mode:?}: {tags:?}"),
+            // Non-recursive: "/" of the container's mount namespace becomes a
+            // slave, the rootfs mount under it is made private to be
+            // pivoted to; nothing of the container's reaches the host.
+            "slave" | "private" | "rprivate" => assert!(tags.is_empty(), "{mode}: {tags:?}"),
+            _ => assert!(tags.iter().any(|t| t == "unbindable"), "{mode}: {tags:?}"),
+        }
+    }
+
+    // A bind mount's own propagation option (containerd's for a CRI mount
+    // with Bidirectional or HostToContainer propagation) is applied to it.
+    let volume = shared_parent.join("volume");
+    fs::create_dir_all(&volume).unwrap();
+    let mount_tags = |option: &str| -> Vec<String> {
+        let id = format!("ns-mount-prop-{option}");
+        let b = env.bundle(&id, |c| {
+            push_mount(
+                c,
+                json!({"destination": "/mnt", "type": "bind", "source": volume,
+                       "options": ["rbind", option]}),
+            );
+            sh(c, "awk '$5 == \"/mnt\"' /proc/self/mountinfo");
+        });
+        let out = run_ok(&env, &b, &id);
+        assert_no_leftovers(&env, &id, None);
+        let line = out
+            .lines()
+            .find(|l| l.contains(" - "))
+            .unwrap_or_else(|| panic!("no /mnt mount: {out}"));
+        let (pre, _) = line.split_once(" - ").unwrap();
+        pre.split_whitespace().skip(6).map(str::to_string).collect()
+    };
+    let tags = mount_tags("rshared");
+    assert!(is_shared(&tags), "rshared mount: {tags:?}");
+    let tags = mount_tags("rslave");
     assert!(
-        shared.iter().any(|t| t.starts_with("shared:")),
-        "{shared:?}"
+        is_slave(&tags) && !is_shared(&tags),
+        "rslave mount: {tags:?}"
     );
-    let private = root_tags("private");
-    assert!(private.is_empty(), "private root has tags {private:?}");
-    let slave = root_tags("slave");
-    assert!(!slave.iter().any(|t| t.starts_with("shared:")), "{slave:?}");
-    let unbindable = root_tags("unbindable");
-    assert!(
-        unbindable.iter().any(|t| t == "unbindable"),
-        "{unbindable:?}"
-    );
+    let tags = mount_tags("rprivate");
+    assert!(tags.is_empty(), "rprivate mount: {tags:?}");
+    drop(parent);
 
     let id = "ns-prop-bogus";
     let b = env.bundle(id, |c| c["linux"]["rootfsPropagation"] = json!("bogus"));

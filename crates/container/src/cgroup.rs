@@ -84,6 +84,13 @@ pub fn memory_dir(path: &Path) -> Option<PathBuf> {
     controller_dir(path, libcgroups::v1::ControllerType::Memory).map(|(d, _)| d)
 }
 
+/// Whether the cgroupfs cgroup at `path` exists: its directory in the
+/// hierarchy libcgroups lists processes from (v1 `devices`, or the unified
+/// hierarchy).
+pub fn exists(path: &Path) -> bool {
+    controller_dir(path, libcgroups::v1::ControllerType::Devices).is_some_and(|(d, _)| d.is_dir())
+}
+
 /// Whether the cgroupfs cgroup at `path` is frozen (v1 `freezer.state`,
 /// v2 `cgroup.freeze`). Reads the one file: no manager is built (on cgroup
 /// v1 that parses the mount table once per controller).

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use chrono::SecondsFormat;
 use ironcell_oci::{validate_id, Bundle, ContainerState, Status, OCI_VERSION};
-use libcgroups::common::CgroupManager;
+use libcgroups::common::{CgroupManager, FreezerState};
 use libcgroups::stats::Stats;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::ContainerStatus;
 use libcontainer::syscall::syscall::SyscallType;
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
@@ -306,45 +305,85 @@ impl Container {
             .map_err(|e| ContainerError::engine(format!("cannot start container {id}"), e))
     }
 
-    /// Sends `signal` to the init process, or with `all` to every process of
-    /// the container.
+    /// Sends `signal` to the init process, or with `all` to every process in
+    /// the container's cgroup, as runc does. A stopped container accepts
+    /// only `all`: what is left in its cgroup is signalled (processes of a
+    /// container without a pid namespace of its own outlive its init), and
+    /// nothing happens when the cgroup is empty or gone. Without `all` the
+    /// error carries runc's words, [`crate::NOT_RUNNING`].
     pub fn kill(&mut self, signal: i32, all: bool) -> Result<(), ContainerError> {
-        match self.status() {
+        let status = self.status();
+        match status {
             Status::Created | Status::Running | Status::Paused => {}
-            _ => return Err(self.wrong_status("kill", ", not running")),
+            Status::Stopped if all => {}
+            _ => return Err(self.wrong_status("kill", crate::NOT_RUNNING)),
+        }
+        if all {
+            return self.signal_all(signal, status);
         }
         let id = self.id().to_string();
-        match Signal::try_from(signal) {
-            Ok(sig) => {
-                let sig = libcontainer::signal::Signal::try_from(sig as i32).map_err(|e| {
-                    ContainerError::Invalid(format!("cannot signal container {id}: {e}"))
-                })?;
-                self.inner
-                    .kill(sig, all)
-                    .map_err(|e| ContainerError::engine(format!("cannot kill container {id}"), e))
-            }
-            // Real-time signals: libcontainer's Signal cannot carry them.
-            Err(_) => {
-                let pids = if all {
-                    self.pids()?
-                } else {
-                    self.pid().into_iter().collect()
-                };
-                for pid in pids {
-                    // SAFETY: kill(2) takes plain integers and touches no memory.
-                    if unsafe { nix::libc::kill(pid, signal) } != 0 {
-                        let e = io::Error::last_os_error();
-                        if e.raw_os_error() != Some(nix::libc::ESRCH) {
-                            return Err(ContainerError::io(
-                                format!("cannot signal container {id} process {pid}"),
-                                e,
-                            ));
-                        }
-                    }
-                }
-                Ok(())
+        let pid = self
+            .pid()
+            .ok_or_else(|| ContainerError::Invalid(format!("container {id} has no init pid")))?;
+        signal_pid(&id, pid, signal)?;
+        // A frozen process dies only once thawed (cgroup v1), as runc does
+        // for SIGKILL.
+        if status == Status::Paused && signal == nix::libc::SIGKILL {
+            if let Err(e) = self.cgroup()?.freeze(FreezerState::Thawed) {
+                tracing::warn!(id, error = %crate::error::chain(&e), "cannot thaw the killed container");
             }
         }
+        Ok(())
+    }
+
+    /// Signals every process in the container's cgroup, frozen meanwhile so
+    /// that none forks past the signal (runc's `signalAllProcesses`); the
+    /// cgroup is thawed afterwards, so a paused container is running again.
+    fn signal_all(&mut self, signal: i32, status: Status) -> Result<(), ContainerError> {
+        let id = self.id().to_string();
+        let cgroup = self.cgroup()?;
+        let list_err = |e: libcgroups::common::AnyManagerError| ContainerError::Engine {
+            what: format!("cannot list processes of {id}"),
+            msg: crate::error::chain(&e),
+        };
+        if status == Status::Stopped {
+            match cgroup.get_all_pids() {
+                Ok(pids) if pids.is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(_) if !self.cgroup_exists() => return Ok(()),
+                Err(e) => return Err(list_err(e)),
+            }
+        }
+        if let Err(e) = cgroup.freeze(FreezerState::Frozen) {
+            tracing::warn!(id, error = %crate::error::chain(&e), "cannot freeze the container to signal it");
+        }
+        let pids = cgroup.get_all_pids().map_err(list_err);
+        let result = pids.and_then(|pids| {
+            pids.into_iter()
+                .try_for_each(|pid| signal_pid(&id, pid.as_raw(), signal))
+        });
+        if let Err(e) = cgroup.freeze(FreezerState::Thawed) {
+            tracing::warn!(id, error = %crate::error::chain(&e), "cannot thaw the container after signalling it");
+        } else if status == Status::Paused {
+            // libcontainer keeps a saved "paused" while the init lives.
+            if let Err(e) = self.inner.set_status(ContainerStatus::Running).save() {
+                tracing::warn!(id, error = %crate::error::chain(&e), "cannot record the container as running");
+            }
+        }
+        result
+    }
+
+    /// Whether the container's cgroup directory exists (cgroupfs driver;
+    /// with systemd, whose unit's cgroup goes away with its last process,
+    /// a cgroup that cannot be listed is taken as gone, as runc does).
+    fn cgroup_exists(&self) -> bool {
+        if self.inner.systemd() {
+            return false;
+        }
+        self.inner
+            .spec()
+            .map(|c| crate::cgroup::exists(&c.cgroup_path))
+            .unwrap_or(false)
     }
 
     /// Deletes the container's state, cgroup and processes. Without `force`
@@ -442,4 +481,20 @@ impl Container {
                 msg: crate::error::chain(&e),
             })
     }
+}
+
+/// kill(2) of one process of container `id`; a process that is already gone
+/// is not an error.
+fn signal_pid(id: &str, pid: i32, signal: i32) -> Result<(), ContainerError> {
+    // SAFETY: kill(2) takes plain integers and touches no memory.
+    if unsafe { nix::libc::kill(pid, signal) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(nix::libc::ESRCH) {
+            return Err(ContainerError::io(
+                format!("cannot signal container {id} process {pid}"),
+                e,
+            ));
+        }
+    }
+    Ok(())
 }

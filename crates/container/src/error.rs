@@ -4,6 +4,11 @@ use ironcell_oci::{BundleError, IdError, Status};
 use libcontainer::error::LibcontainerError;
 use thiserror::Error;
 
+/// The end of the error for a signal to a stopped container (after "it is
+/// stopped"): runc's words, which containerd's runc shim takes for "the
+/// process has already exited" (its `checkKillError`).
+pub const NOT_RUNNING: &str = " (container not running)";
+
 /// What went wrong with a container operation, phrased for the person who
 /// asked for it.
 #[derive(Debug, Error)]

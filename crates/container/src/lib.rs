@@ -20,7 +20,7 @@ mod signal;
 
 pub use console::{send_new_pty, ConsoleSocket};
 pub use engine::{Container, CreateOptions, Engine, ProcessIo};
-pub use error::ContainerError;
+pub use error::{ContainerError, NOT_RUNNING};
 pub use exec::{exec_process, parse_capability, ExecOptions};
 pub use signal::{parse_signal, SignalError};
 

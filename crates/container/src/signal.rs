@@ -7,12 +7,13 @@ pub struct SignalError(pub String);
 
 /// Parses a signal as runc does: a number, or a name with or without the
 /// `SIG` prefix, in any case (`9`, `KILL`, `sigterm`). Real-time signals are
-/// accepted by number and as `RTMIN+N` / `RTMAX-N`.
+/// accepted by number and as `RTMIN+N` / `RTMAX-N`; 0 (no signal: kill(2)
+/// only checks that the process exists) by number.
 pub fn parse_signal(s: &str) -> Result<i32, SignalError> {
     let err = || SignalError(s.to_string());
     let t = s.trim();
     if let Ok(n) = t.parse::<i32>() {
-        return if (1..=libc_sigrtmax()).contains(&n) {
+        return if (0..=libc_sigrtmax()).contains(&n) {
             Ok(n)
         } else {
             Err(err())
@@ -88,11 +89,12 @@ mod tests {
         assert_eq!(parse_signal("RTMIN+3"), Ok(37));
         assert_eq!(parse_signal("RTMAX-1"), Ok(63));
         assert_eq!(parse_signal("40"), Ok(40));
+        assert_eq!(parse_signal("0"), Ok(0));
     }
 
     #[test]
     fn refuses_unknown() {
-        for s in ["0", "65", "-1", "FOO", "SIGFOO", "", "RTMIN+40", "9x"] {
+        for s in ["65", "-1", "FOO", "SIGFOO", "", "RTMIN+40", "9x"] {
             assert_eq!(parse_signal(s), Err(SignalError(s.into())), "{s}");
         }
     }

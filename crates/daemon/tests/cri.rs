@@ -11,6 +11,10 @@ use ironcell_testutil::cri::{
     channel, container_config, pod_config, start_containerd, start_controller, Cri, IMAGE,
     SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
+use ironcell_testutil::kubelet::{
+    assert_nothing_left, exec_confinement, mount_propagation, pod_lifecycle, Calls, CriGuard,
+    PodCgroup, SharedMount,
+};
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -432,4 +436,97 @@ fn run_pod(cri: Cri) {
     if let Some(mut d) = restarted {
         let _ = d.wait();
     }
+}
+
+#[derive(Clone, Copy)]
+enum KubeletPod {
+    Lifecycle,
+    Propagation,
+    Confinement,
+}
+
+/// The kubelet's pods of testutil::kubelet through containerd 1.7's CRI
+/// with ironcelld's handler `ironcell` (a pause container per pod), the
+/// same functions crates/cli/tests/cri.rs runs through containerd's runc
+/// shim with the ironcell CLI.
+fn through_ironcelld(test: &str, what: KubeletPod) {
+    if !need_root(test) {
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("icd-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let _daemon = DaemonGuard(root.path().to_path_buf());
+    let cgroup = PodCgroup::new("ironcell-cri-icd");
+    let Some((c, logs)) = start_containerd(bin_dir(), root.path(), Cri::V17 { sandbox_api: false })
+    else {
+        return;
+    };
+    let _guard = CriGuard(c.socket());
+    let shared = match what {
+        KubeletPod::Propagation => Some(SharedMount::new(&root.path().join("shared"))),
+        _ => None,
+    };
+    let marker = unique("kubelet-marker");
+    let handler = "ironcell";
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        let mut calls = Calls::new(
+            rt,
+            &format!("containerd 1.7 + ironcelld ({test})"),
+            &c.dir().join("containerd.log"),
+        );
+        match what {
+            KubeletPod::Lifecycle => {
+                pod_lifecycle(&mut calls, handler, &logs, &cgroup, &marker).await
+            }
+            KubeletPod::Propagation => {
+                let shared = shared.as_ref().unwrap();
+                mount_propagation(&mut calls, &c, handler, &logs, &cgroup, &marker, shared).await
+            }
+            KubeletPod::Confinement => {
+                let out = root.path().join("out");
+                exec_confinement(&mut calls, handler, &logs, &cgroup, &marker, &out).await
+            }
+        }
+        calls.print();
+    });
+    let state = [
+        root.path().join("tasks/k8s.io"),
+        root.path().join("containers/k8s.io"),
+    ];
+    assert_nothing_left(&c, &cgroup, &marker, &state);
+}
+
+/// A pod's lifecycle as the kubelet drives it (testutil::kubelet's
+/// pod_lifecycle): exits with their reasons, OOMKilled, ExecSync, logs,
+/// stop and removal; every call well inside the kubelet's timeouts, and
+/// nothing left afterwards.
+#[test]
+fn cri_pod_lifecycle_through_ironcelld() {
+    through_ironcelld("cri_pod_lifecycle_through_ironcelld", KubeletPod::Lifecycle);
+}
+
+/// Bidirectional ("rshared") and HostToContainer ("rslave") host-path
+/// mounts.
+#[test]
+fn cri_mount_propagation_through_ironcelld() {
+    through_ironcelld(
+        "cri_mount_propagation_through_ironcelld",
+        KubeletPod::Propagation,
+    );
+}
+
+/// An ExecSync'd process is confined as the container's init.
+#[test]
+fn cri_exec_is_confined_as_the_init_through_ironcelld() {
+    through_ironcelld(
+        "cri_exec_is_confined_as_the_init_through_ironcelld",
+        KubeletPod::Confinement,
+    );
 }

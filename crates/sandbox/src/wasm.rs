@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ironcell_container::cgroup::{self, Cgroup};
 use ironcell_container::stats::Stats;
-use ironcell_container::{ContainerError, CreateOptions, ExecOptions};
+use ironcell_container::{ContainerError, CreateOptions, ExecOptions, NOT_RUNNING};
 use ironcell_oci::wasm::Job;
 use ironcell_oci::{Bundle, ContainerState, Status, OCI_VERSION};
 use oci_spec::runtime::LinuxResources;
@@ -467,7 +467,12 @@ impl Sandbox for WasmSandbox {
         let st = self.load(id)?;
         let status = self.status(&st);
         if status == Status::Stopped {
-            return Err(Self::wrong_status(&st, status, "kill", ", not running"));
+            // The runner is the container's only process: with `all` nothing
+            // is left to signal (runc's answer); without, runc's words.
+            if all {
+                return Ok(());
+            }
+            return Err(Self::wrong_status(&st, status, "kill", NOT_RUNNING));
         }
         let pids = if all {
             self.cgroup(&st)?.pids()?

@@ -70,6 +70,12 @@ impl Cri {
 /// (`sandbox_mode = "shim"`; containerd needs `ENABLE_CRI_SANDBOXES=1`).
 pub const SANDBOX_API_HANDLER: &str = "ironcell-sandbox-api";
 
+/// containerd 1.7's runtime handler that runs containerd's own runc shim
+/// (`io.containerd.runc.v2`) with the ironcell CLI as its runc binary
+/// (`BinaryName`), as a cluster trying ironcell first would configure it;
+/// see [`start_containerd_with_runc_shim`].
+pub const RUNC_SHIM_HANDLER: &str = "ironcell-runc";
+
 /// containerd 2.x's runtime handler whose pods ironcelld's sandbox
 /// controller makes (`sandboxer = "ironcell"`).
 pub const SANDBOXER_HANDLER: &str = "ironcell-sandboxer";
@@ -121,6 +127,46 @@ pub fn config() -> String {
     )
 }
 
+/// The runtime handler [`RUNC_SHIM_HANDLER`] for containerd 1.7's CRI:
+/// the runc shim calling `ironcell` with state root `runc_root` (the shim
+/// adds the namespace: ironcell's `--root` is `<runc_root>/k8s.io`).
+pub fn runc_shim_config(ironcell: &Path, runc_root: &Path) -> String {
+    format!(
+        r#"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{RUNC_SHIM_HANDLER}]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{RUNC_SHIM_HANDLER}.options]
+        BinaryName = "{}"
+        Root = "{}"
+"#,
+        ironcell.display(),
+        runc_root.display()
+    )
+}
+
+/// [`start_containerd`] for containerd 1.7 (without the sandbox API) with
+/// the handler [`RUNC_SHIM_HANDLER`] too: containerd's runc shim with the
+/// ironcell CLI `ironcell` as its runc binary, its state under
+/// `<root>/runc` ([`runc_shim_state`]).
+pub fn start_containerd_with_runc_shim(
+    bins: PathBuf,
+    root: &Path,
+    ironcell: &Path,
+) -> Option<(crate::containerd::Containerd, PathBuf)> {
+    start(
+        bins,
+        root,
+        Cri::V17 { sandbox_api: false },
+        runc_shim_config(ironcell, &root.join("runc")),
+    )
+}
+
+/// ironcell's state root for the k8s.io namespace of the containerd that
+/// [`start_containerd_with_runc_shim`] started on `root`.
+pub fn runc_shim_state(root: &Path) -> PathBuf {
+    root.join("runc/k8s.io")
+}
+
 /// A private containerd (`cri`) with the CRI on: ironcell's binaries from
 /// `bins` on its PATH (and containerd's own directory, for its runc shim),
 /// the daemon root `root`, the test image and the pause image imported for
@@ -134,6 +180,15 @@ pub fn start_containerd(
     root: &Path,
     cri: Cri,
 ) -> Option<(crate::containerd::Containerd, PathBuf)> {
+    start(bins, root, cri, String::new())
+}
+
+fn start(
+    bins: PathBuf,
+    root: &Path,
+    cri: Cri,
+    more_config: String,
+) -> Option<(crate::containerd::Containerd, PathBuf)> {
     let binary = cri.binary()?;
     let mut env = vec![("IRONCELLD_ROOT".into(), root.as_os_str().to_owned())];
     if cri == (Cri::V17 { sandbox_api: true }) {
@@ -144,7 +199,7 @@ pub fn start_containerd(
         binary: Some(binary),
         cri: true,
         extra_config: match cri {
-            Cri::V17 { .. } => config(),
+            Cri::V17 { .. } => config() + &more_config,
             Cri::V2 => config_v2(&root.join("sandbox.sock")),
         },
         version3: cri == Cri::V2,

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 pub mod containerd;
 pub mod cri;
+pub mod kubelet;
 pub mod vm;
 pub mod wasm;
 

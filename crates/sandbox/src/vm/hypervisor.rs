@@ -524,7 +524,11 @@ mod tests {
         assert!(a.contains(&"tag=ironcell,path=/s".to_string()));
         assert!(a.contains(&"uds=/run/x/vsock.sock".to_string()));
         let line = &a[a.iter().position(|x| x == "--cmdline").unwrap() + 1];
-        assert!(line.ends_with("quiet extra=1"), "{line}");
+        // The user's parameters come last, so that they win.
+        assert!(
+            line.contains(" quiet ") && line.ends_with(" extra=1"),
+            "{line}"
+        );
 
         let qconfig = VmConfig {
             hypervisor: Hypervisor::Qemu,

@@ -533,7 +533,7 @@ impl Sandbox for VmSandbox {
             Status::Created | Status::Running | Status::Paused => {}
             // Nothing is left to signal.
             Status::Stopped if all => return Ok(()),
-            s => return Err(Self::wrong(id, "kill", s, ", not running")),
+            s => return Err(Self::wrong(id, "kill", s, ironcell_container::NOT_RUNNING)),
         }
         self.agent(&st)?.signal(id, "", signal, all)
     }

@@ -1,6 +1,6 @@
 use std::fs::{Permissions, canonicalize};
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -832,6 +832,23 @@ impl Mount {
             }
         }
 
+        // The propagation options (shared, rslave, ...), in their order, on
+        // the mount now in place, as runc's mountPropagate applies them: the
+        // mounts above keep the propagation they inherited.
+        let propagation: Vec<MsFlags> = m
+            .options()
+            .iter()
+            .flatten()
+            .filter_map(|o| propagation_flags(o))
+            .collect();
+        if !propagation.is_empty() {
+            let mounted: OwnedFd = root.resolve(container_dest)?.into();
+            let path = PathBuf::from(format!("/proc/self/fd/{}", mounted.as_raw_fd()));
+            for flags in propagation {
+                self.syscall.mount(None, &path, None, flags, None)?;
+            }
+        }
+
         Ok(())
     }
 
@@ -1042,6 +1059,23 @@ pub fn find_parent_mount(
             MountError::Custom(format!("can't find the parent mount of {:?}", rootfs))
         })?;
     Ok(parent_mount_info)
+}
+
+/// The mount(2) flags of a propagation mount option, or None for another
+/// option.
+fn propagation_flags(option: &str) -> Option<MsFlags> {
+    let flags = match option {
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    };
+    Some(flags)
 }
 
 #[cfg(test)]

@@ -38,15 +38,20 @@ impl RootFS {
         rootfs: &Path,
         cgroup_ns: bool,
     ) -> Result<()> {
-        let mut flags = MsFlags::MS_REC;
-        match linux.rootfs_propagation().as_deref() {
-            Some("shared") => flags |= MsFlags::MS_SHARED,
-            Some("private") => flags |= MsFlags::MS_PRIVATE,
-            Some("slave" | "unbindable") | None => flags |= MsFlags::MS_SLAVE,
+        // runc's mapping (rslave by default). An unbindable root could not
+        // be bind-mounted onto itself below: it is made slave here and
+        // unbindable after pivot_root (adjust_root_mount_propagation).
+        let flags = match linux.rootfs_propagation().as_deref() {
+            Some("shared") => MsFlags::MS_SHARED,
+            Some("rshared") => MsFlags::MS_SHARED | MsFlags::MS_REC,
+            Some("slave" | "unbindable") => MsFlags::MS_SLAVE,
+            Some("rslave" | "runbindable" | "") | None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            Some("private") => MsFlags::MS_PRIVATE,
+            Some("rprivate") => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
             Some(unknown) => {
                 return Err(RootfsError::UnknownRootfsPropagation(unknown.to_string()));
             }
-        }
+        };
 
         self.syscall
             .mount(None, Path::new("/"), None, flags, None)
@@ -129,8 +134,8 @@ impl RootFS {
     pub fn adjust_root_mount_propagation(&self, linux: &Linux) -> Result<()> {
         let rootfs_propagation = linux.rootfs_propagation().as_deref();
         let flags = match rootfs_propagation {
-            Some("shared") => Some(MsFlags::MS_SHARED),
-            Some("unbindable") => Some(MsFlags::MS_UNBINDABLE),
+            Some("shared" | "rshared") => Some(MsFlags::MS_SHARED),
+            Some("unbindable" | "runbindable") => Some(MsFlags::MS_UNBINDABLE),
             _ => None,
         };
 

@@ -1,0 +1,106 @@
+//! Kubernetes through containerd's runc shim (issue 21): containerd 1.7's
+//! CRI, driven by a client in this test as the kubelet drives it, with the
+//! runtime handler `ironcell-runc`: containerd's own runc shim
+//! (io.containerd.runc.v2, from containerd's directory) with this ironcell
+//! as its runc binary (`BinaryName`). The same pods run through ironcelld
+//! in crates/daemon/tests/cri.rs; both share testutil::kubelet.
+
+mod common;
+
+use common::*;
+use ironcell_testutil::cri::{
+    channel, runc_shim_state, start_containerd_with_runc_shim, RUNC_SHIM_HANDLER,
+};
+use ironcell_testutil::kubelet::*;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+
+#[derive(Clone, Copy)]
+enum Pod {
+    Lifecycle,
+    Propagation,
+    Confinement,
+}
+
+fn through_the_runc_shim(test: &str, what: Pod) {
+    if !need_root(test) {
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("icr-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let cgroup = PodCgroup::new("ironcell-cri-runc");
+    let bins = ironcell().parent().unwrap().to_path_buf();
+    let Some((c, logs)) = start_containerd_with_runc_shim(bins, root.path(), &ironcell()) else {
+        return;
+    };
+    let _guard = CriGuard(c.socket());
+    let shared = match what {
+        Pod::Propagation => Some(SharedMount::new(&root.path().join("shared"))),
+        _ => None,
+    };
+    let marker = unique("kubelet-marker");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        let mut calls = Calls::new(
+            rt,
+            &format!("containerd 1.7 + runc shim + ironcell ({test})"),
+            &c.dir().join("containerd.log"),
+        );
+        match what {
+            Pod::Lifecycle => {
+                pod_lifecycle(&mut calls, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker).await
+            }
+            Pod::Propagation => {
+                let shared = shared.as_ref().unwrap();
+                mount_propagation(
+                    &mut calls,
+                    &c,
+                    RUNC_SHIM_HANDLER,
+                    &logs,
+                    &cgroup,
+                    &marker,
+                    shared,
+                )
+                .await
+            }
+            Pod::Confinement => {
+                let out = root.path().join("out");
+                exec_confinement(&mut calls, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker, &out).await
+            }
+        }
+        calls.print();
+    });
+    assert_nothing_left(&c, &cgroup, &marker, &[runc_shim_state(root.path())]);
+}
+
+/// A pod's lifecycle as the kubelet drives it; every call well inside the
+/// kubelet's timeouts, and nothing left afterwards.
+#[test]
+fn cri_pod_lifecycle_through_the_runc_shim() {
+    through_the_runc_shim("cri_pod_lifecycle_through_the_runc_shim", Pod::Lifecycle);
+}
+
+/// Bidirectional ("rshared") and HostToContainer ("rslave") host-path
+/// mounts.
+#[test]
+fn cri_mount_propagation_through_the_runc_shim() {
+    through_the_runc_shim(
+        "cri_mount_propagation_through_the_runc_shim",
+        Pod::Propagation,
+    );
+}
+
+/// An ExecSync'd process is confined as the container's init (seccomp,
+/// capabilities, no_new_privs, user, cgroups, namespaces, rlimits...).
+#[test]
+fn cri_exec_is_confined_as_the_init_through_the_runc_shim() {
+    through_the_runc_shim(
+        "cri_exec_is_confined_as_the_init_through_the_runc_shim",
+        Pod::Confinement,
+    );
+}
