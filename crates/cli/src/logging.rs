@@ -1,7 +1,9 @@
 //! The CLI's use of the shared runc-compatible logger (crate `logging`):
 //! with `--log`, warnings and errors go to that file; `--debug` adds debug
 //! lines (libcontainer's included). Without `--log`, stderr only gets the
-//! final one-line error, unless `--debug`.
+//! final one-line error and the warnings of failed poststart and poststop
+//! hooks (the runtime spec makes those failures warnings), unless
+//! `--debug`.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ pub use logging::LogFormat;
 
 pub fn init(log: Option<&Path>, format: LogFormat, debug: bool) -> Result<()> {
     if log.is_none() && !debug {
+        logging::init_stderr_warnings(&["libcontainer::hooks"]);
         return Ok(());
     }
     let max = if debug {

@@ -123,6 +123,12 @@ fn podman_run_stdout_exit_codes_and_cleanup() {
     ]);
     assert_eq!(out.status.code(), Some(42));
     assert!(stderr(&out).contains("to-stderr"));
+    // podman reads runc's words for a command that is missing or not
+    // executable, and exits 127 or 126 as a shell would (125 otherwise).
+    let out = p.run(&["run", "--rm", IMAGE, "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    let out = p.run(&["run", "--rm", IMAGE, "/etc/hostname"]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     // A container podman ran is ironcell's: podman records the runtime, and
     // while it runs ironcell's state root holds it.
     let id = p.ok(&["run", "-d", "--name", "owned", IMAGE, "sleep", "4343431"]);

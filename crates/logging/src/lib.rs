@@ -25,6 +25,8 @@ struct RuncLayer {
     out: Mutex<Box<dyn Write + Send>>,
     format: LogFormat,
     max: Level,
+    /// Only events from these targets (module paths, by prefix), when set.
+    targets: Option<&'static [&'static str]>,
 }
 
 #[derive(Default)]
@@ -66,6 +68,9 @@ fn level_name(level: &Level) -> &'static str {
 impl<S: Subscriber> Layer<S> for RuncLayer {
     fn enabled(&self, meta: &tracing::Metadata<'_>, _: LayerContext<'_, S>) -> bool {
         meta.level() <= &self.max
+            && self
+                .targets
+                .is_none_or(|t| t.iter().any(|p| meta.target().starts_with(p)))
     }
 
     fn on_event(&self, event: &Event<'_>, _: LayerContext<'_, S>) {
@@ -111,7 +116,23 @@ pub fn init(log: Option<&Path>, format: LogFormat, max: Level) -> io::Result<()>
         out: Mutex::new(out),
         format,
         max,
+        targets: None,
     };
     let _ = tracing_subscriber::registry().with(layer).try_init();
     Ok(())
+}
+
+/// Installs a global logger that writes to stderr, as text, only the
+/// warnings (and errors) of `targets` (module paths, by prefix): for a
+/// command line that otherwise prints nothing but its final error, the
+/// warnings a user must see (such as a failed poststop hook, which the
+/// runtime spec makes a warning).
+pub fn init_stderr_warnings(targets: &'static [&'static str]) {
+    let layer = RuncLayer {
+        out: Mutex::new(Box::new(io::stderr())),
+        format: LogFormat::Text,
+        max: Level::WARN,
+        targets: Some(targets),
+    };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }

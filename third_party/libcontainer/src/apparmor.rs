@@ -7,7 +7,7 @@ use pathrs::procfs::{ProcfsBase, ProcfsHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppArmorError {
-    #[error("failed to apply AppArmor profile")]
+    #[error("cannot apply AppArmor profile {profile:?} through {path}: is it loaded?")]
     ActivateProfile {
         path: PathBuf,
         profile: String,
@@ -21,10 +21,14 @@ type Result<T> = std::result::Result<T, AppArmorError>;
 
 const ENABLED_PARAMETER_PATH: &str = "/sys/module/apparmor/parameters/enabled";
 
-/// Checks if AppArmor has been enabled on the system.
+/// Checks if AppArmor has been enabled on the system (it is not when the
+/// kernel has no AppArmor module at all).
 pub fn is_enabled() -> std::result::Result<bool, std::io::Error> {
-    let aa_enabled = fs::read_to_string(ENABLED_PARAMETER_PATH)?;
-    Ok(aa_enabled.starts_with('Y'))
+    match fs::read_to_string(ENABLED_PARAMETER_PATH) {
+        Ok(aa_enabled) => Ok(aa_enabled.starts_with('Y')),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Applies an AppArmor profile to the container.

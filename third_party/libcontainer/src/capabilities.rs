@@ -138,21 +138,21 @@ pub fn drop_privileges<S: Syscall + ?Sized>(
     let empty_caps = Default::default();
     let bounding = cs.bounding().as_ref().unwrap_or(&empty_caps);
     tracing::debug!("dropping bounding capabilities to {:?}", bounding);
-    syscall.set_capability(CapSet::Bounding, &to_set(bounding))?;
+    set_named(syscall, CapSet::Bounding, bounding)?;
 
     if let Some(effective) = cs.effective() {
         tracing::debug!("dropping effective capabilities to {:?}", effective);
-        syscall.set_capability(CapSet::Effective, &to_set(effective))?;
+        set_named(syscall, CapSet::Effective, effective)?;
     }
 
     if let Some(permitted) = cs.permitted() {
         tracing::debug!("dropping permitted capabilities to {:?}", permitted);
-        syscall.set_capability(CapSet::Permitted, &to_set(permitted))?;
+        set_named(syscall, CapSet::Permitted, permitted)?;
     }
 
     if let Some(inheritable) = cs.inheritable() {
         tracing::debug!("dropping inheritable capabilities to {:?}", inheritable);
-        syscall.set_capability(CapSet::Inheritable, &to_set(inheritable))?;
+        set_named(syscall, CapSet::Inheritable, inheritable)?;
     }
 
     if let Some(ambient) = cs.ambient() {
@@ -161,6 +161,48 @@ pub fn drop_privileges<S: Syscall + ?Sized>(
     }
 
     Ok(())
+}
+
+/// Sets `set` to `caps`; on failure, the error names the capabilities this
+/// process cannot have there (those missing from its permitted or bounding
+/// set, the runtime having been started without them), else all of `caps`.
+fn set_named<S: Syscall + ?Sized>(
+    syscall: &S,
+    set: CapSet,
+    caps: &Capabilities,
+) -> Result<(), SyscallError> {
+    syscall.set_capability(set, &to_set(caps)).map_err(|err| {
+        let held = |s| caps::read(None, s).unwrap_or_default();
+        let (permitted, bounding) = (held(CapSet::Permitted), held(CapSet::Bounding));
+        let mut missing: Vec<String> = caps
+            .iter()
+            .filter(|c| {
+                let c = c.to_cap();
+                !bounding.contains(&c)
+                    || (!matches!(set, CapSet::Bounding) && !permitted.contains(&c))
+            })
+            .map(|c| c.to_cap().to_string())
+            .collect();
+        let why = if missing.is_empty() {
+            missing = caps.iter().map(|c| c.to_cap().to_string()).collect();
+            ""
+        } else {
+            " (the runtime itself does not have them)"
+        };
+        missing.sort();
+        SyscallError::Capabilities {
+            set: match set {
+                CapSet::Bounding => "bounding",
+                CapSet::Effective => "effective",
+                CapSet::Permitted => "permitted",
+                CapSet::Inheritable => "inheritable",
+                CapSet::Ambient => "ambient",
+            },
+            caps: missing.join(", "),
+            why,
+            source: Box::new(err),
+        }
+    })
 }
 
 /// `cs` with CAP_SYS_ADMIN added to its effective and permitted sets (where

@@ -100,8 +100,10 @@ pub enum ErrInvalidID {
 pub enum ErrInvalidSpec {
     #[error("runtime spec has incompatible version. Only 1.X.Y is supported")]
     UnsupportedVersion,
-    #[error("apparmor is specified but not enabled on this system")]
-    AppArmorNotEnabled,
+    #[error(
+        "AppArmor profile {0:?} is set in process.apparmorProfile, but AppArmor is not enabled on this host"
+    )]
+    AppArmorNotEnabled(String),
     #[error("invalid io priority or class.")]
     IoPriority,
     #[error("invalid scheduler config for process: {0}")]
@@ -110,6 +112,8 @@ pub enum ErrInvalidSpec {
     ConsoleSocketRequired,
     #[error("cannot use console socket if youki will not detach or allocate tty")]
     InvalidConsoleSocket,
+    #[error("{0}")]
+    ProcMount(String),
     #[error("idmapped mount requires bind mount")]
     MountIdmapNonBind,
     #[error("idmapped mount requires uid/gid mappings or a usable user namespace")]

@@ -163,6 +163,26 @@ pub fn run_hooks(
     Ok(())
 }
 
+/// Runs `hooks` as [`run_hooks`] does, except that a failing hook is only
+/// logged as a warning and the hooks after it still run: the runtime spec's
+/// rule for `poststart` and `poststop` hooks (`kind` names them in the log).
+pub fn run_hooks_warn_on_failure(
+    kind: &str,
+    hooks: Option<&Vec<Hook>>,
+    state: Option<&State>,
+    cwd: Option<&Path>,
+) {
+    for hook in hooks.into_iter().flatten() {
+        if let Err(err) = run_hooks(Some(&vec![hook.clone()]), state, cwd, None, None) {
+            tracing::warn!(
+                "{kind} hook {} failed, continuing: {}",
+                hook.path().display(),
+                utils::error_chain(&err)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod test {
     use std::{env, fs};

@@ -419,6 +419,21 @@ fn dev_valid_name(name: &str) -> bool {
     true
 }
 
+/// `err` and its sources as one line (`a: b: c`), each repeated text once:
+/// what a child process sends its parent, which sees no more than this text.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use core::panic;
@@ -431,6 +446,18 @@ mod tests {
     use super::*;
     use crate::syscall::syscall::create_syscall;
     use crate::test_utils;
+
+    #[test]
+    fn test_error_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed syscall")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("cannot set CAP_X\nin effective"));
+        assert_eq!(
+            error_chain(&err),
+            "failed syscall: cannot set CAP_X in effective"
+        );
+    }
 
     #[test]
     pub fn test_get_unix_user() {

@@ -126,10 +126,24 @@ impl Blkio {
             // See also: https://github.com/opencontainers/runc/blob/81044ad7c902f3fc153cb8ffadaf4da62855193f/libcontainer/cgroups/fs/blkio.go#L28-L33
             if blkio_weight != 0 {
                 let cgroup_file = root_path.join(BLKIO_WEIGHT);
+                let bfq_file = root_path.join(BLKIO_BFQ_WEIGHT);
                 if cgroup_file.exists() {
                     common::write_cgroup_file(&cgroup_file, blkio_weight)?;
+                } else if bfq_file.exists() {
+                    common::write_cgroup_file(bfq_file, blkio_weight)?;
                 } else {
-                    common::write_cgroup_file(root_path.join(BLKIO_BFQ_WEIGHT), blkio_weight)?;
+                    // No CFQ or BFQ scheduler to take a weight: say so
+                    // rather than fail on the second file's name alone.
+                    return Err(WrappedIoError::Other {
+                        err: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "blockIO.weight {blkio_weight} cannot be set: this host's blkio \
+                                 cgroup has neither {BLKIO_WEIGHT} nor {BLKIO_BFQ_WEIGHT}"
+                            ),
+                        ),
+                        path: root_path.to_path_buf(),
+                    });
                 }
             }
         }
@@ -272,6 +286,20 @@ mod tests {
             let content = fs::read_to_string(weight_file).expect("read blkio weight");
             assert_eq!("200", content);
         }
+    }
+
+    #[test]
+    fn test_set_blkio_weight_without_weight_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blkio = LinuxBlockIoBuilder::default()
+            .weight(200_u16)
+            .build()
+            .unwrap();
+        let err = Blkio::apply(tmp.path(), &blkio).unwrap_err().to_string();
+        assert!(
+            err.contains("blockIO.weight") && err.contains(BLKIO_WEIGHT),
+            "{err}"
+        );
     }
 
     #[test]

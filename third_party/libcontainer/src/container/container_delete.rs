@@ -98,18 +98,15 @@ impl Container {
                         err
                     })?;
 
+                    // A failing poststop hook is only a warning (runtime
+                    // spec, lifecycle step 13): the deletion goes on.
                     if let Some(hooks) = config.hooks.as_ref() {
-                        hooks::run_hooks(
+                        hooks::run_hooks_warn_on_failure(
+                            "poststop",
                             hooks.poststop().as_ref(),
                             Some(&self.state),
                             None,
-                            None,
-                            None,
-                        )
-                        .map_err(|err| {
-                            tracing::error!(err = ?err, "failed to run post stop hooks");
-                            err
-                        })?;
+                        );
                     }
                 }
                 Err(err) => {

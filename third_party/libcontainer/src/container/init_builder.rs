@@ -189,7 +189,11 @@ impl InitContainerBuilder {
         Validator::validate_spec(spec)?;
 
         if let Some(process) = spec.process() {
-            if let Some(profile) = process.apparmor_profile() {
+            if let Some(profile) = process
+                .apparmor_profile()
+                .as_ref()
+                .filter(|p| !p.is_empty())
+            {
                 let apparmor_is_enabled = apparmor::is_enabled().map_err(|err| {
                     tracing::error!(?err, "failed to check if apparmor is enabled");
                     LibcontainerError::OtherIO(err)
@@ -199,7 +203,7 @@ impl InitContainerBuilder {
                         ?profile,
                         "apparmor profile exists in the spec, but apparmor is not activated on this system"
                     );
-                    Err(ErrInvalidSpec::AppArmorNotEnabled)?;
+                    Err(ErrInvalidSpec::AppArmorNotEnabled(profile.clone()))?;
                 }
             }
         }
@@ -208,6 +212,14 @@ impl InitContainerBuilder {
 
         if let Some(mounts) = spec.mounts() {
             utils::validate_mount_options(mounts)?;
+            // Refused before anything exists; the mount code checks again
+            // with the destination's symlinks resolved.
+            for m in mounts {
+                if let Some(why) = crate::rootfs::utils::proc_mount_refusal(m.destination(), m) {
+                    tracing::error!("{why}");
+                    Err(ErrInvalidSpec::ProcMount(why))?;
+                }
+            }
             validate_idmapped_mounts(mounts, spec.linux().as_ref(), &*syscall)?;
         }
 

@@ -137,6 +137,16 @@ pub struct State {
 impl State {
     const STATE_FILE_PATH: &'static str = "state.json";
 
+    /// This state with status `created`: what the prestart, createRuntime
+    /// and createContainer hooks receive, the create operation being done
+    /// when they run (runtime spec, lifecycle steps 3 to 5).
+    pub fn as_created(&self) -> State {
+        State {
+            status: ContainerStatus::Created,
+            ..self.clone()
+        }
+    }
+
     pub fn new(
         container_id: &str,
         status: ContainerStatus,

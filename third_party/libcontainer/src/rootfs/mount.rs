@@ -659,6 +659,16 @@ impl Mount {
 
         let dest: OwnedFd = root.resolve(container_dest)?.into();
         let dest_fd = dest.as_fd();
+        // Where the destination is once its symlinks are resolved: nothing
+        // but a procfs may cover /proc or what is in it.
+        let resolved = fs::read_link(format!("/proc/self/fd/{}", dest.as_raw_fd()))?;
+        if let Ok(in_container) = resolved.strip_prefix(rootfs) {
+            if let Some(why) =
+                super::utils::proc_mount_refusal(&Path::new("/").join(in_container), m)
+            {
+                return Err(MountError::Custom(why));
+            }
+        }
 
         // fd-based mount flow:
         // - bind: open_tree -> mount_setattr -> move_mount

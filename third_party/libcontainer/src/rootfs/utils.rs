@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nix::mount::MsFlags;
@@ -211,6 +211,65 @@ pub fn is_bind(m: &Mount) -> bool {
             .is_some_and(|opts| opts.iter().any(|o| o == "bind" || o == "rbind"))
 }
 
+/// The files under /proc that a mount may cover: those lxcfs emulates
+/// (runc's `checkProcMount` list).
+const PROC_MOUNTS_ALLOWED: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+    "/proc/sys/crypto/fips_enabled",
+];
+
+/// Why mount `m` may not go on `dest` (its destination in the container,
+/// with the symlinks resolved where the caller could), or None when it may.
+/// Only a procfs goes on /proc itself: a `proc` mount, or a bind mount whose
+/// source is a procfs (checked when the source is given). Nothing goes
+/// inside /proc but [`PROC_MOUNTS_ALLOWED`]: a mount there could hide what
+/// the runtime writes, such as the LSM label in /proc/self/attr
+/// (CVE-2019-16884, CVE-2023-27561).
+pub fn proc_mount_refusal(dest: &Path, m: &Mount) -> Option<String> {
+    use crate::utils::PathBufExt;
+    let dest = Path::new("/").join(dest).normalize();
+    let inside = dest.strip_prefix("/proc").ok()?;
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.display().to_string())
+        .unwrap_or_default();
+    if inside.as_os_str().is_empty() {
+        if is_bind(m) {
+            let is_procfs = m.source().as_ref().is_some_and(|s| {
+                nix::sys::statfs::statfs(s.as_path())
+                    .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+            });
+            if is_procfs {
+                return None;
+            }
+        } else if m.typ().as_deref() == Some("proc") {
+            return None;
+        }
+        let typ = m.typ().as_deref().unwrap_or("bind");
+        return Some(format!(
+            "mount of {source:?} ({typ}) on /proc refused: only a procfs may be mounted on /proc"
+        ));
+    }
+    if PROC_MOUNTS_ALLOWED.iter().any(|a| dest == Path::new(a)) {
+        return None;
+    }
+    Some(format!(
+        "mount of {source:?} on {} refused: it is inside /proc, where only lxcfs's files \
+         (/proc/cpuinfo, /proc/meminfo, ...) may be mounted over",
+        dest.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use anyhow::Result;
@@ -218,6 +277,63 @@ mod tests {
 
     use super::*;
     use crate::syscall::linux::MountAttr;
+
+    fn spec_mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+        MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(source)
+            .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn test_proc_mount_refusal() {
+        let refused = |dest: &str, m: &Mount| proc_mount_refusal(Path::new(dest), m);
+        // Outside /proc, anything goes.
+        let tmpfs = spec_mount("/x", "tmpfs", "tmpfs", &[]);
+        assert_eq!(refused("/run", &tmpfs), None);
+        assert_eq!(refused("/procfoo", &tmpfs), None);
+        // On /proc: a procfs, fresh or bound from one.
+        assert_eq!(
+            refused("/proc", &spec_mount("/proc", "proc", "proc", &[])),
+            None
+        );
+        assert_eq!(
+            refused("/proc", &spec_mount("/proc", "bind", "/proc", &["rbind"])),
+            None
+        );
+        let why = refused("/proc", &tmpfs).unwrap();
+        assert!(
+            why.contains("on /proc refused") && why.contains("tmpfs"),
+            "{why}"
+        );
+        let why = refused("/proc/", &spec_mount("/proc", "bind", "/tmp", &["rbind"])).unwrap();
+        assert!(why.contains("\"/tmp\""), "{why}");
+        // A proc mount bound from elsewhere is still a bind.
+        assert!(refused("/proc", &spec_mount("/proc", "proc", "/tmp", &["bind"])).is_some());
+        // Inside /proc: lxcfs's files only, however the path is spelled.
+        let bind = spec_mount("/x", "bind", "/etc/hostname", &["bind"]);
+        for ok in [
+            "/proc/cpuinfo",
+            "/proc/net/dev",
+            "/proc/sys/kernel/ns_last_pid",
+        ] {
+            assert_eq!(refused(ok, &bind), None, "{ok}");
+        }
+        for bad in [
+            "/proc/self/attr/exec",
+            "/proc/sys/kernel/core_pattern",
+            "/proc/./sys/kernel/core_pattern",
+            "/tmp/../proc/1/attr/current",
+            "proc/self/attr/exec",
+            "/proc/cpuinfo/x",
+        ] {
+            let why = refused(bad, &bind).unwrap_or_else(|| panic!("{bad} allowed"));
+            assert!(why.contains("inside /proc"), "{why}");
+        }
+    }
 
     #[test]
     fn test_to_sflag() {

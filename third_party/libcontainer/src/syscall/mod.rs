@@ -18,6 +18,14 @@ pub enum SyscallError {
     IO(#[from] std::io::Error),
     #[error("failed to set capabilities: {0}")]
     SetCaps(#[from] caps::errors::CapsError),
+    #[error("cannot set {caps} in the {set} capability set{why}")]
+    Capabilities {
+        set: &'static str,
+        caps: String,
+        why: &'static str,
+        #[source]
+        source: Box<SyscallError>,
+    },
     #[error(transparent)]
     Pathrs(#[from] pathrs::error::Error),
 }

@@ -56,22 +56,29 @@ impl Executor for DefaultExecutor {
 
         if let Some(args) = proc.args() {
             let envs: Vec<String> = proc.env().as_ref().unwrap_or(&vec![]).clone();
-            let path_vars: Vec<&String> = envs.iter().filter(|&e| e.starts_with("PATH=")).collect();
-            if path_vars.is_empty() {
-                tracing::error!("PATH environment variable is not set");
-                Err(ExecutorValidationError::ArgValidationError(
-                    "PATH environment variable is not set".into(),
-                ))?;
+            // Only a name without a slash is looked up in PATH, so only it
+            // needs one (as runc's and crun's lookups): a config without
+            // PATH runs an absolute args[0], and refuses a bare name, as
+            // they do.
+            let path_var = envs.iter().find_map(|e| e.strip_prefix("PATH="));
+            if path_var.is_none() && !args[0].contains('/') {
+                tracing::error!(executable = ?args[0], "PATH environment variable is not set");
+                Err(ExecutorValidationError::ArgValidationError(format!(
+                    "exec: {:?}: executable file not found in $PATH: process.env has no PATH \
+                     to look it up in (give args[0] as an absolute path, or set PATH)",
+                    args[0]
+                )))?;
             }
-            let path_var = path_vars[0].trim_start_matches("PATH=");
-            match get_executable_path(&args[0], path_var) {
+            match get_executable_path(&args[0], path_var.unwrap_or_default()) {
                 None => {
                     tracing::error!(
                         executable = ?args[0],
                         "executable for container process not found in PATH",
                     );
+                    // runc's words, which docker and podman turn into
+                    // exit code 127.
                     Err(ExecutorValidationError::ArgValidationError(format!(
-                        "executable '{}' not found in $PATH",
+                        "exec: {:?}: executable file not found in $PATH",
                         args[0]
                     )))?;
                 }
@@ -84,9 +91,12 @@ impl Executor for DefaultExecutor {
                             executable = ?path,
                             "executable does not have the correct permission set",
                         );
+                        // runc's words, which docker and podman turn into
+                        // exit code 126.
                         Err(ExecutorValidationError::ArgValidationError(format!(
-                            "executable '{}' at path '{:?}' does not have correct permissions",
-                            args[0], path
+                            "exec: {:?}: permission denied (not an executable file: {})",
+                            args[0],
+                            path.display()
                         )))?;
                     }
                     Err(err) => {
@@ -165,6 +175,32 @@ mod tests {
         );
 
         assert_eq!(get_executable_path(non_existing_binary, path_value), None);
+    }
+
+    #[test]
+    fn test_validate_without_path() {
+        use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+        let spec = |arg0: &str| {
+            SpecBuilder::default()
+                .process(
+                    ProcessBuilder::default()
+                        .args(vec![arg0.to_string()])
+                        .env(vec!["TERM=xterm".to_string()])
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let executor = DefaultExecutor {};
+        // A path is not looked up, so it needs no PATH (as in runc and crun).
+        executor.validate(&spec("/bin/sh")).unwrap();
+        // A bare name has nothing to be looked up in.
+        let err = executor.validate(&spec("sh")).unwrap_err().to_string();
+        assert!(
+            err.contains("\"sh\": executable file not found in $PATH") && err.contains("no PATH"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub fn container_init_process(
             // before pivot_root is called. This runs in the container namespaces.
             hooks::run_hooks(
                 hooks.create_container().as_ref(),
-                ctx.container.map(|c| &c.state),
+                ctx.container.map(|c| c.state.as_created()).as_ref(),
                 None,
                 None,
                 None,
