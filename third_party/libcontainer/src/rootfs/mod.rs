@@ -29,6 +29,8 @@ pub enum RootfsError {
     Mount(#[from] mount::MountError),
     #[error(transparent)]
     Device(#[from] device::DeviceError),
+    #[error("{0}")]
+    Dev(String),
 }
 
 type Result<T> = std::result::Result<T, RootfsError>;

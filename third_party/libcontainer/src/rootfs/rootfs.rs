@@ -1,5 +1,8 @@
 use std::collections::HashSet;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Linux, Spec};
@@ -12,6 +15,35 @@ use super::{Result, RootfsError};
 use crate::error::MissingSpecError;
 use crate::syscall::Syscall;
 use crate::syscall::syscall::create_syscall;
+
+/// Opens the rootfs's /dev (made if missing), refusing one that is not a
+/// directory of the rootfs: a symlink (`/dev -> /etc`) is not followed.
+fn open_rootfs_dev(rootfs: &Path) -> Result<File> {
+    let dev = rootfs.join("dev");
+    match nix::unistd::mkdir(&dev, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(err) => {
+            return Err(RootfsError::Dev(format!(
+                "cannot create {}: {err}",
+                dev.display()
+            )));
+        }
+    }
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dev)
+        .map_err(|err| {
+            let what = match std::fs::read_link(&dev) {
+                Ok(target) => format!("is a symlink to {}", target.display()),
+                Err(_) => format!("cannot be opened as a directory: {err}"),
+            };
+            RootfsError::Dev(format!(
+                "the rootfs's /dev ({}) {what}: refusing to create the container's device links through it",
+                dev.display()
+            ))
+        })
+}
 
 /// Holds information about rootfs
 pub struct RootFS {
@@ -109,9 +141,14 @@ impl RootFS {
 
         self.mount_to_rootfs(linux, spec, rootfs, cgroup_ns)?;
 
+        // The links below go into the rootfs's /dev, pinned here: one that
+        // is a symlink would put them (and remove a `ptmx`) where it
+        // points, on the host.
+        let dev = open_rootfs_dev(rootfs)?;
+        let dev_path = PathBuf::from(format!("/proc/self/fd/{}", dev.as_raw_fd()));
         let symlinker = Symlink::new();
-        symlinker.setup_kcore_symlink(rootfs)?;
-        symlinker.setup_default_symlinks(rootfs)?;
+        symlinker.setup_kcore_symlink_in(&dev_path)?;
+        symlinker.setup_default_symlinks_in(&dev_path)?;
 
         let devicer = Device::new();
         if let Some(added_devices) = linux.devices() {
@@ -126,7 +163,7 @@ impl RootFS {
             devicer.create_devices(rootfs, &default_devices(), bind_devices)
         }?;
 
-        symlinker.setup_ptmx(rootfs)?;
+        symlinker.setup_ptmx_in(&dev_path)?;
         Ok(())
     }
 

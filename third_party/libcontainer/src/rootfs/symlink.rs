@@ -55,8 +55,14 @@ impl Symlink {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn setup_ptmx(&self, rootfs: &Path) -> Result<()> {
-        let ptmx = rootfs.join("dev/ptmx");
+        self.setup_ptmx_in(&rootfs.join("dev"))
+    }
+
+    /// `setup_ptmx` in the container's /dev, `dev`.
+    pub fn setup_ptmx_in(&self, dev: &Path) -> Result<()> {
+        let ptmx = dev.join("ptmx");
         if let Err(e) = remove_file(&ptmx) {
             if e.kind() != ::std::io::ErrorKind::NotFound {
                 return Err(SymlinkError::Other {
@@ -76,10 +82,16 @@ impl Symlink {
 
     // separating kcore symlink out from setup_default_symlinks for a better way to do the unit test,
     // since not every architecture has /proc/kcore file.
+    #[cfg(test)]
     pub fn setup_kcore_symlink(&self, rootfs: &Path) -> Result<()> {
+        self.setup_kcore_symlink_in(&rootfs.join("dev"))
+    }
+
+    /// `setup_kcore_symlink` in the container's /dev, `dev`.
+    pub fn setup_kcore_symlink_in(&self, dev: &Path) -> Result<()> {
         if Path::new("/proc/kcore").exists() {
             self.syscall
-                .symlink(Path::new("/proc/kcore"), &rootfs.join("dev/kcore"))
+                .symlink(Path::new("/proc/kcore"), &dev.join("kcore"))
                 .map_err(|err| {
                     tracing::error!("failed to symlink kcore");
                     SymlinkError::Syscall { source: err }
@@ -88,16 +100,22 @@ impl Symlink {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn setup_default_symlinks(&self, rootfs: &Path) -> Result<()> {
+        self.setup_default_symlinks_in(&rootfs.join("dev"))
+    }
+
+    /// `setup_default_symlinks` in the container's /dev, `dev`.
+    pub fn setup_default_symlinks_in(&self, dev: &Path) -> Result<()> {
         let defaults = [
-            ("/proc/self/fd", "dev/fd"),
-            ("/proc/self/fd/0", "dev/stdin"),
-            ("/proc/self/fd/1", "dev/stdout"),
-            ("/proc/self/fd/2", "dev/stderr"),
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
         ];
         for (src, dst) in defaults {
             self.syscall
-                .symlink(Path::new(src), &rootfs.join(dst))
+                .symlink(Path::new(src), &dev.join(dst))
                 .map_err(|err| {
                     tracing::error!("failed to symlink defaults");
                     SymlinkError::Syscall { source: err }
