@@ -344,7 +344,21 @@ impl Containers {
 
     pub fn stats(&self, id: &str) -> Result<ironcell_container::stats::Stats, AgentError> {
         self.entry(id)?;
-        Ok(self.engine.load(id)?.stats()?)
+        let container = self.engine.load(id)?;
+        let mut stats = container.stats()?;
+        // cgroup v2 counts OOMs, OOM kills and hits of memory.max in
+        // memory.events, not in memory.stat: the host reads them here
+        // (`ironcell events` reports OOM kills from "oom_kill").
+        let events = container
+            .memory_cgroup()
+            .and_then(|d| std::fs::read_to_string(d.join("memory.events")).ok())
+            .unwrap_or_default();
+        for (k, v) in events.lines().filter_map(|l| l.split_once(' ')) {
+            if let ("oom" | "oom_kill" | "max", Ok(n)) = (k, v.trim().parse::<u64>()) {
+                stats.memory.stats.entry(k.to_string()).or_insert(n);
+            }
+        }
+        Ok(stats)
     }
 
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), AgentError> {

@@ -75,6 +75,41 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// `update`'s options, as runc's: the resources from a JSON file (or `-`,
+/// stdin), or one flag per limit (each value as given, checked by
+/// crate::update).
+#[derive(Debug, Clone, Default)]
+pub struct UpdateArgs {
+    pub id: String,
+    pub resources: Option<PathBuf>,
+    /// (flag without dashes, value), in command-line order.
+    pub flags: Vec<(String, String)>,
+}
+
+/// runc's `update` flags that take a value (runc spells the CPU weight
+/// `--cpu-share`; `--cpu-shares`, docker's and podman's spelling, works too).
+pub const UPDATE_FLAGS: &[&str] = &[
+    "blkio-weight",
+    "cpu-period",
+    "cpu-quota",
+    "cpu-burst",
+    "cpu-share",
+    "cpu-shares",
+    "cpu-rt-period",
+    "cpu-rt-runtime",
+    "cpu-idle",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "kernel-memory",
+    "kernel-memory-tcp",
+    "memory",
+    "memory-reservation",
+    "memory-swap",
+    "pids-limit",
+    "l3-cache-schema",
+    "mem-bw-schema",
+];
+
 #[derive(Debug)]
 pub enum Command {
     Create(CreateArgs),
@@ -114,6 +149,13 @@ pub enum Command {
     Resume {
         id: String,
     },
+    Update(Box<UpdateArgs>),
+    Events {
+        id: String,
+        /// Print one stats event and exit.
+        stats: bool,
+        interval: std::time::Duration,
+    },
     Features,
     Check,
     Spec {
@@ -146,6 +188,8 @@ commands:
   ps        list the processes of a container (--format table|json)
   pause     freeze every process of a container
   resume    thaw a paused container
+  update    change a container's resource limits (--resources FILE|-, or --memory...)
+  events    print a container's stats and OOM events as JSON (--stats: once)
   features  print what this runtime supports (OCI features JSON)
   check     print what this host offers and which sandboxes can run
   spec      write a default config.json into a bundle
@@ -195,6 +239,40 @@ usage: ironcell exec [options] ID [COMMAND [ARG...]]
       --preserve-fds N      pass N extra file descriptors
       --cgroup PATH         run in this sub-cgroup of the container
       --ignore-paused       allow exec in a paused container
+";
+
+const UPDATE_USAGE: &str = "\
+usage: ironcell update [options] ID
+
+  -r, --resources FILE|-      LinuxResources JSON (runtime-spec) from FILE or stdin;
+                              unchanged values can be left out
+      --memory SIZE           memory limit (bytes, or 64m, 1g...; -1: unlimited)
+      --memory-reservation SIZE  soft limit
+      --memory-swap SIZE      memory plus swap (-1: unlimited)
+      --cpu-share(s) N        CPU weight
+      --cpu-quota US          CFS quota per period (-1: unlimited)
+      --cpu-period US         CFS period
+      --cpu-burst US          CFS burst
+      --cpu-rt-period US      realtime period
+      --cpu-rt-runtime US     realtime runtime
+      --cpu-idle 0|1          SCHED_IDLE for the cgroup
+      --cpuset-cpus LIST      CPUs to run on (0-3,5)
+      --cpuset-mems LIST      memory nodes
+      --pids-limit N          maximum number of processes (-1: unlimited)
+      --blkio-weight N        block IO weight, 10 to 1000
+      --kernel-memory SIZE    accepted and ignored, as runc does
+      --l3-cache-schema S, --mem-bw-schema S
+                              Intel RDT: not supported (refused)
+";
+
+const EVENTS_USAGE: &str = "\
+usage: ironcell events [--stats] [--interval DURATION] ID
+
+      --stats                 print the container's statistics once and exit
+      --interval DURATION     time between statistics (default 5s; 500ms, 1m...)
+
+Without --stats, prints a stats event every interval and an oom event for
+each OOM kill, one JSON object a line, until the container stops.
 ";
 
 /// A command-line token, owned so that the parser can be asked for the
@@ -438,6 +516,35 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Invocation> {
                 ps_args,
             }
         }
+        "update" => match parse_update(&mut p, &mut g)? {
+            Some(u) => Command::Update(Box::new(u)),
+            None => return Ok(Invocation::Help(UPDATE_USAGE)),
+        },
+        "events" => {
+            let mut stats = false;
+            let mut interval = std::time::Duration::from_secs(5);
+            let mut id = None;
+            while let Some(f) = next_flag(&mut p, &mut g, one_value(&mut id, "events"))? {
+                match f.as_str() {
+                    "--stats" => stats = true,
+                    "--interval" => {
+                        let v = string(p.value()?, "--interval")?;
+                        interval = parse_duration(&v)
+                            .map_err(|e| anyhow!("events: --interval {v:?}: {e}"))?;
+                        if interval.is_zero() {
+                            bail!("events: --interval: duration interval must be greater than 0");
+                        }
+                    }
+                    "-h" | "--help" => return Ok(Invocation::Help(EVENTS_USAGE)),
+                    _ => return Err(unexpected(&f, "events")),
+                }
+            }
+            Command::Events {
+                id: id.context("events: missing container id")?,
+                stats,
+                interval,
+            }
+        }
         "features" => {
             let mut extra = None;
             if let Some(f) = next_flag(&mut p, &mut g, one_value(&mut extra, "features"))? {
@@ -516,6 +623,65 @@ fn parse_create(
     }
     a.id = id.with_context(|| format!("{command}: missing container id"))?;
     Ok(Some(a))
+}
+
+/// `None` when help was asked for.
+fn parse_update(p: &mut Parser, g: &mut Global) -> Result<Option<UpdateArgs>> {
+    let mut a = UpdateArgs::default();
+    let mut id = None;
+    while let Some(f) = next_flag(p, g, one_value(&mut id, "update"))? {
+        match f.as_str() {
+            "-r" | "--resources" => a.resources = Some(p.value()?.into()),
+            "-h" | "--help" => return Ok(None),
+            long if long
+                .strip_prefix("--")
+                .is_some_and(|n| UPDATE_FLAGS.contains(&n)) =>
+            {
+                let name = &long[2..];
+                let v = string(p.value()?, long)?;
+                a.flags.push((name.to_string(), v));
+            }
+            _ => return Err(unexpected(&f, "update")),
+        }
+    }
+    a.id = id.context("update: missing container id")?;
+    Ok(Some(a))
+}
+
+/// A duration as Go's `time.ParseDuration` reads it (runc's `--interval`):
+/// numbers with units, `1m30s`, `1.5s`, `500ms`, `100us`, `10ns`, `2h`.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?} (use s, ms, m...)"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown unit {other:?} in duration {s:?}")),
+        };
+        total += n * scale;
+        rest = tail;
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// `None` when help was asked for.
@@ -645,6 +811,59 @@ mod tests {
         );
         let (g, _) = run(&["--sandbox", "namespace", "list", "-q"]);
         assert_eq!(g.sandbox, Some(Kind::Namespace));
+    }
+
+    #[test]
+    fn update_and_events_forms() {
+        let (_, c) = run(&["update", "--resources", "-", "c1"]);
+        let Command::Update(u) = c else { panic!() };
+        assert_eq!(
+            (u.id.as_str(), u.resources.as_deref()),
+            ("c1", Some(std::path::Path::new("-")))
+        );
+        let (_, c) = run(&[
+            "update",
+            "--memory",
+            "64m",
+            "--cpu-share=512",
+            "--pids-limit",
+            "20",
+            "c2",
+        ]);
+        let Command::Update(u) = c else { panic!() };
+        assert_eq!(
+            u.flags,
+            [
+                ("memory".to_string(), "64m".to_string()),
+                ("cpu-share".into(), "512".into()),
+                ("pids-limit".into(), "20".into())
+            ]
+        );
+        assert!(err(&["update", "--memroy", "1", "c"]).contains("--memroy"));
+        assert!(err(&["update"]).contains("missing container id"));
+        let (_, c) = run(&["events", "--stats", "c3"]);
+        assert!(
+            matches!(c, Command::Events { stats: true, interval, .. } if interval.as_secs() == 5)
+        );
+        let (_, c) = run(&["events", "--interval=250ms", "c3"]);
+        assert!(
+            matches!(c, Command::Events { stats: false, interval, .. } if interval.as_millis() == 250)
+        );
+        assert!(err(&["events", "--interval", "0s", "c"]).contains("greater than 0"));
+        assert!(err(&["events", "--interval", "5", "c"]).contains("missing unit"));
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub fn run(global: &Global, command: Command) -> Result<u8> {
             sandboxes.owner(&id)?.resume(&id)?;
             Ok(0)
         }
+        Command::Update(args) => {
+            let resources = crate::update::resources(&args)?;
+            sandboxes.owner(&args.id)?.update(&args.id, &resources)?;
+            Ok(0)
+        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => crate::events::run(&sandboxes, &id, stats, interval),
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features())?);
             Ok(0)

@@ -5,8 +5,10 @@ mod args;
 mod check;
 mod commands;
 mod console;
+mod events;
 mod foreground;
 mod logging;
+mod update;
 
 use std::process::ExitCode;
 

@@ -962,3 +962,463 @@ fn hooks_run_in_order_with_state() {
 fn wait_for_file_text(path: &std::path::Path, text: &str) {
     wait_until(|| fs::read_to_string(path).is_ok_and(|t| t.contains(text)));
 }
+
+/// A file of container `id`'s cgroup (made by [`Env::bundle`]) in the v1
+/// hierarchy of `controller`.
+fn v1_cgroup_file(controller: &str, id: &str, file: &str) -> std::path::PathBuf {
+    std::path::Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join("ironcell-test")
+        .join(id)
+        .join(file)
+}
+
+fn read_trimmed(path: &std::path::Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// Whether this host has the cgroup v1 hierarchies the update tests read;
+/// says loudly when it has not.
+fn need_cgroup_v1(test: &str) -> bool {
+    if cgroup_v2_only()
+        || !std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+    {
+        eprintln!("SKIPPED {test}: needs cgroup v1 hierarchies (this host is cgroup v2)");
+        return false;
+    }
+    true
+}
+
+/// `ironcell update` with runc's flags, with `--resources FILE` and with
+/// `--resources -`: every value reaches the container's cgroup files; what
+/// is left out stays; the OOM killer's setting survives a memory update;
+/// bad input is one line naming what is wrong.
+#[test]
+fn update_sets_cgroup_limits() {
+    if !need_root("update_sets_cgroup_limits") || !need_cgroup_v1("update_sets_cgroup_limits") {
+        return;
+    }
+    let env = Env::new();
+    let id = "upd";
+    let b = env.bundle(id, |c| {
+        args(c, &["/bin/sleep", "4242431"]);
+        c["linux"]["resources"]["memory"] = json!({"limit": 128 << 20});
+        c["linux"]["resources"]["pids"] = json!({"limit": 100});
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    let file = |ctl: &str, f: &str| read_trimmed(&v1_cgroup_file(ctl, id, f));
+    assert_eq!(
+        file("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+
+    env.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-reservation",
+        "32M",
+        "--cpu-share",
+        "512",
+        "--cpu-period",
+        "100000",
+        "--cpu-quota",
+        "50000",
+        "--cpuset-cpus",
+        "0",
+        "--cpuset-mems",
+        "0",
+        "--pids-limit",
+        "33",
+        "--kernel-memory",
+        "10m",
+        id,
+    ]);
+    assert_eq!(
+        file("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        file("memory", "memory.soft_limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(file("cpu", "cpu.shares"), "512");
+    assert_eq!(file("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(file("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(file("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(file("pids", "pids.max"), "33");
+
+    // docker's and podman's spelling, -1 for "unlimited", a lone flag.
+    env.ok(&[
+        "update",
+        "--cpu-shares",
+        "256",
+        "--cpu-quota",
+        "-1",
+        "--pids-limit",
+        "-1",
+        id,
+    ]);
+    assert_eq!(file("cpu", "cpu.shares"), "256");
+    assert_eq!(file("cpu", "cpu.cfs_quota_us"), "-1");
+    assert_eq!(file("pids", "pids.max"), "max");
+    assert_eq!(
+        file("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string(),
+        "untouched"
+    );
+
+    // --resources FILE, as podman passes it (a pids limit of 0 and empty
+    // cpusets leave those alone, as in runc).
+    let oom_control = v1_cgroup_file("memory", id, "memory.oom_control");
+    fs::write(&oom_control, "1").unwrap();
+    let res = env.dir.path().join("resources.json");
+    fs::write(
+        &res,
+        r#"{"memory":{"limit":100000000,"swap":200000000},"cpu":{"shares":1024,"cpus":"","mems":""},
+            "pids":{"limit":0},"devices":[{"allow":false,"access":"rwm"}]}"#,
+    )
+    .unwrap();
+    env.ok(&["update", "--resources", res.to_str().unwrap(), id]);
+    assert_eq!(file("memory", "memory.limit_in_bytes"), "99999744");
+    if v1_cgroup_file("memory", id, "memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(file("memory", "memory.memsw.limit_in_bytes"), "199999488");
+    }
+    assert_eq!(file("cpu", "cpu.shares"), "1024");
+    assert_eq!(file("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(file("pids", "pids.max"), "max");
+    assert!(
+        read_trimmed(&oom_control).contains("oom_kill_disable 1"),
+        "a memory update turned the OOM killer back on: {}",
+        read_trimmed(&oom_control)
+    );
+    // The device rules were not replayed: /dev/null still works.
+    let out = env.ok(&["exec", id, "sh", "-c", "echo x > /dev/null && echo dev-ok"]);
+    assert_eq!(out.trim(), "dev-ok");
+
+    // --resources - (containerd's runc shim): the JSON on stdin.
+    let mut child = env
+        .cmd(&["update", "-r", "-", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(br#"{"memory":{"limit":150000000,"swap":300000000},"cpu":{"quota":20000,"period":50000}}"#)
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(file("memory", "memory.limit_in_bytes"), "149999616");
+    assert_eq!(file("cpu", "cpu.cfs_quota_us"), "20000");
+    assert_eq!(file("cpu", "cpu.cfs_period_us"), "50000");
+    let weight = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .map(|f| v1_cgroup_file("blkio", id, f))
+        .find(|p| p.exists());
+    match weight {
+        Some(w) => {
+            env.ok(&["update", "--blkio-weight", "300", id]);
+            assert_eq!(read_trimmed(&w), "300");
+        }
+        None => eprintln!("update_sets_cgroup_limits: no blkio weight file on this host; --blkio-weight not checked"),
+    }
+
+    // Bad input: one line naming what is wrong; nothing changes.
+    env.fails(
+        &["update", "--memory", "lots", id],
+        "--memory: invalid size \"lots\"",
+    );
+    env.fails(&["update", "--cpu-share", "-5", id], "--cpu-share \"-5\"");
+    env.fails(
+        &["update", "--blkio-weight", "5", id],
+        "between 10 and 1000",
+    );
+    env.fails(&["update", "--l3-cache-schema", "L3:0=f", id], "Intel RDT");
+    env.fails(&["update", "--mem-bw-schema", "MB:0=70", id], "Intel RDT");
+    env.fails(
+        &[
+            "update",
+            "--resources",
+            res.to_str().unwrap(),
+            "--memory",
+            "1m",
+            id,
+        ],
+        "cannot be combined with --memory",
+    );
+    let bad = env.dir.path().join("bad.json");
+    fs::write(&bad, r#"{"memory":{"limit":"lots"}}"#).unwrap();
+    env.fails(
+        &["update", "-r", bad.to_str().unwrap(), id],
+        "not LinuxResources JSON",
+    );
+    env.fails(&["update", "--memory", "1m", "nosuch"], "does not exist");
+    env.fails(
+        &["update", "--memory", "1m", id, "extra"],
+        "unexpected argument",
+    );
+    assert_eq!(file("memory", "memory.limit_in_bytes"), "149999616");
+
+    // A stopped container has nothing to update.
+    env.ok(&["kill", id, "KILL"]);
+    env.wait_status(id, "stopped");
+    env.fails(&["update", "--memory", "64m", id], "stopped");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some("4242431"));
+}
+
+fn events_of(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// `ironcell events --stats` prints one stats event in runc's shape;
+/// `ironcell events --interval` streams stats events and an oom event for
+/// the OOM kill in the container, and ends when the container stops.
+#[test]
+fn events_stats_and_oom_stream() {
+    if !need_root("events_stats_and_oom_stream") {
+        return;
+    }
+    let env = Env::new();
+    let id = "evstats";
+    let b = env.bundle(id, |c| {
+        args(c, &["/bin/sleep", "4242432"]);
+        c["linux"]["resources"]["memory"] = json!({"limit": 96 << 20});
+        c["linux"]["resources"]["pids"] = json!({"limit": 77});
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    let ev = events_of(&env.ok(&["events", "--stats", id]));
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let e = &ev[0];
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str()),
+        (Some("stats"), Some(id))
+    );
+    let d = &e["data"];
+    assert_eq!(d["memory"]["usage"]["limit"], 96u64 << 20, "{d}");
+    assert!(d["memory"]["usage"]["usage"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(d["pids"]["current"], 1, "{d}");
+    assert_eq!(d["pids"]["limit"], 77, "{d}");
+    assert!(d["cpu"]["usage"]["total"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["cpu"]["usage"].get("kernel").is_some() && d["cpu"]["usage"].get("user").is_some());
+    assert!(d["hugetlb"].is_object() && d["blkio"].is_object() && d["memory"]["raw"].is_object());
+    env.ok(&["kill", id, "KILL"]);
+    env.wait_status(id, "stopped");
+    env.fails(&["events", "--stats", id], "is not running");
+    env.fails(&["events", "--interval", "0s", id], "greater than 0");
+    env.fails(&["events", "nosuch"], "does not exist");
+    env.ok(&["delete", id]);
+
+    // The stream: stats every 300 ms, an oom event when `tail /dev/zero`
+    // (which grows without end) is OOM-killed, and the end with the
+    // container's.
+    let id = "evoom";
+    let b = env.bundle(id, |c| {
+        args(
+            c,
+            &[
+                "/bin/sh",
+                "-c",
+                ": 4242433; sleep 1.5; tail /dev/zero; sleep 0.5",
+            ],
+        );
+        c["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
+    });
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    let start = Instant::now();
+    let mut child = env
+        .cmd(&["events", "--interval", "300ms", id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("events did not end with the container: {}", stdout(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ev = events_of(&stdout(&out));
+    let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "oom").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| **k == "stats").count() >= 3,
+        "{kinds:?}"
+    );
+    let oom = ev.iter().find(|e| e["type"] == "oom").unwrap();
+    assert_eq!(oom, &json!({"type": "oom", "id": id}));
+    for e in ev.iter().filter(|e| e["type"] == "stats") {
+        assert_eq!(e["data"]["memory"]["usage"]["limit"], 32u64 << 20);
+    }
+    assert_eq!(env.status(id), "stopped");
+    env.ok(&["delete", id]);
+    assert_no_leftovers(&env, id, Some("4242433"));
+}
+
+/// Drives `ironcell ARGS` on a pty of the test's own, as a person's shell
+/// would (the pty is ironcell's controlling terminal): the container's
+/// process must see the same terminal size, get what is typed, and see the
+/// new size when the outer terminal is resized (SIGWINCH). ironcell's
+/// terminal is raw while the process runs and restored after. Returns the
+/// exit code.
+fn drive_pty(env: &Env, args: &[&str]) -> i32 {
+    use nix::pty::{openpty, Winsize};
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+
+    let ws = |rows, cols| Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&ws(24, 80)), None).unwrap();
+    let before = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert!(before.local_flags.contains(LocalFlags::ICANON));
+    let mut cmd = env.cmd(args);
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe and touch no memory
+    // of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if nix::libc::setsid() < 0 || nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&out.lock().unwrap()).to_string();
+    let wait_for = |want: &str| {
+        let start = Instant::now();
+        while !text().contains(want) {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("{args:?}: never printed {want:?}: {:?}", text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("size:24 80");
+    let raw = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert!(
+        !raw.local_flags.contains(LocalFlags::ICANON)
+            && !raw.local_flags.contains(LocalFlags::ECHO),
+        "ironcell's terminal is not in raw mode while the process runs"
+    );
+    master.write_all(b"typed-line\n").unwrap();
+    wait_for("got:typed-line");
+    // SAFETY: TIOCSWINSZ reads one winsize struct from this stack frame.
+    let r = unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws(33, 99)) };
+    assert_eq!(r, 0);
+    wait_for("resized:33 99");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{args:?} did not end: {:?}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let after = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert_eq!(
+        after.local_flags, before.local_flags,
+        "ironcell left its terminal in raw mode"
+    );
+    status.code().unwrap_or(-1)
+}
+
+/// The script the pty tests run: the size, a typed line, the new size.
+const PTY_SCRIPT: &str = "echo size:$(stty size); read l; echo got:$l; \
+    while [ \"$(stty size)\" != \"33 99\" ]; do sleep 0.05; done; echo resized:$(stty size); exit 5";
+
+/// A foreground `run` and `exec -t` with no console socket: ironcell's own
+/// pty relays input and output both ways and passes on resizes.
+#[test]
+fn foreground_terminal_relays_input_and_resizes() {
+    if !need_root("foreground_terminal_relays_input_and_resizes") {
+        return;
+    }
+    let env = Env::new();
+    let id = "ptyrun";
+    let b = env.bundle(id, |c| {
+        args(c, &["/bin/sh", "-c", PTY_SCRIPT]);
+        c["process"]["terminal"] = json!(true);
+    });
+    assert_eq!(drive_pty(&env, &["run", "-b", b.to_str().unwrap(), id]), 5);
+    assert_no_leftovers(&env, id, None);
+
+    let id = "ptyexec";
+    let b = env.bundle(id, |c| args(c, &["/bin/sleep", "4242434"]));
+    env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+    assert_eq!(
+        drive_pty(&env, &["exec", "-t", id, "sh", "-c", PTY_SCRIPT]),
+        5
+    );
+    // exec --process with "terminal": true, as engines pass it.
+    let process = env.dir.path().join("process.json");
+    fs::write(
+        &process,
+        serde_json::to_string(&json!({
+            "terminal": true,
+            "args": ["sh", "-c", PTY_SCRIPT],
+            "env": ["PATH=/bin:/usr/bin"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        drive_pty(&env, &["exec", "--process", process.to_str().unwrap(), id]),
+        5
+    );
+    env.ok(&["delete", "-f", id]);
+    assert_no_leftovers(&env, id, Some("4242434"));
+}

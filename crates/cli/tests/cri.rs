@@ -19,6 +19,7 @@ enum Pod {
     Lifecycle,
     Propagation,
     Confinement,
+    Update,
 }
 
 fn through_the_runc_shim(test: &str, what: Pod) {
@@ -68,6 +69,9 @@ fn through_the_runc_shim(test: &str, what: Pod) {
                 )
                 .await
             }
+            Pod::Update => {
+                update_resources(&mut calls, &c, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker).await
+            }
             Pod::Confinement => {
                 let out = root.path().join("out");
                 exec_confinement(&mut calls, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker, &out).await
@@ -102,5 +106,21 @@ fn cri_exec_is_confined_as_the_init_through_the_runc_shim() {
     through_the_runc_shim(
         "cri_exec_is_confined_as_the_init_through_the_runc_shim",
         Pod::Confinement,
+    );
+}
+
+/// UpdateContainerResources: containerd's runc shim calls `ironcell update
+/// --resources -`, and the new limits reach the container's cgroup.
+#[test]
+fn cri_update_container_resources_through_the_runc_shim() {
+    if cgroup_v2_only() {
+        eprintln!(
+            "SKIPPED cri_update_container_resources_through_the_runc_shim: reads cgroup v1 files"
+        );
+        return;
+    }
+    through_the_runc_shim(
+        "cri_update_container_resources_through_the_runc_shim",
+        Pod::Update,
     );
 }

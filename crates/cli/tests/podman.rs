@@ -347,6 +347,117 @@ fn podman_memory_limit_is_enforced() {
     );
 }
 
+/// The host cgroup directory of a podman container in the v1 hierarchy
+/// `controller`, from the cgroupsPath of the bundle podman gave ironcell.
+fn podman_cgroup(id: &str, controller: &str) -> PathBuf {
+    let st = ironcell_state(id);
+    let bundle = PathBuf::from(st["bundle"].as_str().unwrap());
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(bundle.join("config.json")).unwrap()).unwrap();
+    let path = config["linux"]["cgroupsPath"].as_str().unwrap();
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
+/// `podman update` goes through `ironcell update --resources FILE`: the new
+/// limits reach the container's cgroup on the host. `podman stats` reads
+/// the container's cgroup: its numbers are the container's.
+#[test]
+fn podman_update_and_stats() {
+    let Some(p) = Podman::new() else { return };
+    if cgroup_v2_only() {
+        eprintln!(
+            "SKIPPED podman_update_and_stats: reads cgroup v1 files (this host is cgroup v2)"
+        );
+        return;
+    }
+    let id = p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "upd",
+        "-m",
+        "128m",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=20 2>/dev/null; \
+         sleep 4343435 & sleep 4343435 & wait",
+    ]);
+    let id = id.trim().to_string();
+    let read = |ctl: &str, f: &str| {
+        fs::read_to_string(podman_cgroup(&id, ctl).join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    p.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "96m",
+        "--cpu-shares",
+        "512",
+        "--cpu-period",
+        "100000",
+        "--cpu-quota",
+        "50000",
+        "upd",
+    ]);
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        read("memory", "memory.memsw.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    // The container keeps running under its new limits.
+    assert_eq!(ironcell_state(&id)["status"], "running");
+    // A limit below what it uses is refused by the kernel; podman says so.
+    let out = p.run(&["update", "--memory", "4m", "--memory-swap", "4m", "upd"]);
+    assert!(
+        !out.status.success(),
+        "a 4m limit under 20 MB of tmpfs was accepted"
+    );
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+
+    // podman stats: the 20 MB in tmpfs and the three processes.
+    let start = std::time::Instant::now();
+    let stats = loop {
+        let text = p.ok(&["stats", "--no-stream", "--format", "json", "upd"]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let s = v[0].clone();
+        if s["pids"] == "3" || start.elapsed() > std::time::Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(stats["pids"], "3", "{stats}");
+    let usage = stats["mem_usage"].as_str().unwrap();
+    let mb: f64 = usage
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.strip_suffix("MB"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("memory usage not in MB: {stats}"));
+    assert!((20.0..64.0).contains(&mb), "{stats}");
+    p.ok(&["rm", "-f", "-t", "0", "upd"]);
+    assert!(processes_with("4343435").is_empty());
+}
+
 fn containers_conf() -> PathBuf {
     workspace().join("scripts/containers.conf")
 }

@@ -825,3 +825,75 @@ fn vm_end_to_end_under_ironcell_vmm_on_pvm_and_under_qemu() {
     }
     eprintln!("\n{}\n", table.join("\n"));
 }
+
+/// `update` and `events` reach the guest: new limits are applied by the
+/// agent to the container's cgroup in the VM and show in the stats the
+/// guest reports; the event stream reports an OOM kill in the VM.
+#[test]
+fn vm_update_and_events() {
+    for vm in Vm::all("vm_update_and_events", "") {
+        let id = "vm-upd";
+        let b = vm.bundle(
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "sleep 2; tail /dev/zero; echo survived; sleep 2",
+            ],
+            |c| {
+                c["linux"]["resources"]["memory"] = json!({"limit": 128 << 20, "swap": 128 << 20});
+                c["linux"]["resources"]["pids"] = json!({"limit": 50});
+            },
+        );
+        vm.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+        let stats = |vm: &Vm| -> Value {
+            let out = vm.ok(&["events", "--stats", id]);
+            let e: Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(
+                (e["type"].as_str(), e["id"].as_str()),
+                (Some("stats"), Some(id))
+            );
+            e["data"].clone()
+        };
+        let d = stats(&vm);
+        assert_eq!(d["memory"]["usage"]["limit"], 128u64 << 20, "{d}");
+        assert_eq!(d["pids"]["limit"], 50, "{d}");
+        vm.ok(&["update", "--memory", "32m", "--pids-limit", "20", id]);
+        let d = stats(&vm);
+        assert_eq!(d["memory"]["usage"]["limit"], 32u64 << 20, "{d}");
+        assert_eq!(d["pids"]["limit"], 20, "{d}");
+        vm.fails(&["update", "--memory", "lots", id], "invalid size");
+
+        // The stream: `tail /dev/zero` outgrows the new 32m limit.
+        let mut child = vm.cmd(&["events", "--interval", "500ms", id]);
+        let mut child = child
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("events did not end with the container");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "oom").count(), 1, "{text}");
+        assert!(kinds.iter().any(|k| k == "stats"), "{text}");
+        vm.ok(&["delete", id]);
+        vm.assert_clean(id);
+    }
+}

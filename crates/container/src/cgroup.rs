@@ -120,6 +120,43 @@ pub(crate) fn controller_opt(resources: &LinuxResources) -> ControllerOpt<'_> {
     }
 }
 
+/// The limits an update applies, as runc's `update` applies them: the
+/// device rules are left alone (runc's `SkipDevices`: an update cannot
+/// change them, and replaying a spec's rules would drop what was allowed
+/// since), zero and empty values mean "unchanged" (runc's JSON shape has no
+/// other way to leave a field out: a pids limit of 0, empty cpuset lists),
+/// and the memory cgroup's current OOM-killer setting (`memory.oom_control`
+/// in `memory_dir`, cgroup v1) is kept unless the update names one: the
+/// memory controller rewrites it whenever memory limits change.
+pub fn for_update(resources: &LinuxResources, memory_dir: Option<&Path>) -> LinuxResources {
+    let mut r = resources.clone();
+    r.set_devices(None);
+    if r.pids().as_ref().is_some_and(|p| p.limit() == 0) {
+        r.set_pids(None);
+    }
+    if let Some(cpu) = r.cpu().as_ref() {
+        let mut cpu = cpu.clone();
+        if cpu.cpus().as_deref() == Some("") {
+            cpu.set_cpus(None);
+        }
+        if cpu.mems().as_deref() == Some("") {
+            cpu.set_mems(None);
+        }
+        r.set_cpu(Some(cpu));
+    }
+    if let Some(mem) = r.memory().as_ref() {
+        if mem.disable_oom_killer().is_none() {
+            let mut mem = *mem;
+            let disabled = memory_dir
+                .and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
+                .is_some_and(|t| t.lines().any(|l| l.trim() == "oom_kill_disable 1"));
+            mem.set_disable_oom_killer(Some(disabled));
+            r.set_memory(Some(mem));
+        }
+    }
+    r
+}
+
 /// A container's own cgroup, handled by path (cgroupfs) or by systemd unit
 /// (`slice:prefix:name`), on cgroup v1 or v2.
 pub struct Cgroup {
@@ -155,6 +192,12 @@ impl Cgroup {
         self.manager
             .apply(&controller_opt(resources))
             .map_err(|e| self.err("set the limits of", e))
+    }
+
+    /// Applies an update's limits ([`for_update`]).
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), ContainerError> {
+        let memory = memory_dir(&self.path);
+        self.apply(&for_update(resources, memory.as_deref()))
     }
 
     /// Every process in it, sorted.
@@ -454,6 +497,50 @@ mod tests {
         assert_eq!(read("a/b/cpuset.cpus"), "1");
         assert_eq!(read("a/cpuset.mems"), "0");
         assert_eq!(read("a/b/cpuset.mems"), "0");
+    }
+
+    #[test]
+    fn updates_skip_devices_and_unset_values_and_keep_the_oom_killer() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"devices":[{"allow":false,"access":"rwm"}],"pids":{"limit":0},
+                "cpu":{"cpus":"","mems":"0","shares":512},"memory":{"limit":67108864}}"#,
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("memory.oom_control"),
+            "oom_kill_disable 1\nunder_oom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        let u = for_update(&r, Some(tmp.path()));
+        assert!(u.devices().is_none(), "devices are never updated");
+        assert!(u.pids().is_none(), "a pids limit of 0 leaves it unchanged");
+        let cpu = u.cpu().as_ref().unwrap();
+        assert_eq!(
+            (cpu.cpus().as_deref(), cpu.mems().as_deref()),
+            (None, Some("0"))
+        );
+        assert_eq!(cpu.shares(), Some(512));
+        let mem = u.memory().as_ref().unwrap();
+        assert_eq!(mem.limit(), Some(67108864));
+        assert_eq!(mem.disable_oom_killer(), Some(true), "kept from the cgroup");
+        assert_eq!(
+            for_update(&r, None)
+                .memory()
+                .as_ref()
+                .unwrap()
+                .disable_oom_killer(),
+            Some(false)
+        );
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"memory":{"disableOOMKiller":false},"pids":{"limit":-1}}"#)
+                .unwrap();
+        let u = for_update(&r, Some(tmp.path()));
+        assert_eq!(
+            u.memory().as_ref().unwrap().disable_oom_killer(),
+            Some(false)
+        );
+        assert_eq!(u.pids().as_ref().unwrap().limit(), -1);
     }
 
     #[test]

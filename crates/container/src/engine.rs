@@ -474,8 +474,9 @@ impl Container {
             Status::Created | Status::Running | Status::Paused => {}
             _ => return Err(self.wrong_status("update", ", not running")),
         }
+        let resources = crate::cgroup::for_update(resources, self.memory_cgroup().as_deref());
         self.cgroup()?
-            .apply(&crate::cgroup::controller_opt(resources))
+            .apply(&crate::cgroup::controller_opt(&resources))
             .map_err(|e| ContainerError::Engine {
                 what: format!("cannot update resources of {}", self.id()),
                 msg: crate::error::chain(&e),

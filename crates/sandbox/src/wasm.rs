@@ -565,7 +565,7 @@ impl Sandbox for WasmSandbox {
         if status == Status::Stopped {
             return Err(Self::wrong_status(&st, status, "update", ", not running"));
         }
-        Ok(self.cgroup(&st)?.apply(resources)?)
+        Ok(self.cgroup(&st)?.update(resources)?)
     }
 
     fn memory_cgroup(&self, id: &str) -> Result<Option<PathBuf>> {

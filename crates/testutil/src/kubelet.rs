@@ -888,6 +888,115 @@ pub async fn exec_confinement(
     calls.remove_pod(&pod_id).await;
 }
 
+/// UpdateContainerResources as the kubelet sends it (the CPU manager's
+/// static policy, in-place pod resize), through `handler`: the new limits
+/// reach the container's cgroup on the host (cgroup v1 files, under the
+/// cgroupsPath containerd `c` wrote), the container keeps running, and
+/// ContainerStatus reports them.
+pub async fn update_resources(
+    calls: &mut Calls,
+    c: &crate::containerd::Containerd,
+    handler: &str,
+    logs: &Path,
+    cgroup: &PodCgroup,
+    marker: &str,
+) {
+    let pod = pod(&crate::unique("resize"), logs, &cgroup.0);
+    let pod_id = calls.run_pod(&pod, handler).await;
+    let mut limited = config(
+        "limited",
+        &format!(": {marker}; echo limited-started; while true; do sleep 0.1; done"),
+    );
+    limited.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        cpu_shares: 256,
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        ..Default::default()
+    });
+    let id = calls.start(&pod_id, &pod, limited).await;
+    wait_log(logs, "limited", "limited-started").await;
+    let path = bundle_spec(c, &id)["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let read = |ctl: &str, f: &str| {
+        let p = Path::new("/sys/fs/cgroup").join(ctl).join(&path).join(f);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "256");
+
+    let new = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_shares: 512,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpuset_cpus: "0".into(),
+        ..Default::default()
+    };
+    let mut rt = calls.rt.clone();
+    let update = rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(new.clone()),
+        ..Default::default()
+    });
+    calls.timed("UpdateContainerResources", update).await;
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    let st = calls.status(&id).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32, "{st:?}");
+    let reported = st.resources.and_then(|r| r.linux).unwrap_or_default();
+    assert_eq!(
+        (
+            reported.memory_limit_in_bytes,
+            reported.cpu_shares,
+            reported.cpu_quota
+        ),
+        (64 << 20, 512, 50_000),
+        "ContainerStatus resources"
+    );
+    let exec = calls
+        .exec_sync(
+            "ExecSync (after the update)",
+            &id,
+            &["sh", "-c", "echo still-here"],
+        )
+        .await;
+    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "still-here");
+
+    // A limit the container cannot be held to is the runtime's error,
+    // and the old limit stays.
+    let mut rt = calls.rt.clone();
+    let update = rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources {
+            cpuset_cpus: "4095".into(),
+            ..new
+        }),
+        ..Default::default()
+    });
+    let err = calls
+        .timed_err("UpdateContainerResources (bad cpuset)", update)
+        .await;
+    assert!(err.message().contains("cpuset"), "{err:?}");
+    assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    calls.remove_pod(&pod_id).await;
+}
+
 /// Removes, when dropped, every task and container containerd (at
 /// `socket`) still has in the CRI's namespace, and then kills its shims: a
 /// failed test leaves no container behind. Declare it after the

@@ -426,7 +426,19 @@ pub fn pid_stats(cgroup_path: &Path) -> Result<PidStats, PidStatsError> {
 pub fn psi_stats(psi_file: &Path) -> Result<PSIStats, WrappedIoError> {
     let mut stats = PSIStats::default();
 
-    let psi = common::read_cgroup_file(psi_file)?;
+    // A kernel without PSI (CONFIG_PSI off, or psi=0 on its command line)
+    // has no pressure files, or refuses to read them: no figures, as in
+    // runc, rather than no statistics at all. (ironcell patch 3)
+    let psi = match common::read_cgroup_file(psi_file) {
+        Ok(psi) => psi,
+        Err(e)
+            if e.inner().kind() == std::io::ErrorKind::NotFound
+                || e.inner().raw_os_error() == Some(nix::libc::EOPNOTSUPP) =>
+        {
+            return Ok(stats);
+        }
+        Err(e) => return Err(e),
+    };
     for line in psi.lines() {
         match &line[0..4] {
             "some" => stats.some = parse_psi(&line[4..], psi_file)?,
@@ -661,6 +673,13 @@ mod tests {
     fn test_parse_invalid_device_number() {
         let result = parse_device_number("a:b");
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn test_psi_stats_without_psi() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stats = psi_stats(&tmp.path().join("cpu.pressure")).expect("no file, no figures");
+        assert_eq!(stats, PSIStats::default());
     }
 
     #[test]

@@ -278,16 +278,27 @@ impl CgroupManager for Manager {
 
     fn stats(&self) -> Result<Stats, Self::Error> {
         let mut stats = Stats::default();
+        // Only the controllers enabled for this cgroup have files to read
+        // (a kernel without hugetlb has neither its files nor
+        // /sys/kernel/mm/hugepages); `cpu.stat` is always there. As runc.
+        // (ironcell patch 3)
+        let enabled =
+            fs::read_to_string(self.full_path.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| enabled.split_whitespace().any(|e| e == c);
 
         for subsystem in CONTROLLER_TYPES {
             match subsystem {
                 ControllerType::Cpu => stats.cpu = Cpu::stats(&self.full_path)?,
-                ControllerType::HugeTlb => stats.hugetlb = HugeTlb::stats(&self.full_path)?,
-                ControllerType::Pids => {
+                ControllerType::HugeTlb if has("hugetlb") => {
+                    stats.hugetlb = HugeTlb::stats(&self.full_path)?
+                }
+                ControllerType::Pids if has("pids") => {
                     stats.pids = Pids::stats(&self.full_path).map_err(V2ManagerError::PidsStats)?
                 }
-                ControllerType::Memory => stats.memory = Memory::stats(&self.full_path)?,
-                ControllerType::Io => stats.blkio = Io::stats(&self.full_path)?,
+                ControllerType::Memory if has("memory") => {
+                    stats.memory = Memory::stats(&self.full_path)?
+                }
+                ControllerType::Io if has("io") => stats.blkio = Io::stats(&self.full_path)?,
                 _ => continue,
             }
         }

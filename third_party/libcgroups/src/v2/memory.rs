@@ -56,7 +56,13 @@ impl StatsProvider for Memory {
     fn stats(cgroup_path: &Path) -> Result<Self::Stats, Self::Error> {
         let stats = MemoryStats {
             memory: Self::get_memory_data(cgroup_path, "memory", "oom")?,
-            memswap: Self::get_memory_data(cgroup_path, "memory.swap", "fail")?,
+            // No swap accounting (a kernel without swap): no swap figures,
+            // as runc. (ironcell patch 3)
+            memswap: if cgroup_path.join("memory.swap.current").exists() {
+                Self::get_memory_data(cgroup_path, "memory.swap", "fail")?
+            } else {
+                MemoryData::default()
+            },
             hierarchy: true,
             stats: stats::parse_flat_keyed_data(&cgroup_path.join(MEMORY_STAT))?,
             psi: stats::psi_stats(&cgroup_path.join(MEMORY_PSI))?,
