@@ -8,19 +8,8 @@
 mod common;
 
 use common::*;
-use ironcell_testutil::cri::{
-    channel, runc_shim_state, start_containerd_with_runc_shim, RUNC_SHIM_HANDLER,
-};
+use ironcell_testutil::cri::{runc_shim_state, start_containerd_with_runc_shim, RUNC_SHIM_HANDLER};
 use ironcell_testutil::kubelet::*;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-
-#[derive(Clone, Copy)]
-enum Pod {
-    Lifecycle,
-    Propagation,
-    Confinement,
-    Update,
-}
 
 fn through_the_runc_shim(test: &str, what: Pod) {
     if !need_root(test) {
@@ -36,49 +25,18 @@ fn through_the_runc_shim(test: &str, what: Pod) {
         return;
     };
     let _guard = CriGuard(c.socket());
-    let shared = match what {
-        Pod::Propagation => Some(SharedMount::new(&root.path().join("shared"))),
-        _ => None,
-    };
     let marker = unique("kubelet-marker");
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio.block_on(async {
-        let rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        let mut calls = Calls::new(
-            rt,
-            &format!("containerd 1.7 + runc shim + ironcell ({test})"),
-            &c.dir().join("containerd.log"),
-        );
-        match what {
-            Pod::Lifecycle => {
-                pod_lifecycle(&mut calls, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker).await
-            }
-            Pod::Propagation => {
-                let shared = shared.as_ref().unwrap();
-                mount_propagation(
-                    &mut calls,
-                    &c,
-                    RUNC_SHIM_HANDLER,
-                    &logs,
-                    &cgroup,
-                    &marker,
-                    shared,
-                )
-                .await
-            }
-            Pod::Update => {
-                update_resources(&mut calls, &c, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker).await
-            }
-            Pod::Confinement => {
-                let out = root.path().join("out");
-                exec_confinement(&mut calls, RUNC_SHIM_HANDLER, &logs, &cgroup, &marker, &out).await
-            }
-        }
-        calls.print();
-    });
+    let label = format!("containerd 1.7 + runc shim + ironcell ({test})");
+    drive(
+        &c,
+        RUNC_SHIM_HANDLER,
+        &label,
+        what,
+        root.path(),
+        &logs,
+        &cgroup,
+        &marker,
+    );
     assert_nothing_left(&c, &cgroup, &marker, &[runc_shim_state(root.path())]);
 }
 

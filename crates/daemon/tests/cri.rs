@@ -12,8 +12,7 @@ use ironcell_testutil::cri::{
     SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
-    assert_nothing_left, exec_confinement, mount_propagation, pod_lifecycle, Calls, CriGuard,
-    PodCgroup, SharedMount,
+    assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
 };
 use ironcell_testutil::*;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -438,13 +437,6 @@ fn run_pod(cri: Cri) {
     }
 }
 
-#[derive(Clone, Copy)]
-enum KubeletPod {
-    Lifecycle,
-    Propagation,
-    Confinement,
-}
-
 /// The kubelet's pods of testutil::kubelet through containerd 1.7's CRI
 /// with ironcelld's handler `ironcell` (a pause container per pod), the
 /// same functions crates/cli/tests/cri.rs runs through containerd's runc
@@ -464,38 +456,18 @@ fn through_ironcelld(test: &str, what: KubeletPod) {
         return;
     };
     let _guard = CriGuard(c.socket());
-    let shared = match what {
-        KubeletPod::Propagation => Some(SharedMount::new(&root.path().join("shared"))),
-        _ => None,
-    };
     let marker = unique("kubelet-marker");
-    let handler = "ironcell";
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio.block_on(async {
-        let rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        let mut calls = Calls::new(
-            rt,
-            &format!("containerd 1.7 + ironcelld ({test})"),
-            &c.dir().join("containerd.log"),
-        );
-        match what {
-            KubeletPod::Lifecycle => {
-                pod_lifecycle(&mut calls, handler, &logs, &cgroup, &marker).await
-            }
-            KubeletPod::Propagation => {
-                let shared = shared.as_ref().unwrap();
-                mount_propagation(&mut calls, &c, handler, &logs, &cgroup, &marker, shared).await
-            }
-            KubeletPod::Confinement => {
-                let out = root.path().join("out");
-                exec_confinement(&mut calls, handler, &logs, &cgroup, &marker, &out).await
-            }
-        }
-        calls.print();
-    });
+    let label = format!("containerd 1.7 + ironcelld ({test})");
+    drive(
+        &c,
+        "ironcell",
+        &label,
+        what,
+        root.path(),
+        &logs,
+        &cgroup,
+        &marker,
+    );
     let state = [
         root.path().join("tasks/k8s.io"),
         root.path().join("containers/k8s.io"),
@@ -528,5 +500,14 @@ fn cri_exec_is_confined_as_the_init_through_ironcelld() {
     through_ironcelld(
         "cri_exec_is_confined_as_the_init_through_ironcelld",
         KubeletPod::Confinement,
+    );
+}
+
+/// CRI UpdateContainerResources: the new limits in the container's cgroup.
+#[test]
+fn cri_update_container_resources_through_ironcelld() {
+    through_ironcelld(
+        "cri_update_container_resources_through_ironcelld",
+        KubeletPod::Update,
     );
 }

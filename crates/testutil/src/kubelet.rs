@@ -16,6 +16,62 @@ use tonic::transport::Channel;
 use crate::cri::{container_config, pod_config};
 use crate::{confinement_diff, processes_with, CONFINEMENT_SNAPSHOT};
 
+/// The pods this module drives.
+#[derive(Clone, Copy, Debug)]
+pub enum Pod {
+    /// [`pod_lifecycle`].
+    Lifecycle,
+    /// [`mount_propagation`], on a shared mount under the test's directory.
+    Propagation,
+    /// [`exec_confinement`].
+    Confinement,
+    /// [`update_resources`].
+    Update,
+}
+
+/// Runs pod `what` through containerd `c`'s CRI with runtime handler
+/// `handler` (`label` names the runtime path in the printed timings), with
+/// the pods' logs under `logs` and their cgroups under `cgroup`; `dir` is
+/// the test's own directory. The caller checks afterwards that nothing is
+/// left ([`assert_nothing_left`] with `marker`).
+#[allow(clippy::too_many_arguments)]
+pub fn drive(
+    c: &crate::containerd::Containerd,
+    handler: &str,
+    label: &str,
+    what: Pod,
+    dir: &Path,
+    logs: &Path,
+    cgroup: &PodCgroup,
+    marker: &str,
+) {
+    let shared = match what {
+        Pod::Propagation => Some(SharedMount::new(&dir.join("shared"))),
+        _ => None,
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let rt = RuntimeServiceClient::new(crate::cri::channel(c.socket()).await);
+        let mut calls = Calls::new(rt, label, &c.dir().join("containerd.log"));
+        match what {
+            Pod::Lifecycle => pod_lifecycle(&mut calls, handler, logs, cgroup, marker).await,
+            Pod::Propagation => {
+                let shared = shared.as_ref().unwrap();
+                mount_propagation(&mut calls, c, handler, logs, cgroup, marker, shared).await
+            }
+            Pod::Update => update_resources(&mut calls, c, handler, logs, cgroup, marker).await,
+            Pod::Confinement => {
+                let out = dir.join("out");
+                exec_confinement(&mut calls, handler, logs, cgroup, marker, &out).await
+            }
+        }
+        calls.print();
+    });
+}
+
 /// The bound on every CRI call. The kubelet gives each call 2 minutes
 /// (`--runtime-request-timeout`) and its probes far less; a call of a
 /// healthy runtime takes well under a second.
