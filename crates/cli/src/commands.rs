@@ -217,6 +217,7 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
         caps: args.cap,
         no_new_privs: args.no_new_privs,
         tty: args.tty,
+        console_size: None,
         console_socket: args.console_socket,
         pid_file: args.pid_file,
         detach: args.detach,
@@ -244,6 +245,7 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
         // The engine's "detach" only decides whether a console socket is
         // required; ironcell still waits for the process below.
         opts.detach = true;
+        opts.console_size = crate::console::stdin_terminal_size();
         Some(c)
     } else {
         None

@@ -66,16 +66,10 @@ impl Relay {
 
     /// Copies ironcell's terminal size to the container's (on SIGWINCH).
     pub fn resize(&self) {
-        let mut ws = nix::libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCGWINSZ and TIOCSWINSZ read or write one winsize
-        // struct that lives on this stack frame.
-        unsafe {
-            if nix::libc::ioctl(0, nix::libc::TIOCGWINSZ, &mut ws) == 0 {
+        if let Some(ws) = stdin_winsize() {
+            // SAFETY: TIOCSWINSZ reads one winsize struct that lives on this
+            // stack frame.
+            unsafe {
                 nix::libc::ioctl(self.master.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws);
             }
         }
@@ -109,4 +103,26 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.restore();
     }
+}
+
+/// The size of the terminal on ironcell's stdin, if it is one.
+fn stdin_winsize() -> Option<nix::libc::winsize> {
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize struct that lives on this stack
+    // frame.
+    let ok = unsafe { nix::libc::ioctl(0, nix::libc::TIOCGWINSZ, &mut ws) } == 0;
+    ok.then_some(ws)
+}
+
+/// (rows, columns) of the terminal on ironcell's stdin, if it is one with a
+/// size: what a terminal ironcell relays to starts with.
+pub fn stdin_terminal_size() -> Option<(u16, u16)> {
+    stdin_winsize()
+        .filter(|ws| ws.ws_row > 0 && ws.ws_col > 0)
+        .map(|ws| (ws.ws_row, ws.ws_col))
 }

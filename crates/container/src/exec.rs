@@ -25,6 +25,10 @@ pub struct ExecOptions {
     pub caps: Vec<String>,
     pub no_new_privs: bool,
     pub tty: bool,
+    /// The size (rows, columns) a terminal of the process starts with when
+    /// its process gives none (`process.consoleSize`): a caller relaying the
+    /// terminal would otherwise resize it only after the process started.
+    pub console_size: Option<(u16, u16)>,
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
@@ -140,9 +144,25 @@ fn read_process(path: &Path) -> Result<Process, ContainerError> {
 /// `--process` file, or else the container's own process with the command
 /// line's changes.
 pub fn exec_process(spec: &Spec, opts: &ExecOptions) -> Result<Process, ContainerError> {
-    if let Some(path) = &opts.process {
-        return read_process(path);
+    let mut p = match &opts.process {
+        Some(path) => read_process(path)?,
+        None => process_from_options(spec, opts)?,
+    };
+    if let Some((rows, cols)) = opts.console_size {
+        if p.terminal() == Some(true) && p.console_size().is_none() {
+            let size = oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build()
+                .map_err(|e| ContainerError::Invalid(format!("console size: {e}")))?;
+            p.set_console_size(Some(size));
+        }
     }
+    Ok(p)
+}
+
+/// The container's own process with the command line's changes.
+fn process_from_options(spec: &Spec, opts: &ExecOptions) -> Result<Process, ContainerError> {
     if opts.args.is_empty() {
         return Err(ContainerError::Invalid(
             "exec needs a command to run, or --process".into(),
