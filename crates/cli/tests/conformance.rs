@@ -417,3 +417,273 @@ mod hooks {
         assert_warned(&text, "poststop");
     }
 }
+
+/// runtime.md "State", "Lifecycle" and "Operations" (the errors on unknown
+/// and duplicate ids, `start` of a running container and `kill` of a
+/// stopped one are checked in cli.rs).
+mod lifecycle {
+    use super::*;
+
+    /// The state's fields through created, running and stopped; a failed
+    /// operation leaves the state as it was; config.json edited after
+    /// create does not affect the container.
+    #[test]
+    fn state_fields_and_status_transitions() {
+        if !need_root("state_fields_and_status_transitions") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-life";
+        let out = env.dir.path().join("cf-life.out");
+        let b = env.bundle(id, |c| {
+            c["annotations"] = json!({"org.example.key": "value"});
+            args(c, &["/bin/sh", "-c", "echo original; sleep 0.3"]);
+        });
+        let status = env
+            .cmd(&["create", "-b", b.to_str().unwrap(), id])
+            .stdout(fs::File::create(&out).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let st = env.state(id);
+        assert!(st["ociVersion"].as_str().unwrap().starts_with("1."), "{st}");
+        assert_eq!(st["id"], id);
+        assert_eq!(st["status"], "created");
+        let pid = st["pid"].as_i64().unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "{st}");
+        assert_eq!(st["bundle"], json!(b));
+        assert!(Path::new(st["bundle"].as_str().unwrap()).is_absolute());
+        assert_eq!(st["annotations"], json!({"org.example.key": "value"}));
+
+        // "Any updates to config.json after [create] MUST NOT affect the
+        // container."
+        let mut config: Value =
+            serde_json::from_str(&fs::read_to_string(b.join("config.json")).unwrap()).unwrap();
+        args(&mut config, &["/bin/echo", "edited"]);
+        fs::write(b.join("config.json"), config.to_string()).unwrap();
+
+        env.ok(&["start", id]);
+        let st = env.state(id);
+        assert!(
+            st["status"] == "running" || st["status"] == "stopped",
+            "{st}"
+        );
+        // A delete of a running container fails and changes nothing.
+        if st["status"] == "running" {
+            let r = env.run(&["delete", id]);
+            assert!(!r.status.success());
+            let now = env.state(id);
+            assert!(
+                now["pid"] == st["pid"] || now["status"] == "stopped",
+                "{now}"
+            );
+        }
+        env.wait_status(id, "stopped");
+        assert_eq!(fs::read_to_string(&out).unwrap(), "original\n");
+        // start of a stopped container is an error and changes nothing.
+        let r = env.run(&["start", id]);
+        assert!(!r.status.success(), "started a stopped container");
+        assert_eq!(env.status(id), "stopped");
+        assert_eq!(fs::read_to_string(&out).unwrap(), "original\n");
+        env.ok(&["delete", id]);
+        env.fails(&["state", id], "does not exist");
+        assert_no_leftovers(&env, id, None);
+        // "Once a container is deleted its ID MAY be used by a subsequent
+        // container."
+        let b = env.bundle(id, |c| args(c, &["/bin/echo", "again"]));
+        assert_eq!(env.ok(&["run", "-b", b.to_str().unwrap(), id]), "again\n");
+        assert_no_leftovers(&env, id, None);
+    }
+}
+
+/// config.md "POSIX-platform Hooks": the state on stdin of every kind,
+/// args and env, timeouts, and failures of the create-time hooks.
+mod hook_semantics {
+    use super::*;
+
+    /// The hook's stdin (the state) saved to `to`.
+    fn save_state(to: &str) -> Value {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {to}")]})
+    }
+
+    fn read_state(p: &Path) -> Value {
+        let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", p.display()))
+    }
+
+    /// "The state of the container MUST be passed to hooks over stdin":
+    /// each of the six kinds gets the container's id, bundle and
+    /// annotations, and the status of its step. startContainer's status
+    /// and pid are not checked: libcontainer passes `creating` and no pid
+    /// there (runc passes `created` and the pid; see docs/conformance.md).
+    #[test]
+    fn every_hook_kind_gets_the_state_on_stdin() {
+        if !need_root("every_hook_kind_gets_the_state_on_stdin") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-hook-stdin";
+        let dir = env.dir.path().join("states");
+        fs::create_dir_all(&dir).unwrap();
+        let host = |k: &str| save_state(dir.join(k).to_str().unwrap());
+        let b = env.bundle(id, |c| {
+            args(c, &["/bin/true"]);
+            c["annotations"] = json!({"org.example.hook": "yes"});
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}));
+            m.push(json!({"destination": "/run/states", "type": "bind", "source": dir, "options": ["rbind", "rw"]}));
+            c["hooks"] = json!({
+                "prestart": [host("prestart")],
+                "createRuntime": [host("createRuntime")],
+                "createContainer": [host("createContainer")],
+                "startContainer": [save_state("/run/states/startContainer")],
+                "poststart": [host("poststart")],
+                "poststop": [host("poststop")],
+            });
+        });
+        env.ok(&["create", "-b", b.to_str().unwrap(), id]);
+        let pid = env.state(id)["pid"].clone();
+        env.ok(&["start", id]);
+        env.wait_status(id, "stopped");
+        env.ok(&["delete", id]);
+        assert_no_leftovers(&env, id, None);
+        for (kind, status) in [
+            ("prestart", "created"),
+            ("createRuntime", "created"),
+            ("createContainer", "created"),
+            ("startContainer", "created"),
+            ("poststart", "running"),
+            ("poststop", "stopped"),
+        ] {
+            let st = read_state(&dir.join(kind));
+            assert_eq!(st["id"], id, "{kind}: {st}");
+            assert_eq!(st["status"], status, "{kind}: {st}");
+            assert_eq!(st["bundle"], json!(b), "{kind}: {st}");
+            assert!(
+                st["ociVersion"].as_str().unwrap().starts_with("1."),
+                "{kind}: {st}"
+            );
+            assert_eq!(st["annotations"]["org.example.hook"], "yes", "{kind}: {st}");
+            match kind {
+                // They run in the container's init, in its pid namespace,
+                // where the host's pid is not visible: the init's pid there
+                // (as runc gives it).
+                "createContainer" | "startContainer" => assert_eq!(st["pid"], 1, "{kind}: {st}"),
+                "poststop" => {}
+                _ => assert_eq!(st["pid"], pid, "{kind}: {st}"),
+            }
+        }
+    }
+
+    /// A hook's `args` are its argv (args[0] included) and `env` is its
+    /// whole environment: nothing of the runtime's own leaks in.
+    #[test]
+    fn hook_args_and_env_are_passed_as_given() {
+        if !need_root("hook_args_and_env_are_passed_as_given") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-hook-argv";
+        let out = env.dir.path().join("hook.out");
+        let b = env.bundle(id, |c| {
+            args(c, &["/bin/true"]);
+            c["hooks"] = json!({"createRuntime": [{
+                "path": "/bin/sh",
+                "args": ["cf-argv0", "-c", format!("tr '\\0' ' ' < /proc/$$/cmdline > {o}; echo >> {o}; /usr/bin/env >> {o}", o = out.display()), "cf-arg1"],
+                "env": ["CF_HOOK=yes", "PATH=/usr/bin:/bin"],
+            }]});
+        });
+        let mut cmd = env.cmd(&["run", "-b", b.to_str().unwrap(), id]);
+        cmd.env("CF_RUNTIME_ENV", "leak");
+        let r = output_via_files(&mut cmd);
+        assert!(r.status.success(), "{}", stderr(&r));
+        assert_no_leftovers(&env, id, None);
+        let text = fs::read_to_string(&out).unwrap();
+        let mut lines = text.lines();
+        let argv = lines.next().unwrap();
+        assert!(argv.starts_with("cf-argv0 -c "), "{argv}");
+        assert!(argv.trim_end().ends_with(" cf-arg1"), "{argv}");
+        let envs: Vec<&str> = lines.filter(|l| !l.starts_with("PWD=")).collect();
+        assert!(envs.contains(&"CF_HOOK=yes"), "{text}");
+        assert!(
+            !text.contains("CF_RUNTIME_ENV"),
+            "the runtime's env reached the hook: {text}"
+        );
+    }
+
+    /// `timeout`: a hook still running after it fails its step (here
+    /// create, through prestart and createRuntime) and is killed; one that
+    /// ends in time does not.
+    #[test]
+    fn a_hook_over_its_timeout_fails_create() {
+        if !need_root("a_hook_over_its_timeout_fails_create") {
+            return;
+        }
+        let env = Env::new();
+        let marker = "4245101";
+        for kind in ["prestart", "createRuntime"] {
+            let id = format!("cf-hook-timeout-{}", kind.to_lowercase());
+            let b = env.bundle(&id, |c| {
+                c["hooks"] = json!({kind: [{"path": "/bin/sleep", "args": ["sleep", marker], "timeout": 1}]});
+            });
+            let start = std::time::Instant::now();
+            env.fails(&["create", "-b", b.to_str().unwrap(), &id], "timeout");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{:?}",
+                start.elapsed()
+            );
+            assert_no_leftovers(&env, &id, Some(marker));
+        }
+        let id = "cf-hook-in-time";
+        let b = env.bundle(id, |c| {
+            args(c, &["/bin/true"]);
+            c["hooks"] = json!({"createRuntime": [{"path": "/bin/true", "timeout": 5}]});
+        });
+        env.ok(&["run", "-b", b.to_str().unwrap(), id]);
+        assert_no_leftovers(&env, id, None);
+    }
+
+    /// Lifecycle steps 3 to 5: a failing prestart or createContainer hook
+    /// fails create, and the container is destroyed (createRuntime is in
+    /// cli.rs::hooks_run_in_order_with_state). The poststop hooks still
+    /// run (step 13, after step 12 that the failure continues at).
+    #[test]
+    fn a_failing_create_hook_fails_create_and_leaves_nothing() {
+        if !need_root("a_failing_create_hook_fails_create_and_leaves_nothing") {
+            return;
+        }
+        let env = Env::new();
+        for kind in ["prestart", "createContainer"] {
+            let id = format!("cf-hook-fail-{}", kind.to_lowercase());
+            let b = env.bundle(&id, |c| {
+                c["hooks"] = json!({kind: [{"path": "/bin/false"}]});
+            });
+            let r = env.run(&["create", "-b", b.to_str().unwrap(), &id]);
+            assert!(!r.status.success(), "{kind}: create succeeded");
+            assert_eq!(stderr(&r).trim_end().lines().count(), 1, "{}", stderr(&r));
+            assert_no_leftovers(&env, &id, None);
+        }
+    }
+
+    /// A hook's path MUST be absolute, and a timeout MUST be above zero.
+    #[test]
+    fn invalid_hooks_are_refused() {
+        if !need_root("invalid_hooks_are_refused") {
+            return;
+        }
+        let env = Env::new();
+        for (id, hook) in [
+            ("cf-hook-relative", json!({"path": "bin/true"})),
+            (
+                "cf-hook-zero-timeout",
+                json!({"path": "/bin/true", "timeout": 0}),
+            ),
+        ] {
+            let b = env.bundle(id, |c| c["hooks"] = json!({"prestart": [hook]}));
+            let r = env.run(&["create", "-b", b.to_str().unwrap(), id]);
+            assert!(!r.status.success(), "{id}: create succeeded");
+            assert_no_leftovers(&env, id, None);
+        }
+    }
+}

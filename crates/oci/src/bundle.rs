@@ -126,6 +126,14 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
+/// How config.json spells an enum value (`RLIMIT_NOFILE`, `SCMP_ACT_KILL`).
+fn spec_name<T: serde::Serialize + std::fmt::Debug>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{v:?}"),
+    }
+}
+
 /// Semantic checks the schema cannot express. Returns the absolute rootfs.
 fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, BundleError> {
     let invalid = |msg: String| BundleError::Invalid {
@@ -170,6 +178,26 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
             process.cwd()
         )));
     }
+    if let Some(rlimits) = process.rlimits() {
+        // config.md "POSIX process": duplicated types MUST be an error.
+        let mut seen = HashSet::new();
+        for r in rlimits {
+            if !seen.insert(spec_name(&r.typ())) {
+                return Err(invalid(format!(
+                    "process.rlimits: {} listed twice",
+                    spec_name(&r.typ())
+                )));
+            }
+            if r.soft() > r.hard() {
+                return Err(invalid(format!(
+                    "process.rlimits: {} soft limit {} is above its hard limit {}",
+                    spec_name(&r.typ()),
+                    r.soft(),
+                    r.hard()
+                )));
+            }
+        }
+    }
     if let Some(mounts) = spec.mounts() {
         for (i, m) in mounts.iter().enumerate() {
             if !m.destination().is_absolute() {
@@ -197,6 +225,26 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
                 return Err(invalid(format!(
                     "linux.rootfsPropagation {p:?} is not one of shared, slave, private, unbindable (or their r-forms)"
                 )));
+            }
+        }
+        if let Some(seccomp) = linux.seccomp() {
+            // config-linux.md "Seccomp": an errno for an action that has
+            // none MUST be an error.
+            use oci_spec::runtime::LinuxSeccompAction as A;
+            let takes_errno = |a: A| matches!(a, A::ScmpActErrno | A::ScmpActTrace);
+            if seccomp.default_errno_ret().is_some() && !takes_errno(seccomp.default_action()) {
+                return Err(invalid(format!(
+                    "linux.seccomp.defaultErrnoRet is set but defaultAction {} returns no errno",
+                    spec_name(&seccomp.default_action())
+                )));
+            }
+            for (i, s) in seccomp.syscalls().iter().flatten().enumerate() {
+                if s.errno_ret().is_some() && !takes_errno(s.action()) {
+                    return Err(invalid(format!(
+                        "linux.seccomp.syscalls[{i}].errnoRet is set but action {} returns no errno",
+                        spec_name(&s.action())
+                    )));
+                }
             }
         }
         if let Some(namespaces) = linux.namespaces() {

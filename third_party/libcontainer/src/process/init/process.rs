@@ -21,6 +21,7 @@ use super::Result;
 use super::context::InitContext;
 use super::error::InitProcessError;
 use crate::config::PersonalityDomain;
+use crate::container::{Container, State};
 use crate::error::MissingSpecError;
 use crate::namespaces::Namespaces;
 use crate::network::address::AddressClient;
@@ -36,6 +37,18 @@ use crate::seccomp;
 use crate::syscall::{Syscall, SyscallError};
 use crate::user_ns::UserNamespaceConfig;
 use crate::{apparmor, capabilities, hooks, tty, utils};
+
+/// The state the createContainer and startContainer hooks get: they run in
+/// this process, in the container's namespaces, once the create operation
+/// is done (runtime spec, lifecycle steps 5 and 7), so the status is
+/// `created` and the pid is this process's as the container sees it (the
+/// host's pid namespace is not visible from here), as runc gives them.
+fn hook_state(container: &Container) -> State {
+    State {
+        pid: Some(nix::unistd::getpid().as_raw()),
+        ..container.state.as_created()
+    }
+}
 
 // Some variables are unused in the case where libseccomp feature is not enabled.
 #[allow(unused_variables)]
@@ -106,7 +119,7 @@ pub fn container_init_process(
             // before pivot_root is called. This runs in the container namespaces.
             hooks::run_hooks(
                 hooks.create_container().as_ref(),
-                ctx.container.map(|c| c.state.as_created()).as_ref(),
+                ctx.container.map(hook_state).as_ref(),
                 None,
                 None,
                 None,
@@ -469,7 +482,7 @@ pub fn container_init_process(
         if let Some(hooks) = ctx.hooks {
             hooks::run_hooks(
                 hooks.start_container().as_ref(),
-                ctx.container.map(|c| &c.state),
+                ctx.container.map(hook_state).as_ref(),
                 None,
                 None,
                 Some(&start_container_env),
