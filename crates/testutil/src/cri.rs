@@ -213,9 +213,43 @@ fn start(
     c.import("k8s.io");
     let pause = crate::image().join("ironcell-pause.docker.tar");
     c.ok(&["-n", "k8s.io", "images", "import", pause.to_str().unwrap()]);
+    wait_for_cri_images(&c, &[IMAGE, PAUSE]);
     let logs = c.dir().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
     Some((c, logs))
+}
+
+/// Waits until containerd `c`'s CRI lists the images `want`: the CRI
+/// learns of images imported through ctr from containerd's events, a
+/// moment after the import returns, and a RunPodSandbox before that tries
+/// to pull its pause image from the network.
+fn wait_for_cri_images(c: &crate::containerd::Containerd, want: &[&str]) {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut images = ImageServiceClient::new(channel(c.socket()).await);
+        let start = std::time::Instant::now();
+        loop {
+            let listed = images
+                .list_images(ListImagesRequest::default())
+                .await
+                .map(|r| r.into_inner().images)
+                .unwrap_or_default();
+            let has = |tag: &&str| listed.iter().any(|i| i.repo_tags.iter().any(|t| t == tag));
+            if want.iter().all(has) {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "containerd's CRI never listed {want:?}: {listed:?}\n{}",
+                c.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
 }
 
 /// Starts ironcelld (binary `bin`, root `root`) as containerd `c`'s
