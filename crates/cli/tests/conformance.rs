@@ -666,6 +666,60 @@ mod hook_semantics {
         }
     }
 
+    /// Lifecycle step 7: a failing startContainer hook is an error of
+    /// start, the container stops without running its process, and the
+    /// lifecycle goes on at step 12 (no poststart; delete runs poststop).
+    /// runc and crun return from start before the hook has run, so their
+    /// start succeeds here; ironcell waits for the hook, as the spec says.
+    #[test]
+    fn a_failing_start_container_hook_fails_start() {
+        if !need_root("a_failing_start_container_hook_fails_start") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-hook-fail-start";
+        let ran = env.dir.path().join("ran");
+        let poststart = env.dir.path().join("poststart");
+        let poststop = env.dir.path().join("poststop");
+        let touch = |p: &Path| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("touch {}", p.display())]});
+        let b = env.bundle(id, |c| {
+            args(c, &["/bin/sh", "-c", "echo ran > /tmp/ran"]);
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/tmp", "type": "bind", "source": env.dir.path(), "options": ["rbind", "rw"]}));
+            c["hooks"] = json!({
+                "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo cf-start-refused >&2; exit 3"]}],
+                "poststart": [touch(&poststart)],
+                "poststop": [touch(&poststop)],
+            });
+        });
+        env.ok(&["create", "-b", b.to_str().unwrap(), id]);
+        let err = env.fails(&["start", id], "startContainer");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        env.wait_status(id, "stopped");
+        assert!(
+            !ran.exists(),
+            "the process ran after its startContainer hook failed"
+        );
+        assert!(!poststart.exists(), "poststart ran after start failed");
+        env.ok(&["delete", id]);
+        assert!(poststop.exists(), "poststop did not run");
+        assert_no_leftovers(&env, id, None);
+
+        // A hook that succeeds lets start go on, and the process runs.
+        let id = "cf-hook-ok-start";
+        let b = env.bundle(id, |c| {
+            args(c, &["/bin/sh", "-c", "echo ran > /tmp/ran"]);
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/tmp", "type": "bind", "source": env.dir.path(), "options": ["rbind", "rw"]}));
+            c["hooks"] = json!({"startContainer": [{"path": "/bin/true"}]});
+        });
+        env.ok(&["create", "-b", b.to_str().unwrap(), id]);
+        env.ok(&["start", id]);
+        env.wait_status(id, "stopped");
+        env.ok(&["delete", id]);
+        assert_eq!(fs::read_to_string(&ran).unwrap(), "ran\n");
+    }
+
     /// A hook's path MUST be absolute, and a timeout MUST be above zero.
     #[test]
     fn invalid_hooks_are_refused() {

@@ -160,11 +160,76 @@ mod mounts {
             "mount order"
         );
     }
+
+    /// "For compatibility with older tools", a relative destination is
+    /// relative to "/" (config.md "Mounts", deprecated; crun and runc
+    /// accept it).
+    #[test]
+    fn a_relative_destination_is_relative_to_root() {
+        if !need_root("a_relative_destination_is_relative_to_root") {
+            return;
+        }
+        let env = Env::new();
+        let out = run_ok(&env, "cf-mount-rel", |c| {
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "mnt", "type": "tmpfs", "source": "cf-rel-src"}));
+            sh(
+                c,
+                "awk '$5 ~ /^\\/mnt/ {print $5, $(NF-1)}' /proc/self/mountinfo",
+            );
+        });
+        assert_eq!(out, "/mnt cf-rel-src\n", "relative mount");
+    }
 }
 
 /// config.md "Process" and "POSIX process".
 mod process {
     use super::*;
+
+    /// `execCPUAffinity.final` is the exec'd process's affinity once it is in
+    /// the container's cgroup, whatever `initial` was. (Without `final` the
+    /// kernel decides, and kernels differ: not checked.) Needs two CPUs.
+    #[test]
+    fn exec_cpu_affinity_final_is_the_process_affinity() {
+        if !need_root("exec_cpu_affinity_final_is_the_process_affinity") {
+            return;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            eprintln!(
+                "\n!!! SKIPPED exec_cpu_affinity_final_is_the_process_affinity: needs 2 CPUs !!!\n"
+            );
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-exec-affinity";
+        let b = env.bundle(id, |c| args(c, &["/bin/sleep", "4245003"]));
+        env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+        let affinity = |name: &str, aff: Value| {
+            let p = env.dir.path().join(name);
+            let proc = json!({
+                "args": ["/bin/sh", "-c", "grep Cpus_allowed_list /proc/self/status"],
+                "cwd": "/",
+                "env": ["PATH=/bin:/usr/bin"],
+                "user": {"uid": 0, "gid": 0},
+                "execCPUAffinity": aff,
+            });
+            fs::write(&p, proc.to_string()).unwrap();
+            env.ok(&["exec", "--process", p.to_str().unwrap(), id])
+        };
+        let one = affinity("one.json", json!({"initial": "0", "final": "1"}));
+        let zero = affinity("zero.json", json!({"final": "0"}));
+        let all = affinity(
+            "all.json",
+            json!({"initial": "1", "final": format!("0-{}", cpus - 1)}),
+        );
+        env.ok(&["delete", "--force", id]);
+        assert_no_leftovers(&env, id, Some("4245003"));
+        let last = |s: &str| s.split_whitespace().last().unwrap_or("").to_string();
+        assert_eq!(last(&one), "1", "{one}");
+        assert_eq!(last(&zero), "0", "{zero}");
+        assert_eq!(last(&all), format!("0-{}", cpus - 1), "{all}");
+    }
 
     #[test]
     fn cwd_must_be_absolute_and_args_must_name_a_program() {
@@ -545,6 +610,110 @@ mod seccomp {
         assert_eq!(out, "made\n");
     }
 
+    /// The listener's side of SCMP_ACT_NOTIFY: takes the runtime's message
+    /// (the process state, with the seccomp fd), then answers the first
+    /// notified call with EXDEV. Returns the state.
+    fn notify_listener(listener: std::os::unix::net::UnixListener) -> Value {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::io::IoSliceMut;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let (len, fds) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            let fds: Vec<RawFd> = msg
+                .cmsgs()
+                .unwrap()
+                .flat_map(|c| match c {
+                    ControlMessageOwned::ScmRights(f) => f,
+                    _ => Vec::new(),
+                })
+                .collect();
+            (msg.bytes, fds)
+        };
+        assert_eq!(fds.len(), 1, "want one fd (the seccomp fd), got {fds:?}");
+        // SAFETY: the fd was just received with SCM_RIGHTS; nothing else owns it.
+        let notify = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let state: Value = serde_json::from_slice(&buf[..len]).unwrap();
+
+        let mut pfd = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&notify),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(20_000u16)).unwrap();
+        assert_eq!(ready, 1, "no notified call within 20 s");
+        // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: the ioctl fills `req`, which outlives the call.
+        let rc =
+            unsafe { libc::ioctl(notify.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) };
+        assert_eq!(rc, 0, "NOTIF_RECV: {}", std::io::Error::last_os_error());
+        let mut resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: -libc::EXDEV,
+            flags: 0,
+        };
+        // SAFETY: `resp` is a valid answer to request `req.id`.
+        let rc = unsafe {
+            libc::ioctl(
+                notify.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &mut resp,
+            )
+        };
+        assert_eq!(rc, 0, "NOTIF_SEND: {}", std::io::Error::last_os_error());
+        state
+    }
+
+    /// SCMP_ACT_NOTIFY (config-linux.md "Seccomp"): the runtime connects to
+    /// `listenerPath` and sends the container process state, with
+    /// `listenerMetadata` and the seccomp fd named in `fds`; the listener
+    /// then answers the container's calls.
+    #[test]
+    fn notify_hands_the_listener_the_state_and_the_fd() {
+        if !need_root("notify_hands_the_listener_the_state_and_the_fd") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-sec-notify";
+        let sock = env.dir.path().join("seccomp-agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let agent = std::thread::spawn(move || notify_listener(listener));
+        let out = run_ok(&env, id, |c| {
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "listenerPath": sock,
+                "listenerMetadata": "cf-meta",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+            });
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+            sh(c, "mkdir /tmp/x 2>&1; echo rc=$?");
+        });
+        let state = agent.join().unwrap();
+        assert!(
+            out.contains("Invalid cross-device link") && out.contains("rc=1"),
+            "the listener's answer did not reach the call: {out}"
+        );
+        assert_eq!(state["fds"], json!(["seccompFd"]), "{state}");
+        assert_eq!(state["metadata"], "cf-meta", "{state}");
+        assert_eq!(state["state"]["id"], id, "{state}");
+        assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
+    }
+
     /// "When the action doesn't support an errno, the runtime MUST print
     /// an error and fail." Unknown actions are refused too.
     #[test]
@@ -611,6 +780,42 @@ mod devices {
         assert!(
             r.starts_with("1:") && r.contains("Operation not permitted"),
             "{r}"
+        );
+    }
+
+    /// `path` is the "full path to device inside container": outside /dev
+    /// too (runc and crun make it there).
+    #[test]
+    fn a_device_outside_dev_is_made() {
+        if !need_root("a_device_outside_dev_is_made") {
+            return;
+        }
+        let env = Env::new();
+        let out = run_ok(&env, "cf-dev-outside", |c| {
+            c["linux"]["devices"] = json!([{"path": "/run/cf/null", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]);
+            c["linux"]["resources"]["devices"] = json!([
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            ]);
+            let m = c["mounts"].as_array_mut().unwrap();
+            m.push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}));
+            sh(
+                c,
+                "echo \"node=$(stat -c '%F %a %t:%T' /run/cf/null)\"; echo x > /run/cf/null && echo write=ok",
+            );
+        });
+        let f = facts(&out);
+        assert_eq!(fact(&f, "node", &out), "character special file 666 1:3");
+        assert_eq!(fact(&f, "write", &out), "ok");
+        // Relative device paths stay refused: the spec asks for a full path.
+        refused(
+            &env,
+            "cf-dev-relative",
+            &["linux.devices", "dev/cf-rel"],
+            |c| {
+                c["linux"]["devices"] =
+                    json!([{"path": "dev/cf-rel", "type": "c", "major": 1, "minor": 3}])
+            },
         );
     }
 
@@ -740,6 +945,67 @@ mod resources {
         }
         env.ok(&["delete", "--force", id]);
         assert_no_leftovers(&env, id, Some("4245001"));
+    }
+
+    /// cpu `realtimeRuntime`, `realtimePeriod` and `burst`. A real-time
+    /// budget comes from the parent's, so the test gives its own parent
+    /// cgroup one first, as a node agent would.
+    #[test]
+    fn cpu_realtime_and_burst_are_written() {
+        if !need_root("cpu_realtime_and_burst_are_written")
+            || !need_v1("cpu_realtime_and_burst_are_written")
+        {
+            return;
+        }
+        let cpu = Path::new("/sys/fs/cgroup/cpu");
+        if !cpu.join("cpu.rt_runtime_us").exists() || !cpu.join("cpu.cfs_burst_us").exists() {
+            eprintln!("\n!!! SKIPPED cpu_realtime_and_burst_are_written: no cpu.rt_runtime_us or cpu.cfs_burst_us here !!!\n");
+            return;
+        }
+        let parent = cpu.join("ironcell-test-rt");
+        fs::create_dir_all(&parent).unwrap();
+        fs::write(parent.join("cpu.rt_runtime_us"), "20000").unwrap();
+        let env = Env::new();
+        let id = "cf-cpu-rt";
+        let b = env.bundle(id, |c| {
+            c["linux"]["cgroupsPath"] = json!(format!("/ironcell-test-rt/{id}"));
+            c["linux"]["resources"]["cpu"] = json!({
+                "realtimePeriod": 500000, "realtimeRuntime": 10000,
+                "quota": 50000, "period": 100000, "burst": 20000,
+            });
+            args(c, &["/bin/sleep", "4245002"]);
+        });
+        env.ok(&["create", "-b", b.to_str().unwrap(), id]);
+        let got = |f: &str| read(&parent.join(id).join(f));
+        let values = [
+            got("cpu.rt_period_us"),
+            got("cpu.rt_runtime_us"),
+            got("cpu.cfs_quota_us"),
+            got("cpu.cfs_burst_us"),
+        ];
+        env.ok(&["delete", "--force", id]);
+        assert_no_leftovers(&env, id, Some("4245002"));
+        assert!(!parent.join(id).exists(), "cgroup left behind");
+        let _ = fs::remove_dir(&parent);
+        assert_eq!(values, ["500000", "10000", "50000", "20000"]);
+    }
+
+    /// config-linux.md "Unified": a key with no file to write MUST be an
+    /// error. A cgroup v1 host has none of them (runc refuses too).
+    #[test]
+    fn unified_on_a_v1_host_is_refused() {
+        if !need_root("unified_on_a_v1_host_is_refused")
+            || !need_v1("unified_on_a_v1_host_is_refused")
+        {
+            return;
+        }
+        let env = Env::new();
+        refused(
+            &env,
+            "cf-unified-v1",
+            &["linux.resources.unified", "pids.max", "cgroup v2"],
+            |c| c["linux"]["resources"]["unified"] = json!({"pids.max": "10"}),
+        );
     }
 
     /// hugetlb, when this host mounts its v1 hierarchy (scripts/setup.sh

@@ -83,7 +83,8 @@ impl Bundle {
                 })
             }
         };
-        let spec = parse_spec(&config, &text)?;
+        let mut spec = parse_spec(&config, &text)?;
+        absolute_mount_destinations(&mut spec);
         let rootfs = check_spec(&config, &path, &spec)?;
         Ok(Bundle { path, spec, rootfs })
     }
@@ -95,6 +96,20 @@ impl Bundle {
             .as_ref()
             .and_then(|a| a.get(SANDBOX_ANNOTATION))
             .map(String::as_str)
+    }
+}
+
+/// config.md "Mounts": a relative destination (a deprecated form) is
+/// relative to "/"; the spec holds it in its absolute form.
+fn absolute_mount_destinations(spec: &mut Spec) {
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for m in mounts.iter_mut() {
+            if !m.destination().is_absolute() {
+                let abs = Path::new("/").join(m.destination());
+                m.set_destination(abs);
+            }
+        }
+        spec.set_mounts(Some(mounts));
     }
 }
 
@@ -194,16 +209,6 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
                     spec_name(&r.typ()),
                     r.soft(),
                     r.hard()
-                )));
-            }
-        }
-    }
-    if let Some(mounts) = spec.mounts() {
-        for (i, m) in mounts.iter().enumerate() {
-            if !m.destination().is_absolute() {
-                return Err(invalid(format!(
-                    "mounts[{i}].destination {:?} must be an absolute path",
-                    m.destination()
                 )));
             }
         }
@@ -343,18 +348,22 @@ mod tests {
     }
 
     #[test]
+    fn relative_mount_destinations_are_relative_to_root() {
+        let dir = bundle_with(&MINIMAL.replace(
+            "\"root\"",
+            "\"mounts\": [{\"destination\": \"data/x\", \"type\": \"tmpfs\"}], \"root\"",
+        ));
+        let b = Bundle::load(dir.path()).unwrap();
+        let mounts = b.spec.mounts().as_ref().unwrap();
+        assert_eq!(mounts[0].destination(), Path::new("/data/x"));
+    }
+
+    #[test]
     fn semantic_errors() {
         let cases = [
             (MINIMAL.replace("1.0.2", "0.9"), "ociVersion"),
             (MINIMAL.replace("[\"/bin/true\"]", "[]"), "process.args"),
             (MINIMAL.replace("\"cwd\": \"/\"", "\"cwd\": \"rel\""), "process.cwd"),
-            (
-                MINIMAL.replace(
-                    "\"root\"",
-                    "\"mounts\": [{\"destination\": \"rel\", \"type\": \"tmpfs\"}], \"root\"",
-                ),
-                "mounts[0].destination",
-            ),
             (
                 MINIMAL.replace(
                     "\"root\"",

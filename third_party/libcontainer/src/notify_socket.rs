@@ -35,6 +35,10 @@ pub enum NotifyListenerError {
     Read(#[source] std::io::Error),
     #[error("failed to send start container")]
     SendStartContainer(#[source] std::io::Error),
+    #[error("failed to read the container's answer to start")]
+    ReadStartReply(#[source] std::io::Error),
+    #[error("the container did not start: {0}")]
+    StartFailed(String),
 }
 
 type Result<T> = std::result::Result<T, NotifyListenerError>;
@@ -77,7 +81,10 @@ impl NotifyListener {
         Ok(Self { socket: stream })
     }
 
-    pub fn wait_for_container_start(&self) -> Result<()> {
+    /// Waits for `start`. The returned connection stays open (close-on-exec)
+    /// until the payload is exec'd, so the starter learns of a failure
+    /// before then (a startContainer hook) from `StartReply::fail`.
+    pub fn wait_for_container_start(&self) -> Result<StartReply> {
         match self.socket.accept() {
             Ok((mut socket, _)) => {
                 let mut response = String::new();
@@ -85,11 +92,10 @@ impl NotifyListener {
                     .read_to_string(&mut response)
                     .map_err(NotifyListenerError::Read)?;
                 tracing::debug!("received: {}", response);
+                Ok(StartReply { socket })
             }
             Err(e) => Err(NotifyListenerError::Accept(e))?,
         }
-
-        Ok(())
     }
 
     pub fn close(&self) -> Result<()> {
@@ -112,6 +118,21 @@ impl Clone for NotifyListener {
         // to `dup`.
         let socket = unsafe { UnixListener::from_raw_fd(fd) };
         Self { socket }
+    }
+}
+
+/// The init's side of a `start` request: dropped (or closed by the exec of
+/// the payload) when the container started, `fail`ed when it did not.
+pub struct StartReply {
+    socket: UnixStream,
+}
+
+impl StartReply {
+    /// Tells the starter why the container will not start.
+    pub fn fail(mut self, why: &str) {
+        if let Err(err) = self.socket.write_all(why.as_bytes()) {
+            tracing::warn!(?err, "failed to tell the starter why start failed");
+        }
     }
 }
 
@@ -147,14 +168,24 @@ impl NotifySocket {
                 // ok to unwrap as OsStr should always be utf-8 compatible
                 name: socket_name.to_str().unwrap().to_owned(),
             })?;
-        stream
-            .write_all(b"start container")
-            .map_err(NotifyListenerError::SendStartContainer)?;
-        tracing::debug!("notify finished");
         unistd::chdir(&cwd).map_err(|e| NotifyListenerError::Chdir {
             source: e,
             path: cwd,
         })?;
+        stream
+            .write_all(b"start container")
+            .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+            .map_err(NotifyListenerError::SendStartContainer)?;
+        // The init answers with nothing when it execs the payload (the
+        // connection is close-on-exec), or with why it did not.
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .map_err(NotifyListenerError::ReadStartReply)?;
+        tracing::debug!("notify finished");
+        if !reply.is_empty() {
+            return Err(NotifyListenerError::StartFailed(reply));
+        }
         Ok(())
     }
 }
@@ -181,7 +212,7 @@ mod test {
             move || {
                 // We clone the listener and listen on the cloned listener to
                 // make sure the cloned fd functions correctly.
-                listener.wait_for_container_start().unwrap();
+                drop(listener.wait_for_container_start().unwrap());
             }
         });
 

@@ -401,6 +401,21 @@ pub fn validate_mount_options(
     Ok(())
 }
 
+/// Makes each relative mount destination absolute: the runtime spec takes
+/// it as relative to '/' (see `validate_mount_options`), and the mount,
+/// /dev and /proc checks compare absolute paths.
+pub fn absolute_mount_destinations(spec: &mut oci_spec::runtime::Spec) {
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for m in mounts.iter_mut() {
+            if !m.destination().is_absolute() {
+                let abs = Path::new("/").join(m.destination());
+                m.set_destination(abs);
+            }
+        }
+        spec.set_mounts(Some(mounts));
+    }
+}
+
 // https://elixir.bootlin.com/linux/v6.12/source/net/core/dev.c#L1066
 fn dev_valid_name(name: &str) -> bool {
     if name.is_empty() || name.len() >= IFNAMSIZ {

@@ -48,6 +48,10 @@ pub enum V1ManagerError {
     CGroupRequired(CtrlType),
     #[error("subsystem does not exist")]
     SubsystemDoesNotExist,
+    #[error(
+        "linux.resources.unified ({0}) needs cgroup v2, and this host's controllers are cgroup v1"
+    )]
+    UnifiedOnV1(String),
     #[error(transparent)]
     Pathrs(#[from] pathrs::error::Error),
 
@@ -199,6 +203,16 @@ impl CgroupManager for Manager {
     }
 
     fn apply(&self, controller_opt: &ControllerOpt) -> Result<(), Self::Error> {
+        // config-linux.md "Unified": a key with no file to write MUST be an
+        // error, and no v1 hierarchy has the unified files (runc refuses
+        // them on v1 and hybrid hosts too).
+        if let Some(unified) = controller_opt.resources.unified().as_ref() {
+            if !unified.is_empty() {
+                let mut keys: Vec<&str> = unified.keys().map(String::as_str).collect();
+                keys.sort_unstable();
+                return Err(V1ManagerError::UnifiedOnV1(keys.join(", ")));
+            }
+        }
         for (ctrl_type, cgroup_path) in self.get_required_controllers(controller_opt)? {
             match ctrl_type {
                 CtrlType::Cpu => Cpu::apply(controller_opt, cgroup_path)?,

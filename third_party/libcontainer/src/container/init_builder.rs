@@ -167,6 +167,7 @@ impl InitContainerBuilder {
         let source_spec_path = self.bundle.join("config.json");
         let mut spec = Spec::load(source_spec_path)?;
         Self::validate_spec(&spec)?;
+        utils::absolute_mount_destinations(&mut spec);
 
         spec.canonicalize_rootfs(&self.bundle).map_err(|err| {
             tracing::error!(bundle = ?self.bundle, "failed to canonicalize rootfs: {}", err);

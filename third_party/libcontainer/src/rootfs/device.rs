@@ -15,7 +15,7 @@ use crate::utils::PathBufExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{0:?} is not a valid device path")]
+    #[error("linux.devices: {0:?} is not a valid device path (it must be absolute, not \"/\")")]
     InvalidDevicePath(std::path::PathBuf),
     #[error("failed syscall to create device")]
     Syscall(#[from] crate::syscall::SyscallError),
@@ -87,11 +87,11 @@ impl Device {
         devices
             .into_iter()
             .map(|dev| {
-                if !dev.path().starts_with("/dev") {
-                    tracing::error!(
-                        "{:?} is not a valid device path starting with /dev",
-                        dev.path()
-                    );
+                // config-linux.md "Devices": `path` is the full path in the
+                // container, anywhere in it (runc and crun take any), but
+                // not its root.
+                if !dev.path().is_absolute() || dev.path().normalize() == Path::new("/") {
+                    tracing::error!("{:?} is not a valid device path", dev.path());
                     return Err(DeviceError::InvalidDevicePath(dev.path().to_path_buf()));
                 }
 

@@ -465,7 +465,8 @@ pub fn container_init_process(
     })?;
 
     // listing on the notify socket for container start command
-    ctx.notify_listener
+    let start_reply = ctx
+        .notify_listener
         .wait_for_container_start()
         .map_err(|err| {
             tracing::error!(?err, "failed to wait for container start");
@@ -480,17 +481,22 @@ pub fn container_init_process(
     // before pivot_root is called. This runs in the container namespaces.
     if matches!(args.container_type, ContainerType::InitContainer) {
         if let Some(hooks) = ctx.hooks {
-            hooks::run_hooks(
+            if let Err(err) = hooks::run_hooks(
                 hooks.start_container().as_ref(),
                 ctx.container.map(hook_state).as_ref(),
                 None,
                 None,
                 Some(&start_container_env),
-            )
-            .map_err(|err| {
+            ) {
                 tracing::error!(?err, "failed to run start container hooks");
-                err
-            })?;
+                // The runtime spec (lifecycle step 7): an error of start,
+                // and the container stops (this init exits).
+                start_reply.fail(&format!(
+                    "startContainer hook: {}",
+                    crate::utils::error_chain(&err)
+                ));
+                return Err(err.into());
+            }
         }
     }
 
@@ -499,10 +505,12 @@ pub fn container_init_process(
         Err(MissingSpecError::Args)?;
     }
 
-    args.executor.exec(ctx.spec).map_err(|err| {
+    // start_reply is held open until the payload's exec closes it.
+    if let Err(err) = args.executor.exec(ctx.spec) {
         tracing::error!(?err, "failed to execute payload");
-        err
-    })?;
+        start_reply.fail(&crate::utils::error_chain(&err));
+        return Err(err.into());
+    }
 
     // Once the executor is executed without error, it should not return. For
     // example, the default executor is expected to call `exec` and replace the
