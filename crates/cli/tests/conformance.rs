@@ -494,6 +494,34 @@ mod lifecycle {
         assert_eq!(env.ok(&["run", "-b", b.to_str().unwrap(), id]), "again\n");
         assert_no_leftovers(&env, id, None);
     }
+
+    /// An exec racing the container's death either runs or fails with the
+    /// container's status named, whatever step of joining it was at (its
+    /// namespaces gone, its pid namespace without an init).
+    #[test]
+    fn exec_racing_a_kill_names_the_stopped_container() {
+        if !need_root("exec_racing_a_kill_names_the_stopped_container") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-exec-race";
+        let b = env.bundle(id, |c| args(c, &["/bin/sleep", "4245005"]));
+        for _ in 0..15 {
+            env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+            let mut kill = env.cmd(&["kill", id, "KILL"]).spawn().unwrap();
+            let r = env.run(&["exec", id, "/bin/true"]);
+            kill.wait().unwrap();
+            let err = stderr(&r);
+            assert!(
+                r.status.success()
+                    || (err.contains(&format!("container {id}: it is stopped, not running"))
+                        && err.trim_end().lines().count() == 1),
+                "exec during kill: {err}"
+            );
+            env.ok(&["delete", "--force", id]);
+        }
+        assert_no_leftovers(&env, id, Some("4245005"));
+    }
 }
 
 /// config.md "POSIX-platform Hooks": the state on stdin of every kind,
@@ -727,16 +755,21 @@ mod hook_semantics {
             return;
         }
         let env = Env::new();
-        for (id, hook) in [
-            ("cf-hook-relative", json!({"path": "bin/true"})),
+        for (id, hook, want) in [
+            (
+                "cf-hook-relative",
+                json!({"path": "bin/true"}),
+                "hooks.prestart[0].path \"bin/true\" must be an absolute path",
+            ),
             (
                 "cf-hook-zero-timeout",
                 json!({"path": "/bin/true", "timeout": 0}),
+                "hooks.prestart[0].timeout 0 must be greater than zero",
             ),
         ] {
             let b = env.bundle(id, |c| c["hooks"] = json!({"prestart": [hook]}));
-            let r = env.run(&["create", "-b", b.to_str().unwrap(), id]);
-            assert!(!r.status.success(), "{id}: create succeeded");
+            let err = env.fails(&["create", "-b", b.to_str().unwrap(), id], want);
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
             assert_no_leftovers(&env, id, None);
         }
     }

@@ -186,6 +186,36 @@ mod mounts {
 mod process {
     use super::*;
 
+    /// A missing `cwd` is made for the container's process (inside its
+    /// root, as runc and crun do); an exec'd process's must exist, and the
+    /// error names it.
+    #[test]
+    fn a_missing_cwd_is_made_for_the_init_and_named_for_exec() {
+        if !need_root("a_missing_cwd_is_made_for_the_init_and_named_for_exec") {
+            return;
+        }
+        let env = Env::new();
+        let id = "cf-cwd-made";
+        let b = env.bundle(id, |c| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs"}));
+            c["process"]["cwd"] = json!("/run/cf/work");
+            args(c, &["/bin/sleep", "4245004"]);
+        });
+        env.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+        let pwd = env.ok(&["exec", id, "/bin/pwd"]);
+        let err = env.fails(
+            &["exec", "--cwd", "/run/cf/missing", id, "/bin/true"],
+            "process.cwd \"/run/cf/missing\"",
+        );
+        env.ok(&["delete", "--force", id]);
+        assert_no_leftovers(&env, id, Some("4245004"));
+        assert_eq!(pwd, "/run/cf/work\n");
+        assert!(err.contains("No such file or directory"), "{err}");
+    }
+
     /// `execCPUAffinity.final` is the exec'd process's affinity once it is in
     /// the container's cgroup, whatever `initial` was. (Without `final` the
     /// kernel decides, and kernels differ: not checked.) Needs two CPUs.
@@ -279,6 +309,17 @@ mod process {
             let f: Vec<&str> = line[name.len()..].split_whitespace().collect();
             assert_eq!((f[0], f[1]), (soft, hard), "{line}");
         }
+        // A limit too low for the runtime's own work (it opens more files
+        // than this before the exec) is set at the exec.
+        let out = run_ok(&env, "cf-rlimit-low", |c| {
+            c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 10}]);
+            args(c, &["/bin/cat", "/proc/self/limits"]);
+        });
+        assert!(
+            out.lines().any(|l| l.starts_with("Max open files")
+                && l.split_whitespace().skip(3).take(2).eq(["10", "10"])),
+            "{out}"
+        );
         refused(
             &env,
             "cf-rlimit-dup",
@@ -398,13 +439,18 @@ mod namespaces {
         });
         // "MUST generate an error if path is not associated with a
         // namespace of type type": a uts namespace given as the network.
-        refused(&env, "cf-ns-mistyped", &["cf-ns-mistyped"], |c| {
-            without(c, "network");
-            c["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!({"type": "network", "path": "/proc/self/ns/uts"}))
-        });
+        refused(
+            &env,
+            "cf-ns-mistyped",
+            &["Network namespace path /proc/self/ns/uts: it is a uts namespace"],
+            |c| {
+                without(c, "network");
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "network", "path": "/proc/self/ns/uts"}))
+            },
+        );
     }
 
     /// runc and crun both refuse a hostname without a UTS namespace of the

@@ -116,7 +116,20 @@ impl Engine {
                     .with_sub_cgroup(opts.sub_cgroup.clone())
                     .build()
             })
-            .map_err(|e| ContainerError::engine(format!("cannot exec in container {id}"), e))?;
+            .map_err(|e| {
+                // A container that stopped while the process was joining it
+                // fails deep in libcontainer (its namespaces are gone, or its
+                // pid namespace has no init left to fork under): say so.
+                match self.load(id).map(|c| c.status()) {
+                    Ok(status @ ironcell_oci::Status::Stopped) => ContainerError::WrongStatus {
+                        op: "exec in",
+                        id: id.to_string(),
+                        status,
+                        hint: ", not running",
+                    },
+                    _ => ContainerError::engine(format!("cannot exec in container {id}"), e),
+                }
+            })?;
         Ok(pid.as_raw())
     }
 }

@@ -99,6 +99,56 @@ impl Bundle {
     }
 }
 
+/// config-linux.md "Namespaces": `path` MUST be a namespace of `typ`.
+/// Says why not: it cannot be opened, or it is another kind (a mistyped
+/// path would otherwise fail as EINVAL from setns, naming nothing).
+fn check_namespace_path(
+    typ: oci_spec::runtime::LinuxNamespaceType,
+    path: &Path,
+) -> Result<(), String> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_string(),
+        _ => format!("cannot open it: {e}"),
+    })?;
+    let want = match typ {
+        T::Mount => libc::CLONE_NEWNS,
+        T::Cgroup => libc::CLONE_NEWCGROUP,
+        T::Uts => libc::CLONE_NEWUTS,
+        T::Ipc => libc::CLONE_NEWIPC,
+        T::User => libc::CLONE_NEWUSER,
+        T::Pid => libc::CLONE_NEWPID,
+        T::Network => libc::CLONE_NEWNET,
+        T::Time => libc::CLONE_NEWTIME,
+    };
+    // NS_GET_NSTYPE, _IO(0xb7, 0x3): the CLONE_NEW* flag of a namespace fd.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl without arguments on a file this function owns.
+    let got = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if got == -1 {
+        return Err("it is not a namespace file".to_string());
+    }
+    if got != want {
+        let kinds = [
+            (libc::CLONE_NEWNS, "mount"),
+            (libc::CLONE_NEWCGROUP, "cgroup"),
+            (libc::CLONE_NEWUTS, "uts"),
+            (libc::CLONE_NEWIPC, "ipc"),
+            (libc::CLONE_NEWUSER, "user"),
+            (libc::CLONE_NEWPID, "pid"),
+            (libc::CLONE_NEWNET, "network"),
+            (libc::CLONE_NEWTIME, "time"),
+        ];
+        let name = kinds
+            .iter()
+            .find(|(flag, _)| *flag == got)
+            .map_or("another kind of", |(_, n)| n);
+        return Err(format!("it is a {name} namespace"));
+    }
+    Ok(())
+}
+
 /// config.md "Mounts": a relative destination (a deprecated form) is
 /// relative to "/"; the spec holds it in its absolute form.
 fn absolute_mount_destinations(spec: &mut Spec) {
@@ -213,6 +263,34 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
             }
         }
     }
+    if let Some(hooks) = spec.hooks() {
+        // config.md "POSIX-platform Hooks": a path MUST be absolute and a
+        // timeout MUST be greater than zero.
+        let kinds = [
+            ("prestart", hooks.prestart()),
+            ("createRuntime", hooks.create_runtime()),
+            ("createContainer", hooks.create_container()),
+            ("startContainer", hooks.start_container()),
+            ("poststart", hooks.poststart()),
+            ("poststop", hooks.poststop()),
+        ];
+        for (kind, list) in kinds {
+            for (i, h) in list.iter().flatten().enumerate() {
+                if !h.path().is_absolute() {
+                    return Err(invalid(format!(
+                        "hooks.{kind}[{i}].path {:?} must be an absolute path",
+                        h.path()
+                    )));
+                }
+                if h.timeout().is_some_and(|t| t <= 0) {
+                    return Err(invalid(format!(
+                        "hooks.{kind}[{i}].timeout {} must be greater than zero",
+                        h.timeout().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    }
     if let Some(linux) = spec.linux() {
         if let Some(p) = linux.rootfs_propagation() {
             const KNOWN: [&str; 9] = [
@@ -262,13 +340,13 @@ fn check_spec(config: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf, Bund
                     )));
                 }
                 if let Some(p) = ns.path() {
-                    if !p.exists() {
-                        return Err(invalid(format!(
-                            "linux.namespaces: {:?} namespace path {} does not exist",
+                    check_namespace_path(ns.typ(), p).map_err(|why| {
+                        invalid(format!(
+                            "linux.namespaces: {:?} namespace path {}: {why}",
                             ns.typ(),
                             p.display()
-                        )));
-                    }
+                        ))
+                    })?;
                 }
             }
         }
@@ -359,6 +437,26 @@ mod tests {
     }
 
     #[test]
+    fn namespace_paths_must_be_namespaces_of_their_type() {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        let own = Path::new("/proc/self/ns/uts");
+        assert_eq!(check_namespace_path(T::Uts, own), Ok(()));
+        assert_eq!(
+            check_namespace_path(T::Network, own),
+            Err("it is a uts namespace".to_string())
+        );
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            check_namespace_path(T::Network, plain.path()),
+            Err("it is not a namespace file".to_string())
+        );
+        assert_eq!(
+            check_namespace_path(T::Network, Path::new("/no/such/ns")),
+            Err("no such file".to_string())
+        );
+    }
+
+    #[test]
     fn semantic_errors() {
         let cases = [
             (MINIMAL.replace("1.0.2", "0.9"), "ociVersion"),
@@ -370,6 +468,20 @@ mod tests {
                     "\"linux\": {\"namespaces\": [{\"type\": \"pid\"}, {\"type\": \"pid\"}]}, \"root\"",
                 ),
                 "listed twice",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"root\"",
+                    "\"hooks\": {\"poststop\": [{\"path\": \"/bin/true\"}, {\"path\": \"/bin/true\", \"timeout\": 0}]}, \"root\"",
+                ),
+                "hooks.poststop[1].timeout 0 must be greater than zero",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"root\"",
+                    "\"hooks\": {\"prestart\": [{\"path\": \"bin/true\"}]}, \"root\"",
+                ),
+                "hooks.prestart[0].path \"bin/true\" must be an absolute path",
             ),
             (
                 MINIMAL.replace(

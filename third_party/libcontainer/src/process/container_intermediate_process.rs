@@ -126,6 +126,16 @@ pub fn container_intermediate_process(
     let proc = spec.process().as_ref().ok_or(MissingSpecError::Process)?;
     if let Some(rlimits) = proc.rlimits() {
         for rlimit in rlimits {
+            // RLIMIT_NOFILE is only raised here: the runtime still opens
+            // files until the payload's exec, just before which the init
+            // lowers it to the value asked for (`lower_nofile_limit`).
+            let raised;
+            let rlimit = if rlimit.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile {
+                raised = init_process::nofile_raised_only(rlimit);
+                &raised
+            } else {
+                rlimit
+            };
             command.set_rlimit(rlimit).map_err(|err| {
                 tracing::error!(?err, ?rlimit, "failed to set rlimit");
                 err

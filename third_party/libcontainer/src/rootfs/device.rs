@@ -19,6 +19,11 @@ pub enum DeviceError {
     InvalidDevicePath(std::path::PathBuf),
     #[error("failed syscall to create device")]
     Syscall(#[from] crate::syscall::SyscallError),
+    #[error("cannot make device node {path:?} in the container")]
+    Mknod {
+        path: PathBuf,
+        source: crate::syscall::SyscallError,
+    },
     #[error(transparent)]
     Nix(#[from] nix::Error),
     #[error(transparent)]
@@ -169,7 +174,10 @@ impl Device {
                     "failed to mknod device"
                 );
 
-                err
+                DeviceError::Mknod {
+                    path: dev.path().to_path_buf(),
+                    source: err,
+                }
             })?;
         self.syscall
             .chown(

@@ -26,6 +26,11 @@ pub enum InitProcessError {
     ReopenDevNull(#[source] std::io::Error),
     #[error("failed to unix syscall")]
     NixOther(#[source] nix::Error),
+    #[error("process.cwd {cwd:?}: {source}")]
+    Cwd {
+        cwd: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     MissingSpec(#[from] crate::error::MissingSpecError),
     #[error("failed to setup tty")]

@@ -12,7 +12,7 @@ use nix::sys::statfs::statfs;
 use nix::unistd::{self, Gid, Uid, close, dup2, setsid};
 use oci_spec::runtime::{
     IOPriorityClass, LinuxIOPriority, LinuxNamespaceType, LinuxNetDevice, LinuxPersonalityDomain,
-    LinuxSchedulerFlag, LinuxSchedulerPolicy, Scheduler, Spec, User,
+    LinuxSchedulerFlag, LinuxSchedulerPolicy, PosixRlimit, Process, Scheduler, Spec, User,
 };
 use pathrs::flags::OpenFlags;
 use pathrs::procfs::{ProcfsBase, ProcfsHandle, ProcfsHandleBuilder};
@@ -135,6 +135,17 @@ pub fn container_init_process(
         // use simple chroot. Scary things will happen if you try to pivot_root
         // in the host mount namespace...
         do_pivot_root(ctx.syscall.as_ref(), &ctx.ns, args.no_pivot, ctx.rootfs)?;
+
+        // A missing process.cwd is made (inside the new root, before it is
+        // made read-only), as runc and crun do; an exec'd process's cwd
+        // must exist.
+        let cwd = ctx.process.cwd();
+        if cwd.is_absolute() {
+            fs::create_dir_all(cwd).map_err(|source| InitProcessError::Cwd {
+                cwd: cwd.to_path_buf(),
+                source,
+            })?;
+        }
 
         // As we have changed the root mount, from here on
         // logs are no longer visible in journalctl
@@ -274,7 +285,10 @@ pub fn container_init_process(
             Err(nix::Error::EPERM) => true,
             Err(e) => {
                 tracing::error!(?e, "failed to chdir");
-                return Err(InitProcessError::NixOther(e));
+                return Err(InitProcessError::Cwd {
+                    cwd: ctx.process.cwd().to_path_buf(),
+                    source: e.into(),
+                });
             }
         }
     };
@@ -399,7 +413,10 @@ pub fn container_init_process(
         unistd::chdir(ctx.process.cwd()).map_err(|err| {
             let cwd = ctx.process.cwd();
             tracing::error!(?err, ?cwd, "failed to chdir to cwd");
-            InitProcessError::NixOther(err)
+            InitProcessError::Cwd {
+                cwd: cwd.to_path_buf(),
+                source: err.into(),
+            }
         })?;
     }
 
@@ -505,6 +522,8 @@ pub fn container_init_process(
         Err(MissingSpecError::Args)?;
     }
 
+    lower_nofile_limit(ctx.process, ctx.syscall.as_ref())?;
+
     // start_reply is held open until the payload's exec closes it.
     if let Err(err) = args.executor.exec(ctx.spec) {
         tracing::error!(?err, "failed to execute payload");
@@ -516,6 +535,37 @@ pub fn container_init_process(
     // example, the default executor is expected to call `exec` and replace the
     // current process.
     unreachable!("the executor should not return if it is successful.");
+}
+
+/// `rlimit` (an RLIMIT_NOFILE) with each limit no lower than this
+/// process's own: what the runtime sets before it has opened all it needs.
+pub(crate) fn nofile_raised_only(rlimit: &PosixRlimit) -> PosixRlimit {
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap_or((0, 0));
+    let hard = rlimit.hard().max(hard);
+    oci_spec::runtime::PosixRlimitBuilder::default()
+        .typ(rlimit.typ())
+        .soft(rlimit.soft().max(soft).min(hard))
+        .hard(hard)
+        .build()
+        .unwrap_or_else(|_| rlimit.clone())
+}
+
+/// Sets the process's RLIMIT_NOFILE as asked, just before the payload's
+/// exec: a low limit (10) set earlier left the runtime unable to open
+/// its own files. Lowering needs no privilege.
+fn lower_nofile_limit(process: &Process, syscall: &dyn Syscall) -> Result<()> {
+    let nofile = process.rlimits().iter().flatten().find(|r| {
+        r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile
+    });
+    if let Some(rlimit) = nofile {
+        syscall.set_rlimit(rlimit).map_err(|err| {
+            tracing::error!(?err, ?rlimit, "failed to set RLIMIT_NOFILE");
+            InitProcessError::SyscallOther(err)
+        })?;
+    }
+    Ok(())
 }
 
 fn sysctl(kernel_params: &HashMap<String, String>) -> Result<()> {
