@@ -12,7 +12,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use ironcell_container::{ConsoleSocket, Engine};
 use ironcell_oci::{Bundle, Status};
@@ -24,11 +23,6 @@ use crate::oom::{oom_kills, OomWatch};
 use crate::process::{Exit, Pipes, Process};
 use crate::reaper::Reaper;
 use crate::AgentError;
-
-/// How long a process's pty master may take to arrive on its console
-/// socket once the engine has made the process.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 struct Entry {
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -238,7 +232,7 @@ impl Containers {
             }
         };
         let tty = match &console {
-            Some(c) => match c.receive(CONSOLE_TIMEOUT) {
+            Some(c) => match c.receive(ironcell_container::ConsoleSocket::TIMEOUT) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     drop(spawning);
@@ -434,7 +428,7 @@ impl Containers {
             console.as_ref().map(|c| c.path()),
         )?;
         let tty = match &console {
-            Some(c) => match c.receive(CONSOLE_TIMEOUT) {
+            Some(c) => match c.receive(ironcell_container::ConsoleSocket::TIMEOUT) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let _ = nix::sys::signal::kill(

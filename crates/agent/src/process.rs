@@ -35,7 +35,10 @@ impl Exit {
         use nix::sys::wait::WaitStatus::*;
         let (code, signal) = match status {
             Exited(_, c) => (c, 0),
-            Signaled(_, s, _) => (128 + s as i32, s as u32),
+            Signaled(_, s, _) => (
+                ironcell_basics::exit_status::of_signal(s as i32) as i32,
+                s as u32,
+            ),
             _ => return None,
         };
         Some(Exit {

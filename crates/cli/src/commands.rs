@@ -14,8 +14,6 @@ use crate::args::{Command, CreateArgs, ExecArgs, Global};
 use crate::console::Relay;
 use ironcell_container::ConsoleSocket;
 
-/// How long a container has to send its pty master.
-const CONSOLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::foreground::Blocked;
 
 pub fn run(global: &Global, command: Command) -> Result<u8> {
@@ -136,7 +134,7 @@ fn run_container(
     let id = &args.id;
     let backend = sandboxes.owner(id)?;
     let relay = match console.as_ref().map(|c| {
-        c.receive(CONSOLE_TIMEOUT)
+        c.receive(ironcell_container::ConsoleSocket::TIMEOUT)
             .map_err(anyhow::Error::from)
             .and_then(Relay::start)
     }) {
@@ -253,7 +251,9 @@ fn exec(sandboxes: &Sandboxes, args: Box<ExecArgs>) -> Result<u8> {
     let blocked = Blocked::new()?;
     let pid = backend.exec(&args.id, &opts)?;
     let relay = match &console {
-        Some(c) => Some(Relay::start(c.receive(CONSOLE_TIMEOUT)?)?),
+        Some(c) => Some(Relay::start(
+            c.receive(ironcell_container::ConsoleSocket::TIMEOUT)?,
+        )?),
         None => None,
     };
     wait_foreground(blocked, pid, relay)

@@ -41,6 +41,10 @@ impl ConsoleSocket {
         &self.path
     }
 
+    /// How long the runtimes wait for a container's pty master: longer than
+    /// any create takes, short enough that a lost one fails the create.
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Accepts the container's connection and takes the pty master from it.
     pub fn receive(&self, timeout: Duration) -> Result<File, ContainerError> {
         let fail = |what: &str, e: io::Error| ContainerError::io(what.to_string(), e);

@@ -95,7 +95,7 @@ impl Control {
         let now = SystemTime::now();
         let gone = Reply {
             pid: Some(0),
-            exit_status: Some(137),
+            exit_status: Some(ironcell_basics::exit_status::KILLED),
             exited_at: Some(nanos(now)),
             ..Default::default()
         };
@@ -122,7 +122,10 @@ impl Control {
         match self.tasks.delete(ns, id, "").await {
             Ok((pid, exit)) => Reply {
                 pid: Some(pid.max(0) as u32),
-                exit_status: Some(exit.map(|e| e.status).unwrap_or(137)),
+                exit_status: Some(
+                    exit.map(|e| e.status)
+                        .unwrap_or(ironcell_basics::exit_status::KILLED),
+                ),
                 exited_at: Some(nanos(exit.map(|e| e.at).unwrap_or(now))),
                 ..Default::default()
             },

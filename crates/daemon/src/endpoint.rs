@@ -143,7 +143,8 @@ impl Endpoints {
         servers.insert(key.clone(), (address.clone(), server));
         let keys: Vec<&EndpointKey> = servers.keys().collect();
         let list = self.list_file();
-        if let Err(e) = std::fs::write(&list, serde_json::to_vec(&keys).unwrap_or_default()) {
+        let data = serde_json::to_vec(&keys).map_err(std::io::Error::other);
+        if let Err(e) = data.and_then(|d| ironcell_basics::atomic_file::write(&list, &d)) {
             tracing::warn!(error = %e, "cannot write {}", list.display());
         }
         Ok(address)

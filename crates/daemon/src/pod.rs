@@ -107,7 +107,10 @@ impl Tasks {
             .parent()
             .map(std::fs::create_dir_all)
             .unwrap_or(Ok(()))
-            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default()));
+            .and_then(|()| {
+                let data = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+                ironcell_basics::atomic_file::write(&path, &data)
+            });
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot write {}", path.display());
         }

@@ -32,7 +32,9 @@ impl Exit {
     pub fn from_wait(status: WaitStatus) -> Option<Exit> {
         let (pid, code) = match status {
             WaitStatus::Exited(pid, code) => (pid, code as u32),
-            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as u32),
+            WaitStatus::Signaled(pid, sig, _) => {
+                (pid, ironcell_basics::exit_status::of_signal(sig as i32))
+            }
             _ => return None,
         };
         Some(Exit {

@@ -155,7 +155,9 @@ impl TaskService for Service {
         let (pid, exit) = self.tasks.delete(&ns, &req.id, &req.exec_id).await?;
         Ok(DeleteResponse {
             pid: pid.max(0) as u32,
-            exit_status: exit.map(|e| e.status).unwrap_or(137),
+            exit_status: exit
+                .map(|e| e.status)
+                .unwrap_or(ironcell_basics::exit_status::KILLED),
             exited_at: MessageField::some(timestamp(
                 exit.map(|e| e.at)
                     .unwrap_or_else(std::time::SystemTime::now),

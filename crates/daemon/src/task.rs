@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -34,9 +34,6 @@ use crate::oom;
 use crate::reaper::{Exit, Reaper};
 use crate::stdio::{self, StdinRelay};
 use crate::wasm::{WasmHost, WasmProc, WasmStdio};
-
-/// How long a container may take to send its pty master.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a task operation can fail with; each maps to the gRPC code
 /// containerd expects (see `service.rs`).
@@ -301,11 +298,9 @@ impl Task {
             }
         };
         let path = self.dir.join("task.json");
-        let tmp = self.dir.join("task.json.new");
         let r = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|b| ironcell_basics::atomic_file::write(&path, &b));
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot write {}", path.display());
         }
@@ -477,7 +472,7 @@ impl Tasks {
                         // Its module ran in the daemon that died.
                         let exit = Exit {
                             pid,
-                            status: 128 + 9,
+                            status: ironcell_basics::exit_status::KILLED,
                             at: SystemTime::now(),
                         };
                         self.on_exit(&task, None, exit);
@@ -940,7 +935,7 @@ impl Tasks {
         if let Some(console) = console {
             let got = blocking(move || {
                 console
-                    .receive(CONSOLE_TIMEOUT)
+                    .receive(ironcell_container::ConsoleSocket::TIMEOUT)
                     .map_err(|e| TaskError::Internal(e.to_string()))
             })
             .await;
@@ -1117,7 +1112,7 @@ impl Tasks {
                     // As a process that could not be exec'd.
                     let exit = Exit {
                         pid,
-                        status: 126,
+                        status: ironcell_basics::exit_status::CANNOT_EXECUTE,
                         at: SystemTime::now(),
                     };
                     self.on_exit(&task, None, exit);
@@ -1304,7 +1299,7 @@ impl Tasks {
                 // Never started: it ends now, as a killed process would.
                 let exit = Exit {
                     pid: view.pid,
-                    status: 128 + signal as u32,
+                    status: ironcell_basics::exit_status::of_signal(signal),
                     at: SystemTime::now(),
                 };
                 self.on_exit(&task, None, exit);
@@ -1426,7 +1421,7 @@ impl Tasks {
         let _ = std::fs::remove_dir_all(&task.dir);
         let (status, at) = exit
             .map(|e| (e.status, e.at))
-            .unwrap_or((137, SystemTime::now()));
+            .unwrap_or((ironcell_basics::exit_status::KILLED, SystemTime::now()));
         self.events.publish(
             task.containerd.as_deref(),
             ns,

@@ -208,13 +208,13 @@ impl WasmHost {
         };
         let killed = proc.kill.load(Ordering::Relaxed);
         if killed != 0 {
-            return 128 + killed as u32;
+            return ironcell_basics::exit_status::of_signal(killed);
         }
         let rt = match self.runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 report(e.to_string());
-                return 126;
+                return ironcell_basics::exit_status::CANNOT_EXECUTE;
             }
         };
         let open = |fd: Option<OwnedFd>, write: bool| -> std::io::Result<File> {
@@ -229,7 +229,7 @@ impl WasmHost {
             Ok(f) => f,
             Err(e) => {
                 report(format!("stdio: {e}"));
-                return 126;
+                return ironcell_basics::exit_status::CANNOT_EXECUTE;
             }
         };
         let spec = Spec {
@@ -251,7 +251,7 @@ impl WasmHost {
             }
             Err(e) => {
                 report(e.to_string());
-                126
+                ironcell_basics::exit_status::CANNOT_EXECUTE
             }
         }
     }

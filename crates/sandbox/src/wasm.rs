@@ -628,9 +628,7 @@ fn alive(pid: i32, start: u64) -> bool {
 }
 
 fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)
-        .and_then(|()| fs::rename(&tmp, path))
+    ironcell_basics::atomic_file::write(path, data)
         .map_err(|e| wasm_err(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -651,16 +650,5 @@ fn store_atomically(file: &Path, data: &[u8]) {
     {
         return;
     }
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        file.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm"),
-        std::process::id()
-    ));
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(data)?;
-        f.sync_all()
-    });
-    if written.is_err() || std::fs::rename(&tmp, file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = ironcell_basics::atomic_file::write_private(file, data);
 }

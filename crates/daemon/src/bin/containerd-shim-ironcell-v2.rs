@@ -26,7 +26,6 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 
-const DEFAULT_ROOT: &str = "/run/ironcell/ironcelld";
 /// How long `start` waits for a daemon it started to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +88,7 @@ fn parse(args: &[String]) -> Result<Flags> {
 fn root() -> PathBuf {
     std::env::var_os("IRONCELLD_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+        .unwrap_or_else(|| PathBuf::from(ironcelld::server::DEFAULT_ROOT))
 }
 
 /// ironcelld next to this binary, else from PATH.
@@ -215,9 +214,7 @@ fn start(flags: &Flags) -> Result<()> {
         .as_deref()
         .map(Path::new)
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(".address.tmp");
-    std::fs::write(&tmp, address)
-        .and_then(|()| std::fs::rename(&tmp, dir.join("address")))
+    ironcell_basics::atomic_file::write(&dir.join("address"), address.as_bytes())
         .with_context(|| format!("cannot write {}", dir.join("address").display()))?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes())?;
@@ -233,7 +230,7 @@ fn delete(flags: &Flags) -> Result<()> {
         .as_nanos() as u64;
     let (pid, status, at) = match connect(&root) {
         // No daemon: nothing of the task is served any more.
-        Err(_) => (0, 137, now),
+        Err(_) => (0, ironcell_basics::exit_status::KILLED, now),
         Ok(conn) => {
             let r = call(
                 &conn,
@@ -242,7 +239,7 @@ fn delete(flags: &Flags) -> Result<()> {
             let n = |k: &str, d: u64| r.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
             (
                 n("pid", 0) as u32,
-                n("exit_status", 137) as u32,
+                n("exit_status", ironcell_basics::exit_status::KILLED as u64) as u32,
                 n("exited_at", now),
             )
         }

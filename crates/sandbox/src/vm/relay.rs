@@ -169,6 +169,7 @@ fn own_fd(n: i32) -> ManuallyDrop<File> {
 }
 
 fn winsize(fd: i32) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain integers; all zeroes is a valid value.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize into `ws`, which outlives the
     // call.
@@ -291,7 +292,7 @@ impl Relay {
             },
             // The process cannot be asked anymore: reported as killed.
             Err(e) => ExitRecord {
-                code: 128 + libc::SIGKILL,
+                code: ironcell_basics::exit_status::KILLED as i32,
                 signal: libc::SIGKILL as u32,
                 oom_killed: false,
                 exited_at: now,

@@ -83,9 +83,7 @@ pub struct ExitRecord {
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed
 /// over it): a reader never sees half a record.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec(value)?)?;
-    fs::rename(&tmp, path)
+    ironcell_basics::atomic_file::write(path, &serde_json::to_vec(value)?)
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {

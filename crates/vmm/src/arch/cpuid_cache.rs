@@ -21,9 +21,9 @@
 //! renamed into place, so VMMs starting at once never read half a file.
 //! Every failure only costs the ioctl: the cache is never an error.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -196,20 +196,7 @@ fn store(dir: &Path, path: &Path, key: &str, cpuid: &CpuId) -> std::io::Result<(
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&encode(key, cpuid))?;
-        fs::rename(&tmp, path)
-    };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    ironcell_basics::atomic_file::write_private(path, &encode(key, cpuid))
 }
 
 #[cfg(test)]
