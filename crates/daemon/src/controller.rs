@@ -30,7 +30,9 @@ use anyhow::{Context, Result};
 use tonic::{Request, Response, Status};
 
 use crate::endpoint::{EndpointKey, Endpoints};
-use crate::task::{TaskError, Tasks};
+use crate::error::TaskError;
+use crate::task::Tasks;
+use crate::time::prost_timestamp;
 
 /// The messages and service generated from `proto/` (build.rs).
 #[allow(clippy::all, missing_docs)]
@@ -86,14 +88,6 @@ impl From<TaskError> for Status {
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// The namespace a request names (containerd always sends one).
 fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
     let ns = req
@@ -103,7 +97,7 @@ fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
         .to_str()
         .map_err(|_| Status::invalid_argument("the containerd namespace is not text"))?
         .to_string();
-    crate::task::validate_namespace(&ns)?;
+    crate::error::validate_namespace(&ns)?;
     Ok(ns)
 }
 
@@ -136,7 +130,7 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl ControllerApi for Controller {
     async fn create(&self, req: Request<ControllerCreateRequest>) -> R<ControllerCreateResponse> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let options = req
@@ -145,7 +139,8 @@ impl ControllerApi for Controller {
             .filter(|o| crate::pod::is_pod_config(&o.type_url))
             .map(|o| o.value.as_slice());
         self.tasks
-            .create_pod(&ns, &req.sandbox_id, &req.netns_path, options)?;
+            .pods
+            .create(&ns, &req.sandbox_id, &req.netns_path, options)?;
         tracing::info!(namespace = %ns, id = %req.sandbox_id, "pod created");
         Ok(Response::new(ControllerCreateResponse {
             sandbox_id: req.sandbox_id,
@@ -153,15 +148,15 @@ impl ControllerApi for Controller {
     }
 
     async fn start(&self, req: Request<ControllerStartRequest>) -> R<ControllerStartResponse> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         let ns = namespace(&req)?;
         let id = req.into_inner().sandbox_id;
         let address = self.address(&ns).await?;
-        let (pid, created) = self.tasks.start_pod(&ns, &id).await?;
+        let (pid, created) = self.tasks.pods.start(&ns, &id).await?;
         Ok(Response::new(ControllerStartResponse {
             sandbox_id: id,
             pid: pid as u32,
-            created_at: Some(timestamp(created)),
+            created_at: Some(prost_timestamp(created)),
             labels: HashMap::new(),
             address,
             version: TASK_API_VERSION,
@@ -173,7 +168,7 @@ impl ControllerApi for Controller {
         req: Request<ControllerPlatformRequest>,
     ) -> R<ControllerPlatformResponse> {
         let ns = namespace(&req)?;
-        self.tasks.pod_status(&ns, &req.get_ref().sandbox_id)?;
+        self.tasks.pods.status(&ns, &req.get_ref().sandbox_id)?;
         let (os, architecture) = crate::pod::platform();
         Ok(Response::new(ControllerPlatformResponse {
             platform: Some(Platform {
@@ -185,9 +180,9 @@ impl ControllerApi for Controller {
     }
 
     async fn stop(&self, req: Request<ControllerStopRequest>) -> R<ControllerStopResponse> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         let ns = namespace(&req)?;
-        self.tasks.stop_pod(&ns, &req.get_ref().sandbox_id).await?;
+        self.tasks.pods.stop(&ns, &req.get_ref().sandbox_id).await?;
         Ok(Response::new(ControllerStopResponse {}))
     }
 
@@ -195,24 +190,24 @@ impl ControllerApi for Controller {
     /// when this returns).
     async fn wait(&self, req: Request<ControllerWaitRequest>) -> R<ControllerWaitResponse> {
         let ns = namespace(&req)?;
-        let exit = self.tasks.wait_pod(&ns, &req.get_ref().sandbox_id).await?;
+        let exit = self.tasks.pods.wait(&ns, &req.get_ref().sandbox_id).await?;
         Ok(Response::new(ControllerWaitResponse {
             exit_status: exit.status,
-            exited_at: Some(timestamp(exit.at)),
+            exited_at: Some(prost_timestamp(exit.at)),
         }))
     }
 
     async fn status(&self, req: Request<ControllerStatusRequest>) -> R<ControllerStatusResponse> {
         let ns = namespace(&req)?;
         let id = req.into_inner().sandbox_id;
-        let status = self.tasks.pod_status(&ns, &id)?;
+        let status = self.tasks.pods.status(&ns, &id)?;
         Ok(Response::new(ControllerStatusResponse {
             sandbox_id: id,
             pid: status.pid,
             state: status.state().into(),
             info: HashMap::new(),
-            created_at: Some(timestamp(status.created)),
-            exited_at: status.exit.map(|e| timestamp(e.at)),
+            created_at: Some(prost_timestamp(status.created)),
+            exited_at: status.exit.map(|e| prost_timestamp(e.at)),
             extra: None,
             // containerd reads the address again after its own restart.
             address: self.address(&ns).await?,
@@ -225,11 +220,11 @@ impl ControllerApi for Controller {
         &self,
         req: Request<ControllerShutdownRequest>,
     ) -> R<ControllerShutdownResponse> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         let ns = namespace(&req)?;
         let id = &req.get_ref().sandbox_id;
-        self.tasks.pod_status(&ns, id)?;
-        self.tasks.remove_pod(&ns, id);
+        self.tasks.pods.status(&ns, id)?;
+        self.tasks.pods.remove(&ns, id);
         tracing::info!(namespace = %ns, %id, "pod removed");
         Ok(Response::new(ControllerShutdownResponse {}))
     }
@@ -240,10 +235,10 @@ impl ControllerApi for Controller {
     ) -> R<ControllerMetricsResponse> {
         let ns = namespace(&req)?;
         let id = req.into_inner().sandbox_id;
-        let data = self.tasks.pod_metrics(&ns, &id).await?;
+        let data = self.tasks.pods.metrics(&ns, &id).await?;
         Ok(Response::new(ControllerMetricsResponse {
             metrics: Some(Metric {
-                timestamp: Some(timestamp(SystemTime::now())),
+                timestamp: Some(prost_timestamp(SystemTime::now())),
                 id,
                 data: Some(prost_types::Any {
                     type_url: data.type_url,
@@ -258,7 +253,7 @@ impl ControllerApi for Controller {
     /// that exists succeeds.
     async fn update(&self, req: Request<ControllerUpdateRequest>) -> R<ControllerUpdateResponse> {
         let ns = namespace(&req)?;
-        self.tasks.pod_status(&ns, &req.get_ref().sandbox_id)?;
+        self.tasks.pods.status(&ns, &req.get_ref().sandbox_id)?;
         Ok(Response::new(ControllerUpdateResponse {}))
     }
 }
@@ -272,7 +267,7 @@ pub fn serve(path: &Path, controller: Controller) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    crate::server::private_socket(path)?;
+    crate::files::private_socket(path)?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let path = PathBuf::from(path);
     tokio::spawn(async move {

@@ -23,10 +23,11 @@ use containerd_shim_protos::shim_async::create_task;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::error::validate_namespace;
 use crate::keeper::client::Keeper;
 use crate::pod::PodService;
 use crate::service::Service;
-use crate::task::{validate_namespace, Tasks};
+use crate::task::Tasks;
 
 /// Which containerd and namespace an endpoint serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,7 +124,7 @@ impl Endpoints {
             containerd: key.containerd.clone(),
         });
         let pods = Arc::new(PodService {
-            tasks: self.tasks.clone(),
+            pods: self.tasks.pods.clone(),
             namespace: key.namespace.clone(),
         });
         let mut server = ttrpc::asynchronous::Server::new()
@@ -131,7 +132,7 @@ impl Endpoints {
             .with_context(|| format!("cannot listen on {}", path.display()))?
             .register_service(task_services(service))
             .register_service(create_sandbox(pods));
-        crate::server::private_socket(&path)?;
+        crate::files::private_socket(&path)?;
         server
             .start()
             .await

@@ -14,13 +14,14 @@ use containerd_shim_protos::events::task::{
     TaskResumed, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::{Client, EventsClient};
 use containerd_shim_protos::topics;
 use tokio::sync::mpsc;
+
+use crate::time::timestamp;
 
 const ATTEMPTS: u32 = 3;
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -33,29 +34,6 @@ pub struct Event {
     pub namespace: String,
     pub topic: &'static str,
     pub event: Any,
-}
-
-/// A time as nanoseconds since the epoch (the daemon's records and the
-/// keeper's messages keep times this way).
-pub fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// The inverse of [`nanos`].
-pub fn from_nanos(n: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_nanos(n)
-}
-
-/// Converts a time to protobuf's form.
-pub fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-        ..Default::default()
-    }
 }
 
 /// containerd's typeurl names an event by its protobuf full name, without

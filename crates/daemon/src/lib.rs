@@ -5,9 +5,12 @@
 pub mod control;
 pub mod controller;
 pub mod endpoint;
+pub mod error;
 pub mod events;
+pub mod files;
 pub mod helper;
 pub mod keeper;
+pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod oom;
@@ -17,4 +20,5 @@ pub mod server;
 pub mod service;
 pub mod stdio;
 pub mod task;
+pub mod time;
 pub mod wasm;

@@ -103,7 +103,7 @@ fn run(args: Args) -> Result<()> {
     // Started by the shim inside a bundle that will be deleted: a daemon
     // must not hold any directory.
     std::env::set_current_dir("/").context("cannot change to /")?;
-    server::limit_malloc_arenas();
+    ironcelld::memory::limit_malloc_arenas();
     // Blocking work (sandbox operations, file I/O) runs on a few threads
     // that do not linger: every thread costs its stack's touched pages.
     // One async worker: the requests' own work is short, and with two the

@@ -12,7 +12,9 @@
 //! a child of the keeper like every container process: no image, no rootfs,
 //! no container set-up.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -27,9 +29,11 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 
-use crate::events::{from_nanos, nanos, timestamp};
+use crate::error::TaskError;
+use crate::keeper::client::Keeper;
 use crate::reaper::Exit;
-use crate::task::{TaskError, Tasks};
+use crate::reaper::Reaper;
+use crate::time::{from_nanos, nanos, timestamp};
 
 /// How long Stop waits for the holder to go.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -90,13 +94,41 @@ struct PodRecord {
     pid: i32,
 }
 
-impl Tasks {
-    fn pod_file(&self, ns: &str, id: &str) -> std::path::PathBuf {
+/// The pods of every namespace, each a holder process the keeper runs;
+/// recorded under `<root>/pods/<ns>/<id>.json` for a restarted daemon.
+pub struct Pods {
+    root: PathBuf,
+    /// The daemon's binary, run as `helper pod`.
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+    keeper: Option<Arc<Keeper>>,
+    pods: Mutex<HashMap<(String, String), Arc<Pod>>>,
+}
+
+impl Pods {
+    pub fn new(
+        root: PathBuf,
+        exe: PathBuf,
+        reaper: Arc<Reaper>,
+        keeper: Option<Arc<Keeper>>,
+    ) -> Pods {
+        Pods {
+            root,
+            exe,
+            reaper,
+            keeper,
+            pods: Mutex::default(),
+        }
+    }
+}
+
+impl Pods {
+    fn file(&self, ns: &str, id: &str) -> std::path::PathBuf {
         self.root.join("pods").join(ns).join(format!("{id}.json"))
     }
 
-    fn save_pod(&self, ns: &str, id: &str, pod: &Pod) {
-        let path = self.pod_file(ns, id);
+    fn save(&self, ns: &str, id: &str, pod: &Pod) {
+        let path = self.file(ns, id);
         let record = PodRecord {
             netns: pod.netns.clone(),
             cgroup: pod.cgroup.clone(),
@@ -117,7 +149,7 @@ impl Tasks {
     }
 
     /// Watches a pod's holder; its exit (from the keeper) ends the pod.
-    fn watch_pod(&self, pod: &Arc<Pod>, pid: i32) {
+    fn watch(&self, pod: &Arc<Pod>, pid: i32) {
         let rx = self.reaper.watch(pid);
         let (keeper, p) = (self.keeper.clone(), pod.clone());
         tokio::spawn(async move {
@@ -131,7 +163,7 @@ impl Tasks {
     }
 
     /// A restarted daemon takes back the pods a previous one made.
-    pub(crate) fn recover_pods(&self) {
+    pub fn recover(&self) {
         let Ok(namespaces) = std::fs::read_dir(self.root.join("pods")) else {
             return;
         };
@@ -149,8 +181,8 @@ impl Tasks {
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
                 let Some(r) = record.filter(|_| {
-                    crate::task::validate_namespace(&ns_name).is_ok()
-                        && crate::task::validate_id("sandbox id", &id).is_ok()
+                    crate::error::validate_namespace(&ns_name).is_ok()
+                        && crate::error::validate_id("sandbox id", &id).is_ok()
                 }) else {
                     let _ = std::fs::remove_file(&path);
                     continue;
@@ -163,7 +195,7 @@ impl Tasks {
                     exit: watch::channel(None).0,
                 });
                 if r.pid > 0 {
-                    self.watch_pod(&pod, r.pid);
+                    self.watch(&pod, r.pid);
                 }
                 tracing::info!(namespace = %ns_name, %id, "pod re-attached");
                 self.pods.lock().unwrap().insert((ns_name.clone(), id), pod);
@@ -171,7 +203,7 @@ impl Tasks {
         }
     }
 
-    fn pod(&self, ns: &str, id: &str) -> Result<Arc<Pod>, TaskError> {
+    pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Pod>, TaskError> {
         self.pods
             .lock()
             .unwrap()
@@ -182,15 +214,15 @@ impl Tasks {
 
     /// Records a pod; `options` is the CRI's PodSandboxConfig (protobuf),
     /// when containerd sends it.
-    pub fn create_pod(
+    pub fn create(
         &self,
         ns: &str,
         id: &str,
         netns: &str,
         options: Option<&[u8]>,
     ) -> Result<(), TaskError> {
-        crate::task::validate_namespace(ns)?;
-        crate::task::validate_id("sandbox id", id)?;
+        crate::error::validate_namespace(ns)?;
+        crate::error::validate_id("sandbox id", id)?;
         let cgroup = match options {
             Some(bytes) => cgroup_parent(bytes)?,
             None => String::new(),
@@ -213,12 +245,8 @@ impl Tasks {
         Ok(())
     }
 
-    pub async fn start_pod(
-        self: &Arc<Self>,
-        ns: &str,
-        id: &str,
-    ) -> Result<(i32, SystemTime), TaskError> {
-        let pod = self.pod(ns, id)?;
+    pub async fn start(&self, ns: &str, id: &str) -> Result<(i32, SystemTime), TaskError> {
+        let pod = self.get(ns, id)?;
         let running = *pod.pid.lock().unwrap();
         if running > 0 {
             return Ok((running, pod.created));
@@ -241,8 +269,8 @@ impl Tasks {
             .await
             .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?;
         *pod.pid.lock().unwrap() = pid;
-        self.save_pod(ns, id, &pod);
-        self.watch_pod(&pod, pid);
+        self.save(ns, id, &pod);
+        self.watch(&pod, pid);
         if !pod.cgroup.is_empty() {
             let cgroup = std::path::PathBuf::from(&pod.cgroup);
             let joined =
@@ -271,8 +299,8 @@ impl Tasks {
         Ok((pid, pod.created))
     }
 
-    pub async fn stop_pod(&self, ns: &str, id: &str) -> Result<(), TaskError> {
-        let pod = self.pod(ns, id)?;
+    pub async fn stop(&self, ns: &str, id: &str) -> Result<(), TaskError> {
+        let pod = self.get(ns, id)?;
         let pid = *pod.pid.lock().unwrap();
         if pid > 0 && pod.exit.borrow().is_none() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -282,8 +310,8 @@ impl Tasks {
         Ok(())
     }
 
-    pub async fn wait_pod(&self, ns: &str, id: &str) -> Result<Exit, TaskError> {
-        let pod = self.pod(ns, id)?;
+    pub async fn wait(&self, ns: &str, id: &str) -> Result<Exit, TaskError> {
+        let pod = self.get(ns, id)?;
         let mut rx = pod.exit.subscribe();
         let exit = rx
             .wait_for(|e| e.is_some())
@@ -293,8 +321,8 @@ impl Tasks {
     }
 
     /// Whether the pod runs, its pid, when it was made and how it ended.
-    pub fn pod_status(&self, ns: &str, id: &str) -> Result<PodStatus, TaskError> {
-        let pod = self.pod(ns, id)?;
+    pub fn status(&self, ns: &str, id: &str) -> Result<PodStatus, TaskError> {
+        let pod = self.get(ns, id)?;
         let pid = *pod.pid.lock().unwrap();
         let exit = *pod.exit.borrow();
         Ok(PodStatus {
@@ -306,12 +334,12 @@ impl Tasks {
     }
 
     /// The statistics of the pod's cgroup, as containerd's metrics `Any`.
-    pub async fn pod_metrics(
+    pub async fn metrics(
         &self,
         ns: &str,
         id: &str,
     ) -> Result<containerd_shim_protos::protobuf::well_known_types::any::Any, TaskError> {
-        let pod = self.pod(ns, id)?;
+        let pod = self.get(ns, id)?;
         if pod.cgroup.is_empty() {
             return Err(TaskError::FailedPrecondition(format!(
                 "sandbox {id} has no cgroup of its own (its PodSandboxConfig names no cgroup_parent)"
@@ -325,13 +353,13 @@ impl Tasks {
         Ok(crate::metrics::to_any(&stats, crate::metrics::unified()))
     }
 
-    pub fn remove_pod(&self, ns: &str, id: &str) {
+    pub fn remove(&self, ns: &str, id: &str) {
         let removed = self
             .pods
             .lock()
             .unwrap()
             .remove(&(ns.to_string(), id.to_string()));
-        let _ = std::fs::remove_file(self.pod_file(ns, id));
+        let _ = std::fs::remove_file(self.file(ns, id));
         if let Some(pod) = removed {
             let pid = *pod.pid.lock().unwrap();
             if pid > 0 && pod.exit.borrow().is_none() {
@@ -341,7 +369,7 @@ impl Tasks {
     }
 }
 
-/// What [`Tasks::pod_status`] reports.
+/// What [`Pods::status`] reports.
 pub struct PodStatus {
     pub pid: u32,
     pub ready: bool,
@@ -424,7 +452,7 @@ const POD_FILES: [(&str, &str); 3] = [
     ("/etc/hostname", "/etc/hostname"),
 ];
 
-impl Tasks {
+impl Pods {
     /// containerd 1.7's CRI, in sandbox-API mode, leaves the pod's
     /// `hosts`, `resolv.conf` and `hostname` to the sandbox (its pause
     /// container path writes them, its shim path does not), yet mounts them
@@ -432,14 +460,14 @@ impl Tasks {
     /// bind source that is missing (or an empty directory left by an earlier
     /// attempt) becomes a copy of the host's file: the pod shares the
     /// host's network.
-    pub(crate) fn prepare_pod_files(&self, ns: &str, spec: &oci_spec::runtime::Spec) {
+    pub fn prepare_files(&self, ns: &str, spec: &oci_spec::runtime::Spec) {
         let pod = spec
             .annotations()
             .as_ref()
             .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
             .cloned();
         let Some(pod) = pod else { return };
-        if self.pod(ns, &pod).is_err() {
+        if self.get(ns, &pod).is_err() {
             return;
         }
         for m in spec.mounts().iter().flatten() {
@@ -472,7 +500,7 @@ impl Tasks {
 
 /// The sandbox service of one endpoint (one containerd namespace).
 pub struct PodService {
-    pub tasks: Arc<Tasks>,
+    pub pods: Arc<Pods>,
     pub namespace: String,
 }
 
@@ -485,14 +513,14 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> R<CreateSandboxResponse> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         let options = req
             .options
             .as_ref()
             .filter(|o| is_pod_config(&o.type_url))
             .map(|o| o.value.as_slice());
-        self.tasks
-            .create_pod(&self.namespace, &req.sandbox_id, &req.netns_path, options)?;
+        self.pods
+            .create(&self.namespace, &req.sandbox_id, &req.netns_path, options)?;
         Ok(CreateSandboxResponse::default())
     }
 
@@ -501,11 +529,8 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: StartSandboxRequest,
     ) -> R<StartSandboxResponse> {
-        crate::server::note_activity();
-        let (pid, created) = self
-            .tasks
-            .start_pod(&self.namespace, &req.sandbox_id)
-            .await?;
+        crate::memory::note_activity();
+        let (pid, created) = self.pods.start(&self.namespace, &req.sandbox_id).await?;
         Ok(StartSandboxResponse {
             pid: pid as u32,
             created_at: MessageField::some(timestamp(created)),
@@ -530,10 +555,8 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: StopSandboxRequest,
     ) -> R<StopSandboxResponse> {
-        crate::server::note_activity();
-        self.tasks
-            .stop_pod(&self.namespace, &req.sandbox_id)
-            .await?;
+        crate::memory::note_activity();
+        self.pods.stop(&self.namespace, &req.sandbox_id).await?;
         Ok(StopSandboxResponse::default())
     }
 
@@ -542,10 +565,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: WaitSandboxRequest,
     ) -> R<WaitSandboxResponse> {
-        let exit = self
-            .tasks
-            .wait_pod(&self.namespace, &req.sandbox_id)
-            .await?;
+        let exit = self.pods.wait(&self.namespace, &req.sandbox_id).await?;
         Ok(WaitSandboxResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.at)),
@@ -558,7 +578,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: SandboxStatusRequest,
     ) -> R<SandboxStatusResponse> {
-        let status = self.tasks.pod_status(&self.namespace, &req.sandbox_id)?;
+        let status = self.pods.status(&self.namespace, &req.sandbox_id)?;
         Ok(SandboxStatusResponse {
             sandbox_id: req.sandbox_id,
             pid: status.pid,
@@ -573,7 +593,7 @@ impl SandboxService for PodService {
     }
 
     async fn ping_sandbox(&self, _ctx: &TtrpcContext, req: PingRequest) -> R<PingResponse> {
-        self.tasks.pod(&self.namespace, &req.sandbox_id)?;
+        self.pods.get(&self.namespace, &req.sandbox_id)?;
         Ok(PingResponse::default())
     }
 
@@ -584,8 +604,8 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: ShutdownSandboxRequest,
     ) -> R<ShutdownSandboxResponse> {
-        crate::server::note_activity();
-        self.tasks.remove_pod(&self.namespace, &req.sandbox_id);
+        crate::memory::note_activity();
+        self.pods.remove(&self.namespace, &req.sandbox_id);
         Ok(ShutdownSandboxResponse::default())
     }
 
@@ -594,10 +614,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: SandboxMetricsRequest,
     ) -> R<SandboxMetricsResponse> {
-        let data = self
-            .tasks
-            .pod_metrics(&self.namespace, &req.sandbox_id)
-            .await?;
+        let data = self.pods.metrics(&self.namespace, &req.sandbox_id).await?;
         // The Metric type is not exported by containerd-shim-protos.
         let mut resp = SandboxMetricsResponse::default();
         let metric = resp.metrics.mut_or_insert_default();

@@ -20,10 +20,11 @@ use containerd_shim_protos::shim_async::Task as TaskService;
 use ttrpc::asynchronous::TtrpcContext;
 use ttrpc::{Code, Error as TtrpcError};
 
-use crate::events::timestamp;
+use crate::error::TaskError;
 use crate::metrics;
 use crate::mount::Mount;
-use crate::task::{CreateRequest, IoSpec, ProcStatus, TaskError, Tasks};
+use crate::task::{CreateRequest, IoSpec, ProcStatus, Tasks};
+use crate::time::timestamp;
 
 /// The metadata key containerd puts the namespace under for ttrpc.
 pub const NAMESPACE_KEY: &str = "containerd-namespace-ttrpc";
@@ -55,7 +56,7 @@ impl Service {
     /// names it in the ttrpc metadata (1.6 and 1.7 do not); a request that
     /// names another namespace is refused.
     fn namespace(&self, ctx: &TtrpcContext) -> Result<String, TaskError> {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         if let Some(ns) = ctx.metadata.get(NAMESPACE_KEY).and_then(|v| v.first()) {
             if *ns != self.namespace {
                 return Err(TaskError::InvalidArgument(format!(

@@ -23,56 +23,20 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::events::{from_nanos, nanos, timestamp, Publisher};
+use crate::error::{validate_id, validate_namespace};
+use crate::error::{Result, TaskError};
+use crate::events::Publisher;
 use crate::helper::{self, HelperStdio, Job};
-use crate::keeper::client::Keeper;
+use crate::keeper::client::{Keeper, ProcKey, Slot};
 use crate::mount::{self, Mount};
 use crate::oom;
+use crate::pod::Pods;
 use crate::reaper::{Exit, Reaper};
 use crate::stdio::{self, StdinRelay};
+use crate::time::{from_nanos, nanos, timestamp};
 use crate::wasm::{WasmHost, WasmProc, WasmStdio};
-
-/// What a task operation can fail with; each maps to the gRPC code
-/// containerd expects (see `service.rs`).
-#[derive(Debug, Error)]
-pub enum TaskError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<SandboxError> for TaskError {
-    fn from(e: SandboxError) -> Self {
-        let msg = e.to_string();
-        match e {
-            SandboxError::Container(ContainerError::NotFound(_)) => TaskError::NotFound(msg),
-            SandboxError::Container(ContainerError::Exists(_)) => TaskError::AlreadyExists(msg),
-            SandboxError::Container(ContainerError::WrongStatus { .. }) => {
-                TaskError::FailedPrecondition(msg)
-            }
-            SandboxError::Container(ContainerError::Id(_))
-            | SandboxError::Container(ContainerError::Bundle(_))
-            | SandboxError::UnknownKind(_)
-            | SandboxError::Annotation(_)
-            | SandboxError::NotBuilt(_) => TaskError::InvalidArgument(msg),
-            _ => TaskError::Internal(msg),
-        }
-    }
-}
-
-pub type Result<T, E = TaskError> = std::result::Result<T, E>;
 
 /// Runs blocking sandbox work off the async threads.
 async fn blocking<T, F>(f: F) -> Result<T>
@@ -104,8 +68,8 @@ pub enum ProcStatus {
 
 /// The init process or one exec'd process.
 struct Proc {
-    /// Names the fds the keeper holds for this process (see `io_key`).
-    key: String,
+    /// The process's name at the keeper.
+    key: ProcKey,
     pid: i32,
     io: IoSpec,
     started: bool,
@@ -128,7 +92,7 @@ struct Kept {
 }
 
 impl Proc {
-    fn new(io: IoSpec, key: String) -> Proc {
+    fn new(io: IoSpec, key: ProcKey) -> Proc {
         Proc {
             kept: Kept {
                 stdin: !io.stdin.is_empty(),
@@ -156,8 +120,8 @@ impl Proc {
             s.close();
         }
         if let (Some(k), true) = (keeper, std::mem::take(&mut self.kept.stdin)) {
-            k.release(&format!("{}:stdin", self.key));
-            k.release(&format!("{}:stdin-fifo", self.key));
+            k.release(&self.key, Slot::Stdin);
+            k.release(&self.key, Slot::StdinFifo);
         }
     }
 
@@ -165,8 +129,8 @@ impl Proc {
     fn release_io(&mut self, keeper: Option<&Keeper>) {
         self.close_stdin(keeper);
         if let (Some(k), true) = (keeper, std::mem::take(&mut self.kept.tty)) {
-            k.release(&format!("{}:tty", self.key));
-            k.release(&format!("{}:tty-out", self.key));
+            k.release(&self.key, Slot::Tty);
+            k.release(&self.key, Slot::TtyOut);
         }
     }
 }
@@ -193,7 +157,7 @@ impl ProcRecord {
         }
     }
 
-    fn restore(self, key: String) -> Proc {
+    fn restore(self, key: ProcKey) -> Proc {
         let mut p = Proc::new(self.io, key);
         p.pid = self.pid;
         p.started = self.started;
@@ -338,7 +302,7 @@ pub struct Tasks {
     pub(crate) keeper: Option<Arc<Keeper>>,
     events: Publisher,
     /// Pods made through the sandbox API (`pod.rs`).
-    pub(crate) pods: Mutex<HashMap<Key, Arc<crate::pod::Pod>>>,
+    pub pods: Arc<Pods>,
     /// Ids being created (a second Create of the same id fails at once).
     creating: Mutex<std::collections::HashSet<Key>>,
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
@@ -346,22 +310,6 @@ pub struct Tasks {
     counter: AtomicU64,
     /// The wasm runtime every wasm task shares.
     wasm: Arc<WasmHost>,
-}
-
-/// A containerd namespace name is used in paths: it must be a plain name.
-pub fn validate_namespace(ns: &str) -> Result<()> {
-    ironcell_oci::validate_id(ns)
-        .map_err(|e| TaskError::InvalidArgument(format!("namespace {ns:?}: {e}")))
-}
-
-pub(crate) fn validate_id(what: &str, id: &str) -> Result<()> {
-    ironcell_oci::validate_id(id).map_err(|e| TaskError::InvalidArgument(format!("{what}: {e}")))
-}
-
-/// The keeper's name for the fds of process `exec_id` ("" for the init) of
-/// task `id`; `:stdin` or `:tty` is appended.
-fn io_key(ns: &str, id: &str, exec_id: &str) -> String {
-    format!("{ns}/{id}/{exec_id}")
 }
 
 fn not_found(ns: &str, id: &str) -> TaskError {
@@ -404,6 +352,12 @@ impl Tasks {
     ) -> Tasks {
         Tasks {
             wasm: Arc::new(WasmHost::new(root.join("wasm-cache"))),
+            pods: Arc::new(Pods::new(
+                root.clone(),
+                exe.clone(),
+                reaper.clone(),
+                keeper.clone(),
+            )),
             root,
             exe,
             reaper,
@@ -412,7 +366,6 @@ impl Tasks {
             creating: Mutex::default(),
             tasks: Mutex::default(),
             paused: Mutex::default(),
-            pods: Mutex::default(),
             counter: AtomicU64::new(0),
         }
     }
@@ -422,7 +375,7 @@ impl Tasks {
     /// including those that happened while no daemon ran. A task directory
     /// without a record is a create that never finished: it is removed.
     pub async fn recover(self: &Arc<Self>) {
-        self.recover_pods();
+        self.pods.recover();
         let Ok(namespaces) = std::fs::read_dir(self.root.join("tasks")) else {
             return;
         };
@@ -452,12 +405,12 @@ impl Tasks {
                     rootfs_mounted: r.rootfs_mounted,
                     wasm: None,
                     inner: Mutex::new(TaskInner {
-                        init: r.init.restore(io_key(&r.namespace, &r.id, "")),
+                        init: r.init.restore(ProcKey::new(&r.namespace, &r.id, "")),
                         execs: r
                             .execs
                             .into_iter()
                             .map(|(k, p)| {
-                                let key = io_key(&r.namespace, &r.id, &k);
+                                let key = ProcKey::new(&r.namespace, &r.id, &k);
                                 (k, p.restore(key))
                             })
                             .collect(),
@@ -604,7 +557,7 @@ impl Tasks {
         let bundle =
             Bundle::load(&req.bundle).map_err(|e| TaskError::InvalidArgument(format!("{e}")))?;
         let systemd = systemd_cgroup(&bundle);
-        self.prepare_pod_files(&req.namespace, &bundle.spec);
+        self.pods.prepare_files(&req.namespace, &bundle.spec);
         let root = self.root.join("containers").join(&req.namespace);
         let dir = self.root.join("tasks").join(&req.namespace).join(&req.id);
         std::fs::create_dir_all(&dir)
@@ -620,7 +573,7 @@ impl Tasks {
             rootfs_mounted: false,
             wasm: None,
             inner: Mutex::new(TaskInner {
-                init: Proc::new(req.io.clone(), io_key(&req.namespace, &req.id, "")),
+                init: Proc::new(req.io.clone(), ProcKey::new(&req.namespace, &req.id, "")),
                 execs: HashMap::new(),
             }),
             oom: Mutex::new(None),
@@ -687,7 +640,7 @@ impl Tasks {
             console_socket: console,
             systemd_cgroup: systemd,
         };
-        let key = io_key(&task.namespace, &task.id, "");
+        let key = ProcKey::new(&task.namespace, &task.id, "");
         let started = self.spawn_process(&key, &req.io, job, &pid_file).await;
         match started {
             Ok(proc_io) => {
@@ -723,7 +676,7 @@ impl Tasks {
             (None, None)
         } else {
             let (fd, sink) = stdio::stdin_pipe().map_err(bad)?;
-            let key = io_key(&task.namespace, &task.id, "");
+            let key = ProcKey::new(&task.namespace, &task.id, "");
             let relay = self.start_stdin(&key, &io.stdin, None, sink).map_err(bad)?;
             (Some(fd), Some(relay))
         };
@@ -763,7 +716,7 @@ impl Tasks {
     /// are buffered, and drops them when the relay ends by itself.
     fn start_stdin(
         &self,
-        key: &str,
+        key: &ProcKey,
         path: &str,
         fifo: Option<OwnedFd>,
         sink: OwnedFd,
@@ -772,20 +725,19 @@ impl Tasks {
             Some(f) => f,
             None => StdinRelay::open_fifo(path)?,
         };
-        let keys = [format!("{key}:stdin"), format!("{key}:stdin-fifo")];
         if let Some(k) = &self.keeper {
-            k.hold(&keys[0], &sink);
-            k.hold(&keys[1], &fifo);
+            k.hold(key, Slot::Stdin, &sink);
+            k.hold(key, Slot::StdinFifo, &fifo);
         }
+        let key = key.clone();
         let keeper = self.keeper.clone();
         StdinRelay::start(
             fifo,
             sink,
             Box::new(move || {
                 if let Some(k) = keeper {
-                    for key in &keys {
-                        k.release(key);
-                    }
+                    k.release(&key, Slot::Stdin);
+                    k.release(&key, Slot::StdinFifo);
                 }
             }),
         )
@@ -795,7 +747,7 @@ impl Tasks {
     /// from the keeper: the stdin relays and the terminals.
     async fn reattach_io(&self, task: &Task) {
         let Some(keeper) = &self.keeper else { return };
-        let procs: Vec<(String, IoSpec, String)> = {
+        let procs: Vec<(String, IoSpec, ProcKey)> = {
             let inner = task.inner.lock().unwrap();
             std::iter::once((String::new(), &inner.init))
                 .chain(inner.execs.iter().map(|(k, p)| (k.clone(), p)))
@@ -810,11 +762,11 @@ impl Tasks {
         for (exec_id, io, key) in procs {
             let (mut relay, mut master) = (None, None);
             let sink = if io.terminal {
-                let Some(m) = keeper.fetch(&format!("{key}:tty")).await else {
+                let Some(m) = keeper.fetch(&key, Slot::Tty).await else {
                     continue;
                 };
                 let m = File::from(m);
-                let held = keeper.fetch(&format!("{key}:tty-out")).await;
+                let held = keeper.fetch(&key, Slot::TtyOut).await;
                 let out = match held {
                     Some(fd) => Ok(Some(fd)),
                     None => stdio::open_output("stdout", &io.stdout),
@@ -831,12 +783,12 @@ impl Tasks {
                 master = Some(m);
                 sink.filter(|_| !io.stdin.is_empty())
             } else if !io.stdin.is_empty() {
-                keeper.fetch(&format!("{key}:stdin")).await
+                keeper.fetch(&key, Slot::Stdin).await
             } else {
                 None
             };
             if let Some(sink) = sink {
-                let fifo = keeper.fetch(&format!("{key}:stdin-fifo")).await;
+                let fifo = keeper.fetch(&key, Slot::StdinFifo).await;
                 match self.start_stdin(&key, &io.stdin, fifo, sink) {
                     Ok(r) => relay = Some(r),
                     Err(e) => tracing::warn!(id = %task.id, error = %e, "stdin not re-attached"),
@@ -854,7 +806,7 @@ impl Tasks {
     /// the new process's pid and the daemon's ends of its stdio.
     async fn spawn_process(
         &self,
-        key: &str,
+        key: &ProcKey,
         io: &IoSpec,
         job: impl FnOnce(Option<PathBuf>) -> Job,
         pid_file: &Path,
@@ -950,7 +902,7 @@ impl Tasks {
             // The keeper holds the terminal's output FIFO open too: when no
             // daemon relays, containerd's reader must not see an EOF.
             if let (Some(k), Some(out)) = (&self.keeper, &stdout) {
-                k.hold(&format!("{key}:tty-out"), out);
+                k.hold(key, Slot::TtyOut, out);
             }
             stdio::relay_output(&m, stdout)
                 .map_err(|e| TaskError::Internal(format!("cannot relay the terminal: {e}")))?;
@@ -960,7 +912,7 @@ impl Tasks {
                     .map_err(|e| TaskError::Internal(format!("terminal: {e}")))
             };
             if let Some(k) = &self.keeper {
-                k.hold(&format!("{key}:tty"), &dup(&m)?);
+                k.hold(key, Slot::Tty, &dup(&m)?);
             }
             if !io.stdin.is_empty() {
                 stdin_relay = Some(
@@ -1153,7 +1105,7 @@ impl Tasks {
             pid_file: pid_file.clone(),
             console_socket: console,
         };
-        let key = io_key(ns, id, exec_id);
+        let key = ProcKey::new(ns, id, exec_id);
         let spawned = self.spawn_process(&key, &io, job, &pid_file).await;
         let _ = std::fs::remove_file(&pid_file);
         let spawned = match spawned {
@@ -1247,7 +1199,7 @@ impl Tasks {
             std::fs::write(&path, spec).map_err(|e| {
                 TaskError::Internal(format!("cannot write {}: {e}", path.display()))
             })?;
-            let mut p = Proc::new(io, io_key(ns, id, exec_id));
+            let mut p = Proc::new(io, ProcKey::new(ns, id, exec_id));
             p.spec = Some(path);
             inner.execs.insert(exec_id.to_string(), p);
         }
@@ -1546,30 +1498,4 @@ struct SpawnedIo {
     pid: i32,
     stdin: Option<StdinRelay>,
     master: Option<File>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespaces_are_plain_names() {
-        for ok in ["default", "k8s.io", "moby"] {
-            validate_namespace(ok).unwrap();
-        }
-        for bad in ["", "..", "a/b", "../etc", "x y"] {
-            assert!(matches!(
-                validate_namespace(bad),
-                Err(TaskError::InvalidArgument(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn sandbox_errors_map_to_codes() {
-        let e: TaskError = SandboxError::Container(ContainerError::NotFound("x".into())).into();
-        assert!(matches!(e, TaskError::NotFound(_)));
-        let e: TaskError = SandboxError::Container(ContainerError::Exists("x".into())).into();
-        assert!(matches!(e, TaskError::AlreadyExists(_)));
-    }
 }

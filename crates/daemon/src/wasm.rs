@@ -25,7 +25,7 @@ use ironcell_oci::wasm::Job;
 use ironcell_oci::Bundle;
 use ironcell_wasm::{Exit, Program, Runtime, Spec};
 
-use crate::task::TaskError;
+use crate::error::TaskError;
 
 /// How many compiled programs stay in memory (a map, cleared when full:
 /// simple, and an image's tasks mostly come together).

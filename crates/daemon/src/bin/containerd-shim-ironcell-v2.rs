@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
+use ironcelld::control::protocol::{Reply, Request};
 
 /// How long `start` waits for a daemon it started to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,10 +105,10 @@ fn daemon_binary() -> PathBuf {
 }
 
 /// One request on the daemon's control socket, one JSON reply.
-fn call(conn: &UnixStream, req: &serde_json::Value) -> Result<serde_json::Value> {
+fn call(conn: &UnixStream, req: &Request) -> Result<Reply> {
     conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut w = conn;
-    let mut line = req.to_string();
+    let mut line = serde_json::to_string(req)?;
     line.push('\n');
     w.write_all(line.as_bytes())
         .context("cannot write to ironcelld")?;
@@ -115,9 +116,8 @@ fn call(conn: &UnixStream, req: &serde_json::Value) -> Result<serde_json::Value>
     BufReader::new(conn)
         .read_line(&mut reply)
         .context("no reply from ironcelld")?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&reply).context("malformed reply from ironcelld")?;
-    if let Some(e) = reply.get("error").and_then(|e| e.as_str()) {
+    let reply: Reply = serde_json::from_str(&reply).context("malformed reply from ironcelld")?;
+    if let Some(e) = &reply.error {
         bail!("ironcelld: {e}");
     }
     Ok(reply)
@@ -196,16 +196,13 @@ fn start(flags: &Flags) -> Result<()> {
     let conn = ensure_daemon(&root)?;
     let reply = call(
         &conn,
-        &serde_json::json!({"register": {
-            "namespace": flags.namespace,
-            "id": flags.id,
-            "containerd": containerd_ttrpc(flags),
-        }}),
+        &Request::Register {
+            namespace: flags.namespace.clone(),
+            id: flags.id.clone(),
+            containerd: containerd_ttrpc(flags),
+        },
     )?;
-    let address = reply
-        .get("address")
-        .and_then(|a| a.as_str())
-        .context("ironcelld sent no address")?;
+    let address = reply.address.context("ironcelld sent no address")?;
     // containerd runs `start` inside the task's bundle and, when it
     // restarts, reconnects to the address it finds there (the shim writes
     // it, as containerd's own shims do).
@@ -234,13 +231,16 @@ fn delete(flags: &Flags) -> Result<()> {
         Ok(conn) => {
             let r = call(
                 &conn,
-                &serde_json::json!({"cleanup": {"namespace": flags.namespace, "id": flags.id}}),
+                &Request::Cleanup {
+                    namespace: flags.namespace.clone(),
+                    id: flags.id.clone(),
+                },
             )?;
-            let n = |k: &str, d: u64| r.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
             (
-                n("pid", 0) as u32,
-                n("exit_status", ironcell_basics::exit_status::KILLED as u64) as u32,
-                n("exited_at", now),
+                r.pid.unwrap_or(0),
+                r.exit_status
+                    .unwrap_or(ironcell_basics::exit_status::KILLED),
+                r.exited_at.unwrap_or(now),
             )
         }
     };

@@ -20,6 +20,49 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Waiters<K, V> = Mutex<HashMap<K, oneshot::Sender<V>>>;
 
+/// A process's name at the keeper: `<namespace>/<task>/<exec id>` (the
+/// init's exec id is empty).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProcKey(String);
+
+impl ProcKey {
+    pub fn new(namespace: &str, task: &str, exec_id: &str) -> ProcKey {
+        ProcKey(format!("{namespace}/{task}/{exec_id}"))
+    }
+
+    /// The name the keeper holds `slot` under (the wire form, which a
+    /// keeper started by an older daemon knows too).
+    fn slot(&self, slot: Slot) -> String {
+        format!("{}:{}", self.0, slot.name())
+    }
+}
+
+/// Which of a process's descriptors the keeper holds, so that they outlive
+/// a daemon that dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The write end of the process's stdin pipe.
+    Stdin,
+    /// containerd's stdin FIFO, open for reading.
+    StdinFifo,
+    /// The master of the process's terminal.
+    Tty,
+    /// containerd's stdout FIFO of a terminal, open so that its reader sees
+    /// no end of file while no daemon relays.
+    TtyOut,
+}
+
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Stdin => "stdin",
+            Slot::StdinFifo => "stdin-fifo",
+            Slot::Tty => "tty",
+            Slot::TtyOut => "tty-out",
+        }
+    }
+}
+
 pub struct Keeper {
     sock: OwnedFd,
     send_lock: Mutex<()>,
@@ -103,7 +146,7 @@ impl Keeper {
                     } => reaper.deliver(Exit {
                         pid,
                         status,
-                        at: crate::events::from_nanos(at_nanos),
+                        at: crate::time::from_nanos(at_nanos),
                     }),
                     FromKeeper::Spawned { tag, pid, error } => {
                         if let Some(tx) = self.spawned.lock().unwrap().remove(&tag) {
@@ -196,28 +239,52 @@ impl Keeper {
         }
     }
 
-    /// Has the keeper hold (a copy of) `fd` under `key`.
-    pub fn hold(&self, key: &str, fd: &OwnedFd) {
-        if let Err(e) = self.send(&ToKeeper::Hold { key: key.into() }, &[fd.as_raw_fd()]) {
+    /// Has the keeper hold (a copy of) `fd` as `key`'s `slot`.
+    pub fn hold(&self, key: &ProcKey, slot: Slot, fd: &OwnedFd) {
+        let key = key.slot(slot);
+        if let Err(e) = self.send(&ToKeeper::Hold { key: key.clone() }, &[fd.as_raw_fd()]) {
             tracing::warn!(key, error = %e, "cannot hand an fd to the keeper");
         }
     }
 
-    /// Has the keeper close what it holds under `key`.
-    pub fn release(&self, key: &str) {
-        let _ = self.send(&ToKeeper::Release { key: key.into() }, &[]);
+    /// Has the keeper close what it holds as `key`'s `slot`.
+    pub fn release(&self, key: &ProcKey, slot: Slot) {
+        let _ = self.send(
+            &ToKeeper::Release {
+                key: key.slot(slot),
+            },
+            &[],
+        );
     }
 
-    /// A copy of the fd held under `key`, if any.
-    pub async fn fetch(&self, key: &str) -> Option<OwnedFd> {
+    /// A copy of the fd held as `key`'s `slot`, if any.
+    pub async fn fetch(&self, key: &ProcKey, slot: Slot) -> Option<OwnedFd> {
+        let key = key.slot(slot);
         let (tx, rx) = oneshot::channel();
-        self.fetched.lock().unwrap().insert(key.to_string(), tx);
-        self.send(&ToKeeper::Fetch { key: key.into() }, &[]).ok()?;
+        self.fetched.lock().unwrap().insert(key.clone(), tx);
+        self.send(&ToKeeper::Fetch { key }, &[]).ok()?;
         rx.await.ok().flatten()
     }
 
     /// The daemon has recorded `pid`'s exit.
     pub fn ack(&self, pid: i32) {
         let _ = self.send(&ToKeeper::Ack { pid }, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_keep_their_wire_names() {
+        let k = ProcKey::new("default", "web", "");
+        assert_eq!(k.slot(Slot::Stdin), "default/web/:stdin");
+        assert_eq!(k.slot(Slot::StdinFifo), "default/web/:stdin-fifo");
+        assert_eq!(
+            ProcKey::new("k8s.io", "c", "e1").slot(Slot::Tty),
+            "k8s.io/c/e1:tty"
+        );
+        assert_eq!(k.slot(Slot::TtyOut), "default/web/:tty-out");
     }
 }

@@ -32,8 +32,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
-use crate::events::nanos;
 use crate::reaper::Exit;
+use crate::time::nanos;
 use proto::{FromKeeper, ToKeeper, MAX_PACKET};
 
 /// Exits kept for a daemon that does not acknowledge them (oldest dropped).
@@ -119,7 +119,7 @@ fn run(root: &Path, ready: OwnedFd) -> Result<()> {
         let _ = nix::unistd::write(&ready, b"1");
         return Ok(());
     }
-    crate::server::limit_malloc_arenas();
+    crate::memory::limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,7 +139,7 @@ fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
         None,
     )?;
     bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    crate::server::private_socket(path)?;
+    crate::files::private_socket(path)?;
     listen(&fd, Backlog::new(16)?)?;
     Ok(fd)
 }
@@ -191,7 +191,7 @@ impl Keeper {
     }
 
     fn handle(&mut self, msg: ToKeeper, fds: Vec<OwnedFd>) {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         match msg {
             ToKeeper::Hello {} => {
                 let backlog: Vec<_> = self.journal.iter().map(|(p, v)| (*p, *v)).collect();
@@ -254,7 +254,7 @@ impl Keeper {
         let _ = std::fs::remove_file(public);
         let listener = tokio::net::UnixListener::bind(public)
             .with_context(|| format!("cannot listen on {}", public.display()))?;
-        crate::server::private_socket(public)?;
+        crate::files::private_socket(public)?;
         tokio::spawn(relay::front(listener, backend));
         self.fronts.insert(public.to_path_buf());
         Ok(())
@@ -328,8 +328,8 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     let _ = nix::unistd::write(&ready, b"1");
     drop(ready);
     tracing::info!(root = %root.display(), "keeper serving");
-    crate::server::trim_text();
-    crate::server::start_idle_trimmer();
+    crate::memory::trim_text();
+    crate::memory::start_idle_trimmer();
     loop {
         tokio::select! {
             _ = sigchld.recv() => k.reap(),

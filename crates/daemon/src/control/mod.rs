@@ -1,58 +1,27 @@
 //! The daemon's private control socket, used by `containerd-shim-ironcell-v2`:
 //! one JSON request per line, one JSON reply per line.
 //!
-//! - `{"register":{"namespace":N,"id":I,"containerd":ADDR}}`: the shim's
-//!   `start` asks for the Task API address of its containerd (ttrpc address)
-//!   and namespace (`endpoint.rs`); the reply carries it.
-//! - `{"cleanup":{"namespace":N,"id":I}}`: the shim's `delete` (containerd
-//!   lost its connection to the task): the task is killed and deleted.
-//! - `{"ping":{}}`.
+//! The messages are in [`protocol`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+pub mod protocol;
+
+pub use protocol::{Reply, Request};
+
 use crate::endpoint::{EndpointKey, Endpoints};
-use crate::events::nanos;
-use crate::task::{TaskError, Tasks};
+use crate::error::TaskError;
+use crate::task::Tasks;
+use crate::time::nanos;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 /// How long cleanup waits for a killed task's init to exit.
 const CLEANUP_WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Register {
-        namespace: String,
-        id: String,
-        containerd: String,
-    },
-    Cleanup {
-        namespace: String,
-        id: String,
-    },
-    Ping {},
-}
-
-#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct Reply {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_status: Option<u32>,
-    /// Nanoseconds since the epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exited_at: Option<u64>,
-}
 
 pub struct Control {
     pub tasks: Arc<Tasks>,
@@ -61,7 +30,7 @@ pub struct Control {
 
 impl Control {
     pub async fn handle(&self, req: Request) -> Reply {
-        crate::server::note_activity();
+        crate::memory::note_activity();
         match req {
             Request::Ping {} => Reply::default(),
             Request::Register {
@@ -188,36 +157,6 @@ impl Control {
             if write.write_all(&out).await.is_err() || line.len() > MAX_LINE {
                 return;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_parse() {
-        let r: Request = serde_json::from_str(
-            r#"{"register":{"namespace":"default","id":"c1","containerd":"/run/c.sock.ttrpc"}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            Request::Register {
-                namespace: "default".into(),
-                id: "c1".into(),
-                containerd: "/run/c.sock.ttrpc".into()
-            }
-        );
-        assert!(serde_json::from_str::<Request>(r#"{"ping":{}}"#).is_ok());
-        for bad in [
-            r#"{"register":{"namespace":"default"}}"#,
-            r#"{"explode":{}}"#,
-            r#"{"ping":{},"cleanup":{}}"#,
-            "not json",
-        ] {
-            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
     }
 }
