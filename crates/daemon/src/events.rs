@@ -1,10 +1,11 @@
 //! Task events, forwarded to the containerd that owns the task.
 //!
 //! Every task remembers the ttrpc address of its containerd (the shim's
-//! `start` tells the daemon). Events go out in order through one queue: a
-//! TaskExit must never overtake the TaskStart before it. A containerd that
-//! is down costs a few retries, then the event is dropped with a warning
-//! (containerd's runc shim does the same).
+//! `start` tells the daemon). Each containerd address has a forwarder of
+//! its own, which sends its events in order: a TaskExit never overtakes the
+//! TaskStart before it, and a containerd that is slow or down delays only
+//! its own events. A containerd that is down costs a few retries, then the
+//! event is dropped with a warning (containerd's runc shim does the same).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -83,10 +84,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the forwarding task (inside the tokio runtime).
+    /// Starts the dispatcher (inside the tokio runtime).
     pub fn start() -> Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward(rx));
+        tokio::spawn(dispatch(rx));
         Publisher { tx }
     }
 
@@ -114,8 +115,24 @@ fn ttrpc_address(address: &str) -> String {
     }
 }
 
-async fn forward(mut rx: mpsc::UnboundedReceiver<Event>) {
-    let mut clients: HashMap<String, EventsClient> = HashMap::new();
+/// Hands each event to its containerd's forwarder, starting one for an
+/// address seen for the first time.
+async fn dispatch(mut rx: mpsc::UnboundedReceiver<Event>) {
+    let mut forwarders: HashMap<String, mpsc::UnboundedSender<Event>> = HashMap::new();
+    while let Some(ev) = rx.recv().await {
+        let tx = forwarders.entry(ev.address.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(forward(ev.address.clone(), rx));
+            tx
+        });
+        let _ = tx.send(ev);
+    }
+}
+
+/// Sends one containerd's events, in order, over one connection (made
+/// again after a failure).
+async fn forward(address: String, mut rx: mpsc::UnboundedReceiver<Event>) {
+    let mut client: Option<EventsClient> = None;
     while let Some(ev) = rx.recv().await {
         let mut req = ForwardRequest::new();
         req.envelope = Some(Envelope {
@@ -131,36 +148,36 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<Event>) {
             if attempt > 0 {
                 tokio::time::sleep(RETRY_DELAY).await;
             }
-            let client = match clients.get(&ev.address) {
+            let c = match &client {
                 Some(c) => c.clone(),
-                None => match Client::connect(&ttrpc_address(&ev.address)).await {
+                None => match Client::connect(&ttrpc_address(&address)).await {
                     Ok(c) => {
                         let c = EventsClient::new(c);
-                        clients.insert(ev.address.clone(), c.clone());
+                        client = Some(c.clone());
                         c
                     }
                     Err(e) => {
-                        tracing::debug!(address = %ev.address, error = %e, "cannot reach containerd");
+                        tracing::debug!(%address, error = %e, "cannot reach containerd");
                         continue;
                     }
                 },
             };
             let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
-            match client.forward(ctx, &req).await {
+            match c.forward(ctx, &req).await {
                 Ok(_) => {
                     sent = true;
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(address = %ev.address, error = %e, "event not forwarded");
-                    clients.remove(&ev.address);
+                    tracing::debug!(%address, error = %e, "event not forwarded");
+                    client = None;
                 }
             }
         }
         if !sent {
             tracing::warn!(
                 topic = ev.topic,
-                address = %ev.address,
+                %address,
                 "event dropped: containerd did not take it"
             );
         }
@@ -209,5 +226,59 @@ mod tests {
             "unix:///run/c.sock.ttrpc"
         );
         assert_eq!(ttrpc_address("unix:///x"), "unix:///x");
+    }
+
+    /// A containerd that takes events, recording their topics.
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    #[async_trait::async_trait]
+    impl containerd_shim_protos::shim_async::Events for Recorder {
+        async fn forward(
+            &self,
+            _ctx: &ttrpc::asynchronous::TtrpcContext,
+            req: ForwardRequest,
+        ) -> ttrpc::Result<containerd_shim_protos::api::Empty> {
+            self.0.lock().unwrap().push(req.envelope.topic.clone());
+            Ok(Default::default())
+        }
+    }
+
+    /// One containerd that never answers does not hold back another's
+    /// events, and each containerd gets its events in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_containerd_does_not_hold_back_another() {
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts connections and never answers: each forward waits out
+        // its timeout.
+        let stuck = dir.path().join("stuck.sock");
+        let _stuck_listener = std::os::unix::net::UnixListener::bind(&stuck).unwrap();
+        let good = dir.path().join("good.sock");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let service = containerd_shim_protos::shim_async::create_events(std::sync::Arc::new(
+            Recorder(seen.clone()),
+        ));
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&format!("unix://{}", good.display()))
+            .unwrap()
+            .register_service(service);
+        server.start().await.unwrap();
+
+        let p = Publisher::start();
+        let stuck = stuck.to_str().unwrap();
+        let good = good.to_str().unwrap();
+        p.publish(Some(stuck), "default", TaskStart::default());
+        p.publish(Some(good), "default", TaskStart::default());
+        p.publish(Some(stuck), "default", TaskExit::default());
+        p.publish(Some(good), "default", TaskExit::default());
+        let start = std::time::Instant::now();
+        while seen.lock().unwrap().len() < 2 && start.elapsed() < FORWARD_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*seen.lock().unwrap(), ["/tasks/start", "/tasks/exit"]);
+        assert!(
+            start.elapsed() < FORWARD_TIMEOUT,
+            "the events waited for the stuck containerd"
+        );
+        server.shutdown().await.unwrap();
     }
 }
