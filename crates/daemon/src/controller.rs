@@ -130,7 +130,7 @@ type R<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl ControllerApi for Controller {
     async fn create(&self, req: Request<ControllerCreateRequest>) -> R<ControllerCreateResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let options = req
@@ -148,7 +148,7 @@ impl ControllerApi for Controller {
     }
 
     async fn start(&self, req: Request<ControllerStartRequest>) -> R<ControllerStartResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         let id = req.into_inner().sandbox_id;
         let address = self.address(&ns).await?;
@@ -180,7 +180,7 @@ impl ControllerApi for Controller {
     }
 
     async fn stop(&self, req: Request<ControllerStopRequest>) -> R<ControllerStopResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         self.tasks.pods.stop(&ns, &req.get_ref().sandbox_id).await?;
         Ok(Response::new(ControllerStopResponse {}))
@@ -220,7 +220,7 @@ impl ControllerApi for Controller {
         &self,
         req: Request<ControllerShutdownRequest>,
     ) -> R<ControllerShutdownResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         let id = &req.get_ref().sandbox_id;
         self.tasks.pods.status(&ns, id)?;
@@ -267,7 +267,7 @@ pub fn serve(path: &Path, controller: Controller) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
-    crate::files::private_socket(path)?;
+    ironcell_basics::owner_only(path)?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let path = PathBuf::from(path);
     tokio::spawn(async move {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::error::validate_namespace;
-use crate::keeper::client::Keeper;
+use crate::keeper::Keeper;
 use crate::pod::PodService;
 use crate::service::Service;
 use crate::task::Tasks;
@@ -132,7 +132,7 @@ impl Endpoints {
             .with_context(|| format!("cannot listen on {}", path.display()))?
             .register_service(task_services(service))
             .register_service(create_sandbox(pods));
-        crate::files::private_socket(&path)?;
+        ironcell_basics::owner_only(&path)?;
         server
             .start()
             .await

@@ -26,7 +26,7 @@ use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::Sandboxes;
 
-use crate::keeper::client::Keeper;
+use crate::keeper::Keeper;
 use crate::reaper::Reaper;
 
 const ERROR_FD_ENV: &str = "IRONCELLD_ERROR_FD";

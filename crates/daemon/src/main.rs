@@ -103,7 +103,7 @@ fn run(args: Args) -> Result<()> {
     // Started by the shim inside a bundle that will be deleted: a daemon
     // must not hold any directory.
     std::env::set_current_dir("/").context("cannot change to /")?;
-    ironcelld::memory::limit_malloc_arenas();
+    ironcell_basics::process_memory::limit_malloc_arenas();
     // Blocking work (sandbox operations, file I/O) runs on a few threads
     // that do not linger: every thread costs its stack's touched pages.
     // One async worker: the requests' own work is short, and with two the
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         return ironcelld::helper::main(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "keeper") {
-        return ironcelld::keeper::main(&args[1..]);
+        return ironcell_keeper::main(&args[1..]);
     }
     match parse_args(args).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 
 use crate::error::TaskError;
-use crate::keeper::client::Keeper;
+use crate::keeper::Keeper;
 use crate::reaper::Exit;
 use crate::reaper::Reaper;
 use crate::time::{from_nanos, nanos, timestamp};
@@ -513,7 +513,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> R<CreateSandboxResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let options = req
             .options
             .as_ref()
@@ -529,7 +529,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: StartSandboxRequest,
     ) -> R<StartSandboxResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         let (pid, created) = self.pods.start(&self.namespace, &req.sandbox_id).await?;
         Ok(StartSandboxResponse {
             pid: pid as u32,
@@ -555,7 +555,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: StopSandboxRequest,
     ) -> R<StopSandboxResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         self.pods.stop(&self.namespace, &req.sandbox_id).await?;
         Ok(StopSandboxResponse::default())
     }
@@ -604,7 +604,7 @@ impl SandboxService for PodService {
         _ctx: &TtrpcContext,
         req: ShutdownSandboxRequest,
     ) -> R<ShutdownSandboxResponse> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         self.pods.remove(&self.namespace, &req.sandbox_id);
         Ok(ShutdownSandboxResponse::default())
     }

@@ -10,7 +10,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use nix::sys::wait::WaitStatus;
 use tokio::sync::oneshot;
 
 /// Exits nobody claimed yet are kept up to this many (oldest dropped). Only
@@ -25,24 +24,6 @@ pub struct Exit {
     /// The exit code, or 128 + the signal that killed the process.
     pub status: u32,
     pub at: SystemTime,
-}
-
-impl Exit {
-    /// The exit a `waitpid` status describes (None for stops and the like).
-    pub fn from_wait(status: WaitStatus) -> Option<Exit> {
-        let (pid, code) = match status {
-            WaitStatus::Exited(pid, code) => (pid, code as u32),
-            WaitStatus::Signaled(pid, sig, _) => {
-                (pid, ironcell_basics::exit_status::of_signal(sig as i32))
-            }
-            _ => return None,
-        };
-        Some(Exit {
-            pid: pid.as_raw(),
-            status: code,
-            at: SystemTime::now(),
-        })
-    }
 }
 
 #[derive(Default)]
@@ -140,18 +121,5 @@ mod tests {
         let st = r.state.lock().unwrap();
         assert_eq!(st.unclaimed.len(), MAX_UNCLAIMED);
         assert!(!st.unclaimed.contains_key(&0));
-    }
-
-    #[test]
-    fn wait_status_mapping() {
-        let p = nix::unistd::Pid::from_raw(5);
-        assert_eq!(Exit::from_wait(WaitStatus::Exited(p, 7)).unwrap().status, 7);
-        assert_eq!(
-            Exit::from_wait(WaitStatus::Signaled(p, nix::sys::signal::SIGKILL, false))
-                .unwrap()
-                .status,
-            137
-        );
-        assert!(Exit::from_wait(WaitStatus::StillAlive).is_none());
     }
 }

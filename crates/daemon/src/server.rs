@@ -14,7 +14,7 @@ use tokio::net::UnixListener;
 use crate::control::Control;
 use crate::endpoint::Endpoints;
 use crate::events::Publisher;
-use crate::keeper::client::Keeper;
+use crate::keeper::Keeper;
 use crate::reaper::Reaper;
 use crate::task::Tasks;
 
@@ -106,7 +106,7 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
     )?;
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
-    crate::files::private_socket(&control_path)?;
+    ironcell_basics::owner_only(&control_path)?;
     let control = Arc::new(Control {
         tasks: tasks.clone(),
         endpoints: endpoints.clone(),
@@ -118,8 +118,8 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
         sandbox_controller = %controller.socket.display(),
         "ironcelld serving"
     );
-    crate::memory::trim_text();
-    crate::memory::start_idle_trimmer();
+    ironcell_basics::process_memory::trim_text();
+    ironcell_basics::process_memory::start_idle_trimmer();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {

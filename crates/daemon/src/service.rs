@@ -56,7 +56,7 @@ impl Service {
     /// names it in the ttrpc metadata (1.6 and 1.7 do not); a request that
     /// names another namespace is refused.
     fn namespace(&self, ctx: &TtrpcContext) -> Result<String, TaskError> {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         if let Some(ns) = ctx.metadata.get(NAMESPACE_KEY).and_then(|v| v.first()) {
             if *ns != self.namespace {
                 return Err(TaskError::InvalidArgument(format!(

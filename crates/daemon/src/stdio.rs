@@ -76,17 +76,7 @@ pub fn open_output(what: &'static str, uri: &str) -> Result<Option<OwnedFd>, Std
     Ok(Some(f.into()))
 }
 
-/// Makes `fd` non-blocking and watches it for readiness (in the tokio
-/// runtime).
-pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    nix::fcntl::fcntl(
-        fd.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open
-    // and unchanged until it is dropped.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
-}
+pub(crate) use ironcell_keeper::register;
 
 async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {

@@ -29,7 +29,7 @@ use crate::error::{validate_id, validate_namespace};
 use crate::error::{Result, TaskError};
 use crate::events::Publisher;
 use crate::helper::{self, HelperStdio, Job};
-use crate::keeper::client::{Keeper, ProcKey, Slot};
+use crate::keeper::{Keeper, ProcKey, Slot};
 use crate::mount::{self, Mount};
 use crate::oom;
 use crate::pod::Pods;

@@ -30,7 +30,7 @@ pub struct Control {
 
 impl Control {
     pub async fn handle(&self, req: Request) -> Reply {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         match req {
             Request::Ping {} => Reply::default(),
             Request::Register {

@@ -1,7 +1,7 @@
-//! The daemon's own memory: one malloc arena, and what a burst of requests
-//! left resident given back once it is idle (free heap pages and the
-//! binary's start-up code). Requests count themselves with
-//! [`note_activity`].
+//! The memory of a long-running process (ironcelld and its keeper): one
+//! malloc arena, and what a burst of requests left resident given back once
+//! it is idle (free heap pages and the binary's start-up code). Requests
+//! count themselves with [`note_activity`].
 
 use std::fs;
 use std::sync::atomic::{AtomicU64, Ordering};

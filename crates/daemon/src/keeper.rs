@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
 
-use super::proto::{self, FromKeeper, ToKeeper, MAX_PACKET};
 use crate::reaper::{Exit, Reaper};
+use ironcell_keeper::proto::{self, FromKeeper, ToKeeper, MAX_PACKET};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,7 +76,7 @@ pub struct Keeper {
 /// --root root` (beside `exe`; else `exe keeper --root root`) first when
 /// none listens.
 fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
-    let path = super::socket_path(root);
+    let path = ironcell_keeper::socket_path(root);
     if let Ok(fd) = proto::connect(&path) {
         return Ok(fd);
     }

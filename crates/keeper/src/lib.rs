@@ -16,7 +16,6 @@
 //! by the daemon when none runs for its root; it detaches (its own session,
 //! re-parented away from the daemon) and stays until killed.
 
-pub mod client;
 pub mod proto;
 pub mod relay;
 
@@ -32,8 +31,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
-use crate::reaper::Exit;
-use crate::time::nanos;
 use proto::{FromKeeper, ToKeeper, MAX_PACKET};
 
 /// Exits kept for a daemon that does not acknowledge them (oldest dropped).
@@ -119,12 +116,37 @@ fn run(root: &Path, ready: OwnedFd) -> Result<()> {
         let _ = nix::unistd::write(&ready, b"1");
         return Ok(());
     }
-    crate::memory::limit_malloc_arenas();
+    ironcell_basics::process_memory::limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("runtime")?;
     rt.block_on(serve(root, ready))
+}
+
+/// The pid and exit status (the code, or 128 + the signal) of a reaped
+/// process; None for stops and the like.
+fn exit_of(status: WaitStatus) -> Option<(i32, u32)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code as u32)),
+        WaitStatus::Signaled(pid, sig, _) => Some((
+            pid.as_raw(),
+            ironcell_basics::exit_status::of_signal(sig as i32),
+        )),
+        _ => None,
+    }
+}
+
+/// Makes `fd` non-blocking and watches it for readiness (in the tokio
+/// runtime). The daemon's stdio relays use it too.
+pub fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open
+    // and unchanged until it is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
 fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
@@ -139,7 +161,7 @@ fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
         None,
     )?;
     bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    crate::files::private_socket(path)?;
+    ironcell_basics::owner_only(path)?;
     listen(&fd, Backlog::new(16)?)?;
     Ok(fd)
 }
@@ -171,12 +193,15 @@ impl Keeper {
         loop {
             let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(w) => match Exit::from_wait(w) {
+                Ok(w) => match exit_of(w) {
                     Some(e) => e,
                     None => continue,
                 },
             };
-            let (pid, status, at) = (exit.pid, exit.status, nanos(exit.at));
+            let (pid, status) = exit;
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
             self.journal.insert(pid, (status, at));
             while self.journal.len() > MAX_JOURNAL {
                 let oldest = *self.journal.keys().next().expect("non-empty");
@@ -191,7 +216,7 @@ impl Keeper {
     }
 
     fn handle(&mut self, msg: ToKeeper, fds: Vec<OwnedFd>) {
-        crate::memory::note_activity();
+        ironcell_basics::process_memory::note_activity();
         match msg {
             ToKeeper::Hello {} => {
                 let backlog: Vec<_> = self.journal.iter().map(|(p, v)| (*p, *v)).collect();
@@ -254,7 +279,7 @@ impl Keeper {
         let _ = std::fs::remove_file(public);
         let listener = tokio::net::UnixListener::bind(public)
             .with_context(|| format!("cannot listen on {}", public.display()))?;
-        crate::files::private_socket(public)?;
+        ironcell_basics::owner_only(public)?;
         tokio::spawn(relay::front(listener, backend));
         self.fronts.insert(public.to_path_buf());
         Ok(())
@@ -315,7 +340,7 @@ fn spawn(
 }
 
 async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
-    let listener = crate::stdio::register(listen_seqpacket(&socket_path(root))?)?;
+    let listener = register(listen_seqpacket(&socket_path(root))?)?;
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     // One receive buffer for every message.
     let mut buf = vec![0u8; MAX_PACKET];
@@ -328,8 +353,8 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     let _ = nix::unistd::write(&ready, b"1");
     drop(ready);
     tracing::info!(root = %root.display(), "keeper serving");
-    crate::memory::trim_text();
-    crate::memory::start_idle_trimmer();
+    ironcell_basics::process_memory::trim_text();
+    ironcell_basics::process_memory::start_idle_trimmer();
     loop {
         tokio::select! {
             _ = sigchld.recv() => k.reap(),
@@ -343,7 +368,7 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                         // SAFETY: accept4 returned a new fd that we own.
                         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                         // A new daemon replaces the old connection.
-                        k.conn = Some(crate::stdio::register(fd)?);
+                        k.conn = Some(register(fd)?);
                     }
                     Err(nix::Error::EAGAIN) => guard.clear_ready(),
                     Err(e) => tracing::warn!(error = %e, "keeper: accept"),
@@ -371,5 +396,21 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_codes_or_128_plus_the_signal() {
+        let p = Pid::from_raw(5);
+        assert_eq!(exit_of(WaitStatus::Exited(p, 7)), Some((5, 7)));
+        assert_eq!(
+            exit_of(WaitStatus::Signaled(p, nix::sys::signal::SIGKILL, false)),
+            Some((5, 137))
+        );
+        assert_eq!(exit_of(WaitStatus::StillAlive), None);
     }
 }
