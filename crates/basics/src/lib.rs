@@ -9,6 +9,9 @@
 
 pub mod atomic_file;
 pub mod exit_status;
+// glibc's allocator controls (malloc_trim, mallopt): the daemon and the
+// keeper are built against glibc; the vmm (musl) does not use them.
+#[cfg(target_env = "gnu")]
 pub mod process_memory;
 
 use std::io;
