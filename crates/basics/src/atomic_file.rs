@@ -1,7 +1,11 @@
 //! Writes a whole file or nothing: the data goes to a temporary file in the
-//! same directory, is flushed to disk, and is renamed over the target, so
-//! a reader (or a process started after a crash) sees either the old file
-//! or the new one, never a part.
+//! same directory and is renamed over the target, so a reader (or a process
+//! started after a crash of the writer) sees either the old file or the new
+//! one, never a part.
+//!
+//! Runtime state (records under /run, which a reboot empties anyway) is not
+//! flushed to disk; a cache that outlives reboots is ([`write_durably`]), so
+//! that a power loss cannot leave a renamed file with missing data.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -12,16 +16,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Writes `data` to `path` atomically, readable by everyone (0644 before
 /// the umask).
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-    write_with_mode(path, data, 0o644)
+    write_with(path, data, 0o644, false)
 }
 
-/// Writes `data` to `path` atomically, readable by its owner only (0600):
-/// records that hold secrets or that nobody else should rely on.
+/// Writes `data` to `path` atomically, readable by its owner only (0600).
 pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    write_with_mode(path, data, 0o600)
+    write_with(path, data, 0o600, false)
 }
 
-fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+/// [`write_private`], with the data on disk before the rename: for caches
+/// kept across reboots.
+pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with(path, data, 0o600, true)
+}
+
+fn write_with(path: &Path, data: &[u8], mode: u32, durably: bool) -> io::Result<()> {
     let tmp = temporary_name(path)?;
     let written = OpenOptions::new()
         .write(true)
@@ -30,7 +39,10 @@ fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(data)?;
-            f.sync_all()
+            if durably {
+                f.sync_all()?;
+            }
+            Ok(())
         })
         .and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {

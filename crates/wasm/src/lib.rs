@@ -650,5 +650,5 @@ fn store_atomically(file: &Path, data: &[u8]) {
     {
         return;
     }
-    let _ = ironcell_basics::atomic_file::write_private(file, data);
+    let _ = ironcell_basics::atomic_file::write_durably(file, data);
 }
