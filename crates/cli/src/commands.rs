@@ -133,6 +133,11 @@ fn run_container(
     create(sandboxes, flag, &args, &bundle, detach || console.is_some())?;
     let id = &args.id;
     let backend = sandboxes.owner(id)?;
+    // Block signals before the relay's threads exist, so that they inherit
+    // the mask: a SIGWINCH the kernel handed to one of them would be
+    // ignored there, and the resize lost. Before start too, so that a fast
+    // process's SIGCHLD is kept.
+    let blocked = if detach { None } else { Some(Blocked::new()?) };
     let relay = match console.as_ref().map(|c| {
         c.receive(ironcell_container::ConsoleSocket::TIMEOUT)
             .map_err(anyhow::Error::from)
@@ -146,8 +151,6 @@ fn run_container(
         None => None,
     };
     drop(console);
-    // Block signals before start so that a fast process's SIGCHLD is kept.
-    let blocked = if detach { None } else { Some(Blocked::new()?) };
     // The init's pid, read before start: a fast process may be gone after.
     let pid = backend.state(id)?.pid;
     if let Err(e) = backend.start(id) {

@@ -74,7 +74,7 @@ impl Engine {
             }
         }
         let process = match &opts.process {
-            Some(path) => read_process(path)?,
+            Some(path) => with_console_size(read_process(path)?, opts)?,
             None => {
                 let config = container.bundle().join("config.json");
                 let spec = Spec::load(&config).map_err(|e| {
@@ -157,10 +157,16 @@ fn read_process(path: &Path) -> Result<Process, ContainerError> {
 /// `--process` file, or else the container's own process with the command
 /// line's changes.
 pub fn exec_process(spec: &Spec, opts: &ExecOptions) -> Result<Process, ContainerError> {
-    let mut p = match &opts.process {
+    let p = match &opts.process {
         Some(path) => read_process(path)?,
         None => process_from_options(spec, opts)?,
     };
+    with_console_size(p, opts)
+}
+
+/// `p` with the caller's terminal size as its `consoleSize` when it has a
+/// terminal and no size of its own: its pty must not start at 0x0.
+fn with_console_size(mut p: Process, opts: &ExecOptions) -> Result<Process, ContainerError> {
     if let Some((rows, cols)) = opts.console_size {
         if p.terminal() == Some(true) && p.console_size().is_none() {
             let size = oci_spec::runtime::BoxBuilder::default()
