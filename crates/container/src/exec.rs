@@ -119,16 +119,24 @@ impl Engine {
             .map_err(|e| {
                 // A container that stopped while the process was joining it
                 // fails deep in libcontainer (its namespaces are gone, or its
-                // pid namespace has no init left to fork under): say so.
-                match self.load(id).map(|c| c.status()) {
-                    Ok(status @ ironcell_oci::Status::Stopped) => ContainerError::WrongStatus {
-                        op: "exec in",
-                        id: id.to_string(),
-                        status,
-                        hint: ", not running",
-                    },
-                    _ => ContainerError::engine(format!("cannot exec in container {id}"), e),
+                // pid namespace has no init left to fork under): say so. An
+                // init in the middle of exiting has dropped its namespaces
+                // but still counts as running for a moment: the status is
+                // read again for up to 200 ms.
+                for _ in 0..10 {
+                    if let Ok(status @ ironcell_oci::Status::Stopped) =
+                        self.load(id).map(|c| c.status())
+                    {
+                        return ContainerError::WrongStatus {
+                            op: "exec in",
+                            id: id.to_string(),
+                            status,
+                            hint: ", not running",
+                        };
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                ContainerError::engine(format!("cannot exec in container {id}"), e)
             })?;
         Ok(pid.as_raw())
     }
