@@ -91,6 +91,14 @@ impl Publisher {
         Publisher { tx }
     }
 
+    /// A publisher whose events are handed to the returned receiver, for
+    /// tests.
+    #[cfg(test)]
+    pub fn capture() -> (Publisher, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Publisher { tx }, rx)
+    }
+
     /// Queues `event` for the containerd at `address`; a task with no
     /// known containerd publishes nothing.
     pub fn publish<T: Topic>(&self, address: Option<&str>, namespace: &str, event: T) {

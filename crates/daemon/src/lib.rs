@@ -19,4 +19,4 @@ pub mod service;
 pub mod stdio;
 pub mod task;
 pub mod time;
-pub mod wasm;
+pub mod wasm_host;

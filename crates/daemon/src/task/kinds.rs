@@ -1,0 +1,61 @@
+//! The daemon's backends, one per kind of task, chosen by each bundle's
+//! sandbox kind (its annotation, or what its process is).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ironcell_oci::Bundle;
+use ironcell_sandbox::{Kind, Sandboxes};
+
+use crate::error::{Result, TaskError};
+use crate::wasm_host::WasmHost;
+
+use super::backend::{Backends, Host, Place, Spawned, TaskBackend, TaskKind};
+use super::native::NativeBackends;
+use super::wasm::WasmBackends;
+use super::IoSpec;
+
+/// Every kind of task ironcelld runs.
+pub struct ByKind {
+    native: NativeBackends,
+    wasm: WasmBackends,
+}
+
+impl ByKind {
+    pub fn new(host: Arc<Host>) -> ByKind {
+        let wasm = Arc::new(WasmHost::new(host.root.join("wasm-cache")));
+        ByKind {
+            native: NativeBackends { host: host.clone() },
+            wasm: WasmBackends { host, wasm },
+        }
+    }
+}
+
+#[async_trait]
+impl Backends for ByKind {
+    async fn create(
+        &self,
+        place: &Place,
+        bundle: &Bundle,
+        io: &IoSpec,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
+        match Sandboxes::select(None, bundle)? {
+            Kind::Wasm => self.wasm.create(place, bundle, io).await,
+            Kind::Vm => Err(TaskError::InvalidArgument(
+                "the vm sandbox is not served by ironcelld yet: run the container with \
+                 containerd's runc shim and ironcell as its binary (docs/vm.md)"
+                    .into(),
+            )),
+            Kind::Namespace | Kind::AppKernel => self.native.create(place, bundle, io).await,
+        }
+    }
+
+    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
+        match kind {
+            TaskKind::Native => self.native.recover(kind, place),
+            TaskKind::Wasm => self.wasm.recover(kind, place),
+            #[cfg(test)]
+            TaskKind::Test => Err(TaskError::Internal("a test task's record".into())),
+        }
+    }
+}

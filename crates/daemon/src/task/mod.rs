@@ -1,0 +1,952 @@
+//! Tasks: every container the daemon runs, of every containerd namespace,
+//! with their processes (the init and each exec), their stdio and their
+//! exits. The shim v2 Task service (`service.rs`) is a thin layer on this.
+//!
+//! - `mod.rs` (here): the registry, the same for every kind of task: the
+//!   table, the records, the events in their order, the exits and Wait, the
+//!   stdio the keeper holds, recovery after a restart;
+//! - `backend.rs`: the [`TaskBackend`] trait through which the registry
+//!   runs a task's processes, and what backends share ([`Host`]);
+//! - `native.rs`, `wasm.rs`: the backends (namespace-sandbox containers;
+//!   WASI modules in the daemon), `kinds.rs` choosing one per bundle;
+//! - `process.rs`: a process's state; `record.rs`: `task.json`.
+
+mod backend;
+mod kinds;
+mod native;
+mod process;
+mod record;
+#[cfg(test)]
+mod tests;
+mod wasm;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::MessageField;
+use ironcell_basics::exit_status;
+use ironcell_container::stats::Stats;
+use ironcell_oci::Bundle;
+use oci_spec::runtime::{LinuxResources, Process};
+
+use crate::error::{validate_id, validate_namespace};
+use crate::error::{Result, TaskError};
+use crate::events::Publisher;
+use crate::keeper::{Keeper, ProcKey, Slot};
+use crate::mount::{self, Mount};
+use crate::oom;
+use crate::pod::Pods;
+use crate::reaper::{Exit, Reaper};
+use crate::stdio;
+use crate::time::timestamp;
+
+pub use backend::{Backends, Host, Place, Spawned, TaskBackend, TaskKind};
+pub use process::{IoSpec, ProcStatus, ProcView};
+
+use backend::blocking;
+use process::{Phase, Proc};
+use record::{ProcRecord, TaskRecord};
+
+struct TaskInner {
+    init: Proc,
+    execs: HashMap<String, Proc>,
+}
+
+impl TaskInner {
+    /// The init process (`exec_id` empty) or an exec of task `id`.
+    fn proc(&self, id: &str, exec_id: &str) -> Result<&Proc> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+
+    fn proc_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Proc> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+
+    /// Every process (the init's exec id None), for a look over all.
+    fn all(&self) -> impl Iterator<Item = (Option<&String>, &Proc)> {
+        std::iter::once((None, &self.init)).chain(self.execs.iter().map(|(k, p)| (Some(k), p)))
+    }
+}
+
+/// One container of one containerd namespace.
+pub struct Task {
+    pub namespace: String,
+    pub id: String,
+    pub bundle: PathBuf,
+    /// containerd's ttrpc address, for this task's events.
+    containerd: Option<String>,
+    /// Its record, pid files, process specs.
+    dir: PathBuf,
+    rootfs_mounted: bool,
+    /// What runs its processes.
+    backend: Box<dyn TaskBackend>,
+    inner: Mutex<TaskInner>,
+    /// Watches the task's memory cgroup for OOM kills.
+    oom: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Task {
+    /// Writes the task's record.
+    fn save(&self) {
+        let record = {
+            let inner = self.inner.lock().unwrap();
+            TaskRecord {
+                namespace: self.namespace.clone(),
+                id: self.id.clone(),
+                bundle: self.bundle.clone(),
+                containerd: self.containerd.clone(),
+                rootfs_mounted: self.rootfs_mounted,
+                kind: Some(self.backend.kind()),
+                wasm: false,
+                init: ProcRecord::of(&inner.init),
+                execs: inner
+                    .execs
+                    .iter()
+                    .map(|(k, p)| (k.clone(), ProcRecord::of(p)))
+                    .collect(),
+            }
+        };
+        record.write(&self.dir);
+    }
+
+    fn publish_to<T: crate::events::Topic>(&self, events: &Publisher, event: T) {
+        events.publish(self.containerd.as_deref(), &self.namespace, event);
+    }
+}
+
+type Key = (String, String);
+
+/// Every task of every namespace.
+pub struct Tasks {
+    host: Arc<Host>,
+    backends: Box<dyn Backends>,
+    events: Publisher,
+    /// Pods made through the sandbox API (`pod.rs`).
+    pub pods: Arc<Pods>,
+    /// Ids being created (a second Create of the same id fails at once).
+    creating: Mutex<HashSet<Key>>,
+    tasks: Mutex<HashMap<Key, Arc<Task>>>,
+    paused: Mutex<HashSet<Key>>,
+}
+
+fn not_found(ns: &str, id: &str) -> TaskError {
+    TaskError::NotFound(format!("task {id} not found in namespace {ns}"))
+}
+
+fn exec_not_found(id: &str, exec_id: &str) -> TaskError {
+    TaskError::NotFound(format!("exec {exec_id} not found in task {id}"))
+}
+
+/// What Create needs.
+pub struct CreateRequest {
+    pub namespace: String,
+    /// containerd's ttrpc address, for the task's events.
+    pub containerd: Option<String>,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<Mount>,
+    pub io: IoSpec,
+}
+
+impl Tasks {
+    /// The daemon's registry, running every kind of task it knows.
+    pub fn new(
+        root: PathBuf,
+        exe: PathBuf,
+        reaper: Arc<Reaper>,
+        keeper: Option<Arc<Keeper>>,
+        events: Publisher,
+    ) -> Tasks {
+        let host = Arc::new(Host::new(root, exe, reaper, keeper));
+        let backends = Box::new(kinds::ByKind::new(host.clone()));
+        Tasks::with_backends(host, backends, events)
+    }
+
+    /// A registry whose tasks run through `backends`.
+    pub fn with_backends(host: Arc<Host>, backends: Box<dyn Backends>, events: Publisher) -> Tasks {
+        Tasks {
+            pods: Arc::new(Pods::new(
+                host.root.clone(),
+                host.exe.clone(),
+                host.reaper.clone(),
+                host.keeper.clone(),
+            )),
+            host,
+            backends,
+            events,
+            creating: Mutex::default(),
+            tasks: Mutex::default(),
+            paused: Mutex::default(),
+        }
+    }
+
+    fn keeper(&self) -> Option<&Keeper> {
+        self.host.keeper.as_deref()
+    }
+
+    fn place(&self, namespace: &str, id: &str, bundle: PathBuf) -> Place {
+        let root = &self.host.root;
+        Place {
+            namespace: namespace.to_string(),
+            id: id.to_string(),
+            bundle,
+            state_root: root.join("containers").join(namespace),
+            dir: root.join("tasks").join(namespace).join(id),
+        }
+    }
+
+    /// Rebuilds the task table from the records a previous daemon wrote and
+    /// watches every process still alive: their exits come from the keeper,
+    /// including those that happened while no daemon ran. A task directory
+    /// without a record is a create that never finished: it is removed.
+    pub async fn recover(self: &Arc<Self>) {
+        self.pods.recover();
+        let Ok(namespaces) = std::fs::read_dir(self.host.root.join("tasks")) else {
+            return;
+        };
+        for ns_dir in namespaces.flatten() {
+            let Ok(ids) = std::fs::read_dir(ns_dir.path()) else {
+                continue;
+            };
+            for dir in ids.flatten() {
+                let dir = dir.path();
+                let record = TaskRecord::read(&dir).filter(|r| {
+                    validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
+                });
+                let Some(r) = record else {
+                    tracing::warn!("removing {}: no task record", dir.display());
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                };
+                self.recover_task(r, dir).await;
+            }
+        }
+    }
+
+    async fn recover_task(self: &Arc<Self>, r: TaskRecord, dir: PathBuf) {
+        let mut place = self.place(&r.namespace, &r.id, r.bundle.clone());
+        place.dir = dir;
+        let backend = match self.backends.recover(r.kind(), &place) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(dir = %place.dir.display(), error = %e, "task not re-attached");
+                return;
+            }
+        };
+        let task = Arc::new(Task {
+            namespace: r.namespace.clone(),
+            id: r.id.clone(),
+            bundle: r.bundle,
+            containerd: r.containerd,
+            dir: place.dir,
+            rootfs_mounted: r.rootfs_mounted,
+            backend,
+            inner: Mutex::new(TaskInner {
+                init: r.init.restore(ProcKey::new(&r.namespace, &r.id, "")),
+                execs: r
+                    .execs
+                    .into_iter()
+                    .map(|(k, p)| {
+                        let key = ProcKey::new(&r.namespace, &r.id, &k);
+                        (k, p.restore(key))
+                    })
+                    .collect(),
+            }),
+            oom: Mutex::new(None),
+        });
+        let key = (task.namespace.clone(), task.id.clone());
+        let live: Vec<(Option<String>, i32)> = {
+            let inner = task.inner.lock().unwrap();
+            inner
+                .all()
+                .filter(|(_, p)| p.alive())
+                .map(|(k, p)| (k.cloned(), p.pid))
+                .collect()
+        };
+        if !task.backend.outlives_daemon() {
+            self.tasks.lock().unwrap().insert(key, task.clone());
+            for (exec_id, pid) in live {
+                // It ran in the daemon that died.
+                let exit = Exit {
+                    pid,
+                    status: exit_status::KILLED,
+                    at: SystemTime::now(),
+                };
+                self.on_exit(&task, exec_id, exit);
+            }
+            tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached (ended with the previous daemon)");
+            return;
+        }
+        if task.backend.paused().await {
+            self.paused.lock().unwrap().insert(key.clone());
+        }
+        self.tasks.lock().unwrap().insert(key, task.clone());
+        let init_alive = live.iter().any(|(e, _)| e.is_none());
+        for (exec_id, pid) in live {
+            self.watch_exit(&task, exec_id, pid);
+        }
+        if init_alive {
+            self.watch_oom(&task).await;
+        }
+        self.reattach_io(&task).await;
+        tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
+    }
+
+    pub fn get(&self, namespace: &str, id: &str) -> Result<Arc<Task>> {
+        self.tasks
+            .lock()
+            .unwrap()
+            .get(&(namespace.to_string(), id.to_string()))
+            .cloned()
+            .ok_or_else(|| not_found(namespace, id))
+    }
+
+    pub fn count(&self) -> usize {
+        self.tasks.lock().unwrap().len()
+    }
+
+    fn is_paused(&self, t: &Task) -> bool {
+        self.paused
+            .lock()
+            .unwrap()
+            .contains(&(t.namespace.clone(), t.id.clone()))
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<i32> {
+        validate_namespace(&req.namespace)?;
+        validate_id("task id", &req.id)?;
+        let key = (req.namespace.clone(), req.id.clone());
+        // The same Create again (the keeper re-sends a request whose answer
+        // a dying daemon never wrote): the task it made.
+        if let Some(t) = self.tasks.lock().unwrap().get(&key) {
+            if t.bundle == req.bundle {
+                tracing::info!(id = %req.id, "repeated Create: the task exists");
+                return Ok(t.inner.lock().unwrap().init.pid);
+            }
+        }
+        if self.tasks.lock().unwrap().contains_key(&key)
+            || !self.creating.lock().unwrap().insert(key.clone())
+        {
+            return Err(TaskError::AlreadyExists(format!(
+                "task {} already exists in namespace {}",
+                req.id, req.namespace
+            )));
+        }
+        let result = self.create_inner(&req).await;
+        self.creating.lock().unwrap().remove(&key);
+        let task = result?;
+        let pid = task.inner.lock().unwrap().init.pid;
+        task.save();
+        self.tasks.lock().unwrap().insert(key, task.clone());
+        self.watch_exit(&task, None, pid);
+        self.watch_oom(&task).await;
+        task.publish_to(
+            &self.events,
+            TaskCreate {
+                container_id: task.id.clone(),
+                bundle: task.bundle.display().to_string(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.io.stdin.clone(),
+                    stdout: req.io.stdout.clone(),
+                    stderr: req.io.stderr.clone(),
+                    terminal: req.io.terminal,
+                    ..Default::default()
+                }),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        tracing::info!(namespace = %task.namespace, id = %task.id, pid, "task created");
+        Ok(pid)
+    }
+
+    /// Makes the task: its directory, its rootfs mounted, its init created
+    /// by its backend; on failure, none of these is left.
+    async fn create_inner(&self, req: &CreateRequest) -> Result<Arc<Task>> {
+        if !req.bundle.is_absolute() {
+            return Err(TaskError::InvalidArgument(format!(
+                "bundle {} is not an absolute path",
+                req.bundle.display()
+            )));
+        }
+        // Read here, not on the blocking pool: a config.json under
+        // containerd's bundle directory (on /run, a tmpfs) is read in
+        // microseconds, and a hop to the pool and back costs more
+        // (sequential wasm tasks: bench/README.md).
+        let bundle =
+            Bundle::load(&req.bundle).map_err(|e| TaskError::InvalidArgument(format!("{e}")))?;
+        self.pods.prepare_files(&req.namespace, &bundle.spec);
+        let place = self.place(&req.namespace, &req.id, req.bundle.clone());
+        std::fs::create_dir_all(&place.dir).map_err(|e| {
+            TaskError::Internal(format!("cannot create {}: {e}", place.dir.display()))
+        })?;
+        let rootfs = req.bundle.join("rootfs");
+        let undo = |mounted: bool| {
+            if mounted {
+                mount::unmount_all(&rootfs);
+            }
+            let _ = std::fs::remove_dir_all(&place.dir);
+        };
+        let rootfs_mounted = !req.rootfs.is_empty();
+        if rootfs_mounted {
+            let (mounts, target) = (req.rootfs.clone(), rootfs.clone());
+            let r = blocking(move || {
+                std::fs::create_dir_all(&target).map_err(|e| {
+                    TaskError::Internal(format!("cannot create {}: {e}", target.display()))
+                })?;
+                mount::mount_all(&mounts, &target)
+                    .map_err(|e| TaskError::InvalidArgument(e.to_string()))
+            })
+            .await;
+            if let Err(e) = r {
+                undo(false);
+                return Err(e);
+            }
+        }
+        let (backend, spawned) = match self.backends.create(&place, &bundle, &req.io).await {
+            Ok(made) => made,
+            Err(e) => {
+                undo(rootfs_mounted);
+                return Err(e);
+            }
+        };
+        let mut init = Proc::new(req.io.clone(), ProcKey::new(&req.namespace, &req.id, ""));
+        init.pid = spawned.pid;
+        init.stdin = spawned.stdin;
+        init.master = spawned.master;
+        Ok(Arc::new(Task {
+            namespace: place.namespace,
+            id: place.id,
+            bundle: place.bundle,
+            containerd: req.containerd.clone(),
+            dir: place.dir,
+            rootfs_mounted,
+            backend,
+            inner: Mutex::new(TaskInner {
+                init,
+                execs: HashMap::new(),
+            }),
+            oom: Mutex::new(None),
+        }))
+    }
+
+    /// A restarted daemon takes the stdio of `task`'s live processes back
+    /// from the keeper: the stdin relays and the terminals.
+    async fn reattach_io(&self, task: &Task) {
+        let Some(keeper) = self.keeper() else { return };
+        let procs: Vec<(String, IoSpec, ProcKey)> = {
+            let inner = task.inner.lock().unwrap();
+            // Every live process, started or not: its relays began at
+            // create, and a daemon killed between a Start and the record of
+            // it must still give the terminal back (the re-sent Start then
+            // finds the process running).
+            inner
+                .all()
+                .filter(|(_, p)| p.alive())
+                .map(|(e, p)| (e.cloned().unwrap_or_default(), p.io.clone(), p.key.clone()))
+                .collect()
+        };
+        for (exec_id, io, key) in procs {
+            let (mut relay, mut master) = (None, None);
+            let sink = if io.terminal {
+                let Some(m) = keeper.fetch(&key, Slot::Tty).await else {
+                    continue;
+                };
+                let m = File::from(m);
+                let held = keeper.fetch(&key, Slot::TtyOut).await;
+                let out = match held {
+                    Some(fd) => Ok(Some(fd)),
+                    None => stdio::open_output("stdout", &io.stdout),
+                };
+                match out {
+                    Ok(out) => {
+                        if let Err(e) = stdio::relay_output(&m, out) {
+                            tracing::warn!(id = %task.id, error = %e, "terminal not re-attached");
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %task.id, error = %e, "terminal not re-attached"),
+                }
+                let sink = m.try_clone().ok().map(OwnedFd::from);
+                master = Some(m);
+                sink.filter(|_| !io.stdin.is_empty())
+            } else if !io.stdin.is_empty() {
+                keeper.fetch(&key, Slot::Stdin).await
+            } else {
+                None
+            };
+            if let Some(sink) = sink {
+                let fifo = keeper.fetch(&key, Slot::StdinFifo).await;
+                match self.host.start_stdin(&key, &io.stdin, fifo, sink) {
+                    Ok(r) => relay = Some(r),
+                    Err(e) => tracing::warn!(id = %task.id, error = %e, "stdin not re-attached"),
+                }
+            }
+            let mut inner = task.inner.lock().unwrap();
+            if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
+                p.stdin = relay;
+                p.master = master;
+            }
+        }
+    }
+
+    /// Publishes TaskOOM for each OOM kill in the task's memory cgroup.
+    async fn watch_oom(&self, task: &Arc<Task>) {
+        let dir = task
+            .backend
+            .memory_cgroup()
+            .await
+            .filter(|d| oom::watchable(d));
+        let Some(dir) = dir else {
+            tracing::debug!(id = %task.id, "no memory cgroup to watch for OOM kills");
+            return;
+        };
+        let events = self.events.clone();
+        let (address, ns, id) = (
+            task.containerd.clone(),
+            task.namespace.clone(),
+            task.id.clone(),
+        );
+        match oom::watch(dir, move || {
+            tracing::info!(namespace = %ns, %id, "OOM kill");
+            events.publish(
+                address.as_deref(),
+                &ns,
+                TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            );
+        }) {
+            Ok(handle) => *task.oom.lock().unwrap() = Some(handle),
+            Err(e) => tracing::warn!(id = %task.id, error = %e, "cannot watch for OOM kills"),
+        }
+    }
+
+    /// Has `task`'s backend report the exit of `pid` (the init's with
+    /// `exec_id` None), to be recorded unless the task is gone by then.
+    fn watch_exit(self: &Arc<Self>, task: &Arc<Task>, exec_id: Option<String>, pid: i32) {
+        let (tasks, weak) = (Arc::downgrade(self), Arc::downgrade(task));
+        let id = exec_id.clone();
+        task.backend.watch(
+            exec_id.as_deref(),
+            pid,
+            Box::new(move |exit| {
+                if let (Some(tasks), Some(task)) = (tasks.upgrade(), weak.upgrade()) {
+                    tasks.on_exit(&task, id, exit);
+                }
+            }),
+        );
+    }
+
+    fn on_exit(&self, task: &Task, exec_id: Option<String>, exit: Exit) {
+        {
+            let mut inner = task.inner.lock().unwrap();
+            let p = match &exec_id {
+                None => &mut inner.init,
+                Some(e) => match inner.execs.get_mut(e) {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            p.release_io(self.keeper());
+            p.exit.send_replace(Some(exit));
+        }
+        task.save();
+        tracing::info!(
+            namespace = %task.namespace, id = %task.id, exec_id = exec_id.as_deref().unwrap_or(""),
+            pid = exit.pid, status = exit.status, "process exited"
+        );
+        task.publish_to(
+            &self.events,
+            TaskExit {
+                container_id: task.id.clone(),
+                id: exec_id.unwrap_or_else(|| task.id.clone()),
+                pid: exit.pid as u32,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            },
+        );
+    }
+
+    pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<i32> {
+        let task = self.get(ns, id)?;
+        if exec_id.is_empty() {
+            return self.start_init(&task).await;
+        }
+        let (io, spec, key) = {
+            let mut inner = task.inner.lock().unwrap();
+            if inner.init.exited().is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} has exited: cannot start exec {exec_id}"
+                )));
+            }
+            let p = inner
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            match p.phase {
+                Phase::Started => {
+                    tracing::info!(id, exec_id, "repeated Start: the exec runs");
+                    return Ok(p.pid);
+                }
+                Phase::Starting => {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "exec {exec_id} is being started"
+                    )))
+                }
+                // Claimed now: a second Start of this exec fails above.
+                Phase::Created => p.phase = Phase::Starting,
+            }
+            (
+                p.io.clone(),
+                p.spec.clone().unwrap_or_default(),
+                p.key.clone(),
+            )
+        };
+        let spawned = match task.backend.exec(&key, exec_id, &io, &spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(p) = task.inner.lock().unwrap().execs.get_mut(exec_id) {
+                    p.phase = Phase::Created;
+                }
+                return Err(e);
+            }
+        };
+        let pid = spawned.pid;
+        {
+            let mut inner = task.inner.lock().unwrap();
+            if let Some(p) = inner.execs.get_mut(exec_id) {
+                p.pid = pid;
+                p.phase = Phase::Started;
+                p.stdin = spawned.stdin;
+                p.master = spawned.master;
+            }
+        }
+        task.save();
+        self.watch_exit(&task, Some(exec_id.to_string()), pid);
+        task.publish_to(
+            &self.events,
+            TaskExecStarted {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Starts the task's init; a Start repeated (the keeper re-sends one
+    /// whose answer a dying daemon never wrote) answers the running init.
+    async fn start_init(&self, task: &Arc<Task>) -> Result<i32> {
+        let pid = {
+            let inner = task.inner.lock().unwrap();
+            if inner.init.phase == Phase::Started {
+                tracing::info!(id = %task.id, "repeated Start: the task runs");
+                return Ok(inner.init.pid);
+            }
+            if inner.init.exited().is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {} has exited: it cannot be started",
+                    task.id
+                )));
+            }
+            inner.init.pid
+        };
+        let announce = || {
+            task.inner.lock().unwrap().init.phase = Phase::Started;
+            if task.backend.outlives_daemon() {
+                task.save();
+            }
+            task.publish_to(
+                &self.events,
+                TaskStart {
+                    container_id: task.id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                },
+            );
+        };
+        task.backend.start(&announce).await?;
+        Ok(pid)
+    }
+
+    /// Adds an exec process (started later by Start). `spec` is the OCI
+    /// process as JSON.
+    pub fn exec(&self, ns: &str, id: &str, exec_id: &str, io: IoSpec, spec: &[u8]) -> Result<()> {
+        validate_id("exec id", exec_id)?;
+        let task = self.get(ns, id)?;
+        task.backend.can_exec()?;
+        let process: Process = serde_json::from_slice(spec).map_err(|e| {
+            TaskError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
+        })?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec {exec_id}: the process has no args"
+            )));
+        }
+        if io.terminal != process.terminal().unwrap_or(false) {
+            return Err(TaskError::InvalidArgument(format!(
+                "exec {exec_id}: terminal in the request and the process spec differ"
+            )));
+        }
+        {
+            let mut inner = task.inner.lock().unwrap();
+            if inner.init.exited().is_some() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} has exited: cannot add exec {exec_id}"
+                )));
+            }
+            if inner.execs.contains_key(exec_id) {
+                return Err(TaskError::AlreadyExists(format!(
+                    "exec {exec_id} already exists in task {id}"
+                )));
+            }
+            let path = task.dir.join(format!("exec-{exec_id}.json"));
+            std::fs::write(&path, spec).map_err(|e| {
+                TaskError::Internal(format!("cannot write {}: {e}", path.display()))
+            })?;
+            let mut p = Proc::new(io, ProcKey::new(ns, id, exec_id));
+            p.spec = Some(path);
+            inner.execs.insert(exec_id.to_string(), p);
+        }
+        task.save();
+        task.publish_to(
+            &self.events,
+            TaskExecAdded {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
+    pub fn state(&self, ns: &str, id: &str, exec_id: &str) -> Result<(Arc<Task>, ProcView)> {
+        let task = self.get(ns, id)?;
+        let paused = self.is_paused(&task);
+        let view = {
+            let inner = task.inner.lock().unwrap();
+            ProcView::of(inner.proc(id, exec_id)?, paused)
+        };
+        Ok((task, view))
+    }
+
+    pub async fn kill(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
+        let (task, view) = self.state(ns, id, exec_id)?;
+        let signal = i32::try_from(signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| TaskError::InvalidArgument(format!("invalid signal {signal}")))?;
+        if view.status == ProcStatus::Stopped {
+            return Err(TaskError::NotFound(format!(
+                "process already finished: {}",
+                if exec_id.is_empty() { id } else { exec_id }
+            )));
+        }
+        if exec_id.is_empty() {
+            return task.backend.signal(None, signal, all).await;
+        }
+        if view.pid <= 0 {
+            return Err(TaskError::FailedPrecondition(format!(
+                "exec {exec_id} is not started"
+            )));
+        }
+        task.backend
+            .signal(Some((exec_id, view.pid)), signal, all)
+            .await
+    }
+
+    /// Waits until the process exits.
+    pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<Exit> {
+        let task = self.get(ns, id)?;
+        let mut rx = {
+            let inner = task.inner.lock().unwrap();
+            let p = inner.proc(id, exec_id)?;
+            p.exit.subscribe()
+        };
+        // Only the receiver is kept: a deleted task's sender must drop.
+        drop(task);
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| TaskError::NotFound(format!("task {id} was deleted while waiting")))?;
+        Ok(exit.expect("wait_for returned a value"))
+    }
+
+    pub async fn delete(&self, ns: &str, id: &str, exec_id: &str) -> Result<(i32, Option<Exit>)> {
+        let task = self.get(ns, id)?;
+        if !exec_id.is_empty() {
+            let mut inner = task.inner.lock().unwrap();
+            let p = inner
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if p.phase != Phase::Created && p.exited().is_none() {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "exec {exec_id} is still running"
+                )));
+            }
+            let mut p = inner.execs.remove(exec_id).expect("checked above");
+            drop(inner);
+            task.save();
+            p.release_io(self.keeper());
+            if let Some(spec) = &p.spec {
+                let _ = std::fs::remove_file(spec);
+            }
+            return Ok((p.pid, p.exited()));
+        }
+        let (pid, exit) = {
+            let inner = task.inner.lock().unwrap();
+            let status = inner.init.status(self.is_paused(&task));
+            if matches!(status, ProcStatus::Running | ProcStatus::Paused) {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {id} must be stopped before it is deleted: it is {}",
+                    if status == ProcStatus::Paused {
+                        "paused"
+                    } else {
+                        "running"
+                    }
+                )));
+            }
+            (inner.init.pid, inner.init.exited())
+        };
+        let live_init = exit.is_none().then_some(pid);
+        task.backend.delete(live_init).await?;
+        let exit = exit.unwrap_or_else(|| {
+            // The backend killed the init: its waiters learn that exit.
+            let killed = Exit {
+                pid,
+                status: exit_status::KILLED,
+                at: SystemTime::now(),
+            };
+            task.inner
+                .lock()
+                .unwrap()
+                .init
+                .exit
+                .send_replace(Some(killed));
+            killed
+        });
+        let key = (ns.to_string(), id.to_string());
+        let removed = self.tasks.lock().unwrap().remove(&key);
+        self.paused.lock().unwrap().remove(&key);
+        if let Some(t) = removed {
+            // Waiters see the exit, or an error once the task is dropped.
+            let mut inner = t.inner.lock().unwrap();
+            inner.init.release_io(self.keeper());
+            for p in inner.execs.values_mut() {
+                p.release_io(self.keeper());
+            }
+        }
+        if let Some(h) = task.oom.lock().unwrap().take() {
+            h.abort();
+        }
+        if task.rootfs_mounted {
+            mount::unmount_all(&task.bundle.join("rootfs"));
+        }
+        let _ = std::fs::remove_dir_all(&task.dir);
+        task.publish_to(
+            &self.events,
+            TaskDelete {
+                container_id: id.to_string(),
+                pid: pid as u32,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                id: id.to_string(),
+                ..Default::default()
+            },
+        );
+        tracing::info!(namespace = ns, id, "task deleted");
+        Ok((pid, Some(exit)))
+    }
+
+    pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
+        let task = self.get(ns, id)?;
+        task.backend.pause(pause).await?;
+        let key = (ns.to_string(), id.to_string());
+        if pause {
+            self.paused.lock().unwrap().insert(key);
+            task.publish_to(
+                &self.events,
+                TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.paused.lock().unwrap().remove(&key);
+            task.publish_to(
+                &self.events,
+                TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn pids(&self, ns: &str, id: &str) -> Result<Vec<i32>> {
+        self.get(ns, id)?.backend.pids().await
+    }
+
+    pub async fn stats(&self, ns: &str, id: &str) -> Result<Stats> {
+        self.get(ns, id)?.backend.stats().await
+    }
+
+    pub async fn update(&self, ns: &str, id: &str, resources: &[u8]) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let resources: LinuxResources = serde_json::from_slice(resources)
+            .map_err(|e| TaskError::InvalidArgument(format!("update of {id}: resources: {e}")))?;
+        task.backend.update(resources).await
+    }
+
+    pub fn resize(&self, ns: &str, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let inner = task.inner.lock().unwrap();
+        let p = inner.proc(id, exec_id)?;
+        match &p.master {
+            Some(m) => stdio::resize(m, width, height)
+                .map_err(|e| TaskError::Internal(format!("cannot resize the terminal: {e}"))),
+            None => Err(TaskError::FailedPrecondition(format!(
+                "{} has no terminal",
+                if exec_id.is_empty() { id } else { exec_id }
+            ))),
+        }
+    }
+
+    pub fn close_io(&self, ns: &str, id: &str, exec_id: &str) -> Result<()> {
+        let task = self.get(ns, id)?;
+        let mut inner = task.inner.lock().unwrap();
+        let p = inner.proc_mut(id, exec_id)?;
+        p.close_stdin(self.keeper());
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! Native tasks: containers of the namespace sandbox (the `sandbox`
+//! library, as the CLI runs them). Their processes are forked by helper
+//! jobs (`helper.rs`) under the keeper, which reaps them and reports their
+//! exits through the reaper.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ironcell_container::stats::Stats;
+use ironcell_container::{ConsoleSocket, ContainerError};
+use ironcell_oci::Bundle;
+use ironcell_sandbox::{SandboxError, Sandboxes};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+use crate::error::{Result, TaskError};
+use crate::helper::{self, HelperStdio, Job};
+use crate::keeper::{ProcKey, Slot};
+use crate::stdio::{self, StdinRelay};
+
+use super::backend::{
+    blocking, Announce, Backends, ExitSink, Host, Place, Spawned, TaskBackend, TaskKind,
+};
+use super::IoSpec;
+
+/// Makes native tasks.
+pub struct NativeBackends {
+    pub host: Arc<Host>,
+}
+
+/// One native task.
+pub struct NativeTask {
+    host: Arc<Host>,
+    place: Place,
+}
+
+/// A cgroups path in systemd's `slice:prefix:name` form.
+fn systemd_cgroup(bundle: &Bundle) -> bool {
+    bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .and_then(|p| p.to_str())
+        .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3)
+}
+
+#[async_trait]
+impl Backends for NativeBackends {
+    async fn create(
+        &self,
+        place: &Place,
+        bundle: &Bundle,
+        io: &IoSpec,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
+        let pid_file = place.dir.join("init.pid");
+        let systemd_cgroup = systemd_cgroup(bundle);
+        let job = |console_socket| Job::Create {
+            root: place.state_root.clone(),
+            id: place.id.clone(),
+            bundle: place.bundle.clone(),
+            pid_file: pid_file.clone(),
+            console_socket,
+            systemd_cgroup,
+        };
+        let key = ProcKey::new(&place.namespace, &place.id, "");
+        let spawned = spawn_process(&self.host, &key, io, job, &pid_file).await?;
+        let task = NativeTask {
+            host: self.host.clone(),
+            place: place.clone(),
+        };
+        Ok((Box::new(task), spawned))
+    }
+
+    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
+        debug_assert_eq!(kind, TaskKind::Native);
+        Ok(Box::new(NativeTask {
+            host: self.host.clone(),
+            place: place.clone(),
+        }))
+    }
+}
+
+impl NativeTask {
+    /// Runs `f` on the sandbox that owns the task's container, on the
+    /// blocking pool.
+    async fn on_sandbox<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&dyn ironcell_sandbox::Sandbox, &str) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (root, id) = (self.place.state_root.clone(), self.place.id.clone());
+        blocking(move || f(Sandboxes::new(&root, false).owner(&id)?, &id)).await
+    }
+}
+
+#[async_trait]
+impl TaskBackend for NativeTask {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Native
+    }
+
+    fn watch(&self, _exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
+        let rx = self.host.reaper.watch(pid);
+        let keeper = self.host.keeper.clone();
+        tokio::spawn(async move {
+            let Ok(exit) = rx.await else { return };
+            on_exit(exit);
+            // The keeper keeps each exit until the daemon has recorded it.
+            if let Some(k) = keeper {
+                k.ack(exit.pid);
+            }
+        });
+    }
+
+    async fn start(&self, announce: Announce<'_>) -> Result<()> {
+        self.on_sandbox(|b, id| {
+            // Started already by a daemon that died before recording it.
+            if b.state(id)?.status == ironcell_oci::Status::Created {
+                b.start(id)?;
+            }
+            Ok(())
+        })
+        .await?;
+        announce();
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        key: &ProcKey,
+        exec_id: &str,
+        io: &IoSpec,
+        spec: &Path,
+    ) -> Result<Spawned> {
+        let pid_file = self.place.dir.join(format!("exec-{exec_id}.pid"));
+        let job = |console_socket| Job::Exec {
+            root: self.place.state_root.clone(),
+            id: self.place.id.clone(),
+            process: spec.to_path_buf(),
+            pid_file: pid_file.clone(),
+            console_socket,
+        };
+        let spawned = spawn_process(&self.host, key, io, job, &pid_file).await;
+        let _ = std::fs::remove_file(&pid_file);
+        spawned
+    }
+
+    async fn signal(&self, exec: Option<(&str, i32)>, signal: i32, all: bool) -> Result<()> {
+        let Some((exec_id, pid)) = exec else {
+            return self
+                .on_sandbox(move |b, id| Ok(b.kill(id, signal, all)?))
+                .await;
+        };
+        // SAFETY: kill(2) with integers only.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err(TaskError::NotFound(format!(
+                    "process already finished: {exec_id}"
+                )));
+            }
+            return Err(TaskError::Internal(format!(
+                "cannot signal exec {exec_id}: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, live_init: Option<i32>) -> Result<()> {
+        let (root, id) = (self.place.state_root.clone(), self.place.id.clone());
+        blocking(move || {
+            match Sandboxes::new(&root, false).owner(&id) {
+                Ok(b) => b.delete(&id, true)?,
+                // Already gone (a delete that failed half-way before).
+                Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(pid) = live_init {
+            self.host.reaper.forget(pid);
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, pause: bool) -> Result<()> {
+        self.on_sandbox(move |b, id| {
+            if pause {
+                b.pause(id)?
+            } else {
+                b.resume(id)?
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn paused(&self) -> bool {
+        self.on_sandbox(|b, id| Ok(b.state(id)?.status == ironcell_oci::Status::Paused))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn pids(&self) -> Result<Vec<i32>> {
+        self.on_sandbox(|b, id| Ok(b.pids(id)?)).await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        self.on_sandbox(|b, id| Ok(b.stats(id)?)).await
+    }
+
+    async fn update(&self, resources: LinuxResources) -> Result<()> {
+        self.on_sandbox(move |b, id| Ok(b.update(id, &resources)?))
+            .await
+    }
+
+    async fn memory_cgroup(&self) -> Option<PathBuf> {
+        self.on_sandbox(|b, id| Ok(b.memory_cgroup(id)?))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Opens `io`, runs the helper job that forks the process, and returns
+/// the new process's pid and the daemon's ends of its stdio.
+async fn spawn_process(
+    host: &Host,
+    key: &ProcKey,
+    io: &IoSpec,
+    job: impl FnOnce(Option<PathBuf>) -> Job,
+    pid_file: &Path,
+) -> Result<Spawned> {
+    let bad = |e: stdio::StdioError| TaskError::InvalidArgument(e.to_string());
+    let console = if io.terminal {
+        let dir = host.root.join("console");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TaskError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{}-{}.sock", std::process::id(), host.unique()));
+        Some(ConsoleSocket::bind(path).map_err(|e| TaskError::Internal(e.to_string()))?)
+    } else {
+        None
+    };
+    let mut stdin_relay = None;
+    let hio = if io.terminal {
+        HelperStdio {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        }
+    } else {
+        let stdin = if io.stdin.is_empty() {
+            None
+        } else {
+            let (fd, sink) = stdio::stdin_pipe().map_err(bad)?;
+            stdin_relay = Some(host.start_stdin(key, &io.stdin, None, sink).map_err(bad)?);
+            Some(fd)
+        };
+        let outputs = stdio::open_output("stdout", &io.stdout)
+            .and_then(|o| Ok((o, stdio::open_output("stderr", &io.stderr)?)));
+        let (stdout, stderr) = match outputs {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(r) = stdin_relay {
+                    r.close();
+                }
+                return Err(bad(e));
+            }
+        };
+        HelperStdio {
+            stdin,
+            stdout,
+            stderr,
+        }
+    };
+    let job = job(console.as_ref().map(|c| c.path().to_path_buf()));
+    let fail = |e: TaskError, relay: Option<StdinRelay>| {
+        if let Some(r) = relay {
+            r.close();
+        }
+        e
+    };
+    let Some(keeper) = &host.keeper else {
+        return Err(fail(
+            TaskError::Internal("no keeper to spawn processes".into()),
+            stdin_relay,
+        ));
+    };
+    if let Err(e) = helper::run(keeper, &host.reaper, &host.exe, &job, hio).await {
+        return Err(fail(TaskError::Internal(format!("{e:#}")), stdin_relay));
+    }
+    let pid = match std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        Some(pid) if pid > 0 => pid,
+        _ => {
+            return Err(fail(
+                TaskError::Internal(format!(
+                    "no pid in {} after the process was created",
+                    pid_file.display()
+                )),
+                stdin_relay,
+            ))
+        }
+    };
+    let mut master = None;
+    if let Some(console) = console {
+        let got = blocking(move || {
+            console
+                .receive(ConsoleSocket::TIMEOUT)
+                .map_err(|e| TaskError::Internal(e.to_string()))
+        })
+        .await;
+        let m = match got {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(e);
+            }
+        };
+        let stdout = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+        // The keeper holds the terminal's output FIFO open too: when no
+        // daemon relays, containerd's reader must not see an EOF.
+        if let (Some(k), Some(out)) = (&host.keeper, &stdout) {
+            k.hold(key, Slot::TtyOut, out);
+        }
+        stdio::relay_output(&m, stdout)
+            .map_err(|e| TaskError::Internal(format!("cannot relay the terminal: {e}")))?;
+        let dup = |m: &File| {
+            m.try_clone()
+                .map(OwnedFd::from)
+                .map_err(|e| TaskError::Internal(format!("terminal: {e}")))
+        };
+        keeper.hold(key, Slot::Tty, &dup(&m)?);
+        if !io.stdin.is_empty() {
+            stdin_relay = Some(
+                host.start_stdin(key, &io.stdin, None, dup(&m)?)
+                    .map_err(bad)?,
+            );
+        }
+        master = Some(m);
+    }
+    Ok(Spawned {
+        pid,
+        stdin: stdin_relay,
+        master,
+    })
+}

@@ -1,0 +1,469 @@
+//! The registry's lifecycle through a fake backend: create, start, exec,
+//! kill, wait, delete and recovery after a restart, without root and
+//! without forking anything.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use ironcell_basics::exit_status;
+use ironcell_container::stats::Stats;
+use ironcell_oci::Bundle;
+use oci_spec::runtime::LinuxResources;
+use tokio::sync::mpsc;
+
+use super::backend::{Announce, ExitSink};
+use super::*;
+use crate::events::Event;
+
+/// The fake's world: its "processes" and what was asked of it. Shared by
+/// the registries of one test, as the real processes outlive a daemon.
+#[derive(Default)]
+struct World {
+    next_pid: AtomicI32,
+    /// Pid to where its exit goes (the latest `watch`).
+    sinks: Mutex<HashMap<i32, ExitSink>>,
+    running: Mutex<HashSet<i32>>,
+    paused: Mutex<HashSet<String>>,
+    /// What the registry asked, in order.
+    calls: Mutex<Vec<String>>,
+    /// Whether its tasks outlive the daemon (false: as wasm tasks).
+    dies_with_daemon: bool,
+}
+
+impl World {
+    fn new(dies_with_daemon: bool) -> Arc<World> {
+        Arc::new(World {
+            next_pid: AtomicI32::new(100),
+            dies_with_daemon,
+            ..Default::default()
+        })
+    }
+
+    fn call(&self, c: String) {
+        self.calls.lock().unwrap().push(c);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn spawn(&self) -> i32 {
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        self.running.lock().unwrap().insert(pid);
+        pid
+    }
+
+    /// Process `pid` ends with `status`: its watcher is told, if any.
+    fn end(&self, pid: i32, status: u32) {
+        self.running.lock().unwrap().remove(&pid);
+        let sink = self.sinks.lock().unwrap().remove(&pid);
+        if let Some(sink) = sink {
+            sink(Exit {
+                pid,
+                status,
+                at: SystemTime::now(),
+            });
+        }
+    }
+}
+
+struct FakeBackends(Arc<World>);
+
+struct FakeTask {
+    world: Arc<World>,
+    id: String,
+    init: i32,
+}
+
+#[async_trait]
+impl Backends for FakeBackends {
+    async fn create(
+        &self,
+        place: &Place,
+        bundle: &Bundle,
+        _io: &IoSpec,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
+        let args = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone());
+        if args.is_some_and(|a| a[0] == "/fail") {
+            return Err(TaskError::InvalidArgument(
+                "the fake cannot run /fail".into(),
+            ));
+        }
+        let pid = self.0.spawn();
+        self.0.call(format!("create {} {pid}", place.id));
+        let task = FakeTask {
+            world: self.0.clone(),
+            id: place.id.clone(),
+            init: pid,
+        };
+        Ok((
+            Box::new(task),
+            Spawned {
+                pid,
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
+        assert_eq!(kind, TaskKind::Test);
+        let record = TaskRecord::read(&place.dir).expect("recovered from a record");
+        Ok(Box::new(FakeTask {
+            world: self.0.clone(),
+            id: place.id.clone(),
+            init: record.init.pid,
+        }))
+    }
+}
+
+#[async_trait]
+impl TaskBackend for FakeTask {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Test
+    }
+
+    fn outlives_daemon(&self) -> bool {
+        !self.world.dies_with_daemon
+    }
+
+    fn watch(&self, _exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
+        if self.world.running.lock().unwrap().contains(&pid) {
+            self.world.sinks.lock().unwrap().insert(pid, on_exit);
+        }
+    }
+
+    async fn start(&self, announce: Announce<'_>) -> Result<()> {
+        self.world.call(format!("start {}", self.id));
+        announce();
+        Ok(())
+    }
+
+    async fn exec(&self, _: &ProcKey, exec_id: &str, _: &IoSpec, spec: &Path) -> Result<Spawned> {
+        assert!(spec.is_file(), "the exec's spec was written");
+        let pid = self.world.spawn();
+        self.world.call(format!("exec {} {exec_id} {pid}", self.id));
+        Ok(Spawned {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn signal(&self, exec: Option<(&str, i32)>, signal: i32, _all: bool) -> Result<()> {
+        let pid = exec.map_or(self.init, |(_, pid)| pid);
+        self.world.call(format!("signal {pid} {signal}"));
+        self.world.end(pid, exit_status::of_signal(signal));
+        Ok(())
+    }
+
+    async fn delete(&self, live_init: Option<i32>) -> Result<()> {
+        self.world.call(format!("delete {} {live_init:?}", self.id));
+        if let Some(pid) = live_init {
+            self.world.sinks.lock().unwrap().remove(&pid);
+            self.world.running.lock().unwrap().remove(&pid);
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, pause: bool) -> Result<()> {
+        let mut paused = self.world.paused.lock().unwrap();
+        if pause {
+            paused.insert(self.id.clone());
+        } else {
+            paused.remove(&self.id);
+        }
+        Ok(())
+    }
+
+    async fn paused(&self) -> bool {
+        self.world.paused.lock().unwrap().contains(&self.id)
+    }
+
+    async fn pids(&self) -> Result<Vec<i32>> {
+        Ok(vec![self.init])
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        Ok(Stats::default())
+    }
+
+    async fn update(&self, _: LinuxResources) -> Result<()> {
+        Ok(())
+    }
+
+    async fn memory_cgroup(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+const CONTAINERD: &str = "/run/fake-containerd.sock";
+
+/// A registry on `root` with the fake world's backend, and its events.
+fn registry(root: &Path, world: &Arc<World>) -> (Arc<Tasks>, mpsc::UnboundedReceiver<Event>) {
+    let host = Arc::new(Host::new(
+        root.to_path_buf(),
+        PathBuf::from("/nonexistent/ironcelld"),
+        Arc::new(Reaper::default()),
+        None,
+    ));
+    let (events, rx) = Publisher::capture();
+    let tasks = Tasks::with_backends(host, Box::new(FakeBackends(world.clone())), events);
+    (Arc::new(tasks), rx)
+}
+
+/// A bundle directory whose process runs `arg0`.
+fn bundle(dir: &Path, name: &str, arg0: &str) -> PathBuf {
+    let b = dir.join(name);
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    let config = format!(
+        r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+            "process": {{"args": ["{arg0}"], "cwd": "/", "user": {{"uid": 0, "gid": 0}}}}}}"#
+    );
+    std::fs::write(b.join("config.json"), config).unwrap();
+    b
+}
+
+fn request(id: &str, bundle: PathBuf) -> CreateRequest {
+    CreateRequest {
+        namespace: "ns".into(),
+        containerd: Some(CONTAINERD.into()),
+        id: id.into(),
+        bundle,
+        rootfs: Vec::new(),
+        io: IoSpec::default(),
+    }
+}
+
+fn topics(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e.topic.rsplit('/').next().unwrap_or(e.topic));
+    }
+    out
+}
+
+const EXEC_SPEC: &[u8] = br#"{"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#;
+
+async fn wait_exit(tasks: &Tasks, id: &str, exec_id: &str) -> Exit {
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait("ns", id, exec_id))
+        .await
+        .expect("the exit came")
+        .expect("wait answered")
+}
+
+#[tokio::test]
+async fn lifecycle_create_start_exec_kill_wait_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let (tasks, mut events) = registry(&dir.path().join("root"), &world);
+    let b = bundle(dir.path(), "a", "/bin/sleep");
+
+    let pid = tasks.create(request("a", b.clone())).await.unwrap();
+    assert_eq!(
+        tasks.state("ns", "a", "").unwrap().1.status,
+        ProcStatus::Created
+    );
+    // The same Create again answers the same task; another bundle is refused.
+    assert_eq!(tasks.create(request("a", b.clone())).await.unwrap(), pid);
+    let other = bundle(dir.path(), "other", "/bin/sleep");
+    let e = tasks.create(request("a", other)).await.unwrap_err();
+    assert!(matches!(e, TaskError::AlreadyExists(_)), "{e}");
+
+    assert_eq!(tasks.start("ns", "a", "").await.unwrap(), pid);
+    assert_eq!(
+        tasks.start("ns", "a", "").await.unwrap(),
+        pid,
+        "repeated Start"
+    );
+    assert_eq!(
+        tasks.state("ns", "a", "").unwrap().1.status,
+        ProcStatus::Running
+    );
+
+    tasks
+        .exec("ns", "a", "e1", IoSpec::default(), EXEC_SPEC)
+        .unwrap();
+    let e = tasks
+        .exec("ns", "a", "e1", IoSpec::default(), EXEC_SPEC)
+        .unwrap_err();
+    assert!(matches!(e, TaskError::AlreadyExists(_)), "{e}");
+    let e = tasks.kill("ns", "a", "e1", 15, false).await.unwrap_err();
+    assert!(
+        matches!(e, TaskError::FailedPrecondition(_)),
+        "not started: {e}"
+    );
+    let exec_pid = tasks.start("ns", "a", "e1").await.unwrap();
+    assert_ne!(exec_pid, pid);
+    assert_eq!(tasks.start("ns", "a", "e1").await.unwrap(), exec_pid);
+    let e = tasks.delete("ns", "a", "e1").await.unwrap_err();
+    assert!(matches!(e, TaskError::FailedPrecondition(_)), "{e}");
+    world.end(exec_pid, 3);
+    assert_eq!(wait_exit(&tasks, "a", "e1").await.status, 3);
+    let (deleted_pid, exit) = tasks.delete("ns", "a", "e1").await.unwrap();
+    assert_eq!((deleted_pid, exit.map(|e| e.status)), (exec_pid, Some(3)));
+
+    tasks.pause("ns", "a", true).await.unwrap();
+    assert_eq!(
+        tasks.state("ns", "a", "").unwrap().1.status,
+        ProcStatus::Paused
+    );
+    let e = tasks.delete("ns", "a", "").await.unwrap_err();
+    assert!(e.to_string().contains("it is paused"), "{e}");
+    tasks.pause("ns", "a", false).await.unwrap();
+
+    tasks.kill("ns", "a", "", 9, false).await.unwrap();
+    let exit = wait_exit(&tasks, "a", "").await;
+    assert_eq!((exit.pid, exit.status), (pid, exit_status::KILLED));
+    let e = tasks.kill("ns", "a", "", 9, false).await.unwrap_err();
+    assert!(matches!(e, TaskError::NotFound(_)), "{e}");
+    let e = tasks.exec("ns", "a", "late", IoSpec::default(), EXEC_SPEC);
+    assert!(matches!(e, Err(TaskError::FailedPrecondition(_))));
+
+    let (_, exit) = tasks.delete("ns", "a", "").await.unwrap();
+    assert_eq!(exit.map(|e| e.status), Some(exit_status::KILLED));
+    assert!(matches!(tasks.get("ns", "a"), Err(TaskError::NotFound(_))));
+    assert!(
+        !dir.path().join("root/tasks/ns/a").exists(),
+        "its directory is gone"
+    );
+    assert_eq!(
+        topics(&mut events),
+        [
+            "create",
+            "start",
+            "exec-added",
+            "exec-started",
+            "exit",
+            "paused",
+            "resumed",
+            "exit",
+            "delete"
+        ]
+    );
+    assert_eq!(
+        world.calls(),
+        [
+            format!("create a {pid}"),
+            "start a".into(),
+            format!("exec a e1 {exec_pid}"),
+            format!("signal {pid} 9"),
+            "delete a None".into(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_and_a_created_task_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (tasks, _events) = registry(&root, &world);
+    let e = tasks
+        .create(request("bad", bundle(dir.path(), "bad", "/fail")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot run /fail"), "{e}");
+    assert!(!root.join("tasks/ns/bad").exists());
+    // The id is free again.
+    let pid = tasks
+        .create(request("bad", bundle(dir.path(), "good", "/bin/true")))
+        .await
+        .unwrap();
+    // Deleted before it started: the backend kills its init, and a waiter
+    // learns that exit.
+    let waiter = {
+        let tasks = tasks.clone();
+        tokio::spawn(async move { tasks.wait("ns", "bad", "").await })
+    };
+    tokio::task::yield_now().await;
+    tasks.delete("ns", "bad", "").await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waited.map(|e| e.status).ok(), Some(exit_status::KILLED));
+    assert!(world.calls().contains(&format!("delete bad Some({pid})")));
+    let bad_ids = ["", "../x", "a/b"];
+    for id in bad_ids {
+        let r = tasks
+            .create(request(id, bundle(dir.path(), "good", "/bin/true")))
+            .await;
+        assert!(
+            matches!(r, Err(TaskError::InvalidArgument(_))),
+            "{id}: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_registry_finds_its_tasks_and_their_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (pid, exec_pid) = {
+        let (tasks, _events) = registry(&root, &world);
+        let pid = tasks
+            .create(request("a", bundle(dir.path(), "a", "/bin/sleep")))
+            .await
+            .unwrap();
+        tasks.start("ns", "a", "").await.unwrap();
+        tasks
+            .exec("ns", "a", "e", IoSpec::default(), EXEC_SPEC)
+            .unwrap();
+        let exec_pid = tasks.start("ns", "a", "e").await.unwrap();
+        tasks.pause("ns", "a", true).await.unwrap();
+        (pid, exec_pid)
+    };
+    // A create that never finished: a directory without a record.
+    std::fs::create_dir_all(root.join("tasks/ns/half")).unwrap();
+
+    let (tasks, mut events) = registry(&root, &world);
+    tasks.recover().await;
+    assert!(
+        !root.join("tasks/ns/half").exists(),
+        "an unfinished create is removed"
+    );
+    let (task, view) = tasks.state("ns", "a", "").unwrap();
+    assert_eq!((view.pid, view.status), (pid, ProcStatus::Paused));
+    assert_eq!(task.bundle, dir.path().join("a"));
+    tasks.pause("ns", "a", false).await.unwrap();
+    // Exits after the restart reach the new registry, in the record too.
+    world.end(exec_pid, 0);
+    assert_eq!(wait_exit(&tasks, "a", "e").await.status, 0);
+    world.end(pid, 1);
+    assert_eq!(wait_exit(&tasks, "a", "").await.status, 1);
+    let record = TaskRecord::read(&root.join("tasks/ns/a")).unwrap();
+    assert_eq!(record.kind(), TaskKind::Test);
+    assert_eq!(record.init.exit.map(|e| e.0), Some(1));
+    assert_eq!(topics(&mut events), ["resumed", "exit", "exit"]);
+    tasks.delete("ns", "a", "").await.unwrap();
+}
+
+#[tokio::test]
+async fn tasks_that_die_with_the_daemon_are_reported_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(true);
+    let root = dir.path().join("root");
+    {
+        let (tasks, _events) = registry(&root, &world);
+        tasks
+            .create(request("w", bundle(dir.path(), "w", "/m.wasm")))
+            .await
+            .unwrap();
+        tasks.start("ns", "w", "").await.unwrap();
+    }
+    let (tasks, mut events) = registry(&root, &world);
+    tasks.recover().await;
+    let exit = wait_exit(&tasks, "w", "").await;
+    assert_eq!(exit.status, exit_status::KILLED);
+    assert_eq!(topics(&mut events), ["exit"]);
+    let e = tasks.start("ns", "w", "").await.unwrap_err();
+    assert!(matches!(e, TaskError::FailedPrecondition(_)), "{e}");
+}
