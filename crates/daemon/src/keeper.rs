@@ -183,6 +183,24 @@ impl Keeper {
         self.fetched.lock().unwrap().clear();
     }
 
+    /// Asks the keeper to start this daemon again with `argv` and `env`
+    /// (in `/`) when it dies.
+    pub fn supervise(&self, argv: Vec<String>, env: Vec<(String, String)>) -> Result<()> {
+        self.send(
+            &ToKeeper::Supervise {
+                argv,
+                env,
+                cwd: PathBuf::from("/"),
+            },
+            &[],
+        )
+    }
+
+    /// Tells the keeper this daemon stops on purpose: no restart.
+    pub fn unsupervise(&self) -> Result<()> {
+        self.send(&ToKeeper::Unsupervise {}, &[])
+    }
+
     /// Runs `argv` as the keeper's child with `fds` as the given fd numbers.
     pub async fn spawn(
         &self,

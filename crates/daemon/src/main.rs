@@ -21,6 +21,8 @@ daemon, every pod). containerd reaches it through containerd-shim-ironcell-v2.
   --log PATH          log file (default stderr)
   --log-format FMT    text (default) or json
   --log-level LEVEL   error, warn, info (default), debug, trace
+  --supervised        the keeper starts this daemon again if it dies (the
+                      shim passes it; a service manager does not need it)
 ";
 
 struct Args {
@@ -30,6 +32,7 @@ struct Args {
     log: Option<PathBuf>,
     log_json: bool,
     log_level: tracing::Level,
+    supervised: bool,
 }
 
 fn parse_args(args: Vec<OsString>) -> Result<Args> {
@@ -41,6 +44,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
         log: None,
         log_json: false,
         log_level: tracing::Level::INFO,
+        supervised: false,
     };
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next()? {
@@ -65,6 +69,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Args> {
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--log-level: unknown level {v:?}"))?;
             }
+            Long("supervised") => a.supervised = true,
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -125,7 +130,8 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or_else(|| server::controller_socket(&args.root)),
         containerd: args.containerd,
     };
-    rt.block_on(server::serve(args.root, controller))
+    let supervision = args.supervised.then(server::Supervision::of_this_process);
+    rt.block_on(server::serve(args.root, controller, supervision))
 }
 
 fn main() -> ExitCode {

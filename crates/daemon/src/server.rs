@@ -74,10 +74,38 @@ pub fn controller_socket(root: &Path) -> PathBuf {
     root.join("sandbox.sock")
 }
 
+/// How the keeper starts this daemon again when it dies: the command line
+/// it was started with.
+pub struct Supervision {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Supervision {
+    /// This process's own command (its binary by absolute path) and
+    /// environment.
+    pub fn of_this_process() -> Supervision {
+        let mut argv: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if let (Some(first), Ok(exe)) = (argv.first_mut(), std::env::current_exe()) {
+            *first = exe.to_string_lossy().into_owned();
+        }
+        Supervision {
+            argv,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
 /// Serves until SIGTERM or SIGINT. Containers keep running when the daemon
 /// stops; they are not its children's children in any sense that matters to
 /// them (their stdout and stderr go straight to containerd's FIFOs).
-pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
+pub async fn serve(
+    root: PathBuf,
+    controller: ControllerConfig,
+    supervision: Option<Supervision>,
+) -> Result<()> {
     let reaper = Arc::new(Reaper::default());
     let exe = std::env::current_exe().context("cannot find ironcelld's own binary")?;
     let keeper = {
@@ -86,6 +114,13 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
             .await
             .context("keeper start")??
     };
+    if let Some(s) = supervision {
+        // Asked at every start: a keeper that outlived its own restart
+        // learns it again.
+        keeper
+            .supervise(s.argv, s.env)
+            .context("cannot ask the keeper to supervise the daemon")?;
+    }
     let events = Publisher::start();
     let tasks = Arc::new(Tasks::new(
         root.clone(),
@@ -98,7 +133,11 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
     let control_path = control_socket(&root);
     // Ours: the lock is held.
     let _ = fs::remove_file(&control_path);
-    let endpoints = Arc::new(Endpoints::new(root.clone(), tasks.clone(), Some(keeper)));
+    let endpoints = Arc::new(Endpoints::new(
+        root.clone(),
+        tasks.clone(),
+        Some(keeper.clone()),
+    ));
     endpoints.restore().await;
     crate::controller::serve(
         &controller.socket,
@@ -130,6 +169,10 @@ pub async fn serve(root: PathBuf, controller: ControllerConfig) -> Result<()> {
         tasks = tasks.count(),
         "ironcelld stopping; containers keep running"
     );
+    // A stop on purpose is not undone by the keeper.
+    if let Err(e) = keeper.unsupervise() {
+        tracing::warn!(error = %format!("{e:#}"), "cannot tell the keeper this stop is on purpose");
+    }
     endpoints.shutdown().await;
     let _ = fs::remove_file(&control_path);
     let _ = fs::remove_file(&controller.socket);

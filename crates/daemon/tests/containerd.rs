@@ -44,6 +44,16 @@ impl Setup {
         })
     }
 
+    /// [`Setup::start`] with a daemon started by hand, without
+    /// `--supervised` (as under a service manager): a killed one stays
+    /// dead until the test starts the next.
+    fn start_by_hand() -> Option<(Setup, std::process::Child)> {
+        let s = Setup::start()?;
+        let d = start_daemon(Path::new(env!("CARGO_BIN_EXE_ironcelld")), &s.root);
+        wait_for_new_daemon(&s.root, &[], Duration::from_secs(10));
+        Some((s, d))
+    }
+
     fn run_args<'a>(&self, extra: &[&'a str], rest: &[&'a str]) -> Vec<String> {
         let mut v: Vec<String> = vec!["run".into(), "--runtime".into(), RUNTIME.into()];
         v.extend(extra.iter().map(|s| s.to_string()));
@@ -307,7 +317,9 @@ fn bad_requests_are_errors() {
 #[test]
 fn daemon_restart_mid_workload() {
     use std::io::{BufRead, BufReader, Write};
-    let Some(s) = Setup::start() else { return };
+    let Some((s, mut first)) = Setup::start_by_hand() else {
+        return;
+    };
     let c = s.c();
     let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
     s.ctr_ok(&s.run_args(
@@ -348,6 +360,7 @@ fn daemon_restart_mid_workload() {
     // Kill the daemon; the keeper stays.
     let old = kill_daemon(&s.root);
     assert_eq!(old.len(), 1);
+    let _ = first.wait();
     // While no daemon runs: `rquick` exits, and a line is typed.
     input.write_all(b"two\n").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -525,8 +538,9 @@ fn terminal_survives_a_daemon_restart() {
         assert!(n > 0, "no output: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    kill_daemon(&s.root);
-    let mut daemon = start_daemon(Path::new(env!("CARGO_BIN_EXE_ironcelld")), &s.root);
+    // The shim started the daemon: the keeper starts it again.
+    let old = kill_daemon(&s.root);
+    wait_for_new_daemon(&s.root, &old, Duration::from_secs(10));
     // Give the new daemon a moment to take the terminal back.
     std::thread::sleep(Duration::from_millis(500));
     input.write_all(b"typed\r").unwrap();
@@ -534,8 +548,85 @@ fn terminal_survives_a_daemon_restart() {
     let _ = out.read_to_string(&mut rest);
     assert!(rest.contains("got:typed"), "{rest:?}\n{}", s.daemon_log());
     assert_eq!(script.wait().unwrap().code(), Some(4));
+}
+
+/// A daemon the shim started (`--supervised`) is started again by the
+/// keeper when killed: a request sent right after the kill is answered by
+/// the next daemon. Killed again and again soon after each start, it is
+/// given up (the keeper says so in its log), and a request then fails
+/// after a bounded wait with an error naming the cause. A daemon stopped
+/// on purpose (SIGTERM) is not started again.
+#[test]
+fn a_killed_daemon_comes_back_by_itself() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    s.ctr_ok(&s.run_args(
+        &["-d"],
+        &[
+            "sup",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ],
+    ));
+    let mut kills = 0;
+    let failed = loop {
+        let old = kill_daemon(&s.root);
+        let killed = Instant::now();
+        kills += 1;
+        let exec_id = format!("e{kills}");
+        let out = c.run(&["task", "exec", "--exec-id", &exec_id, "sup", "echo", "back"]);
+        let answered = killed.elapsed();
+        if !out.status.success() {
+            break (out, answered);
+        }
+        assert_eq!(stdout(&out).trim(), "back", "{}", s.daemon_log());
+        assert!(!s.daemons().is_empty() && s.daemons() != old);
+        eprintln!(
+            "kill {kills}: exec answered {} ms after the kill",
+            answered.as_millis()
+        );
+        assert!(kills <= 10, "the keeper never gave up");
+    };
+    // Five quick deaths in a row (the first daemon may have lived long
+    // enough not to count).
+    assert!((5..=6).contains(&kills), "gave up after {kills} kills");
+    let (out, answered) = failed;
+    assert!(
+        stderr(&out).contains("ironcelld is not running"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(answered >= Duration::from_secs(10), "{answered:?}");
+    eprintln!(
+        "after giving up: exec failed {} ms after the kill: {}",
+        answered.as_millis(),
+        stderr(&out).trim()
+    );
+    let log = std::fs::read_to_string(s.root.join("keeper.log")).unwrap();
+    assert!(log.contains("no longer restarts it"), "{log}");
+    assert!(s.daemons().is_empty());
+
+    // Started by hand again, it is supervised again; a SIGTERM is a stop
+    // on purpose.
+    let bin = Path::new(env!("CARGO_BIN_EXE_ironcelld"));
+    let mut d = start_daemon_with(bin, &s.root, &["--supervised".as_ref()]);
+    wait_for_new_daemon(&s.root, &[], Duration::from_secs(10));
+    let out = c.ok(&["task", "exec", "--exec-id", "last", "sup", "echo", "again"]);
+    assert_eq!(out.trim(), "again");
     stop_daemon(&s);
-    let _ = daemon.wait();
+    let _ = d.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(s.daemons().is_empty(), "a stopped daemon was started again");
+
+    let mut d = start_daemon(bin, &s.root);
+    wait_for_new_daemon(&s.root, &[], Duration::from_secs(10));
+    c.ok(&["task", "kill", "sup"]);
+    c.wait_task("sup", "STOPPED");
+    c.ok(&["task", "delete", "sup"]);
+    c.ok(&["container", "rm", "sup"]);
+    stop_daemon(&s);
+    let _ = d.wait();
 }
 
 /// A WASI image through containerd 1.6 and ironcelld: the module runs in

@@ -299,12 +299,16 @@ fn run_pod(cri: Cri) {
         if sandbox_api {
             // The daemon killed and started again under the running pod: the
             // pod and its containers are re-attached.
-            kill_daemon(root.path());
+            let old = kill_daemon(root.path());
             let bin = Path::new(env!("CARGO_BIN_EXE_ironcelld"));
-            restarted = Some(match cri {
-                Cri::V2 => start_controller(bin, root.path(), &c),
-                Cri::V17 { .. } => start_daemon(bin, root.path()),
-            });
+            match cri {
+                // Started by hand, so restarted by hand.
+                Cri::V2 => restarted = Some(start_controller(bin, root.path(), &c)),
+                // Started by the shim: the keeper starts it again.
+                Cri::V17 { .. } => {
+                    wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
+                }
+            }
             let out = rt
                 .exec_sync(ExecSyncRequest {
                     container_id: ids[1].clone(),

@@ -11,6 +11,9 @@
 //!   daemon acknowledges it, so exits that happen while no daemon runs are
 //!   not lost.
 //!
+//! - It restarts a daemon that dies, when the daemon asked it to
+//!   (`supervise.rs`): the daemon the shim starts has no other supervisor.
+//!
 //! It holds no container logic and parses only the daemon's messages on a
 //! socket only root can reach. It is `ironcelld keeper --root DIR`, started
 //! by the daemon when none runs for its root; it detaches (its own session,
@@ -18,6 +21,7 @@
 
 pub mod proto;
 pub mod relay;
+pub mod supervise;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -25,6 +29,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -32,6 +37,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
 use proto::{FromKeeper, ToKeeper, MAX_PACKET};
+use supervise::{Supervisor, Verdict};
 
 /// Exits kept for a daemon that does not acknowledge them (oldest dropped).
 const MAX_JOURNAL: usize = 4096;
@@ -170,13 +176,86 @@ fn listen_seqpacket(path: &Path) -> Result<OwnedFd> {
 const MAX_HELD: usize = 8192;
 
 struct Keeper {
+    root: PathBuf,
     journal: BTreeMap<i32, (u32, u64)>,
     held: HashMap<String, OwnedFd>,
     conn: Option<AsyncFd<OwnedFd>>,
     fronts: HashSet<PathBuf>,
+    supervisor: Supervisor,
+}
+
+/// Where the keeper writes what an operator must see (it has no terminal).
+pub fn log_path(root: &Path) -> PathBuf {
+    root.join("keeper.log")
 }
 
 impl Keeper {
+    /// Logs `msg` and appends it to the keeper's log file.
+    fn note(&self, error: bool, msg: &str) {
+        if error {
+            tracing::error!("keeper: {msg}");
+        } else {
+            tracing::info!("keeper: {msg}");
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let line = format!("{at:.3} {} {msg}\n", if error { "ERROR" } else { "INFO" });
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(&self.root))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    }
+
+    /// The daemon's connection is gone: the daemon died (or stopped).
+    fn daemon_gone(&mut self) {
+        self.conn = None;
+        let verdict = self.supervisor.lost(Instant::now());
+        self.act(verdict);
+    }
+
+    fn act(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Nothing => {}
+            Verdict::Restart(delay) => self.note(
+                false,
+                &format!(
+                    "ironcelld is gone; starting it again in {} ms",
+                    delay.as_millis()
+                ),
+            ),
+            Verdict::GiveUp(n) => self.note(
+                true,
+                &format!(
+                    "ironcelld died {n} times in a row within {} s of its start; \
+                     the keeper no longer restarts it. Start it by hand after \
+                     reading its log",
+                    supervise::STABLE.as_secs()
+                ),
+            ),
+        }
+    }
+
+    /// Starts the daemon again if that is due.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let Some(cmd) = self.supervisor.due(now) else {
+            return;
+        };
+        match spawn(&cmd.argv, &cmd.env, &cmd.cwd, &[], Vec::new()) {
+            Ok(pid) => {
+                self.supervisor.started(pid);
+                self.note(false, &format!("started ironcelld again (pid {pid})"));
+            }
+            Err(e) => {
+                self.note(true, &format!("cannot start ironcelld again: {e:#}"));
+                let verdict = self.supervisor.lost(now);
+                self.act(verdict);
+            }
+        }
+    }
+
     fn send(&mut self, msg: &FromKeeper) {
         self.send_fds(msg, &[]);
     }
@@ -184,7 +263,7 @@ impl Keeper {
     fn send_fds(&mut self, msg: &FromKeeper, fds: &[RawFd]) {
         if let Some(c) = &self.conn {
             if proto::send(c.get_ref().as_raw_fd(), msg, fds).is_err() {
-                self.conn = None;
+                self.daemon_gone();
             }
         }
     }
@@ -199,6 +278,15 @@ impl Keeper {
                 },
             };
             let (pid, status) = exit;
+            if let Some(verdict) = self.supervisor.exited(pid, Instant::now()) {
+                // A daemon the keeper started, not a container's process.
+                self.note(
+                    verdict != Verdict::Nothing,
+                    &format!("ironcelld (pid {pid}) exited with status {status}"),
+                );
+                self.act(verdict);
+                continue;
+            }
             let at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
@@ -228,6 +316,15 @@ impl Keeper {
                     });
                 }
             }
+            ToKeeper::Supervise { argv, env, cwd } => {
+                if argv.is_empty() {
+                    tracing::warn!("keeper: Supervise without a command");
+                    return;
+                }
+                let command = supervise::Command { argv, env, cwd };
+                self.supervisor.supervise(Some(command), Instant::now());
+            }
+            ToKeeper::Unsupervise {} => self.supervisor.supervise(None, Instant::now()),
             ToKeeper::Ack { pid } => {
                 self.journal.remove(&pid);
             }
@@ -280,7 +377,7 @@ impl Keeper {
         let listener = tokio::net::UnixListener::bind(public)
             .with_context(|| format!("cannot listen on {}", public.display()))?;
         ironcell_basics::owner_only(public)?;
-        tokio::spawn(relay::front(listener, backend));
+        tokio::spawn(relay::front(listener, backend, relay::DAEMON_WAIT));
         self.fronts.insert(public.to_path_buf());
         Ok(())
     }
@@ -345,10 +442,12 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     // One receive buffer for every message.
     let mut buf = vec![0u8; MAX_PACKET];
     let mut k = Keeper {
+        root: root.to_path_buf(),
         journal: BTreeMap::new(),
         held: HashMap::new(),
         conn: None,
         fronts: HashSet::new(),
+        supervisor: Supervisor::default(),
     };
     let _ = nix::unistd::write(&ready, b"1");
     drop(ready);
@@ -358,6 +457,9 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
     loop {
         tokio::select! {
             _ = sigchld.recv() => k.reap(),
+            _ = sleep_until(k.supervisor.due_at()), if k.supervisor.due_at().is_some() => {
+                k.restart_due();
+            }
             r = listener.readable() => {
                 let mut guard = r?;
                 match nix::sys::socket::accept4(
@@ -386,16 +488,24 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                 }
             }, if k.conn.is_some() => match r {
                 Ok(Some((msg, fds))) => k.handle(msg, fds),
-                Ok(None) => k.conn = None,
+                Ok(None) => k.daemon_gone(),
                 Err(e) if e.kind() == std::io::ErrorKind::Other => {
                     tracing::warn!(error = %e, "keeper: dropping a malformed message");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "keeper: daemon connection lost");
-                    k.conn = None;
+                    k.daemon_gone();
                 }
             },
         }
+    }
+}
+
+/// Sleeps until `at` (for ever when None; the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -39,6 +39,15 @@ pub enum ToKeeper {
     Release { key: String },
     /// Send back (a copy of) the fd kept under `key`; the keeper keeps it.
     Fetch { key: String },
+    /// Start the daemon again with this command when it dies (a daemon the
+    /// shim started, which no service manager restarts).
+    Supervise {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: PathBuf,
+    },
+    /// The daemon stops on purpose: do not start it again.
+    Unsupervise {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

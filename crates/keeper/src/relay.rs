@@ -3,7 +3,10 @@
 //! socket and back. When the daemon dies, containerd's connections stay
 //! open (containerd would otherwise give the tasks up); the keeper connects
 //! again when a daemon listens, re-sends every request that had no response
-//! yet (a Wait, for instance) and carries on.
+//! yet (a Wait, for instance) and carries on. A request that waits longer
+//! than the relay's bound for a daemon (none connected) is answered by the
+//! keeper itself, with a ttrpc error (UNAVAILABLE) that says so, rather
+//! than hanging.
 //!
 //! Every containerd connection of an endpoint (containerd opens one per
 //! task) shares one connection to the daemon: the keeper gives each request
@@ -18,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -32,6 +35,12 @@ const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 const TYPE_DATA: u8 = 3;
 const RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// How long a request waits while no daemon is connected before the keeper
+/// answers it with an error: well above a restart (about a second), well
+/// below containerd's patience (a ctr command has none).
+pub const DAEMON_WAIT: Duration = Duration::from_secs(10);
+/// gRPC's UNAVAILABLE, which ttrpc uses too.
+const CODE_UNAVAILABLE: u64 = 14;
 /// A first read's buffer: Task API frames are mostly a few hundred bytes.
 const FIRST_READ: usize = 1024;
 
@@ -107,6 +116,8 @@ struct Pending {
     stream: u32,
     /// The request as sent to the daemon (with the keeper's stream id).
     frame: Frame,
+    /// Since when it waits for a daemon (None: a daemon has it).
+    waiting: Option<Instant>,
 }
 
 /// What the containerd connections of one endpoint share.
@@ -126,6 +137,8 @@ struct MuxState {
     pending: BTreeMap<u32, Pending>,
     /// (client, containerd's stream id) → the keeper's, for data frames.
     streams: HashMap<(u64, u32), u32>,
+    /// Whether a daemon is connected.
+    up: bool,
 }
 
 impl MuxState {
@@ -154,12 +167,14 @@ impl Mux {
                     // answer no longer has anyone to go to.
                     st.pending.remove(&old);
                 }
+                let waiting = (!st.up).then(Instant::now);
                 st.pending.insert(
                     id,
                     Pending {
                         client,
                         stream,
                         frame: f.clone(),
+                        waiting,
                     },
                 );
             }
@@ -198,6 +213,53 @@ impl Mux {
         }
     }
 
+    /// A daemon connected (`up`) or went away: the requests it had wait
+    /// from now on.
+    fn set_up(&self, up: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.up = up;
+        let now = Instant::now();
+        for p in st.pending.values_mut() {
+            p.waiting = (!up).then_some(now);
+        }
+    }
+
+    /// Answers, with an error, every request that has waited `wait` or
+    /// longer for a daemon.
+    fn expire(&self, wait: Duration, backend: &std::path::Path) {
+        let mut st = self.state.lock().unwrap();
+        let now = Instant::now();
+        let expired: Vec<u32> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.waiting.is_some_and(|t| now.duration_since(t) >= wait))
+            .map(|(id, _)| *id)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let message = format!(
+            "ironcelld is not running: no daemon listened on {} for {} s \
+             (the keeper restarts one the shim started; see keeper.log and \
+             ironcelld.log in its root)",
+            backend.display(),
+            wait.as_secs_f32()
+        );
+        let payload = error_response(CODE_UNAVAILABLE, &message);
+        for id in expired {
+            let p = st.pending.remove(&id).expect("listed above");
+            st.streams.remove(&(p.client, p.stream));
+            let mut f = Frame(Vec::with_capacity(HEADER + payload.len()));
+            f.0.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            f.0.extend_from_slice(&p.stream.to_be_bytes());
+            f.0.extend_from_slice(&[TYPE_RESPONSE, 0]);
+            f.0.extend_from_slice(&payload);
+            if let Some(tx) = st.clients.get(&p.client) {
+                let _ = tx.send(f);
+            }
+        }
+    }
+
     fn register(&self, tx: mpsc::UnboundedSender<Frame>) -> u64 {
         let mut st = self.state.lock().unwrap();
         let id = st.next_client;
@@ -216,15 +278,39 @@ impl Mux {
     }
 }
 
+/// A ttrpc `Response` holding only `status { code, message }`, encoded by
+/// hand: two protobuf fields, where a protobuf runtime and ttrpc's
+/// generated types would add hundreds of kilobytes to the keeper (a test
+/// decodes it with ttrpc's own types).
+fn error_response(code: u64, message: &str) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut status = vec![0x08]; // field 1 (code), varint
+    varint(&mut status, code);
+    status.push(0x12); // field 2 (message), length-delimited
+    varint(&mut status, message.len() as u64);
+    status.extend_from_slice(message.as_bytes());
+    let mut response = vec![0x0a]; // Response field 1 (status)
+    varint(&mut response, status.len() as u64);
+    response.extend_from_slice(&status);
+    response
+}
+
 /// Serves `listener` for ever: every containerd connection, multiplexed
-/// onto one connection to the daemon's `backend`.
-pub async fn front(listener: UnixListener, backend: PathBuf) {
+/// onto one connection to the daemon's `backend`. A request waits at most
+/// `wait` while no daemon is connected.
+pub async fn front(listener: UnixListener, backend: PathBuf, wait: Duration) {
     let (to_backend, queue) = mpsc::unbounded_channel();
     let mux = Arc::new(Mux {
         to_backend,
         state: Mutex::default(),
     });
-    tokio::spawn(backend_loop(backend, mux.clone(), queue));
+    tokio::spawn(backend_loop(backend, mux.clone(), queue, wait));
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
@@ -264,15 +350,22 @@ async fn client(conn: UnixStream, mux: Arc<Mux>) {
 }
 
 /// The connection to the daemon, made again whenever the daemon is back.
-async fn backend_loop(backend: PathBuf, mux: Arc<Mux>, mut queue: mpsc::UnboundedReceiver<Frame>) {
+async fn backend_loop(
+    backend: PathBuf,
+    mux: Arc<Mux>,
+    mut queue: mpsc::UnboundedReceiver<Frame>,
+    wait: Duration,
+) {
     loop {
-        let (mut br, mut bw) = connect(&backend).await.into_split();
+        let (mut br, mut bw) = connect(&backend, &mux, wait).await.into_split();
+        mux.set_up(true);
         let replay: Vec<Frame> = {
             let st = mux.state.lock().unwrap();
             while queue.try_recv().is_ok() {}
             st.pending.values().map(|p| p.frame.clone()).collect()
         };
         if write_all(&mut bw, &replay).await.is_err() {
+            mux.set_up(false);
             continue;
         }
         let mut reader = FrameReader::default();
@@ -292,6 +385,7 @@ async fn backend_loop(backend: PathBuf, mux: Arc<Mux>, mut queue: mpsc::Unbounde
                 },
             }
         }
+        mux.set_up(false);
         tracing::info!(backend = %backend.display(), "keeper: daemon gone; holding the connections");
     }
 }
@@ -303,12 +397,14 @@ async fn write_all(w: &mut OwnedWriteHalf, frames: &[Frame]) -> std::io::Result<
     Ok(())
 }
 
-/// Connects to the daemon's backend, waiting for one to listen.
-async fn connect(backend: &PathBuf) -> UnixStream {
+/// Connects to the daemon's backend, waiting for one to listen; meanwhile
+/// requests that waited `wait` are answered with an error.
+async fn connect(backend: &PathBuf, mux: &Mux, wait: Duration) -> UnixStream {
     loop {
         if let Ok(c) = UnixStream::connect(backend).await {
             return c;
         }
+        mux.expire(wait, backend);
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
@@ -334,7 +430,7 @@ mod tests {
         let public = dir.path().join("public.sock");
         let backend = dir.path().join("backend.sock");
         let listener = UnixListener::bind(&public).unwrap();
-        tokio::spawn(front(listener, backend.clone()));
+        tokio::spawn(front(listener, backend.clone(), DAEMON_WAIT));
 
         let mut client = UnixStream::connect(&public).await.unwrap();
         client
@@ -425,7 +521,11 @@ mod tests {
         let public = dir.path().join("public.sock");
         let backend = dir.path().join("backend.sock");
         let b = UnixListener::bind(&backend).unwrap();
-        tokio::spawn(front(UnixListener::bind(&public).unwrap(), backend.clone()));
+        tokio::spawn(front(
+            UnixListener::bind(&public).unwrap(),
+            backend.clone(),
+            DAEMON_WAIT,
+        ));
 
         let mut c1 = UnixStream::connect(&public).await.unwrap();
         let mut c2 = UnixStream::connect(&public).await.unwrap();
@@ -487,5 +587,90 @@ mod tests {
             .unwrap();
         c1.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, frame(3, TYPE_RESPONSE, b"D"));
+    }
+
+    /// A request that waits `wait` with no daemon connected is answered by
+    /// the keeper with UNAVAILABLE and a message naming the cause; one the
+    /// daemon has is not, however long it takes.
+    #[tokio::test]
+    async fn a_request_waits_a_bounded_time_for_a_daemon() {
+        use protobuf::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("public.sock");
+        let backend = dir.path().join("backend.sock");
+        let wait = Duration::from_millis(300);
+        tokio::spawn(front(
+            UnixListener::bind(&public).unwrap(),
+            backend.clone(),
+            wait,
+        ));
+        let mut client = UnixStream::connect(&public).await.unwrap();
+
+        // A daemon takes a request and keeps it past the bound.
+        let b = UnixListener::bind(&backend).unwrap();
+        client
+            .write_all(&frame(1, TYPE_REQUEST, b"wait"))
+            .await
+            .unwrap();
+        let (conn, _) = b.accept().await.unwrap();
+        let (mut r, w) = conn.into_split();
+        let mut reader = FrameReader::default();
+        reader.next(&mut r).await.unwrap().unwrap();
+        let mut got = vec![0u8; 64];
+        assert!(
+            tokio::time::timeout(wait * 2, client.read(&mut got))
+                .await
+                .is_err(),
+            "answered while the daemon had it"
+        );
+
+        // The daemon dies and none comes back: both requests fail after
+        // the bound, not before.
+        drop((r, w, b));
+        std::fs::remove_file(&backend).unwrap();
+        let gone = Instant::now();
+        client
+            .write_all(&frame(3, TYPE_REQUEST, b"state"))
+            .await
+            .unwrap();
+        let mut reader = FrameReader::default();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let f = tokio::time::timeout(wait * 10, reader.next(&mut client))
+                .await
+                .expect("no answer from the keeper")
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.kind(), TYPE_RESPONSE);
+            let resp = ttrpc::proto::Response::parse_from_bytes(&f.0[HEADER..]).unwrap();
+            let status = resp.status.unwrap();
+            assert_eq!(status.code(), ttrpc::proto::Code::UNAVAILABLE);
+            assert!(
+                status
+                    .message
+                    .starts_with("ironcelld is not running: no daemon listened on"),
+                "{}",
+                status.message
+            );
+            assert!(resp.payload.is_empty());
+            ids.push(f.stream_id());
+        }
+        assert!(gone.elapsed() >= wait, "{:?}", gone.elapsed());
+        ids.sort();
+        assert_eq!(ids, [1, 3]);
+
+        // A daemon that comes back later gets neither of them again.
+        let b = UnixListener::bind(&backend).unwrap();
+        let (conn, _) = b.accept().await.unwrap();
+        let (mut r, _w) = conn.into_split();
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                FrameReader::default().next(&mut r)
+            )
+            .await
+            .is_err(),
+            "an answered request was re-sent"
+        );
     }
 }

@@ -193,6 +193,13 @@ pub struct DaemonGuard(pub PathBuf);
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
+        // The keeper first: it would start a killed daemon again.
+        for p in ironcelld_processes(&self.0, true) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let ours = processes_with(&format!("--root {}", self.0.display()));
         let children: Vec<i32> = fs::read_dir("/proc")
             .map(|d| {
@@ -256,6 +263,31 @@ pub fn kill_daemon(root: &Path) -> Vec<i32> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     pids
+}
+
+/// Waits until a daemon of `root` that is not one of `old` serves its
+/// control socket (the keeper restarts a daemon the shim started), at
+/// most `limit`. Returns how long that took.
+pub fn wait_for_new_daemon(
+    root: &Path,
+    old: &[i32],
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let new = ironcelld_processes(root, false)
+            .into_iter()
+            .any(|p| !old.contains(&p));
+        if new && std::os::unix::net::UnixStream::connect(root.join("control.sock")).is_ok() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no new ironcelld for {} within {limit:?}",
+            root.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Starts daemon binary `bin` on `root`, logging JSON to

@@ -142,6 +142,8 @@ fn ensure_daemon(root: &Path) -> Result<UnixStream> {
         .arg(&log)
         .arg("--log-format")
         .arg("json")
+        // Nothing else restarts a daemon the shim started: the keeper does.
+        .arg("--supervised")
         // containerd reads the shim's stdout to EOF: the daemon must not
         // hold it.
         .stdin(Stdio::null())
