@@ -172,13 +172,17 @@ impl State {
     #[instrument(level = "trace")]
     pub fn save(&self, container_root: &Path) -> Result<()> {
         let state_file_path = Self::file_path(container_root);
+        // Written to a temporary file renamed over the state file: a reader
+        // (another runtime process, a daemon recovering after a crash) sees
+        // the old state or the new one, never a truncated file.
+        let tmp_path = container_root.join(format!(".state.json.{}.tmp", std::process::id()));
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .append(false)
             .create(true)
             .truncate(true)
-            .open(&state_file_path)
+            .open(&tmp_path)
             .map_err(|err| {
                 tracing::error!(
                     state_file_path = ?state_file_path,
@@ -192,6 +196,7 @@ impl State {
             })?;
         let mut writer = BufWriter::new(file);
         serde_json::to_writer(&mut writer, self).map_err(|err| {
+            let _ = fs::remove_file(&tmp_path);
             tracing::error!(
                 ?state_file_path,
                 %err,
@@ -202,17 +207,21 @@ impl State {
                 source: err,
             }
         })?;
-        writer.flush().map_err(|err| {
-            tracing::error!(
-                ?state_file_path,
-                %err,
-                "failed to write container state file",
-            );
-            StateError::WriteStateFile {
-                state_file_path: state_file_path.to_owned(),
-                source: err,
-            }
-        })?;
+        writer
+            .flush()
+            .and_then(|()| fs::rename(&tmp_path, &state_file_path))
+            .map_err(|err| {
+                let _ = fs::remove_file(&tmp_path);
+                tracing::error!(
+                    ?state_file_path,
+                    %err,
+                    "failed to write container state file",
+                );
+                StateError::WriteStateFile {
+                    state_file_path: state_file_path.to_owned(),
+                    source: err,
+                }
+            })?;
 
         Ok(())
     }
