@@ -663,3 +663,175 @@ fn ctr_runs_a_wasm_image() {
     c.ok(&["container", "rm", "w2"]);
     assert!(s.daemons().len() == 1, "{}", s.daemon_log());
 }
+
+/// Fault injection: rounds of concurrent `ctr run -d`, with the daemon
+/// killed (SIGKILL) at a random moment of each round, as a crash or an
+/// OOM kill would. The keeper starts the daemon again; every task that
+/// runs afterwards answers exec; once containerd has deleted everything,
+/// nothing is left: no task record, no container state, no cgroup, no
+/// rootfs mount, no container process. The seed is printed (set
+/// `IRONCELL_FAULT_SEED` to replay a run).
+#[test]
+fn kills_at_random_points_leave_nothing_behind() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    let seed: u64 = std::env::var("IRONCELL_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("fault injection seed: {seed} (IRONCELL_FAULT_SEED)");
+    let mut rng = seed;
+    let mut next = move |bound: u64| {
+        // xorshift64: reproducible from the seed, no dependency.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let marker = format!("fault-{}", seed % 1_000_000);
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 4;
+    let mut ids = Vec::new();
+    for round in 0..ROUNDS {
+        let runs: Vec<_> = (0..PER_ROUND)
+            .map(|i| {
+                let id = format!("f{round}{i}");
+                ids.push(id.clone());
+                let args = s.run_args(
+                    &["-d"],
+                    &[&id, "sh", "-c", &format!("sleep 3600; : {marker}")],
+                );
+                c.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(next(600)));
+        let old = kill_daemon(&s.root);
+        let back = wait_for_new_daemon(&s.root, &old, Duration::from_secs(10));
+        let results: Vec<_> = runs
+            .into_iter()
+            .map(|r| r.wait_with_output().unwrap())
+            .collect();
+        let ok = results.iter().filter(|o| o.status.success()).count();
+        for o in results.iter().filter(|o| !o.status.success()) {
+            eprintln!("a run failed: {}", stderr(o).trim());
+        }
+        eprintln!(
+            "round {round}: killed, back in {} ms; {ok} of {PER_ROUND} runs succeeded",
+            back.as_millis()
+        );
+        // Outside the crash-loop window before the next kill.
+        if round + 1 < ROUNDS {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every task containerd says runs answers exec.
+    let mut running = 0;
+    for id in &ids {
+        if c.task_status(id) != "RUNNING" {
+            continue;
+        }
+        running += 1;
+        let out = c.run(&["task", "exec", "--exec-id", "probe", id, "echo", "alive"]);
+        assert_eq!(
+            stdout(&out).trim(),
+            "alive",
+            "{id}: {}\n{}",
+            stderr(&out),
+            s.daemon_log()
+        );
+    }
+    eprintln!("{running} of {} tasks running after the kills", ids.len());
+    // containerd deletes everything it has.
+    for id in &ids {
+        let _ = c.run(&["task", "kill", "-s", "SIGKILL", id]);
+    }
+    for id in &ids {
+        let d = c.run(&["task", "delete", "-f", id]);
+        let r = c.run(&["container", "rm", id]);
+        if !r.status.success() {
+            eprintln!(
+                "{id}: task delete: {} / container rm: {}",
+                stderr(&d).trim(),
+                stderr(&r).trim()
+            );
+        }
+    }
+    assert_eq!(
+        c.ok(&["container", "ls", "-q"]).trim(),
+        "",
+        "{}",
+        s.daemon_log()
+    );
+    // Nothing left.
+    let entries = |dir: PathBuf| -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten())
+                    .flatten()
+                    .map(|e| e.path().display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        entries(s.root.join("tasks")),
+        Vec::<String>::new(),
+        "task records left"
+    );
+    let left = entries(s.root.join("containers"));
+    assert!(
+        left.is_empty(),
+        "container state left: {left:?}\n{}",
+        s.daemon_log()
+            .lines()
+            .filter(|l| left.iter().any(|p| p.ends_with(&format!(
+                "/{}",
+                l.split("\"id\":\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("?")
+            ))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let start = Instant::now();
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "container processes left: {:?}",
+            processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for id in &ids {
+        assert!(
+            !mounts.contains(&format!("/{id}/rootfs ")),
+            "{id}'s rootfs is still mounted"
+        );
+        let out = std::process::Command::new("find")
+            .args([
+                "/sys/fs/cgroup",
+                "-maxdepth",
+                "4",
+                "-type",
+                "d",
+                "-name",
+                id,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&out).trim(), "", "{id}'s cgroups are left");
+    }
+}

@@ -245,7 +245,8 @@ pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
 }
 
 /// SIGKILLs the daemons of `root` (not the keeper) and waits until they are
-/// gone. Returns the pids it killed.
+/// gone (a supervised daemon is started again by its keeper at once).
+/// Returns the pids it killed.
 pub fn kill_daemon(root: &Path) -> Vec<i32> {
     let pids = ironcelld_processes(root, false);
     for p in &pids {
@@ -255,7 +256,11 @@ pub fn kill_daemon(root: &Path) -> Vec<i32> {
         );
     }
     let start = std::time::Instant::now();
-    while !ironcelld_processes(root, false).is_empty() {
+    // Only the killed ones: a keeper may start the next daemon meanwhile.
+    while ironcelld_processes(root, false)
+        .iter()
+        .any(|p| pids.contains(p))
+    {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
             "ironcelld did not die"

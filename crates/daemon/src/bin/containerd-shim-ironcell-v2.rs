@@ -113,9 +113,13 @@ fn call(conn: &UnixStream, req: &Request) -> Result<Reply> {
     w.write_all(line.as_bytes())
         .context("cannot write to ironcelld")?;
     let mut reply = String::new();
-    BufReader::new(conn)
+    let n = BufReader::new(conn)
         .read_line(&mut reply)
         .context("no reply from ironcelld")?;
+    if n == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+            .context("no reply from ironcelld: it closed the connection");
+    }
     let reply: Reply = serde_json::from_str(&reply).context("malformed reply from ironcelld")?;
     if let Some(e) = &reply.error {
         bail!("ironcelld: {e}");
@@ -125,6 +129,21 @@ fn call(conn: &UnixStream, req: &Request) -> Result<Reply> {
 
 fn connect(root: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(root.join("control.sock"))
+}
+
+/// Connects to the daemon. A control socket nobody listens on was left by
+/// a daemon that died (one that stops removes it), which its keeper may be
+/// starting again: then waits for it, up to DAEMON_START_TIMEOUT.
+fn connect_or_wait(root: &Path) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        match connect(root) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => return Err(e),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// Connects to the daemon, starting it first when none listens.
@@ -195,15 +214,21 @@ fn containerd_ttrpc(flags: &Flags) -> String {
 
 fn start(flags: &Flags) -> Result<()> {
     let root = root();
-    let conn = ensure_daemon(&root)?;
-    let reply = call(
-        &conn,
-        &Request::Register {
-            namespace: flags.namespace.clone(),
-            id: flags.id.clone(),
-            containerd: containerd_ttrpc(flags),
-        },
-    )?;
+    let req = Request::Register {
+        namespace: flags.namespace.clone(),
+        id: flags.id.clone(),
+        containerd: containerd_ttrpc(flags),
+    };
+    let reply = match call(&ensure_daemon(&root)?, &req) {
+        Ok(r) => r,
+        // The daemon died under the request (its keeper may be starting
+        // the next one): once more. Registering is idempotent.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
+            let conn = connect_or_wait(&root).or_else(|_| ensure_daemon(&root))?;
+            call(&conn, &req)?
+        }
+        Err(e) => return Err(e),
+    };
     let address = reply.address.context("ironcelld sent no address")?;
     // containerd runs `start` inside the task's bundle and, when it
     // restarts, reconnects to the address it finds there (the shim writes
@@ -227,7 +252,7 @@ fn delete(flags: &Flags) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64;
-    let (pid, status, at) = match connect(&root) {
+    let (pid, status, at) = match connect_or_wait(&root) {
         // No daemon: nothing of the task is served any more.
         Err(_) => (0, ironcell_basics::exit_status::KILLED, now),
         Ok(conn) => {

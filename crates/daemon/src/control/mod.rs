@@ -69,7 +69,12 @@ impl Control {
             ..Default::default()
         };
         match self.tasks.get(ns, id) {
-            Err(TaskError::NotFound(_)) => return gone,
+            Err(TaskError::NotFound(_)) => {
+                if let Err(e) = self.tasks.discard_orphan(ns, id).await {
+                    tracing::warn!(namespace = ns, id, error = %e, "cannot remove a leftover container");
+                }
+                return gone;
+            }
             Err(e) => {
                 return Reply {
                     error: Some(e.to_string()),

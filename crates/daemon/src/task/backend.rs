@@ -82,6 +82,10 @@ pub trait Backends: Send + Sync {
     /// The backend of a recorded task of `kind`, found again after a
     /// restart of the daemon.
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>>;
+
+    /// Removes whatever a create of `place`'s task that never finished (the
+    /// daemon died in it) may have made: processes, cgroups, state.
+    async fn discard(&self, place: &Place) -> Result<()>;
 }
 
 /// What runs one task's processes.

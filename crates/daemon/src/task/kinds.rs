@@ -50,6 +50,13 @@ impl Backends for ByKind {
         }
     }
 
+    async fn discard(&self, place: &Place) -> Result<()> {
+        // Which kind it was is not known (the bundle may be gone): every
+        // kind that leaves something outside the task's directory cleans.
+        self.wasm.discard(place).await?;
+        self.native.discard(place).await
+    }
+
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
         match kind {
             TaskKind::Native => self.native.recover(kind, place),

@@ -53,7 +53,7 @@ pub use process::{IoSpec, ProcStatus, ProcView};
 
 use backend::blocking;
 use process::{Phase, Proc};
-use record::{ProcRecord, TaskRecord};
+use record::{CreatingRecord, ProcRecord, TaskRecord};
 
 struct TaskInner {
     init: Proc,
@@ -232,13 +232,41 @@ impl Tasks {
                     validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
                 });
                 let Some(r) = record else {
-                    tracing::warn!("removing {}: no task record", dir.display());
-                    let _ = std::fs::remove_dir_all(&dir);
+                    self.discard_unfinished(&dir).await;
                     continue;
                 };
                 self.recover_task(r, dir).await;
             }
         }
+    }
+
+    /// Task directory `dir` has no record: a create that never finished
+    /// (the daemon died in it). What it made goes: the container, the
+    /// rootfs mount, the directory. containerd, whose Create got no
+    /// answer, sends it again or deletes the task.
+    async fn discard_unfinished(&self, dir: &std::path::Path) {
+        let creating = CreatingRecord::read(dir).filter(|r| {
+            validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
+        });
+        if let Some(c) = creating {
+            tracing::warn!(namespace = %c.namespace, id = %c.id, "removing an unfinished create");
+            let mut place = self.place(&c.namespace, &c.id, c.bundle.clone());
+            place.dir = dir.to_path_buf();
+            if let Err(e) = self.backends.discard(&place).await {
+                tracing::warn!(id = %c.id, error = %e, "cannot remove an unfinished create's container");
+            }
+            if c.rootfs_mounted {
+                let rootfs = c.bundle.join("rootfs");
+                let _ = blocking(move || {
+                    mount::unmount_all(&rootfs);
+                    Ok(())
+                })
+                .await;
+            }
+        } else {
+            tracing::warn!("removing {}: no task record", dir.display());
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     async fn recover_task(self: &Arc<Self>, r: TaskRecord, dir: PathBuf) {
@@ -317,6 +345,22 @@ impl Tasks {
             .get(&(namespace.to_string(), id.to_string()))
             .cloned()
             .ok_or_else(|| not_found(namespace, id))
+    }
+
+    /// containerd deletes task `id`, which this daemon does not know (its
+    /// create was cut short by a daemon's death, or never reached one):
+    /// removes any container of that name a backend left.
+    pub async fn discard_orphan(&self, namespace: &str, id: &str) -> Result<()> {
+        validate_namespace(namespace)?;
+        validate_id("task id", id)?;
+        let key = (namespace.to_string(), id.to_string());
+        if self.tasks.lock().unwrap().contains_key(&key)
+            || self.creating.lock().unwrap().contains(&key)
+        {
+            return Ok(());
+        }
+        let place = self.place(namespace, id, PathBuf::new());
+        self.backends.discard(&place).await
     }
 
     pub fn count(&self) -> usize {
@@ -398,6 +442,20 @@ impl Tasks {
         std::fs::create_dir_all(&place.dir).map_err(|e| {
             TaskError::Internal(format!("cannot create {}: {e}", place.dir.display()))
         })?;
+        let rootfs_mounted = !req.rootfs.is_empty();
+        let creating = CreatingRecord {
+            namespace: req.namespace.clone(),
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs_mounted,
+        };
+        if let Err(e) = creating.write(&place.dir) {
+            let _ = std::fs::remove_dir_all(&place.dir);
+            return Err(TaskError::Internal(format!(
+                "cannot write in {}: {e}",
+                place.dir.display()
+            )));
+        }
         let rootfs = req.bundle.join("rootfs");
         let undo = |mounted: bool| {
             if mounted {
@@ -405,7 +463,6 @@ impl Tasks {
             }
             let _ = std::fs::remove_dir_all(&place.dir);
         };
-        let rootfs_mounted = !req.rootfs.is_empty();
         if rootfs_mounted {
             let (mounts, target) = (req.rootfs.clone(), rootfs.clone());
             let r = blocking(move || {

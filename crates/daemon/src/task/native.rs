@@ -76,6 +76,10 @@ impl Backends for NativeBackends {
         Ok((Box::new(task), spawned))
     }
 
+    async fn discard(&self, place: &Place) -> Result<()> {
+        remove_container(place).await
+    }
+
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
         debug_assert_eq!(kind, TaskKind::Native);
         Ok(Box::new(NativeTask {
@@ -83,6 +87,23 @@ impl Backends for NativeBackends {
             place: place.clone(),
         }))
     }
+}
+
+/// Deletes `place`'s container with force (its processes killed, its
+/// cgroup and state removed), if it exists.
+async fn remove_container(place: &Place) -> Result<()> {
+    let (root, id) = (place.state_root.clone(), place.id.clone());
+    blocking(move || {
+        match Sandboxes::new(&root, false).owner(&id) {
+            Ok(b) => b.delete(&id, true)?,
+            // Already gone (a delete that failed half-way before), or
+            // never made.
+            Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    })
+    .await
 }
 
 impl NativeTask {
@@ -172,17 +193,7 @@ impl TaskBackend for NativeTask {
     }
 
     async fn delete(&self, live_init: Option<i32>) -> Result<()> {
-        let (root, id) = (self.place.state_root.clone(), self.place.id.clone());
-        blocking(move || {
-            match Sandboxes::new(&root, false).owner(&id) {
-                Ok(b) => b.delete(&id, true)?,
-                // Already gone (a delete that failed half-way before).
-                Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
-                Err(e) => return Err(e.into()),
-            }
-            Ok(())
-        })
-        .await?;
+        remove_container(&self.place).await?;
         if let Some(pid) = live_init {
             self.host.reaper.forget(pid);
         }

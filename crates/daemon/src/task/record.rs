@@ -104,6 +104,37 @@ impl TaskRecord {
 
 const FILE: &str = "task.json";
 
+/// A create in progress (`creating.json`, written before anything else is
+/// made): what a daemon killed mid-create leaves for the next one to
+/// clean up. A directory with a task record is a task (this file stays
+/// beside it, unread); one with only this is an unfinished create.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct CreatingRecord {
+    pub namespace: String,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs_mounted: bool,
+}
+
+impl CreatingRecord {
+    pub fn read(dir: &Path) -> Option<CreatingRecord> {
+        std::fs::read(dir.join(CREATING))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Written in place, not renamed over: it is written once, into a new
+    /// directory, and a file cut short by a crash reads as none (the
+    /// directory is then removed without the container's clean-up, which
+    /// had not begun: the crash came before anything else was made).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let b = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(CREATING), b)
+    }
+}
+
+const CREATING: &str = "creating.json";
+
 #[cfg(test)]
 mod tests {
     use super::*;

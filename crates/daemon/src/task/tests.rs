@@ -92,6 +92,7 @@ impl Backends for FakeBackends {
             .process()
             .as_ref()
             .and_then(|p| p.args().clone());
+        let hang = args.as_ref().is_some_and(|a| a[0] == "/hang");
         if args.is_some_and(|a| a[0] == "/fail") {
             return Err(TaskError::InvalidArgument(
                 "the fake cannot run /fail".into(),
@@ -99,6 +100,10 @@ impl Backends for FakeBackends {
         }
         let pid = self.0.spawn();
         self.0.call(format!("create {} {pid}", place.id));
+        if hang {
+            // A daemon killed in the middle of this create.
+            std::future::pending::<()>().await;
+        }
         let task = FakeTask {
             world: self.0.clone(),
             id: place.id.clone(),
@@ -111,6 +116,11 @@ impl Backends for FakeBackends {
                 ..Default::default()
             },
         ))
+    }
+
+    async fn discard(&self, place: &Place) -> Result<()> {
+        self.0.call(format!("discard {}", place.id));
+        Ok(())
     }
 
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
@@ -421,7 +431,7 @@ async fn a_restarted_registry_finds_its_tasks_and_their_exits() {
         tasks.pause("ns", "a", true).await.unwrap();
         (pid, exec_pid)
     };
-    // A create that never finished: a directory without a record.
+    // A directory without any record (left by an older daemon).
     std::fs::create_dir_all(root.join("tasks/ns/half")).unwrap();
 
     let (tasks, mut events) = registry(&root, &world);
@@ -430,6 +440,7 @@ async fn a_restarted_registry_finds_its_tasks_and_their_exits() {
         !root.join("tasks/ns/half").exists(),
         "an unfinished create is removed"
     );
+    assert!(!world.calls().iter().any(|c| c.starts_with("discard")));
     let (task, view) = tasks.state("ns", "a", "").unwrap();
     assert_eq!((view.pid, view.status), (pid, ProcStatus::Paused));
     assert_eq!(task.bundle, dir.path().join("a"));
@@ -466,4 +477,44 @@ async fn tasks_that_die_with_the_daemon_are_reported_killed() {
     assert_eq!(topics(&mut events), ["exit"]);
     let e = tasks.start("ns", "w", "").await.unwrap_err();
     assert!(matches!(e, TaskError::FailedPrecondition(_)), "{e}");
+}
+
+/// The daemon dies in the middle of a create: the next one removes what
+/// the create made (through the backend's discard, with nothing known of
+/// it but its names and bundle), and the Create that containerd sends
+/// again makes the task anew.
+#[tokio::test]
+async fn a_create_cut_short_is_discarded_and_can_be_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let hung_bundle = bundle(dir.path(), "h", "/hang");
+    {
+        let (tasks, _events) = registry(&root, &world);
+        let creating = {
+            let tasks = tasks.clone();
+            let b = hung_bundle.clone();
+            tokio::spawn(async move { tasks.create(request("h", b)).await })
+        };
+        while !world.calls().iter().any(|c| c.starts_with("create h")) {
+            tokio::task::yield_now().await;
+        }
+        creating.abort();
+        assert!(root.join("tasks/ns/h").exists());
+    }
+    let (tasks, _events) = registry(&root, &world);
+    tasks.recover().await;
+    assert!(
+        world.calls().contains(&"discard h".to_string()),
+        "{:?}",
+        world.calls()
+    );
+    assert!(!root.join("tasks/ns/h").exists());
+    assert!(matches!(tasks.get("ns", "h"), Err(TaskError::NotFound(_))));
+    // containerd's Create again (the same bundle, now runnable).
+    let same_bundle = bundle(dir.path(), "h", "/bin/true");
+    assert_eq!(same_bundle, hung_bundle);
+    let pid = tasks.create(request("h", same_bundle)).await.unwrap();
+    assert!(pid > 0);
+    tasks.delete("ns", "h", "").await.unwrap();
 }

@@ -129,6 +129,11 @@ impl Backends for WasmBackends {
         }
     }
 
+    async fn discard(&self, _place: &Place) -> Result<()> {
+        // A module runs in the daemon: it died with it, leaving nothing.
+        Ok(())
+    }
+
     fn recover(&self, _kind: TaskKind, _place: &Place) -> Result<Box<dyn TaskBackend>> {
         Ok(Box::new(WasmTask {
             wasm: self.wasm.clone(),
