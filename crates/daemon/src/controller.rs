@@ -76,15 +76,7 @@ pub struct Controller {
 
 impl From<TaskError> for Status {
     fn from(e: TaskError) -> Status {
-        let msg = e.to_string();
-        match e {
-            TaskError::NotFound(_) => Status::not_found(msg),
-            TaskError::AlreadyExists(_) => Status::already_exists(msg),
-            TaskError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            TaskError::InvalidArgument(_) => Status::invalid_argument(msg),
-            TaskError::Unimplemented(_) => Status::unimplemented(msg),
-            TaskError::Internal(_) => Status::internal(msg),
-        }
+        Status::new(tonic::Code::from_i32(e.grpc_code()), e.to_string())
     }
 }
 

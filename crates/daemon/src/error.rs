@@ -5,8 +5,9 @@ use ironcell_container::ContainerError;
 use ironcell_sandbox::SandboxError;
 use thiserror::Error;
 
-/// What a task operation can fail with; each maps to the gRPC code
-/// containerd expects (see `service.rs`).
+/// What a task operation can fail with; each maps to one gRPC status code
+/// ([`TaskError::grpc_code`]), on the ttrpc Task API and on the gRPC
+/// Sandbox controller alike.
 #[derive(Debug, Error)]
 pub enum TaskError {
     #[error("{0}")]
@@ -21,6 +22,22 @@ pub enum TaskError {
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl TaskError {
+    /// The gRPC status code containerd maps back to its own errors
+    /// (errdefs.FromGRPC). An error of no class is UNKNOWN, as
+    /// containerd's own shims answer one (errdefs.ToGRPC).
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            TaskError::InvalidArgument(_) => 3,
+            TaskError::NotFound(_) => 5,
+            TaskError::AlreadyExists(_) => 6,
+            TaskError::FailedPrecondition(_) => 9,
+            TaskError::Unimplemented(_) => 12,
+            TaskError::Internal(_) => 2,
+        }
+    }
 }
 
 impl From<SandboxError> for TaskError {
@@ -68,6 +85,38 @@ mod tests {
                 validate_namespace(bad),
                 Err(TaskError::InvalidArgument(_))
             ));
+        }
+    }
+
+    /// Both APIs give one error the same code, and the numbers are
+    /// gRPC's.
+    #[test]
+    fn each_error_has_one_code_on_both_apis() {
+        use protobuf::Enum;
+        let cases = [
+            (
+                TaskError::InvalidArgument(String::new()),
+                tonic::Code::InvalidArgument,
+            ),
+            (TaskError::NotFound(String::new()), tonic::Code::NotFound),
+            (
+                TaskError::AlreadyExists(String::new()),
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                TaskError::FailedPrecondition(String::new()),
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                TaskError::Unimplemented(String::new()),
+                tonic::Code::Unimplemented,
+            ),
+            (TaskError::Internal(String::new()), tonic::Code::Unknown),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.grpc_code(), code as i32, "{e:?}");
+            let ttrpc = ttrpc::Code::from_i32(e.grpc_code()).expect("a ttrpc code");
+            assert_eq!(ttrpc as i32, code as i32, "{e:?}");
         }
     }
 

@@ -31,14 +31,8 @@ pub const NAMESPACE_KEY: &str = "containerd-namespace-ttrpc";
 
 impl From<TaskError> for TtrpcError {
     fn from(e: TaskError) -> Self {
-        let code = match &e {
-            TaskError::NotFound(_) => Code::NOT_FOUND,
-            TaskError::AlreadyExists(_) => Code::ALREADY_EXISTS,
-            TaskError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            TaskError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
-            TaskError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            TaskError::Internal(_) => Code::UNKNOWN,
-        };
+        use protobuf::Enum;
+        let code = Code::from_i32(e.grpc_code()).unwrap_or(Code::UNKNOWN);
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
     }
 }
