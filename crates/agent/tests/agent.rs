@@ -176,6 +176,9 @@ fn read_until(s: &mut UnixStream, want: &str) -> String {
                 String::from_utf8_lossy(&got)
             ),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A socket with a read timeout is never restarted by the
+            // kernel (socket(7)): an interrupted wait is retried here.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!(
                 "reading for {want:?} (got {:?}): {e}",
                 String::from_utf8_lossy(&got)
