@@ -114,20 +114,26 @@ impl Container {
             );
         }
 
-        let pids = cmanager.get_all_pids()?;
-        pids.iter()
-            .try_for_each(|&pid| {
-                tracing::debug!("kill signal {} to {}", signal, pid);
-                let res = signal::kill(pid, signal);
-                match res {
-                    Err(nix::errno::Errno::ESRCH) => {
-                        // the process does not exist, which is what we want
-                        Ok(())
-                    }
-                    _ => res,
-                }
-            })
-            .map_err(LibcontainerError::OtherSyscall)?;
+        // ironcell patch 22: the cgroup is thawed whatever happens between
+        // the freeze and here; an early return left it frozen for good.
+        let signalled = cmanager
+            .get_all_pids()
+            .map_err(LibcontainerError::from)
+            .and_then(|pids| {
+                pids.iter()
+                    .try_for_each(|&pid| {
+                        tracing::debug!("kill signal {} to {}", signal, pid);
+                        let res = signal::kill(pid, signal);
+                        match res {
+                            Err(nix::errno::Errno::ESRCH) => {
+                                // the process does not exist, which is what we want
+                                Ok(())
+                            }
+                            _ => res,
+                        }
+                    })
+                    .map_err(LibcontainerError::OtherSyscall)
+            });
         if let Err(err) = cmanager.freeze(libcgroups::common::FreezerState::Thawed) {
             tracing::warn!(
                 err = ?err,
@@ -136,6 +142,6 @@ impl Container {
             );
         }
 
-        Ok(())
+        signalled
     }
 }
