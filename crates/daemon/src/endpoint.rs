@@ -170,6 +170,23 @@ impl Endpoints {
         }
     }
 
+    /// Has the keeper front every endpoint again: a keeper that replaces a
+    /// lost one knows none.
+    pub async fn front_again(&self) {
+        let Some(k) = &self.keeper else { return };
+        let servers = self.servers.lock().await;
+        let keys: Vec<EndpointKey> = servers.keys().cloned().collect();
+        for key in &keys {
+            let (public, backend) = (key.socket(&self.root), key.backend(&self.root));
+            match k.front(&public, &backend).await {
+                Ok(()) => tracing::info!(address = %public.display(), "endpoint fronted again"),
+                Err(e) => {
+                    tracing::error!(address = %public.display(), error = %format!("{e:#}"), "cannot front an endpoint again")
+                }
+            }
+        }
+    }
+
     /// Stops listening and removes the sockets (the list stays).
     pub async fn shutdown(&self) {
         let mut servers = self.servers.lock().await;

@@ -20,13 +20,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::Sandboxes;
 
-use crate::keeper::Keeper;
+use crate::keeper::{Keeper, Made};
 use crate::reaper::Reaper;
 
 const ERROR_FD_ENV: &str = "IRONCELLD_ERROR_FD";
@@ -243,15 +244,41 @@ pub struct HelperStdio {
     pub stderr: Option<OwnedFd>,
 }
 
+/// A keeper generation no keeper has (they count from 1).
+const LOST_KEEPER: u64 = 0;
+
+/// The process running exactly `argv` (a helper's command line names its
+/// job's state files, so no two jobs share one). The helper's own children
+/// share its command line until they exec: the one whose parent is not
+/// another match is the helper.
+fn find_running(argv: &[String]) -> Option<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect();
+    let matches: Vec<i32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect();
+    matches
+        .iter()
+        .copied()
+        .find(|pid| crate::reaper::parent_of(*pid).is_some_and(|parent| !matches.contains(&parent)))
+}
+
 /// Runs `job` in a helper process, a child of the keeper, and waits for
-/// it. The error is the helper's one-line report.
+/// it. The error is the helper's one-line report. Returns the keeper
+/// generation the helper ran under: the processes it forked were made
+/// under it too (see [`Reaper::expect`]).
 pub async fn run(
     keeper: &Keeper,
-    reaper: &Reaper,
+    reaper: &Arc<Reaper>,
     exe: &Path,
     job: &Job,
     io: HelperStdio,
-) -> Result<()> {
+) -> Result<u64> {
     let (err_read, err_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     let mut err_read = File::from(err_read);
@@ -271,20 +298,37 @@ pub async fn run(
             fds.push((fd, n));
         }
     }
-    let pid = keeper
+    let spawned = keeper
         .spawn(
-            argv,
+            argv.clone(),
             vec![(ERROR_FD_ENV.into(), ERROR_FD.to_string())],
             cwd,
             fds,
         )
-        .await
-        .with_context(|| format!("cannot run {}", exe.display()))?;
+        .await;
+    let made = match spawned {
+        Ok(made) => made,
+        // The keeper may have spawned it and died before saying so: then
+        // it runs, and must be waited for before what it makes is cleaned
+        // up. Made under a lost keeper: watched through a pidfd.
+        Err(e) => match find_running(&argv) {
+            Some(pid) => {
+                tracing::warn!(pid, "found a helper its lost keeper spawned");
+                reaper.expect(pid, LOST_KEEPER);
+                Made {
+                    pid,
+                    generation: LOST_KEEPER,
+                }
+            }
+            None => return Err(e).with_context(|| format!("cannot run {}", exe.display())),
+        },
+    };
+    let pid = made.pid;
     let exit = reaper.watch(pid);
     let exit = exit.await.context("the daemon stopped reaping")?;
     keeper.ack(pid);
     if exit.status == 0 {
-        return Ok(());
+        return Ok(made.generation);
     }
     // The pipe's other end may still be open in the container's process (it
     // closes at exec): read what is there without waiting for EOF.
@@ -347,5 +391,29 @@ mod tests {
             let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
             assert!(Job::parse(&args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_running_helper_is_found_by_its_command_line() {
+        let marker = format!("find-running-{}", std::process::id());
+        let argv: Vec<String> = ["sleep", "30", &marker].map(String::from).to_vec();
+        // `sleep 30 <marker>` fails at once; a shell that waits holds the
+        // command line instead.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", "sleep", "30", &marker])
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut found = None;
+        while found.is_none() && start.elapsed() < std::time::Duration::from_secs(5) {
+            let want: Vec<String> = ["sh", "-c", "sleep 30; :", "sleep", "30", &marker]
+                .map(String::from)
+                .to_vec();
+            found = find_running(&want);
+        }
+        assert_eq!(found, Some(child.id() as i32));
+        assert_eq!(find_running(&argv), None, "only the exact command line");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -1,22 +1,24 @@
-//! The daemon's side of the keeper: starts one when none runs, asks it to
-//! spawn helpers and to front task addresses, and feeds the exits it reports
-//! to the daemon's [`Reaper`].
+//! The daemon's side of the keeper: starts one when none runs (and another
+//! when it is lost), asks it to spawn helpers and to front task addresses,
+//! and feeds the exits it reports to the daemon's [`Reaper`].
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::reaper::{Exit, Reaper};
 use ironcell_keeper::proto::{self, FromKeeper, ToKeeper, MAX_PACKET};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between attempts to replace a lost keeper.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 type Waiters<K, V> = Mutex<HashMap<K, oneshot::Sender<V>>>;
 
@@ -64,12 +66,37 @@ impl Slot {
 }
 
 pub struct Keeper {
-    sock: OwnedFd,
-    send_lock: Mutex<()>,
+    root: PathBuf,
+    exe: PathBuf,
+    /// The connection to the current keeper; its lock orders the sends.
+    conn: Mutex<Arc<OwnedFd>>,
+    /// The current keeper's pid (the parent of the processes it spawned).
+    pid: AtomicI32,
+    /// The `Supervise` message `supervise` sent, sent again to a keeper
+    /// that replaces a lost one.
+    supervision: Mutex<Option<ToKeeper>>,
+    /// Counts the keepers this daemon has connected to: it moves when a
+    /// lost keeper is replaced.
+    generation: watch::Sender<u64>,
+    /// Where the exits of the keeper's processes go; it also tells which
+    /// keeper generation each process was made under.
+    reaper: Arc<Reaper>,
+    /// The daemon's runtime, for the pidfd watches of a lost keeper's
+    /// processes (the receiving thread is not one of its threads).
+    runtime: tokio::runtime::Handle,
     next_tag: AtomicU64,
-    spawned: Waiters<u64, Result<i32, String>>,
+    spawned: Waiters<u64, Result<Made, String>>,
     fronted: Waiters<PathBuf, Result<(), String>>,
     fetched: Waiters<String, Option<OwnedFd>>,
+}
+
+/// A process the keeper spawned: its pid and the keeper generation it was
+/// made under (see [`Reaper::expect`]). Its exit is watched already:
+/// `Reaper::watch(pid)` claims it.
+#[derive(Debug, Clone, Copy)]
+pub struct Made {
+    pub pid: i32,
+    pub generation: u64,
 }
 
 /// Connects to the keeper of `root`, starting `ironcelld-keeper keeper
@@ -106,15 +133,33 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
     }
 }
 
+/// The pid of the process at the other end of `sock`.
+fn peer_pid(sock: &OwnedFd) -> Result<i32> {
+    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+        .context("cannot identify the keeper")?;
+    Ok(cred.pid())
+}
+
 impl Keeper {
     /// Connects (starting the keeper if needed), says hello, and starts the
     /// thread that receives the keeper's messages. Exits the keeper kept
-    /// while no daemon ran arrive first.
+    /// while no daemon ran arrive first. A keeper lost later is replaced by
+    /// that thread (see [`Keeper::generations`]).
+    /// Runs in the daemon's runtime (its blocking pool).
     pub fn start(root: &Path, exe: &Path, reaper: Arc<Reaper>) -> Result<Arc<Keeper>> {
+        let runtime = tokio::runtime::Handle::current();
         let sock = connect_or_start(root, exe)?;
+        let pid = peer_pid(&sock)?;
+        reaper.set_keeper(pid, runtime.clone());
         let k = Arc::new(Keeper {
-            sock,
-            send_lock: Mutex::new(()),
+            root: root.to_path_buf(),
+            exe: exe.to_path_buf(),
+            conn: Mutex::new(Arc::new(sock)),
+            pid: AtomicI32::new(pid),
+            supervision: Mutex::default(),
+            generation: watch::Sender::new(0),
+            reaper,
+            runtime,
             next_tag: AtomicU64::new(1),
             spawned: Mutex::default(),
             fronted: Mutex::default(),
@@ -124,20 +169,95 @@ impl Keeper {
         let reader = k.clone();
         std::thread::Builder::new()
             .name("keeper".into())
-            .spawn(move || reader.receive(reaper))
+            .spawn(move || reader.receive())
             .context("cannot start the keeper thread")?;
         Ok(k)
     }
 
-    fn send(&self, msg: &ToKeeper, fds: &[RawFd]) -> Result<()> {
-        let _g = self.send_lock.lock().unwrap();
-        proto::send(self.sock.as_raw_fd(), msg, fds).context("the keeper is gone")
+    /// The pid of the keeper now serving: the parent of every process it
+    /// spawned (a process whose parent is another lost its keeper).
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
     }
 
-    fn receive(&self, reaper: Arc<Reaper>) {
+    /// Changes each time a lost keeper has been replaced: the new one must
+    /// be told the task addresses again, and the processes the old one was
+    /// the parent of must be watched some other way.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn send(&self, msg: &ToKeeper, fds: &[RawFd]) -> Result<()> {
+        self.send_awaiting(|| {}, msg, fds)
+    }
+
+    /// Sends `msg` after `register` has recorded who waits for its answer,
+    /// both under the connection's lock: a loss of the keeper (which fails
+    /// every waiter, under that lock) comes either before both, and the
+    /// send fails, or after both, and the waiter is failed.
+    fn send_awaiting(&self, register: impl FnOnce(), msg: &ToKeeper, fds: &[RawFd]) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        register();
+        proto::send(conn.as_raw_fd(), msg, fds).context("the keeper is gone")
+    }
+
+    /// Receives the keeper's messages; when the keeper is lost, fails what
+    /// waited for it and connects to a new one (starting it), for as long
+    /// as the daemon runs.
+    fn receive(&self) {
+        loop {
+            let sock = self.conn.lock().unwrap().clone();
+            self.receive_from(&sock);
+            {
+                let _conn = self.conn.lock().unwrap();
+                self.spawned.lock().unwrap().clear();
+                self.fronted.lock().unwrap().clear();
+                self.fetched.lock().unwrap().clear();
+            }
+            tracing::error!(
+                pid = self.pid(),
+                "lost the keeper: starting another; containerd gives up the tasks it reached through it"
+            );
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self.replace() {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot start a new keeper");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    }
+                }
+            }
+            tracing::info!(pid = self.pid(), "connected to a new keeper");
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Connects to a new keeper and tells it what the lost one knew of this
+    /// daemon itself (the task addresses are fronted again by the owner of
+    /// the endpoints, on [`Keeper::generations`]).
+    fn replace(&self) -> Result<()> {
+        let sock = connect_or_start(&self.root, &self.exe)?;
+        let pid = peer_pid(&sock)?;
+        let mut conn = self.conn.lock().unwrap();
+        proto::send(sock.as_raw_fd(), &ToKeeper::Hello {}, &[]).context("hello")?;
+        if let Some(msg) = self.supervision.lock().unwrap().as_ref() {
+            proto::send(sock.as_raw_fd(), msg, &[]).context("supervise")?;
+        }
+        *conn = Arc::new(sock);
+        self.pid.store(pid, Ordering::Relaxed);
+        // Before any message of the new keeper is read: what it spawns is
+        // of the new generation, and what the old one left is swept.
+        self.reaper.set_keeper(pid, self.runtime.clone());
+        Ok(())
+    }
+
+    fn receive_from(&self, sock: &OwnedFd) {
+        let reaper = &self.reaper;
         let mut buf = vec![0u8; MAX_PACKET];
         loop {
-            match proto::recv::<FromKeeper>(self.sock.as_raw_fd(), &mut buf) {
+            match proto::recv::<FromKeeper>(sock.as_raw_fd(), &mut buf) {
                 Ok(Some((msg, fds))) => match msg {
                     FromKeeper::Exit {
                         pid,
@@ -149,8 +269,26 @@ impl Keeper {
                         at: crate::time::from_nanos(at_nanos),
                     }),
                     FromKeeper::Spawned { tag, pid, error } => {
-                        if let Some(tx) = self.spawned.lock().unwrap().remove(&tag) {
-                            let _ = tx.send(error.map_or(Ok(pid), Err));
+                        let made = error.map_or_else(
+                            || {
+                                // Watched before this keeper's loss can be
+                                // noticed (on this thread, later).
+                                let generation = reaper.generation();
+                                reaper.expect(pid, generation);
+                                Ok(Made { pid, generation })
+                            },
+                            Err,
+                        );
+                        let waiter = self.spawned.lock().unwrap().remove(&tag);
+                        match (waiter, made) {
+                            (Some(tx), made) => {
+                                if let Err(Ok(m)) = tx.send(made) {
+                                    // Nobody waits any more.
+                                    reaper.forget(m.pid);
+                                }
+                            }
+                            (None, Ok(m)) => reaper.forget(m.pid),
+                            (None, Err(_)) => {}
                         }
                     }
                     FromKeeper::Held { key, found } => {
@@ -165,56 +303,56 @@ impl Keeper {
                         }
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Other => {
                     tracing::warn!(error = %e, "malformed message from the keeper");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "lost the keeper");
-                    break;
+                    return;
                 }
             }
         }
-        tracing::error!(
-            "the keeper is gone: new tasks fail and exits are not reported until ironcelld restarts"
-        );
-        self.spawned.lock().unwrap().clear();
-        self.fronted.lock().unwrap().clear();
-        self.fetched.lock().unwrap().clear();
     }
 
     /// Asks the keeper to start this daemon again with `argv` and `env`
-    /// (in `/`) when it dies.
+    /// (in `/`) when it dies; a keeper that replaces a lost one is asked
+    /// too.
     pub fn supervise(&self, argv: Vec<String>, env: Vec<(String, String)>) -> Result<()> {
-        self.send(
-            &ToKeeper::Supervise {
-                argv,
-                env,
-                cwd: PathBuf::from("/"),
-            },
-            &[],
-        )
+        let msg = ToKeeper::Supervise {
+            argv,
+            env,
+            cwd: PathBuf::from("/"),
+        };
+        // Kept first: if this keeper is lost now, its successor is asked.
+        *self.supervision.lock().unwrap() = Some(msg.clone());
+        self.send(&msg, &[])
     }
 
     /// Tells the keeper this daemon stops on purpose: no restart.
     pub fn unsupervise(&self) -> Result<()> {
+        *self.supervision.lock().unwrap() = None;
         self.send(&ToKeeper::Unsupervise {}, &[])
     }
 
     /// Runs `argv` as the keeper's child with `fds` as the given fd numbers.
+    /// Its exit is watched from the moment the keeper answers.
     pub async fn spawn(
         &self,
         argv: Vec<String>,
         env: Vec<(String, String)>,
         cwd: PathBuf,
         fds: Vec<(OwnedFd, i32)>,
-    ) -> Result<i32> {
+    ) -> Result<Made> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.spawned.lock().unwrap().insert(tag, tx);
         let raw: Vec<RawFd> = fds.iter().map(|(f, _)| f.as_raw_fd()).collect();
         let targets = fds.iter().map(|(_, t)| *t).collect();
-        let sent = self.send(
+        let sent = self.send_awaiting(
+            || {
+                self.spawned.lock().unwrap().insert(tag, tx);
+            },
             &ToKeeper::Spawn {
                 tag,
                 argv,
@@ -230,7 +368,7 @@ impl Keeper {
             return Err(e);
         }
         match rx.await {
-            Ok(Ok(pid)) => Ok(pid),
+            Ok(Ok(made)) => Ok(made),
             Ok(Err(e)) => bail!("{e}"),
             Err(_) => bail!("the keeper is gone"),
         }
@@ -239,11 +377,13 @@ impl Keeper {
     /// Has the keeper listen on `public` and relay to `backend`.
     pub async fn front(&self, public: &Path, backend: &Path) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.fronted
-            .lock()
-            .unwrap()
-            .insert(public.to_path_buf(), tx);
-        self.send(
+        self.send_awaiting(
+            || {
+                self.fronted
+                    .lock()
+                    .unwrap()
+                    .insert(public.to_path_buf(), tx);
+            },
             &ToKeeper::Front {
                 public: public.to_path_buf(),
                 backend: backend.to_path_buf(),
@@ -279,8 +419,14 @@ impl Keeper {
     pub async fn fetch(&self, key: &ProcKey, slot: Slot) -> Option<OwnedFd> {
         let key = key.slot(slot);
         let (tx, rx) = oneshot::channel();
-        self.fetched.lock().unwrap().insert(key.clone(), tx);
-        self.send(&ToKeeper::Fetch { key }, &[]).ok()?;
+        self.send_awaiting(
+            || {
+                self.fetched.lock().unwrap().insert(key.clone(), tx);
+            },
+            &ToKeeper::Fetch { key: key.clone() },
+            &[],
+        )
+        .ok()?;
         rx.await.ok().flatten()
     }
 

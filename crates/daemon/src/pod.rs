@@ -267,7 +267,8 @@ impl Pods {
         let pid = keeper
             .spawn(argv, vec![], "/".into(), vec![])
             .await
-            .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?;
+            .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?
+            .pid;
         *pod.pid.lock().unwrap() = pid;
         self.save(ns, id, &pod);
         self.watch(&pod, pid);

@@ -114,6 +114,8 @@ pub async fn serve(
             .await
             .context("keeper start")??
     };
+    // Taken now: a keeper replaced from here on is seen by follow_keeper.
+    let keeper_generations = keeper.generations();
     if let Some(s) = supervision {
         // Asked at every start: a keeper that outlived its own restart
         // learns it again.
@@ -125,11 +127,14 @@ pub async fn serve(
     let tasks = Arc::new(Tasks::new(
         root.clone(),
         exe,
-        reaper,
+        reaper.clone(),
         Some(keeper.clone()),
         events,
     ));
     tasks.recover().await;
+    // Processes recovered from records whose keeper died with the previous
+    // daemon are no longer a keeper's children.
+    reaper.sweep();
     let control_path = control_socket(&root);
     // Ours: the lock is held.
     let _ = fs::remove_file(&control_path);
@@ -139,6 +144,7 @@ pub async fn serve(
         Some(keeper.clone()),
     ));
     endpoints.restore().await;
+    tokio::spawn(follow_keeper(keeper_generations, endpoints.clone()));
     crate::controller::serve(
         &controller.socket,
         crate::controller::Controller::new(tasks.clone(), endpoints.clone(), controller.containerd),
@@ -177,4 +183,16 @@ pub async fn serve(
     let _ = fs::remove_file(&control_path);
     let _ = fs::remove_file(&controller.socket);
     Ok(())
+}
+
+/// When a lost keeper has been replaced (the processes the old one was the
+/// parent of are watched through pidfds by then): the new one is told the
+/// task addresses again.
+async fn follow_keeper(
+    mut generations: tokio::sync::watch::Receiver<u64>,
+    endpoints: Arc<Endpoints>,
+) {
+    while generations.changed().await.is_ok() {
+        endpoints.front_again().await;
+    }
 }

@@ -180,6 +180,8 @@ struct Keeper {
     journal: BTreeMap<i32, (u32, u64)>,
     held: HashMap<String, OwnedFd>,
     conn: Option<AsyncFd<OwnedFd>>,
+    /// The pid of the daemon at the other end of `conn`.
+    conn_pid: Option<i32>,
     fronts: HashSet<PathBuf>,
     supervisor: Supervisor,
 }
@@ -211,6 +213,7 @@ impl Keeper {
     /// The daemon's connection is gone: the daemon died (or stopped).
     fn daemon_gone(&mut self) {
         self.conn = None;
+        self.conn_pid = None;
         let verdict = self.supervisor.lost(Instant::now());
         self.act(verdict);
     }
@@ -278,7 +281,8 @@ impl Keeper {
                 },
             };
             let (pid, status) = exit;
-            if let Some(verdict) = self.supervisor.exited(pid, Instant::now()) {
+            let serving = self.conn_pid;
+            if let Some(verdict) = self.supervisor.exited(pid, serving, Instant::now()) {
                 // A daemon the keeper started, not a container's process.
                 self.note(
                     verdict != Verdict::Nothing,
@@ -446,6 +450,7 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
         journal: BTreeMap::new(),
         held: HashMap::new(),
         conn: None,
+        conn_pid: None,
         fronts: HashSet::new(),
         supervisor: Supervisor::default(),
     };
@@ -470,6 +475,12 @@ async fn serve(root: &Path, ready: OwnedFd) -> Result<()> {
                         // SAFETY: accept4 returned a new fd that we own.
                         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                         // A new daemon replaces the old connection.
+                        k.conn_pid = nix::sys::socket::getsockopt(
+                            &fd,
+                            nix::sys::socket::sockopt::PeerCredentials,
+                        )
+                        .ok()
+                        .map(|c| c.pid());
                         k.conn = Some(register(fd)?);
                     }
                     Err(nix::Error::EAGAIN) => guard.clear_ready(),

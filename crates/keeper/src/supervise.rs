@@ -110,9 +110,15 @@ impl Supervisor {
     /// Process `pid`, a child of the keeper, exited: None when it was not a
     /// daemon the keeper started (a container's process); else what to do
     /// (the current daemon is lost; an older one's end is known already).
-    pub fn exited(&mut self, pid: i32, now: Instant) -> Option<Verdict> {
+    /// `serving` is the daemon connected to the keeper, if any: a daemon
+    /// the keeper started while another was starting elsewhere (by the
+    /// shim) exits at once, the root being taken, and that is no death.
+    pub fn exited(&mut self, pid: i32, serving: Option<i32>, now: Instant) -> Option<Verdict> {
         let at = self.children.iter().position(|c| *c == pid)?;
         self.children.remove(at);
+        if serving.is_some_and(|s| s != pid) {
+            return Some(Verdict::Nothing);
+        }
         if at == self.children.len() {
             Some(self.lost(now))
         } else {
@@ -184,18 +190,42 @@ mod tests {
         assert_eq!(s.due(died + FIRST_DELAY), Some(command()));
         assert_eq!(s.due(died + FIRST_DELAY), None, "started once");
         s.started(42);
-        assert_eq!(s.exited(41, died), None, "not the daemon");
+        assert_eq!(s.exited(41, None, died), None, "not the daemon");
         // The restarted daemon dies at once: a crash, the delay doubles.
         let again = died + FIRST_DELAY + Duration::from_millis(10);
-        assert_eq!(s.exited(42, again), Some(Verdict::Restart(FIRST_DELAY * 2)));
-        assert_eq!(s.exited(42, again), None, "reaped once");
+        assert_eq!(
+            s.exited(42, None, again),
+            Some(Verdict::Restart(FIRST_DELAY * 2))
+        );
+        assert_eq!(s.exited(42, None, again), None, "reaped once");
         // Its successor connects and dies; the older one's late exit
         // changes nothing.
         let third = again + FIRST_DELAY * 2;
         assert!(s.due(third).is_some());
         s.started(43);
         s.started(44);
-        assert_eq!(s.exited(43, third), Some(Verdict::Nothing));
+        assert_eq!(s.exited(43, None, third), Some(Verdict::Nothing));
+    }
+
+    #[test]
+    fn a_started_daemon_that_loses_the_root_to_another_is_no_death() {
+        let t = Instant::now();
+        let mut s = Supervisor::default();
+        s.supervise(Some(command()), t);
+        let died = t + STABLE * 3;
+        assert_eq!(s.lost(died), Verdict::Restart(FIRST_DELAY));
+        assert!(s.due(died + FIRST_DELAY).is_some());
+        s.started(50);
+        // Meanwhile the shim started daemon 60, which took the root and
+        // connected; 50 exits.
+        s.supervise(Some(command()), died + FIRST_DELAY);
+        assert_eq!(
+            s.exited(50, Some(60), died + STABLE),
+            Some(Verdict::Nothing)
+        );
+        assert_eq!(s.due_at(), None, "nothing to restart");
+        // Daemon 60's own death is one.
+        assert_eq!(s.lost(died + STABLE * 3), Verdict::Restart(FIRST_DELAY));
     }
 
     #[test]

@@ -248,7 +248,17 @@ pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
 /// gone (a supervised daemon is started again by its keeper at once).
 /// Returns the pids it killed.
 pub fn kill_daemon(root: &Path) -> Vec<i32> {
-    let pids = ironcelld_processes(root, false);
+    kill_ironcelld(root, false)
+}
+
+/// SIGKILLs the keeper of `root` and waits until it is gone (its daemon
+/// starts the next one at once). Returns the pids it killed.
+pub fn kill_keeper(root: &Path) -> Vec<i32> {
+    kill_ironcelld(root, true)
+}
+
+fn kill_ironcelld(root: &Path, keeper: bool) -> Vec<i32> {
+    let pids = ironcelld_processes(root, keeper);
     for p in &pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*p),
@@ -256,18 +266,41 @@ pub fn kill_daemon(root: &Path) -> Vec<i32> {
         );
     }
     let start = std::time::Instant::now();
-    // Only the killed ones: a keeper may start the next daemon meanwhile.
-    while ironcelld_processes(root, false)
+    // Only the killed ones: the next may be started meanwhile.
+    while ironcelld_processes(root, keeper)
         .iter()
         .any(|p| pids.contains(p))
     {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
-            "ironcelld did not die"
+            "ironcelld{} did not die",
+            if keeper { "'s keeper" } else { "" }
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     pids
+}
+
+/// Waits until a keeper of `root` that is not one of `old` runs, at most
+/// `limit`. Returns how long that took.
+pub fn wait_for_new_keeper(
+    root: &Path,
+    old: &[i32],
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !ironcelld_processes(root, true)
+        .into_iter()
+        .any(|p| !old.contains(&p))
+    {
+        assert!(
+            start.elapsed() < limit,
+            "no new keeper for {} within {limit:?}",
+            root.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    start.elapsed()
 }
 
 /// Waits until a daemon of `root` that is not one of `old` serves its

@@ -131,22 +131,10 @@ fn connect(root: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(root.join("control.sock"))
 }
 
-/// Connects to the daemon. A control socket nobody listens on was left by
-/// a daemon that died (one that stops removes it), which its keeper may be
-/// starting again: then waits for it, up to DAEMON_START_TIMEOUT.
-fn connect_or_wait(root: &Path) -> std::io::Result<UnixStream> {
-    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
-    loop {
-        match connect(root) {
-            Ok(c) => return Ok(c),
-            Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => return Err(e),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Connects to the daemon, starting it first when none listens.
+/// Connects to the daemon, starting it first when none listens. A daemon
+/// the keeper is starting again at the same moment is no conflict: one of
+/// the two takes the root's lock, the other exits, and the keeper does not
+/// count that exit as a death.
 fn ensure_daemon(root: &Path) -> Result<UnixStream> {
     if let Ok(c) = connect(root) {
         return Ok(c);
@@ -224,8 +212,7 @@ fn start(flags: &Flags) -> Result<()> {
         // The daemon died under the request (its keeper may be starting
         // the next one): once more. Registering is idempotent.
         Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
-            let conn = connect_or_wait(&root).or_else(|_| ensure_daemon(&root))?;
-            call(&conn, &req)?
+            call(&ensure_daemon(&root)?, &req)?
         }
         Err(e) => return Err(e),
     };
@@ -252,23 +239,36 @@ fn delete(flags: &Flags) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64;
-    let (pid, status, at) = match connect_or_wait(&root) {
-        // No daemon: nothing of the task is served any more.
-        Err(_) => (0, ironcell_basics::exit_status::KILLED, now),
-        Ok(conn) => {
-            let r = call(
-                &conn,
-                &Request::Cleanup {
-                    namespace: flags.namespace.clone(),
-                    id: flags.id.clone(),
-                },
-            )?;
+    let req = Request::Cleanup {
+        namespace: flags.namespace.clone(),
+        id: flags.id.clone(),
+    };
+    // A daemon is started when none runs: only a daemon can remove what is
+    // left of the task (the keeper that reached it may have died with the
+    // daemon, and nothing else would start the next).
+    let mut reply = ensure_daemon(&root).map(|c| call(&c, &req));
+    if let Ok(Err(e)) = &reply {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            // The daemon died under the request: once more (a cleanup of a
+            // task already removed answers as one).
+            reply = ensure_daemon(&root).map(|c| call(&c, &req));
+        }
+    }
+    let (pid, status, at) = match reply {
+        Ok(r) => {
+            let r = r?;
             (
                 r.pid.unwrap_or(0),
                 r.exit_status
                     .unwrap_or(ironcell_basics::exit_status::KILLED),
                 r.exited_at.unwrap_or(now),
             )
+        }
+        // No daemon could be reached or started: nothing of the task is
+        // served any more.
+        Err(e) => {
+            eprintln!("containerd-shim-ironcell-v2 delete: {e:#}");
+            (0, ironcell_basics::exit_status::KILLED, now)
         }
     };
     let resp = DeleteResponse {

@@ -14,14 +14,11 @@ pub mod protocol;
 pub use protocol::{Reply, Request};
 
 use crate::endpoint::{EndpointKey, Endpoints};
-use crate::error::TaskError;
 use crate::task::Tasks;
 use crate::time::nanos;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
-/// How long cleanup waits for a killed task's init to exit.
-const CLEANUP_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Control {
     pub tasks: Arc<Tasks>,
@@ -68,33 +65,8 @@ impl Control {
             exited_at: Some(nanos(now)),
             ..Default::default()
         };
-        match self.tasks.get(ns, id) {
-            Err(TaskError::NotFound(_)) => {
-                if let Err(e) = self.tasks.discard_orphan(ns, id).await {
-                    tracing::warn!(namespace = ns, id, error = %e, "cannot remove a leftover container");
-                }
-                return gone;
-            }
-            Err(e) => {
-                return Reply {
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                }
-            }
-            Ok(_) => {}
-        }
-        tracing::warn!(
-            namespace = ns,
-            id,
-            "containerd gave up on the task: killing it"
-        );
-        let _ = self
-            .tasks
-            .kill(ns, id, "", libc::SIGKILL as u32, true)
-            .await;
-        let _ = tokio::time::timeout(CLEANUP_WAIT, self.tasks.wait(ns, id, "")).await;
-        match self.tasks.delete(ns, id, "").await {
-            Ok((pid, exit)) => Reply {
+        match self.tasks.remove_given_up(ns, id).await {
+            Ok(Some((pid, exit))) => Reply {
                 pid: Some(pid.max(0) as u32),
                 exit_status: Some(
                     exit.map(|e| e.status)
@@ -103,7 +75,7 @@ impl Control {
                 exited_at: Some(nanos(exit.map(|e| e.at).unwrap_or(now))),
                 ..Default::default()
             },
-            Err(TaskError::NotFound(_)) => gone,
+            Ok(None) => gone,
             Err(e) => Reply {
                 error: Some(e.to_string()),
                 ..Default::default()

@@ -16,13 +16,12 @@ mod kinds;
 mod native;
 mod process;
 mod record;
+mod recover;
 #[cfg(test)]
 mod tests;
 mod wasm;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -40,7 +39,7 @@ use oci_spec::runtime::{LinuxResources, Process};
 use crate::error::{validate_id, validate_namespace};
 use crate::error::{Result, TaskError};
 use crate::events::Publisher;
-use crate::keeper::{Keeper, ProcKey, Slot};
+use crate::keeper::{Keeper, ProcKey};
 use crate::mount::{self, Mount};
 use crate::oom;
 use crate::pod::Pods;
@@ -147,6 +146,15 @@ pub struct Tasks {
     paused: Mutex<HashSet<Key>>,
 }
 
+/// Runs `op` on its own task, to its end whatever happens to the caller.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| TaskError::Internal(format!("a task operation failed: {e}")))?
+}
+
 fn not_found(ns: &str, id: &str) -> TaskError {
     TaskError::NotFound(format!("task {id} not found in namespace {ns}"))
 }
@@ -213,131 +221,6 @@ impl Tasks {
         }
     }
 
-    /// Rebuilds the task table from the records a previous daemon wrote and
-    /// watches every process still alive: their exits come from the keeper,
-    /// including those that happened while no daemon ran. A task directory
-    /// without a record is a create that never finished: it is removed.
-    pub async fn recover(self: &Arc<Self>) {
-        self.pods.recover();
-        let Ok(namespaces) = std::fs::read_dir(self.host.root.join("tasks")) else {
-            return;
-        };
-        for ns_dir in namespaces.flatten() {
-            let Ok(ids) = std::fs::read_dir(ns_dir.path()) else {
-                continue;
-            };
-            for dir in ids.flatten() {
-                let dir = dir.path();
-                let record = TaskRecord::read(&dir).filter(|r| {
-                    validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
-                });
-                let Some(r) = record else {
-                    self.discard_unfinished(&dir).await;
-                    continue;
-                };
-                self.recover_task(r, dir).await;
-            }
-        }
-    }
-
-    /// Task directory `dir` has no record: a create that never finished
-    /// (the daemon died in it). What it made goes: the container, the
-    /// rootfs mount, the directory. containerd, whose Create got no
-    /// answer, sends it again or deletes the task.
-    async fn discard_unfinished(&self, dir: &std::path::Path) {
-        let creating = CreatingRecord::read(dir).filter(|r| {
-            validate_namespace(&r.namespace).is_ok() && validate_id("id", &r.id).is_ok()
-        });
-        if let Some(c) = creating {
-            tracing::warn!(namespace = %c.namespace, id = %c.id, "removing an unfinished create");
-            let mut place = self.place(&c.namespace, &c.id, c.bundle.clone());
-            place.dir = dir.to_path_buf();
-            if let Err(e) = self.backends.discard(&place).await {
-                tracing::warn!(id = %c.id, error = %e, "cannot remove an unfinished create's container");
-            }
-            if c.rootfs_mounted {
-                let rootfs = c.bundle.join("rootfs");
-                let _ = blocking(move || {
-                    mount::unmount_all(&rootfs);
-                    Ok(())
-                })
-                .await;
-            }
-        } else {
-            tracing::warn!("removing {}: no task record", dir.display());
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    async fn recover_task(self: &Arc<Self>, r: TaskRecord, dir: PathBuf) {
-        let mut place = self.place(&r.namespace, &r.id, r.bundle.clone());
-        place.dir = dir;
-        let backend = match self.backends.recover(r.kind(), &place) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(dir = %place.dir.display(), error = %e, "task not re-attached");
-                return;
-            }
-        };
-        let task = Arc::new(Task {
-            namespace: r.namespace.clone(),
-            id: r.id.clone(),
-            bundle: r.bundle,
-            containerd: r.containerd,
-            dir: place.dir,
-            rootfs_mounted: r.rootfs_mounted,
-            backend,
-            inner: Mutex::new(TaskInner {
-                init: r.init.restore(ProcKey::new(&r.namespace, &r.id, "")),
-                execs: r
-                    .execs
-                    .into_iter()
-                    .map(|(k, p)| {
-                        let key = ProcKey::new(&r.namespace, &r.id, &k);
-                        (k, p.restore(key))
-                    })
-                    .collect(),
-            }),
-            oom: Mutex::new(None),
-        });
-        let key = (task.namespace.clone(), task.id.clone());
-        let live: Vec<(Option<String>, i32)> = {
-            let inner = task.inner.lock().unwrap();
-            inner
-                .all()
-                .filter(|(_, p)| p.alive())
-                .map(|(k, p)| (k.cloned(), p.pid))
-                .collect()
-        };
-        if !task.backend.outlives_daemon() {
-            self.tasks.lock().unwrap().insert(key, task.clone());
-            for (exec_id, pid) in live {
-                // It ran in the daemon that died.
-                let exit = Exit {
-                    pid,
-                    status: exit_status::KILLED,
-                    at: SystemTime::now(),
-                };
-                self.on_exit(&task, exec_id, exit);
-            }
-            tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached (ended with the previous daemon)");
-            return;
-        }
-        if task.backend.paused().await {
-            self.paused.lock().unwrap().insert(key.clone());
-        }
-        self.tasks.lock().unwrap().insert(key, task.clone());
-        let init_alive = live.iter().any(|(e, _)| e.is_none());
-        for (exec_id, pid) in live {
-            self.watch_exit(&task, exec_id, pid);
-        }
-        if init_alive {
-            self.watch_oom(&task).await;
-        }
-        self.reattach_io(&task).await;
-        tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
-    }
-
     pub fn get(&self, namespace: &str, id: &str) -> Result<Arc<Task>> {
         self.tasks
             .lock()
@@ -345,22 +228,6 @@ impl Tasks {
             .get(&(namespace.to_string(), id.to_string()))
             .cloned()
             .ok_or_else(|| not_found(namespace, id))
-    }
-
-    /// containerd deletes task `id`, which this daemon does not know (its
-    /// create was cut short by a daemon's death, or never reached one):
-    /// removes any container of that name a backend left.
-    pub async fn discard_orphan(&self, namespace: &str, id: &str) -> Result<()> {
-        validate_namespace(namespace)?;
-        validate_id("task id", id)?;
-        let key = (namespace.to_string(), id.to_string());
-        if self.tasks.lock().unwrap().contains_key(&key)
-            || self.creating.lock().unwrap().contains(&key)
-        {
-            return Ok(());
-        }
-        let place = self.place(namespace, id, PathBuf::new());
-        self.backends.discard(&place).await
     }
 
     pub fn count(&self) -> usize {
@@ -374,7 +241,14 @@ impl Tasks {
             .contains(&(t.namespace.clone(), t.id.clone()))
     }
 
+    /// Creates task `req.id` (see [`Tasks::start`] for why it runs
+    /// detached).
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<i32> {
+        let me = self.clone();
+        detached(async move { me.create_now(req).await }).await
+    }
+
+    async fn create_now(self: &Arc<Self>, req: CreateRequest) -> Result<i32> {
         validate_namespace(&req.namespace)?;
         validate_id("task id", &req.id)?;
         let key = (req.namespace.clone(), req.id.clone());
@@ -505,65 +379,6 @@ impl Tasks {
         }))
     }
 
-    /// A restarted daemon takes the stdio of `task`'s live processes back
-    /// from the keeper: the stdin relays and the terminals.
-    async fn reattach_io(&self, task: &Task) {
-        let Some(keeper) = self.keeper() else { return };
-        let procs: Vec<(String, IoSpec, ProcKey)> = {
-            let inner = task.inner.lock().unwrap();
-            // Every live process, started or not: its relays began at
-            // create, and a daemon killed between a Start and the record of
-            // it must still give the terminal back (the re-sent Start then
-            // finds the process running).
-            inner
-                .all()
-                .filter(|(_, p)| p.alive())
-                .map(|(e, p)| (e.cloned().unwrap_or_default(), p.io.clone(), p.key.clone()))
-                .collect()
-        };
-        for (exec_id, io, key) in procs {
-            let (mut relay, mut master) = (None, None);
-            let sink = if io.terminal {
-                let Some(m) = keeper.fetch(&key, Slot::Tty).await else {
-                    continue;
-                };
-                let m = File::from(m);
-                let held = keeper.fetch(&key, Slot::TtyOut).await;
-                let out = match held {
-                    Some(fd) => Ok(Some(fd)),
-                    None => stdio::open_output("stdout", &io.stdout),
-                };
-                match out {
-                    Ok(out) => {
-                        if let Err(e) = stdio::relay_output(&m, out) {
-                            tracing::warn!(id = %task.id, error = %e, "terminal not re-attached");
-                        }
-                    }
-                    Err(e) => tracing::warn!(id = %task.id, error = %e, "terminal not re-attached"),
-                }
-                let sink = m.try_clone().ok().map(OwnedFd::from);
-                master = Some(m);
-                sink.filter(|_| !io.stdin.is_empty())
-            } else if !io.stdin.is_empty() {
-                keeper.fetch(&key, Slot::Stdin).await
-            } else {
-                None
-            };
-            if let Some(sink) = sink {
-                let fifo = keeper.fetch(&key, Slot::StdinFifo).await;
-                match self.host.start_stdin(&key, &io.stdin, fifo, sink) {
-                    Ok(r) => relay = Some(r),
-                    Err(e) => tracing::warn!(id = %task.id, error = %e, "stdin not re-attached"),
-                }
-            }
-            let mut inner = task.inner.lock().unwrap();
-            if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
-                p.stdin = relay;
-                p.master = master;
-            }
-        }
-    }
-
     /// Publishes TaskOOM for each OOM kill in the task's memory cgroup.
     async fn watch_oom(&self, task: &Arc<Task>) {
         let dir = task
@@ -644,7 +459,23 @@ impl Tasks {
         );
     }
 
+    /// Starts the init or exec process `exec_id` of task `id`. Like every
+    /// operation that changes a task in several steps, it runs to its end
+    /// detached from the request: ttrpc and gRPC drop a request's handler
+    /// when containerd's connection closes (a keeper that dies closes them
+    /// all) or its deadline passes, and a step cut off there would leave a
+    /// process made but not recorded.
     pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<i32> {
+        let (me, ns, id, exec_id) = (
+            self.clone(),
+            ns.to_string(),
+            id.to_string(),
+            exec_id.to_string(),
+        );
+        detached(async move { me.start_now(&ns, &id, &exec_id).await }).await
+    }
+
+    async fn start_now(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<i32> {
         let task = self.get(ns, id)?;
         if exec_id.is_empty() {
             return self.start_init(&task).await;
@@ -857,7 +688,24 @@ impl Tasks {
         Ok(exit.expect("wait_for returned a value"))
     }
 
-    pub async fn delete(&self, ns: &str, id: &str, exec_id: &str) -> Result<(i32, Option<Exit>)> {
+    /// Deletes task `id`, or its exec process `exec_id` (detached from the
+    /// request: see [`Tasks::start`]).
+    pub async fn delete(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(i32, Option<Exit>)> {
+        let (me, ns, id, exec_id) = (
+            self.clone(),
+            ns.to_string(),
+            id.to_string(),
+            exec_id.to_string(),
+        );
+        detached(async move { me.delete_now(&ns, &id, &exec_id).await }).await
+    }
+
+    async fn delete_now(&self, ns: &str, id: &str, exec_id: &str) -> Result<(i32, Option<Exit>)> {
         let task = self.get(ns, id)?;
         if !exec_id.is_empty() {
             let mut inner = task.inner.lock().unwrap();
@@ -944,7 +792,14 @@ impl Tasks {
         Ok((pid, Some(exit)))
     }
 
-    pub async fn pause(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
+    /// Pauses or resumes task `id` (detached from the request: see
+    /// [`Tasks::start`]).
+    pub async fn pause(self: &Arc<Self>, ns: &str, id: &str, pause: bool) -> Result<()> {
+        let (me, ns, id) = (self.clone(), ns.to_string(), id.to_string());
+        detached(async move { me.pause_now(&ns, &id, pause).await }).await
+    }
+
+    async fn pause_now(&self, ns: &str, id: &str, pause: bool) -> Result<()> {
         let task = self.get(ns, id)?;
         task.backend.pause(pause).await?;
         let key = (ns.to_string(), id.to_string());

@@ -303,9 +303,10 @@ async fn spawn_process(
             stdin_relay,
         ));
     };
-    if let Err(e) = helper::run(keeper, &host.reaper, &host.exe, &job, hio).await {
-        return Err(fail(TaskError::Internal(format!("{e:#}")), stdin_relay));
-    }
+    let generation = match helper::run(keeper, &host.reaper, &host.exe, &job, hio).await {
+        Ok(g) => g,
+        Err(e) => return Err(fail(TaskError::Internal(format!("{e:#}")), stdin_relay)),
+    };
     let pid = match std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -358,6 +359,9 @@ async fn spawn_process(
         }
         master = Some(m);
     }
+    // Re-parented to the keeper the helper ran under, which may be lost by
+    // now; an exit that came meanwhile is kept for this.
+    host.reaper.expect(pid, generation);
     Ok(Spawned {
         pid,
         stdin: stdin_relay,

@@ -93,6 +93,7 @@ impl Backends for FakeBackends {
             .as_ref()
             .and_then(|p| p.args().clone());
         let hang = args.as_ref().is_some_and(|a| a[0] == "/hang");
+        let slow = args.as_ref().is_some_and(|a| a[0] == "/slow");
         if args.is_some_and(|a| a[0] == "/fail") {
             return Err(TaskError::InvalidArgument(
                 "the fake cannot run /fail".into(),
@@ -103,6 +104,9 @@ impl Backends for FakeBackends {
         if hang {
             // A daemon killed in the middle of this create.
             std::future::pending::<()>().await;
+        }
+        if slow {
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let task = FakeTask {
             world: self.0.clone(),
@@ -455,6 +459,112 @@ async fn a_restarted_registry_finds_its_tasks_and_their_exits() {
     assert_eq!(record.init.exit.map(|e| e.0), Some(1));
     assert_eq!(topics(&mut events), ["resumed", "exit", "exit"]);
     tasks.delete("ns", "a", "").await.unwrap();
+}
+
+/// containerd removed the bundle of a task it gave up while no daemon
+/// could delete the task: the next daemon kills and deletes it. A task
+/// whose bundle is still there is kept.
+#[tokio::test]
+async fn a_restarted_registry_removes_tasks_whose_bundle_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (gone_pid, kept_pid) = {
+        let (tasks, _events) = registry(&root, &world);
+        let gone = tasks
+            .create(request("gone", bundle(dir.path(), "gone", "/bin/sleep")))
+            .await
+            .unwrap();
+        let kept = tasks
+            .create(request("kept", bundle(dir.path(), "kept", "/bin/sleep")))
+            .await
+            .unwrap();
+        tasks.start("ns", "gone", "").await.unwrap();
+        tasks.start("ns", "kept", "").await.unwrap();
+        (gone, kept)
+    };
+    std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+    let (tasks, _events) = registry(&root, &world);
+    tasks.recover().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tasks.get("ns", "gone").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(world.calls().contains(&format!("signal {gone_pid} 9")));
+    assert!(
+        !root.join("tasks/ns/gone").exists(),
+        "its record is removed"
+    );
+    assert!(!world.running.lock().unwrap().contains(&gone_pid));
+    assert!(tasks.get("ns", "kept").is_ok());
+    assert!(world.running.lock().unwrap().contains(&kept_pid));
+    assert!(!world.calls().contains(&format!("signal {kept_pid} 9")));
+}
+
+/// containerd gives a task up (its connection was lost) while the task is
+/// still being created: the removal waits for the create, then kills and
+/// deletes the task it made, so that no task outlives containerd's
+/// knowledge of it. A task never created leaves the backend a discard.
+#[tokio::test]
+async fn a_task_given_up_mid_create_is_removed_once_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (tasks, _events) = registry(&root, &world);
+    let creating = {
+        let (tasks, b) = (tasks.clone(), bundle(dir.path(), "s", "/slow"));
+        tokio::spawn(async move { tasks.create(request("s", b)).await })
+    };
+    while !world.calls().iter().any(|c| c.starts_with("create s")) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (pid, exit) = tasks
+        .remove_given_up("ns", "s")
+        .await
+        .unwrap()
+        .expect("the created task was removed");
+    assert_eq!(creating.await.unwrap().unwrap(), pid);
+    assert_eq!(exit.map(|e| e.status), Some(exit_status::KILLED));
+    assert!(world.calls().contains(&format!("signal {pid} 9")));
+    assert!(tasks.get("ns", "s").is_err());
+    assert!(!root.join("tasks/ns/s").exists(), "its record is removed");
+
+    assert_eq!(tasks.remove_given_up("ns", "never").await.unwrap(), None);
+    assert!(world.calls().contains(&"discard never".to_string()));
+    assert!(tasks.remove_given_up("ns", "../x").await.is_err());
+}
+
+/// ttrpc drops a request's handler when containerd's connection closes:
+/// a create cut off that way still runs to its end, leaving a task that
+/// containerd's cleanup then finds, not a half-made one.
+#[tokio::test]
+async fn a_create_whose_request_is_dropped_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (tasks, _events) = registry(&root, &world);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(50),
+        tasks.create(request("s", bundle(dir.path(), "s", "/slow"))),
+    )
+    .await;
+    assert!(
+        cut.is_err(),
+        "the request was cut off before the create ended"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tasks.get("ns", "s").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(TaskRecord::read(&root.join("tasks/ns/s")).is_some());
 }
 
 #[tokio::test]
