@@ -268,6 +268,46 @@ fn find_running(argv: &[String]) -> Option<i32> {
         .find(|pid| crate::reaper::parent_of(*pid).is_some_and(|parent| !matches.contains(&parent)))
 }
 
+/// Waits, at most `limit`, until no helper of a create runs: one whose
+/// command line holds `pid_file`, the job's own pid file. A helper left by
+/// a lost keeper or a dead daemon may still be making what is about to be
+/// removed. The processes it forked share its command line until they
+/// exec: the container's init, whose pid the helper writes to that file
+/// (and which waits for its start), is not waited for, nor is a process
+/// whose parent is another match.
+pub async fn wait_for_helpers(pid_file: &Path, limit: std::time::Duration) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut needle = vec![0u8];
+    needle.extend_from_slice(pid_file.as_os_str().as_bytes());
+    needle.push(0);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let matches: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.windows(needle.len()).any(|w| w == needle.as_slice())
+                        && c.windows(8).any(|w| w == b"\0helper\0")
+                })
+            })
+            .collect();
+        let init = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let helpers = matches.iter().filter(|pid| {
+            Some(**pid) != init
+                && crate::reaper::parent_of(**pid).is_some_and(|parent| !matches.contains(&parent))
+        });
+        if helpers.count() == 0 || std::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs `job` in a helper process, a child of the keeper, and waits for
 /// it. The error is the helper's one-line report. Returns the keeper
 /// generation the helper ran under: the processes it forked were made
@@ -415,5 +455,53 @@ mod tests {
         assert_eq!(find_running(&argv), None, "only the exact command line");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn removal_waits_for_a_helper_of_the_job_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("init.pid");
+        let helper = |secs: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("sleep {secs}; :"), "x", "helper"])
+                .arg(&pid_file)
+                .spawn()
+                .unwrap()
+        };
+        let mut short = helper("0.3");
+        wait_for_helpers(&pid_file, std::time::Duration::from_secs(20)).await;
+        assert!(short.try_wait().unwrap().is_some(), "returned while it ran");
+        // One that does not end is waited for only up to the limit.
+        let mut long = helper("30");
+        wait_for_helpers(&pid_file, std::time::Duration::from_millis(200)).await;
+        assert!(long.try_wait().unwrap().is_none());
+        long.kill().unwrap();
+        long.wait().unwrap();
+        // The container's init, named by the pid file, is not waited for.
+        let mut init = helper("30");
+        std::fs::write(&pid_file, init.id().to_string()).unwrap();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            wait_for_helpers(&pid_file, std::time::Duration::from_secs(60)),
+        )
+        .await;
+        assert!(waited.is_ok(), "waited for the init");
+        assert!(init.try_wait().unwrap().is_none());
+        init.kill().unwrap();
+        init.wait().unwrap();
+        // Another job's helper is not waited for.
+        let mut other = helper("30");
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            wait_for_helpers(
+                &dir.path().join("other.pid"),
+                std::time::Duration::from_secs(60),
+            ),
+        )
+        .await;
+        assert!(waited.is_ok(), "waited for another job's helper");
+        assert!(other.try_wait().unwrap().is_none());
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 }

@@ -84,6 +84,9 @@ pub struct Keeper {
     /// The daemon's runtime, for the pidfd watches of a lost keeper's
     /// processes (the receiving thread is not one of its threads).
     runtime: tokio::runtime::Handle,
+    /// Whether this daemon started the keeper it first connected to: the
+    /// previous one, if any, was lost.
+    fresh: bool,
     next_tag: AtomicU64,
     spawned: Waiters<u64, Result<Made, String>>,
     fronted: Waiters<PathBuf, Result<(), String>>,
@@ -101,11 +104,11 @@ pub struct Made {
 
 /// Connects to the keeper of `root`, starting `ironcelld-keeper keeper
 /// --root root` (beside `exe`; else `exe keeper --root root`) first when
-/// none listens.
-fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
+/// none listens. Says whether it started it.
+fn connect_or_start(root: &Path, exe: &Path) -> Result<(OwnedFd, bool)> {
     let path = ironcell_keeper::socket_path(root);
     if let Ok(fd) = proto::connect(&path) {
-        return Ok(fd);
+        return Ok((fd, false));
     }
     let own = exe.with_file_name("ironcelld-keeper");
     let program = if own.is_file() { own.as_path() } else { exe };
@@ -124,7 +127,7 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
     let deadline = std::time::Instant::now() + START_TIMEOUT;
     loop {
         match proto::connect(&path) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => return Ok((fd, true)),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e).with_context(|| format!("cannot reach {}", path.display()))
             }
@@ -148,7 +151,7 @@ impl Keeper {
     /// Runs in the daemon's runtime (its blocking pool).
     pub fn start(root: &Path, exe: &Path, reaper: Arc<Reaper>) -> Result<Arc<Keeper>> {
         let runtime = tokio::runtime::Handle::current();
-        let sock = connect_or_start(root, exe)?;
+        let (sock, fresh) = connect_or_start(root, exe)?;
         let pid = peer_pid(&sock)?;
         reaper.set_keeper(pid, runtime.clone());
         let k = Arc::new(Keeper {
@@ -160,6 +163,7 @@ impl Keeper {
             generation: watch::Sender::new(0),
             reaper,
             runtime,
+            fresh,
             next_tag: AtomicU64::new(1),
             spawned: Mutex::default(),
             fronted: Mutex::default(),
@@ -178,6 +182,12 @@ impl Keeper {
     /// spawned (a process whose parent is another lost its keeper).
     pub fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Whether the keeper this daemon first connected to was started by it
+    /// (none ran: one serving a previous daemon was lost).
+    pub fn started_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Changes each time a lost keeper has been replaced: the new one must
@@ -238,7 +248,7 @@ impl Keeper {
     /// daemon itself (the task addresses are fronted again by the owner of
     /// the endpoints, on [`Keeper::generations`]).
     fn replace(&self) -> Result<()> {
-        let sock = connect_or_start(&self.root, &self.exe)?;
+        let (sock, _) = connect_or_start(&self.root, &self.exe)?;
         let pid = peer_pid(&sock)?;
         let mut conn = self.conn.lock().unwrap();
         proto::send(sock.as_raw_fd(), &ToKeeper::Hello {}, &[]).context("hello")?;

@@ -135,6 +135,9 @@ pub async fn serve(
     // Processes recovered from records whose keeper died with the previous
     // daemon are no longer a keeper's children.
     reaper.sweep();
+    if keeper.started_fresh() {
+        tasks.remove_after_keeper_loss();
+    }
     let control_path = control_socket(&root);
     // Ours: the lock is held.
     let _ = fs::remove_file(&control_path);
@@ -144,7 +147,11 @@ pub async fn serve(
         Some(keeper.clone()),
     ));
     endpoints.restore().await;
-    tokio::spawn(follow_keeper(keeper_generations, endpoints.clone()));
+    tokio::spawn(follow_keeper(
+        keeper_generations,
+        tasks.clone(),
+        endpoints.clone(),
+    ));
     crate::controller::serve(
         &controller.socket,
         crate::controller::Controller::new(tasks.clone(), endpoints.clone(), controller.containerd),
@@ -187,12 +194,15 @@ pub async fn serve(
 
 /// When a lost keeper has been replaced (the processes the old one was the
 /// parent of are watched through pidfds by then): the new one is told the
-/// task addresses again.
+/// task addresses again, and the tasks containerd gave up with the old one
+/// are removed if its own clean-up does not come.
 async fn follow_keeper(
     mut generations: tokio::sync::watch::Receiver<u64>,
+    tasks: Arc<Tasks>,
     endpoints: Arc<Endpoints>,
 ) {
     while generations.changed().await.is_ok() {
         endpoints.front_again().await;
+        tasks.remove_after_keeper_loss();
     }
 }

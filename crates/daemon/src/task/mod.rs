@@ -355,6 +355,11 @@ impl Tasks {
         let (backend, spawned) = match self.backends.create(&place, &bundle, &req.io).await {
             Ok(made) => made,
             Err(e) => {
+                // A create that failed after its container was made (its
+                // answer was lost with a keeper, say) leaves none.
+                if let Err(d) = self.backends.discard(&place).await {
+                    tracing::warn!(id = %req.id, error = %d, "cannot remove a failed create's container");
+                }
                 undo(rootfs_mounted);
                 return Err(e);
             }

@@ -27,6 +27,12 @@ use super::backend::{
 };
 use super::IoSpec;
 
+/// The init's pid file in a task's directory (the helper writes it; its
+/// path on the helper's command line names the job).
+const INIT_PID: &str = "init.pid";
+/// How long removing a container waits for a helper still making it.
+const HELPER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Makes native tasks.
 pub struct NativeBackends {
     pub host: Arc<Host>,
@@ -57,7 +63,7 @@ impl Backends for NativeBackends {
         bundle: &Bundle,
         io: &IoSpec,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
-        let pid_file = place.dir.join("init.pid");
+        let pid_file = place.dir.join(INIT_PID);
         let systemd_cgroup = systemd_cgroup(bundle);
         let job = |console_socket| Job::Create {
             root: place.state_root.clone(),
@@ -77,6 +83,9 @@ impl Backends for NativeBackends {
     }
 
     async fn discard(&self, place: &Place) -> Result<()> {
+        // A create cut short may have left its helper running: what it
+        // makes is removed once it is done.
+        helper::wait_for_helpers(&place.dir.join(INIT_PID), HELPER_WAIT).await;
         remove_container(place).await
     }
 

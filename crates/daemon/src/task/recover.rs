@@ -22,6 +22,9 @@ use crate::stdio;
 
 /// How long removing a given-up task waits for its killed init to exit.
 const GIVE_UP_WAIT: Duration = Duration::from_secs(10);
+/// How long containerd gets to delete the tasks it gave up with a lost
+/// keeper before the daemon removes the rest itself.
+const GIVEN_UP_GRACE: Duration = Duration::from_secs(10);
 /// How long removing a given-up task waits for a create of it to end.
 const CREATE_WAIT: Duration = Duration::from_secs(30);
 
@@ -273,5 +276,42 @@ impl Tasks {
         let _ = self.kill(ns, id, "", libc::SIGKILL as u32, true).await;
         let _ = tokio::time::timeout(GIVE_UP_WAIT, self.wait(ns, id, "")).await;
         self.delete_now(ns, id, "").await
+    }
+
+    /// The keeper through which containerd reached every task now known
+    /// was lost: their connections closed with it, so containerd gave them
+    /// all up, and it deletes each through the shim's `delete`. A task
+    /// still here after a grace period (that delete did not get through:
+    /// its daemon died under it, or containerd's time for it ran out) is
+    /// removed here. A task made since, under the same name, is not.
+    pub fn remove_after_keeper_loss(self: &Arc<Self>) {
+        let known: Vec<Arc<Task>> = self.tasks.lock().unwrap().values().cloned().collect();
+        if known.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GIVEN_UP_GRACE).await;
+            for task in known {
+                let key = (task.namespace.clone(), task.id.clone());
+                let same = me
+                    .tasks
+                    .lock()
+                    .unwrap()
+                    .get(&key)
+                    .is_some_and(|t| Arc::ptr_eq(t, &task));
+                if !same {
+                    continue;
+                }
+                tracing::warn!(
+                    namespace = %task.namespace,
+                    id = %task.id,
+                    "containerd gave up the task with the lost keeper and its delete did not come: removing it"
+                );
+                if let Err(e) = me.remove_given_up(&task.namespace, &task.id).await {
+                    tracing::warn!(namespace = %task.namespace, id = %task.id, error = %e, "cannot remove a task containerd gave up");
+                }
+            }
+        });
     }
 }

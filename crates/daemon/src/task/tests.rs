@@ -567,6 +567,43 @@ async fn a_create_whose_request_is_dropped_still_finishes() {
     assert!(TaskRecord::read(&root.join("tasks/ns/s")).is_some());
 }
 
+/// A keeper was lost: the tasks known then were given up by containerd.
+/// One whose delete never comes is removed after the grace period; one
+/// containerd deleted meanwhile, and made again under the same name, is
+/// not touched.
+#[tokio::test(start_paused = true)]
+async fn tasks_given_up_with_a_lost_keeper_are_removed_after_a_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let (tasks, _events) = registry(&root, &world);
+    let stale = tasks
+        .create(request("stale", bundle(dir.path(), "stale", "/bin/sleep")))
+        .await
+        .unwrap();
+    tasks
+        .create(request("again", bundle(dir.path(), "again", "/bin/sleep")))
+        .await
+        .unwrap();
+    tasks.remove_after_keeper_loss();
+    // containerd's own clean-up of "again" came, then a new "again".
+    tasks.delete("ns", "again", "").await.unwrap();
+    let new = tasks
+        .create(request("again", bundle(dir.path(), "again2", "/bin/sleep")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        tasks.get("ns", "stale").is_ok(),
+        "removed before the grace period"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(tasks.get("ns", "stale").is_err(), "the stale task stays");
+    assert!(world.calls().contains(&format!("signal {stale} 9")));
+    assert!(tasks.get("ns", "again").is_ok());
+    assert!(!world.calls().contains(&format!("signal {new} 9")));
+}
+
 #[tokio::test]
 async fn tasks_that_die_with_the_daemon_are_reported_killed() {
     let dir = tempfile::tempdir().unwrap();

@@ -95,6 +95,18 @@ impl Drop for Setup {
         self.c.take();
         stop_daemon(self);
         kill_all(self.keepers(), nix::sys::signal::Signal::SIGKILL);
+        if std::thread::panicking() {
+            // The daemon's and the keeper's logs outlive a failed test.
+            for log in ["ironcelld.log", "keeper.log"] {
+                let kept = std::env::temp_dir().join(format!(
+                    "{}-{log}",
+                    self.root.file_name().unwrap().to_string_lossy()
+                ));
+                if std::fs::copy(self.root.join(log), &kept).is_ok() {
+                    eprintln!("kept {}", kept.display());
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
