@@ -84,9 +84,8 @@ pub struct Keeper {
     /// The daemon's runtime, for the pidfd watches of a lost keeper's
     /// processes (the receiving thread is not one of its threads).
     runtime: tokio::runtime::Handle,
-    /// Whether this daemon started the keeper it first connected to: the
-    /// previous one, if any, was lost.
-    fresh: bool,
+    /// [`Keeper::identity`] of the keeper now serving.
+    identity: Mutex<String>,
     next_tag: AtomicU64,
     spawned: Waiters<u64, Result<Made, String>>,
     fronted: Waiters<PathBuf, Result<(), String>>,
@@ -136,6 +135,19 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<(OwnedFd, bool)> {
     }
 }
 
+/// `<pid>:<start time in clock ticks since boot>` of process `pid`.
+fn identity_of(pid: i32) -> String {
+    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat[stat.rfind(')')? + 1..].to_string();
+            // Field 22 of stat; the 20th after the command.
+            rest.split_whitespace().nth(19).map(str::to_string)
+        })
+        .unwrap_or_default();
+    format!("{pid}:{start}")
+}
+
 /// The pid of the process at the other end of `sock`.
 fn peer_pid(sock: &OwnedFd) -> Result<i32> {
     let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
@@ -151,7 +163,7 @@ impl Keeper {
     /// Runs in the daemon's runtime (its blocking pool).
     pub fn start(root: &Path, exe: &Path, reaper: Arc<Reaper>) -> Result<Arc<Keeper>> {
         let runtime = tokio::runtime::Handle::current();
-        let (sock, fresh) = connect_or_start(root, exe)?;
+        let (sock, _) = connect_or_start(root, exe)?;
         let pid = peer_pid(&sock)?;
         reaper.set_keeper(pid, runtime.clone());
         let k = Arc::new(Keeper {
@@ -163,7 +175,7 @@ impl Keeper {
             generation: watch::Sender::new(0),
             reaper,
             runtime,
-            fresh,
+            identity: Mutex::new(identity_of(pid)),
             next_tag: AtomicU64::new(1),
             spawned: Mutex::default(),
             fronted: Mutex::default(),
@@ -184,10 +196,11 @@ impl Keeper {
         self.pid.load(Ordering::Relaxed)
     }
 
-    /// Whether the keeper this daemon first connected to was started by it
-    /// (none ran: one serving a previous daemon was lost).
-    pub fn started_fresh(&self) -> bool {
-        self.fresh
+    /// Names the keeper now serving among all keepers there ever were on
+    /// this host: its pid and start time. A task recorded with another
+    /// keeper's identity was reached through a keeper that is lost.
+    pub fn identity(&self) -> String {
+        self.identity.lock().unwrap().clone()
     }
 
     /// Changes each time a lost keeper has been replaced: the new one must
@@ -257,6 +270,7 @@ impl Keeper {
         }
         *conn = Arc::new(sock);
         self.pid.store(pid, Ordering::Relaxed);
+        *self.identity.lock().unwrap() = identity_of(pid);
         // Before any message of the new keeper is read: what it spawns is
         // of the new generation, and what the old one left is swept.
         self.reaper.set_keeper(pid, self.runtime.clone());

@@ -135,9 +135,6 @@ pub async fn serve(
     // Processes recovered from records whose keeper died with the previous
     // daemon are no longer a keeper's children.
     reaper.sweep();
-    if keeper.started_fresh() {
-        tasks.remove_after_keeper_loss();
-    }
     let control_path = control_socket(&root);
     // Ours: the lock is held.
     let _ = fs::remove_file(&control_path);

@@ -25,7 +25,7 @@ pub mod supervise;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -361,6 +361,13 @@ impl Keeper {
                 cwd,
                 targets,
             } => {
+                if self.daemon_hung_up() {
+                    // The daemon that asked died since: nobody would learn
+                    // the pid, and what the process made would outlive the
+                    // next daemon's clean-up.
+                    tracing::warn!("keeper: not spawning for a daemon that is gone");
+                    return;
+                }
                 let (pid, error) = match spawn(&argv, &env, &cwd, &targets, fds) {
                     Ok(pid) => (pid, None),
                     Err(e) => (0, Some(format!("{e:#}"))),
@@ -368,6 +375,20 @@ impl Keeper {
                 self.send(&FromKeeper::Spawned { tag, pid, error });
             }
         }
+    }
+
+    /// Whether the daemon's end of the connection is closed, though
+    /// messages it sent before may still be queued.
+    fn daemon_hung_up(&self) -> bool {
+        let Some(c) = &self.conn else { return true };
+        let mut fds = [nix::poll::PollFd::new(
+            c.get_ref().as_fd(),
+            nix::poll::PollFlags::empty(),
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
     }
 
     fn front(&mut self, public: &Path, backend: PathBuf) -> Result<()> {
@@ -533,5 +554,37 @@ mod tests {
             Some((5, 137))
         );
         assert_eq!(exit_of(WaitStatus::StillAlive), None);
+    }
+
+    /// A Spawn still queued from a daemon that died is not run: the
+    /// keeper sees the hang-up before reading to the end.
+    #[tokio::test]
+    async fn a_daemon_that_hung_up_is_seen_before_its_queue_is_read() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let k = Keeper {
+            root: root.path().to_path_buf(),
+            journal: BTreeMap::new(),
+            held: HashMap::new(),
+            conn: Some(register(ours).unwrap()),
+            conn_pid: None,
+            fronts: HashSet::new(),
+            supervisor: Supervisor::default(),
+        };
+        assert!(!k.daemon_hung_up());
+        proto::send(theirs.as_raw_fd(), &ToKeeper::Hello {}, &[]).unwrap();
+        assert!(!k.daemon_hung_up(), "a message alone is no hang-up");
+        drop(theirs);
+        assert!(
+            k.daemon_hung_up(),
+            "the hang-up is seen with a message queued"
+        );
     }
 }

@@ -151,6 +151,9 @@ fn ensure_daemon(root: &Path) -> Result<UnixStream> {
         .arg("json")
         // Nothing else restarts a daemon the shim started: the keeper does.
         .arg("--supervised")
+        // Not the bundle containerd runs the shim in: containerd removes
+        // it with its task, and the daemon outlives every task.
+        .current_dir("/")
         // containerd reads the shim's stdout to EOF: the daemon must not
         // hold it.
         .stdin(Stdio::null())

@@ -100,6 +100,9 @@ pub struct Task {
     inner: Mutex<TaskInner>,
     /// Watches the task's memory cgroup for OOM kills.
     oom: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The keeper containerd reached it through when it was made: if that
+    /// keeper is lost, containerd has given the task up.
+    keeper: Option<String>,
 }
 
 impl Task {
@@ -121,6 +124,7 @@ impl Task {
                     .iter()
                     .map(|(k, p)| (k.clone(), ProcRecord::of(p)))
                     .collect(),
+                keeper: self.keeper.clone(),
             }
         };
         record.write(&self.dir);
@@ -381,6 +385,7 @@ impl Tasks {
                 execs: HashMap::new(),
             }),
             oom: Mutex::new(None),
+            keeper: self.keeper().map(Keeper::identity),
         }))
     }
 

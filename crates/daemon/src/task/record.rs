@@ -72,6 +72,10 @@ pub(super) struct TaskRecord {
     pub wasm: bool,
     pub init: ProcRecord,
     pub execs: BTreeMap<String, ProcRecord>,
+    /// The keeper containerd reached the task through when it was made
+    /// ([`crate::keeper::Keeper::identity`]; absent from older records).
+    #[serde(default)]
+    pub keeper: Option<String>,
 }
 
 impl TaskRecord {

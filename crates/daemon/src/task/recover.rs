@@ -15,7 +15,7 @@ use super::backend::blocking;
 use super::record::{CreatingRecord, TaskRecord};
 use super::{IoSpec, Task, TaskInner, Tasks};
 use crate::error::{validate_id, validate_namespace, Result, TaskError};
-use crate::keeper::{ProcKey, Slot};
+use crate::keeper::{Keeper, ProcKey, Slot};
 use crate::mount;
 use crate::reaper::Exit;
 use crate::stdio;
@@ -54,6 +54,18 @@ impl Tasks {
                 self.recover_task(r, dir).await;
             }
         }
+        // Tasks reached through a keeper that is gone were given up by
+        // containerd; their deletes may never have reached a daemon.
+        let current = self.keeper().map(Keeper::identity);
+        let lost: Vec<Arc<Task>> = self
+            .tasks
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|t| t.keeper.is_some() && t.keeper != current)
+            .cloned()
+            .collect();
+        self.remove_later(lost);
     }
 
     /// Task directory `dir` has no record: a create that never finished
@@ -115,6 +127,7 @@ impl Tasks {
                     .collect(),
             }),
             oom: Mutex::new(None),
+            keeper: r.keeper,
         });
         let key = (task.namespace.clone(), task.id.clone());
         let live: Vec<(Option<String>, i32)> = {
@@ -286,9 +299,17 @@ impl Tasks {
     /// removed here. A task made since, under the same name, is not.
     pub fn remove_after_keeper_loss(self: &Arc<Self>) {
         let known: Vec<Arc<Task>> = self.tasks.lock().unwrap().values().cloned().collect();
-        if known.is_empty() {
+        self.remove_later(known);
+    }
+
+    /// Removes `given_up` after the grace period, each unless containerd
+    /// deleted it meanwhile (a task made since under the same name is
+    /// another task, and stays).
+    fn remove_later(self: &Arc<Self>, given_up: Vec<Arc<Task>>) {
+        if given_up.is_empty() {
             return;
         }
+        let known = given_up;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(GIVEN_UP_GRACE).await;

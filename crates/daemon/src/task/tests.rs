@@ -604,6 +604,41 @@ async fn tasks_given_up_with_a_lost_keeper_are_removed_after_a_grace_period() {
     assert!(!world.calls().contains(&format!("signal {new} 9")));
 }
 
+/// A restarted daemon finds a task recorded with a keeper that is not the
+/// one serving now: containerd gave it up with that keeper, and the task
+/// is removed after the grace period. One with no keeper recorded stays.
+#[tokio::test(start_paused = true)]
+async fn a_task_of_a_lost_keeper_is_removed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let root = dir.path().join("root");
+    let pid = {
+        let (tasks, _events) = registry(&root, &world);
+        tasks
+            .create(request("kept", bundle(dir.path(), "kept", "/bin/sleep")))
+            .await
+            .unwrap();
+        tasks
+            .create(request("lost", bundle(dir.path(), "lost", "/bin/sleep")))
+            .await
+            .unwrap()
+    };
+    let record_dir = root.join("tasks/ns/lost");
+    let mut record = TaskRecord::read(&record_dir).unwrap();
+    record.keeper = Some("4242:1".into());
+    record.write(&record_dir);
+    let (tasks, _events) = registry(&root, &world);
+    tasks.recover().await;
+    assert!(
+        tasks.get("ns", "lost").is_ok(),
+        "removed before the grace period"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(tasks.get("ns", "lost").is_err());
+    assert!(world.calls().contains(&format!("signal {pid} 9")));
+    assert!(tasks.get("ns", "kept").is_ok());
+}
+
 #[tokio::test]
 async fn tasks_that_die_with_the_daemon_are_reported_killed() {
     let dir = tempfile::tempdir().unwrap();
