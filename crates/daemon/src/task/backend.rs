@@ -84,8 +84,10 @@ pub trait Backends: Send + Sync {
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>>;
 
     /// Removes whatever a create of `place`'s task that never finished (the
-    /// daemon died in it) may have made: processes, cgroups, state.
-    async fn discard(&self, place: &Place) -> Result<()>;
+    /// daemon died in it) may have made: processes, cgroups, state. With
+    /// `wait`, first waits (bounded) for a process of the backend still
+    /// making it.
+    async fn discard(&self, place: &Place, wait: bool) -> Result<()>;
 }
 
 /// What runs one task's processes.

@@ -82,10 +82,12 @@ impl Backends for NativeBackends {
         Ok((Box::new(task), spawned))
     }
 
-    async fn discard(&self, place: &Place) -> Result<()> {
+    async fn discard(&self, place: &Place, wait: bool) -> Result<()> {
         // A create cut short may have left its helper running: what it
         // makes is removed once it is done.
-        helper::wait_for_helpers(&place.dir.join(INIT_PID), HELPER_WAIT).await;
+        if wait {
+            helper::wait_for_helpers(&place.dir.join(INIT_PID), HELPER_WAIT).await;
+        }
         remove_container(place).await
     }
 

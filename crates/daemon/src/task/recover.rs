@@ -80,7 +80,11 @@ impl Tasks {
             tracing::warn!(namespace = %c.namespace, id = %c.id, "removing an unfinished create");
             let mut place = self.place(&c.namespace, &c.id, c.bundle.clone());
             place.dir = dir.to_path_buf();
-            if let Err(e) = self.backends.discard(&place).await {
+            // Not waiting for a helper still making it: a restart must be
+            // quick. A container it makes afterwards is found by the
+            // re-sent Create (which then fails, and removes it) or by
+            // containerd's delete.
+            if let Err(e) = self.backends.discard(&place, false).await {
                 tracing::warn!(id = %c.id, error = %e, "cannot remove an unfinished create's container");
             }
             if c.rootfs_mounted {
@@ -278,7 +282,7 @@ impl Tasks {
             };
         }
         let place = self.place(ns, id, PathBuf::new());
-        self.backends.discard(&place).await?;
+        self.backends.discard(&place, true).await?;
         Ok(None)
     }
 
