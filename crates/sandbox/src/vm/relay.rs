@@ -36,6 +36,10 @@ use super::hypervisor::Vm;
 use super::state::ExitRecord;
 use crate::{Result, SandboxError};
 
+/// How long a relay whose wait in the guest failed gives the hypervisor to
+/// be seen exiting, before it blames the agent.
+const HYPERVISOR_END_GRACE: Duration = Duration::from_millis(500);
+
 /// After the guest process exited, its output streams get this long to
 /// reach their end (the agent has sent everything by then; a guest that
 /// holds a stream open past its process's exit does not hold the relay).
@@ -242,6 +246,20 @@ impl Relay {
 
         let outcome = loop {
             match rx.recv() {
+                Ok(Event::Exited(Err(e))) => {
+                    // A wait cut off because the hypervisor died (the
+                    // agent's socket closes with it) names the VM's end as
+                    // the cause, whichever of the two was seen first.
+                    if let Some(owned) = &mut self.vm {
+                        if owned.vm.wait_exit(HYPERVISOR_END_GRACE) {
+                            break Err(vm_err(format!(
+                                "the VM ended: {e}{}",
+                                owned.vm.console_tail()
+                            )));
+                        }
+                    }
+                    break Err(e);
+                }
                 Ok(Event::Exited(r)) => break r,
                 Ok(Event::Signal(libc::SIGCHLD)) => {
                     if let Some(owned) = &mut self.vm {
