@@ -23,10 +23,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use ironcell_basics::proc_stat::ProcStat;
 use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
 use ironcell_sandbox::Sandboxes;
 
+use crate::claim;
 use crate::keeper::{Keeper, Made};
 use crate::reaper::Reaper;
 
@@ -43,6 +45,9 @@ pub enum Job {
         root: PathBuf,
         id: String,
         bundle: PathBuf,
+        /// The create's claim (`claim.rs`), held while the container is
+        /// made.
+        claim: PathBuf,
         pid_file: PathBuf,
         console_socket: Option<PathBuf>,
         systemd_cgroup: bool,
@@ -64,6 +69,7 @@ impl Job {
                 root,
                 id,
                 bundle,
+                claim,
                 pid_file,
                 console_socket,
                 systemd_cgroup,
@@ -71,6 +77,8 @@ impl Job {
                 a.push("create".into());
                 a.push("--bundle".into());
                 a.push(bundle.into());
+                a.push("--claim".into());
+                a.push(claim.into());
                 if *systemd_cgroup {
                     a.push("--systemd-cgroup".into());
                 }
@@ -108,13 +116,14 @@ impl Job {
             Some(Value(v)) => v.string()?,
             _ => bail!("helper: expected create or exec"),
         };
-        let (mut root, mut bundle, mut process, mut pid_file, mut console, mut id) =
-            (None, None, None, None, None, None);
+        let (mut root, mut bundle, mut claim, mut process, mut pid_file, mut console, mut id) =
+            (None, None, None, None, None, None, None);
         let mut systemd = false;
         while let Some(arg) = p.next()? {
             match arg {
                 Long("root") => root = Some(PathBuf::from(p.value()?)),
                 Long("bundle") => bundle = Some(PathBuf::from(p.value()?)),
+                Long("claim") => claim = Some(PathBuf::from(p.value()?)),
                 Long("process") => process = Some(PathBuf::from(p.value()?)),
                 Long("pid-file") => pid_file = Some(PathBuf::from(p.value()?)),
                 Long("console-socket") => console = Some(PathBuf::from(p.value()?)),
@@ -131,6 +140,7 @@ impl Job {
                 root,
                 id,
                 bundle: bundle.context("helper create: --bundle is required")?,
+                claim: claim.context("helper create: --claim is required")?,
                 pid_file,
                 console_socket: console,
                 systemd_cgroup: systemd,
@@ -152,10 +162,14 @@ impl Job {
                 root,
                 id,
                 bundle,
+                claim,
                 pid_file,
                 console_socket,
                 systemd_cgroup,
             } => {
+                // Released when the container is made (or not): a removal
+                // of this create waits for it, then removes what it made.
+                let _held = claim::hold(claim)?;
                 let sandboxes = Sandboxes::new(root, *systemd_cgroup);
                 let bundle = Bundle::load(bundle)?;
                 let kind = Sandboxes::select(None, &bundle)?;
@@ -265,47 +279,7 @@ fn find_running(argv: &[String]) -> Option<i32> {
     matches
         .iter()
         .copied()
-        .find(|pid| crate::reaper::parent_of(*pid).is_some_and(|parent| !matches.contains(&parent)))
-}
-
-/// Waits, at most `limit`, until no helper of a create runs: one whose
-/// command line holds `pid_file`, the job's own pid file. A helper left by
-/// a lost keeper or a dead daemon may still be making what is about to be
-/// removed. The processes it forked share its command line until they
-/// exec: the container's init, whose pid the helper writes to that file
-/// (and which waits for its start), is not waited for, nor is a process
-/// whose parent is another match.
-pub async fn wait_for_helpers(pid_file: &Path, limit: std::time::Duration) {
-    use std::os::unix::ffi::OsStrExt;
-    let mut needle = vec![0u8];
-    needle.extend_from_slice(pid_file.as_os_str().as_bytes());
-    needle.push(0);
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let matches: Vec<i32> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    c.windows(needle.len()).any(|w| w == needle.as_slice())
-                        && c.windows(8).any(|w| w == b"\0helper\0")
-                })
-            })
-            .collect();
-        let init = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        let helpers = matches.iter().filter(|pid| {
-            Some(**pid) != init
-                && crate::reaper::parent_of(**pid).is_some_and(|parent| !matches.contains(&parent))
-        });
-        if helpers.count() == 0 || std::time::Instant::now() > deadline {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        .find(|pid| ProcStat::of(*pid).is_some_and(|s| !matches.contains(&s.parent)))
 }
 
 /// Runs `job` in a helper process, a child of the keeper, and waits for
@@ -402,6 +376,7 @@ mod tests {
                 root: "/r".into(),
                 id: "c1".into(),
                 bundle: "/b".into(),
+                claim: "/c".into(),
                 pid_file: "/p".into(),
                 console_socket: Some("/s".into()),
                 systemd_cgroup: true,
@@ -426,6 +401,16 @@ mod tests {
             vec![],
             vec!["destroy"],
             vec!["create", "--root", "/r", "--pid-file", "/p", "id"],
+            vec![
+                "create",
+                "--root",
+                "/r",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/p",
+                "id",
+            ],
             vec!["exec", "--root", "/r", "id"],
         ] {
             let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
@@ -455,53 +440,5 @@ mod tests {
         assert_eq!(find_running(&argv), None, "only the exact command line");
         child.kill().unwrap();
         child.wait().unwrap();
-    }
-
-    #[tokio::test]
-    async fn removal_waits_for_a_helper_of_the_job_to_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("init.pid");
-        let helper = |secs: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", &format!("sleep {secs}; :"), "x", "helper"])
-                .arg(&pid_file)
-                .spawn()
-                .unwrap()
-        };
-        let mut short = helper("0.3");
-        wait_for_helpers(&pid_file, std::time::Duration::from_secs(20)).await;
-        assert!(short.try_wait().unwrap().is_some(), "returned while it ran");
-        // One that does not end is waited for only up to the limit.
-        let mut long = helper("30");
-        wait_for_helpers(&pid_file, std::time::Duration::from_millis(200)).await;
-        assert!(long.try_wait().unwrap().is_none());
-        long.kill().unwrap();
-        long.wait().unwrap();
-        // The container's init, named by the pid file, is not waited for.
-        let mut init = helper("30");
-        std::fs::write(&pid_file, init.id().to_string()).unwrap();
-        let waited = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            wait_for_helpers(&pid_file, std::time::Duration::from_secs(60)),
-        )
-        .await;
-        assert!(waited.is_ok(), "waited for the init");
-        assert!(init.try_wait().unwrap().is_none());
-        init.kill().unwrap();
-        init.wait().unwrap();
-        // Another job's helper is not waited for.
-        let mut other = helper("30");
-        let waited = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            wait_for_helpers(
-                &dir.path().join("other.pid"),
-                std::time::Duration::from_secs(60),
-            ),
-        )
-        .await;
-        assert!(waited.is_ok(), "waited for another job's helper");
-        assert!(other.try_wait().unwrap().is_none());
-        other.kill().unwrap();
-        other.wait().unwrap();
     }
 }

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ironcell_basics::proc_stat::ProcStat;
 use tokio::sync::{oneshot, watch};
 
 use crate::reaper::{Exit, Reaper};
@@ -70,8 +71,6 @@ pub struct Keeper {
     exe: PathBuf,
     /// The connection to the current keeper; its lock orders the sends.
     conn: Mutex<Arc<OwnedFd>>,
-    /// The current keeper's pid (the parent of the processes it spawned).
-    pid: AtomicI32,
     /// The `Supervise` message `supervise` sent, sent again to a keeper
     /// that replaces a lost one.
     supervision: Mutex<Option<ToKeeper>>,
@@ -103,11 +102,11 @@ pub struct Made {
 
 /// Connects to the keeper of `root`, starting `ironcelld-keeper keeper
 /// --root root` (beside `exe`; else `exe keeper --root root`) first when
-/// none listens. Says whether it started it.
-fn connect_or_start(root: &Path, exe: &Path) -> Result<(OwnedFd, bool)> {
+/// none listens.
+fn connect_or_start(root: &Path, exe: &Path) -> Result<OwnedFd> {
     let path = ironcell_keeper::socket_path(root);
     if let Ok(fd) = proto::connect(&path) {
-        return Ok((fd, false));
+        return Ok(fd);
     }
     let own = exe.with_file_name("ironcelld-keeper");
     let program = if own.is_file() { own.as_path() } else { exe };
@@ -126,7 +125,7 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<(OwnedFd, bool)> {
     let deadline = std::time::Instant::now() + START_TIMEOUT;
     loop {
         match proto::connect(&path) {
-            Ok(fd) => return Ok((fd, true)),
+            Ok(fd) => return Ok(fd),
             Err(e) if std::time::Instant::now() > deadline => {
                 return Err(e).with_context(|| format!("cannot reach {}", path.display()))
             }
@@ -135,16 +134,10 @@ fn connect_or_start(root: &Path, exe: &Path) -> Result<(OwnedFd, bool)> {
     }
 }
 
-/// `<pid>:<start time in clock ticks since boot>` of process `pid`.
+/// `<pid>:<start time in clock ticks since boot>` of process `pid`: names
+/// it among all processes there ever were on this host.
 fn identity_of(pid: i32) -> String {
-    let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = stat[stat.rfind(')')? + 1..].to_string();
-            // Field 22 of stat; the 20th after the command.
-            rest.split_whitespace().nth(19).map(str::to_string)
-        })
-        .unwrap_or_default();
+    let start = ProcStat::of(pid).map_or(0, |s| s.start_time);
     format!("{pid}:{start}")
 }
 
@@ -163,14 +156,13 @@ impl Keeper {
     /// Runs in the daemon's runtime (its blocking pool).
     pub fn start(root: &Path, exe: &Path, reaper: Arc<Reaper>) -> Result<Arc<Keeper>> {
         let runtime = tokio::runtime::Handle::current();
-        let (sock, _) = connect_or_start(root, exe)?;
+        let sock = connect_or_start(root, exe)?;
         let pid = peer_pid(&sock)?;
         reaper.set_keeper(pid, runtime.clone());
         let k = Arc::new(Keeper {
             root: root.to_path_buf(),
             exe: exe.to_path_buf(),
             conn: Mutex::new(Arc::new(sock)),
-            pid: AtomicI32::new(pid),
             supervision: Mutex::default(),
             generation: watch::Sender::new(0),
             reaper,
@@ -188,12 +180,6 @@ impl Keeper {
             .spawn(move || reader.receive())
             .context("cannot start the keeper thread")?;
         Ok(k)
-    }
-
-    /// The pid of the keeper now serving: the parent of every process it
-    /// spawned (a process whose parent is another lost its keeper).
-    pub fn pid(&self) -> i32 {
-        self.pid.load(Ordering::Relaxed)
     }
 
     /// Names the keeper now serving among all keepers there ever were on
@@ -238,7 +224,7 @@ impl Keeper {
                 self.fetched.lock().unwrap().clear();
             }
             tracing::error!(
-                pid = self.pid(),
+                keeper = %self.identity(),
                 "lost the keeper: starting another; containerd gives up the tasks it reached through it"
             );
             let mut delay = Duration::from_millis(50);
@@ -252,7 +238,7 @@ impl Keeper {
                     }
                 }
             }
-            tracing::info!(pid = self.pid(), "connected to a new keeper");
+            tracing::info!(keeper = %self.identity(), "connected to a new keeper");
             self.generation.send_modify(|g| *g += 1);
         }
     }
@@ -261,7 +247,7 @@ impl Keeper {
     /// daemon itself (the task addresses are fronted again by the owner of
     /// the endpoints, on [`Keeper::generations`]).
     fn replace(&self) -> Result<()> {
-        let (sock, _) = connect_or_start(&self.root, &self.exe)?;
+        let sock = connect_or_start(&self.root, &self.exe)?;
         let pid = peer_pid(&sock)?;
         let mut conn = self.conn.lock().unwrap();
         proto::send(sock.as_raw_fd(), &ToKeeper::Hello {}, &[]).context("hello")?;
@@ -269,7 +255,6 @@ impl Keeper {
             proto::send(sock.as_raw_fd(), msg, &[]).context("supervise")?;
         }
         *conn = Arc::new(sock);
-        self.pid.store(pid, Ordering::Relaxed);
         *self.identity.lock().unwrap() = identity_of(pid);
         // Before any message of the new keeper is read: what it spawns is
         // of the new generation, and what the old one left is swept.

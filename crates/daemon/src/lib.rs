@@ -2,6 +2,7 @@
 //! every task of every namespace (1:N), on the `sandbox` library that the
 //! `ironcell` CLI also uses. See docs/daemon.md.
 
+pub mod claim;
 pub mod control;
 pub mod controller;
 pub mod endpoint;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use ironcell_basics::exit_status;
+use ironcell_basics::proc_stat::ProcStat;
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -172,7 +173,7 @@ impl Reaper {
             (st.keeper, awaited)
         };
         for pid in awaited {
-            if parent_of(pid) != Some(keeper) {
+            if ProcStat::of(pid).map(|s| s.parent) != Some(keeper) {
                 self.watch_without_parent(pid);
             }
         }
@@ -232,19 +233,6 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The parent pid of `pid`, from `/proc/<pid>/stat` (None once it is gone).
-pub fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_parent(&stat)
-}
-
-/// The fourth field of a `stat` line, after the command in parentheses
-/// (which may itself hold spaces and parentheses).
-fn parse_parent(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,14 +263,6 @@ mod tests {
         assert!(rx.try_recv().is_err());
         r.deliver(exit(11));
         assert_eq!(rx.try_recv().unwrap().pid, 11);
-    }
-
-    #[test]
-    fn the_parent_is_read_past_any_command_name() {
-        assert_eq!(parse_parent("42 (sh) S 7 42 42 0"), Some(7));
-        assert_eq!(parse_parent("42 (a) b (c) R 1 42"), Some(1));
-        assert_eq!(parse_parent("42 (sh"), None);
-        assert_eq!(parse_parent(""), None);
     }
 
     fn sleeper() -> std::process::Child {

@@ -157,10 +157,9 @@ fn a_killed_keeper_is_replaced_and_its_tasks_are_cleaned_up() {
     c.ok(&["container", "rm", "new", "old"]);
 }
 
-/// Fault injection: rounds of concurrent `ctr run -d`, with the daemon or
-/// the keeper (or both, with `IRONCELL_FAULT_BOTH=1`) killed (SIGKILL) at
-/// a random moment of each round,
-/// as a crash or an OOM kill would. The keeper starts a killed daemon
+/// Fault injection: rounds of concurrent `ctr run -d`, with the daemon, the
+/// keeper or both killed (SIGKILL) at a random moment of each round, as a
+/// crash or an OOM kill would. The keeper starts a killed daemon
 /// again, the daemon a killed keeper (containerd gives up the tasks it
 /// reached through that keeper), and the shim's next `start` or `delete`
 /// starts a daemon killed with its keeper. Every task that runs afterwards
@@ -214,13 +213,7 @@ fn kills_at_random_points_leave_nothing_behind() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(next(600)));
-        // Both together only when asked (IRONCELL_FAULT_BOTH=1): a create
-        // cut short that way can still leave its container (docs/daemon.md).
-        let victims: &[&str] = if std::env::var_os("IRONCELL_FAULT_BOTH").is_some() {
-            &["daemon", "keeper", "daemon and keeper"]
-        } else {
-            &["daemon", "keeper"]
-        };
+        let victims = ["daemon", "keeper", "daemon and keeper"];
         let victim = victims[next(victims.len() as u64) as usize];
         let back = match victim {
             "daemon" => {

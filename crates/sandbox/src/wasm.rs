@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ironcell_basics::proc_stat::{is_alive, ProcStat};
 use ironcell_container::cgroup::{self, Cgroup};
 use ironcell_container::stats::Stats;
 use ironcell_container::{ContainerError, CreateOptions, ExecOptions, NOT_RUNNING};
@@ -95,7 +96,7 @@ impl WasmSandbox {
     }
 
     fn status(&self, st: &State) -> Status {
-        if !alive(st.pid, st.pid_start) {
+        if !is_alive(st.pid, st.pid_start) {
             return Status::Stopped;
         }
         if self.dir(&st.id).join(START_FIFO).exists() {
@@ -301,7 +302,7 @@ impl WasmSandbox {
             bundle: bundle.path.clone(),
             rootfs: bundle.rootfs.clone(),
             pid,
-            pid_start: proc_stat(pid).map(|(start, _)| start).unwrap_or(0),
+            pid_start: ProcStat::of(pid).map_or(0, |s| s.start_time),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: cgroup_path.clone(),
@@ -328,7 +329,7 @@ impl WasmSandbox {
     /// and waits (5 s at most) until the runner is gone.
     fn kill_and_wait(&self, st: &State, cg: Option<&Cgroup>) -> Result<()> {
         let mut pids = cg.and_then(|c| c.pids().ok()).unwrap_or_default();
-        if alive(st.pid, st.pid_start) && !pids.contains(&st.pid) {
+        if is_alive(st.pid, st.pid_start) && !pids.contains(&st.pid) {
             pids.push(st.pid);
         }
         // A frozen process dies of SIGKILL only once thawed.
@@ -340,7 +341,7 @@ impl WasmSandbox {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(st.pid, st.pid_start) {
+        while is_alive(st.pid, st.pid_start) {
             if Instant::now() > deadline {
                 return Err(wasm_err(format!(
                     "container {}: process {} did not die of SIGKILL",
@@ -437,7 +438,7 @@ impl Sandbox for WasmSandbox {
                     break;
                 }
             }
-            if !alive(st.pid, st.pid_start) {
+            if !is_alive(st.pid, st.pid_start) {
                 let _ = fs::remove_file(&fifo);
                 return Err(wasm_err(format!("container {id} ended before its start")));
             }
@@ -608,55 +609,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok((high(r)?, high(w)?))
 }
 
-/// The start time and state letter of `pid` (/proc/PID/stat).
-fn proc_stat(pid: i32) -> Option<(u64, char)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the
-    // last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    // starttime is field 22 of the whole line, the 20th after the state.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((start, state))
-}
-
-/// Whether the runner `pid` started at `start` still runs (a zombie has
-/// ended).
-fn alive(pid: i32, start: u64) -> bool {
-    proc_stat(pid).is_some_and(|(s, state)| s == start && state != 'Z' && state != 'X')
-}
-
 fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     ironcell_basics::atomic_file::write(path, data)
         .map_err(|e| wasm_err(format!("cannot write {}: {e}", path.display())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A live process is alive only with its own start time; once it has
-    /// ended, a zombie not yet reaped counts as ended.
-    #[test]
-    fn alive_tells_a_zombie_and_a_reused_pid() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let (start, _) = proc_stat(pid).unwrap();
-        assert!(start > 0);
-        assert!(alive(pid, start));
-        assert!(!alive(pid, start + 1));
-        child.kill().unwrap();
-        let t = Instant::now();
-        while proc_stat(pid).is_some_and(|(_, s)| s != 'Z') {
-            assert!(t.elapsed() < Duration::from_secs(5));
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(!alive(pid, start));
-        child.wait().unwrap();
-        assert!(!alive(pid, start));
-    }
 }

@@ -57,6 +57,13 @@ pub struct Place {
     pub dir: PathBuf,
 }
 
+impl Place {
+    /// The claim of the task's create on what it makes (`claim.rs`).
+    pub fn claim(&self) -> PathBuf {
+        self.dir.join(super::record::CREATING)
+    }
+}
+
 /// A process a backend made: its pid (the daemon's own for an in-process
 /// one) and the daemon's ends of its stdio.
 #[derive(Default)]
@@ -84,10 +91,10 @@ pub trait Backends: Send + Sync {
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>>;
 
     /// Removes whatever a create of `place`'s task that never finished (the
-    /// daemon died in it) may have made: processes, cgroups, state. With
-    /// `wait`, first waits (bounded) for a process of the backend still
-    /// making it.
-    async fn discard(&self, place: &Place, wait: bool) -> Result<()>;
+    /// daemon died in it, or it failed) may have made: processes, cgroups,
+    /// state. The create is abandoned first, and a process of the backend
+    /// still making it is waited for (bounded: `claim.rs`).
+    async fn discard(&self, place: &Place) -> Result<()>;
 }
 
 /// What runs one task's processes.

@@ -50,11 +50,11 @@ impl Backends for ByKind {
         }
     }
 
-    async fn discard(&self, place: &Place, wait: bool) -> Result<()> {
+    async fn discard(&self, place: &Place) -> Result<()> {
         // Which kind it was is not known (the bundle may be gone): every
         // kind that leaves something outside the task's directory cleans.
-        self.wasm.discard(place, wait).await?;
-        self.native.discard(place, wait).await
+        self.wasm.discard(place).await?;
+        self.native.discard(place).await
     }
 
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {

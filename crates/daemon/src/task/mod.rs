@@ -361,7 +361,7 @@ impl Tasks {
             Err(e) => {
                 // A create that failed after its container was made (its
                 // answer was lost with a keeper, say) leaves none.
-                if let Err(d) = self.backends.discard(&place, true).await {
+                if let Err(d) = self.backends.discard(&place).await {
                     tracing::warn!(id = %req.id, error = %d, "cannot remove a failed create's container");
                 }
                 undo(rootfs_mounted);

@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
+use crate::claim;
 use crate::error::{Result, TaskError};
 use crate::helper::{self, HelperStdio, Job};
 use crate::keeper::{ProcKey, Slot};
@@ -69,6 +70,7 @@ impl Backends for NativeBackends {
             root: place.state_root.clone(),
             id: place.id.clone(),
             bundle: place.bundle.clone(),
+            claim: place.claim(),
             pid_file: pid_file.clone(),
             console_socket,
             systemd_cgroup,
@@ -82,11 +84,14 @@ impl Backends for NativeBackends {
         Ok((Box::new(task), spawned))
     }
 
-    async fn discard(&self, place: &Place, wait: bool) -> Result<()> {
+    async fn discard(&self, place: &Place) -> Result<()> {
         // A create cut short may have left its helper running: what it
-        // makes is removed once it is done.
-        if wait {
-            helper::wait_for_helpers(&place.dir.join(INIT_PID), HELPER_WAIT).await;
+        // makes is removed once it is done (`claim.rs`).
+        let taken = claim::take_over(&place.claim(), HELPER_WAIT)
+            .await
+            .map_err(|e| TaskError::Internal(e.to_string()))?;
+        if taken.timed_out {
+            tracing::warn!(id = %place.id, "a helper still makes the container being removed");
         }
         remove_container(place).await
     }

@@ -137,7 +137,9 @@ impl CreatingRecord {
     }
 }
 
-const CREATING: &str = "creating.json";
+/// The file of [`CreatingRecord`], which is also the create's claim
+/// (`claim.rs`).
+pub(super) const CREATING: &str = "creating.json";
 
 #[cfg(test)]
 mod tests {

@@ -80,11 +80,10 @@ impl Tasks {
             tracing::warn!(namespace = %c.namespace, id = %c.id, "removing an unfinished create");
             let mut place = self.place(&c.namespace, &c.id, c.bundle.clone());
             place.dir = dir.to_path_buf();
-            // Not waiting for a helper still making it: a restart must be
-            // quick. A container it makes afterwards is found by the
-            // re-sent Create (which then fails, and removes it) or by
-            // containerd's delete.
-            if let Err(e) = self.backends.discard(&place, false).await {
+            // A helper still making it is waited for: it is mid-create
+            // (a helper that has not begun makes nothing once the claim
+            // is taken over).
+            if let Err(e) = self.backends.discard(&place).await {
                 tracing::warn!(id = %c.id, error = %e, "cannot remove an unfinished create's container");
             }
             if c.rootfs_mounted {
@@ -282,7 +281,7 @@ impl Tasks {
             };
         }
         let place = self.place(ns, id, PathBuf::new());
-        self.backends.discard(&place, true).await?;
+        self.backends.discard(&place).await?;
         Ok(None)
     }
 
@@ -313,11 +312,10 @@ impl Tasks {
         if given_up.is_empty() {
             return;
         }
-        let known = given_up;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(GIVEN_UP_GRACE).await;
-            for task in known {
+            for task in given_up {
                 let key = (task.namespace.clone(), task.id.clone());
                 let same = me
                     .tasks

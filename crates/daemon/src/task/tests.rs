@@ -122,7 +122,7 @@ impl Backends for FakeBackends {
         ))
     }
 
-    async fn discard(&self, place: &Place, _wait: bool) -> Result<()> {
+    async fn discard(&self, place: &Place) -> Result<()> {
         self.0.call(format!("discard {}", place.id));
         Ok(())
     }

@@ -129,7 +129,7 @@ impl Backends for WasmBackends {
         }
     }
 
-    async fn discard(&self, _place: &Place, _wait: bool) -> Result<()> {
+    async fn discard(&self, _place: &Place) -> Result<()> {
         // A module runs in the daemon: it died with it, leaving nothing.
         Ok(())
     }

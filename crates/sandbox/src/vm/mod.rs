@@ -29,6 +29,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::SecondsFormat;
+use ironcell_basics::proc_stat::{is_alive, ProcStat};
 use ironcell_container::stats::Stats;
 use ironcell_container::{ContainerError, CreateOptions, ExecOptions};
 use ironcell_oci::{Bundle, ContainerState, Status, OCI_VERSION};
@@ -109,7 +110,7 @@ impl VmSandbox {
     /// The container's status: stopped once its relay ended (with or
     /// without an exit record), else what the agent says.
     fn status(&self, id: &str, st: &VmState) -> Result<Status> {
-        if self.exit_record(id).is_some() || !state::is_alive(st.relay_pid, st.relay_start) {
+        if self.exit_record(id).is_some() || !is_alive(st.relay_pid, st.relay_start) {
             return Ok(Status::Stopped);
         }
         if !st.ready {
@@ -121,9 +122,7 @@ impl VmSandbox {
                 // A VM that just ended: its relay records the exit at once.
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while Instant::now() < deadline {
-                    if self.exit_record(id).is_some()
-                        || !state::is_alive(st.relay_pid, st.relay_start)
-                    {
+                    if self.exit_record(id).is_some() || !is_alive(st.relay_pid, st.relay_start) {
                         return Ok(Status::Stopped);
                     }
                     std::thread::sleep(Duration::from_millis(10));
@@ -251,7 +250,7 @@ impl VmSandbox {
         };
         let forked = relay::fork(setup, |pid| {
             record.relay_pid = pid;
-            record.relay_start = state::start_time(pid).unwrap_or(0);
+            record.relay_start = ProcStat::of(pid).map_or(0, |s| s.start_time);
             let _ = state::write_json(&state_file, &record);
         });
         let forked = match forked {
@@ -262,7 +261,7 @@ impl VmSandbox {
             }
         };
         record.relay_pid = forked.pid;
-        record.relay_start = state::start_time(forked.pid).unwrap_or(0);
+        record.relay_start = ProcStat::of(forked.pid).map_or(0, |s| s.start_time);
         let report: Vec<u64> = forked
             .report
             .split_whitespace()
@@ -407,13 +406,13 @@ fn container_relay(
 /// Kills a container's relay (its VM dies with it) and waits until it is
 /// gone.
 fn kill_relay(st: &VmState) {
-    if !state::is_alive(st.relay_pid, st.relay_start) {
+    if !is_alive(st.relay_pid, st.relay_start) {
         return;
     }
     // SAFETY: kill(2) takes plain integers and touches no memory.
     unsafe { libc::kill(st.relay_pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state::is_alive(st.relay_pid, st.relay_start) && Instant::now() < deadline {
+    while is_alive(st.relay_pid, st.relay_start) && Instant::now() < deadline {
         // Reaped here when it is our child (a foreground run).
         let _ = nix::sys::wait::waitpid(
             nix::unistd::Pid::from_raw(st.relay_pid),
@@ -594,7 +593,7 @@ impl Sandbox for VmSandbox {
         let st = self.load(id)?;
         // The relay is forked from a single-threaded process: the agent
         // (whose client has a thread) is asked only in the child.
-        if self.exit_record(id).is_some() || !state::is_alive(st.relay_pid, st.relay_start) {
+        if self.exit_record(id).is_some() || !is_alive(st.relay_pid, st.relay_start) {
             return Err(Self::wrong(id, "exec in", Status::Stopped, ", not running"));
         }
         if opts.preserve_fds > 0 {

@@ -91,40 +91,9 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// A process's start time in clock ticks since boot (field 22 of
-/// /proc/<pid>/stat), or None if it does not exist.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count
-    // from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether `pid` is still the process that started at `start` (and not a
-/// zombie).
-pub fn is_alive(pid: i32, start: u64) -> bool {
-    if pid <= 0 || start_time(pid) != Some(start) {
-        return false;
-    }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_process_is_alive_and_its_start_time_is_stable() {
-        let me = std::process::id() as i32;
-        let start = start_time(me).unwrap();
-        assert_eq!(start_time(me), Some(start));
-        assert!(is_alive(me, start));
-        assert!(!is_alive(me, start + 1));
-        assert!(!is_alive(0, start));
-    }
 
     #[test]
     fn json_round_trip_is_atomic() {
