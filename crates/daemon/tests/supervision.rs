@@ -1,5 +1,6 @@
 //! ironcelld's supervision under containerd 1.6: a killed daemon is
-//! started again by its keeper, a killed keeper is replaced by the daemon,
+//! started again by its keeper (or, killed in its start-up, by the shim
+//! that started it), a killed keeper is replaced by the daemon,
 //! and kills of either at random points of concurrent creates leave
 //! nothing behind once containerd has deleted its tasks.
 
@@ -89,6 +90,80 @@ fn a_killed_daemon_comes_back_by_itself() {
     c.ok(&["container", "rm", "sup"]);
     stop_daemon(&s);
     let _ = d.wait();
+}
+
+/// A daemon killed in its own start-up, before it listens (and maybe
+/// before it asked the keeper to supervise it, which it does first), is
+/// started again: the `ctr run` whose shim started it succeeds. The kill
+/// must land before the daemon listens; an attempt where it came too late
+/// is repeated.
+#[test]
+fn a_daemon_killed_in_its_start_up_is_started_again() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    let mut ids = Vec::new();
+    let mut landed = 0;
+    for attempt in 0..5 {
+        stop_daemon(&s);
+        let root = s.root.clone();
+        let killer = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let daemons = ironcelld_processes(&root, false);
+                if daemons.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let listening =
+                    std::os::unix::net::UnixStream::connect(root.join("control.sock")).is_ok();
+                if !listening {
+                    kill_all(daemons, nix::sys::signal::Signal::SIGKILL);
+                }
+                return !listening;
+            }
+            false
+        });
+        let id = format!("s{attempt}");
+        ids.push(id.clone());
+        let started = Instant::now();
+        let out = c.run(
+            &s.run_args(&["-d"], &[&id, "sleep", "3600"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let in_start_up = killer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "ctr run failed after the daemon was killed {}: {}\n{}",
+            if in_start_up {
+                "in its start-up"
+            } else {
+                "once it listened"
+            },
+            stderr(&out),
+            s.daemon_log()
+        );
+        let out = c.ok(&["task", "exec", "--exec-id", "e", &id, "echo", "up"]);
+        assert_eq!(out.trim(), "up");
+        if in_start_up {
+            landed += 1;
+            eprintln!(
+                "attempt {attempt}: killed in its start-up; ctr run and exec answered in {} ms",
+                started.elapsed().as_millis()
+            );
+            if landed == 2 {
+                break;
+            }
+        }
+    }
+    assert!(landed > 0, "no kill landed in the daemon's start-up");
+    for id in &ids {
+        c.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        c.wait_task(id, "STOPPED");
+        c.ok(&["task", "delete", id]);
+        c.ok(&["container", "rm", id]);
+    }
 }
 
 /// The keeper killed under a running task: the daemon starts a new keeper
@@ -217,9 +292,8 @@ fn kills_at_random_points_leave_nothing_behind() {
         let victim = victims[next(victims.len() as u64) as usize];
         let back = match victim {
             "daemon" => {
-                // Once it serves: a daemon killed in its own start-up,
-                // before it asked the keeper to supervise it, is started
-                // again by the next shim call instead (docs/daemon.md).
+                // Once it serves: a kill in its start-up is the test
+                // a_daemon_killed_in_its_start_up_is_started_again.
                 wait_for_new_daemon(&s.root, &[], Duration::from_secs(10));
                 let old = kill_daemon(&s.root);
                 Some(wait_for_new_daemon(&s.root, &old, Duration::from_secs(10)))

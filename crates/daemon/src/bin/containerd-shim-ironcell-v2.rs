@@ -15,8 +15,9 @@
 //! (default /run/ironcell/ironcelld).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ use ironcelld::control::protocol::{Reply, Request};
 
 /// How long `start` waits for a daemon it started to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a daemon killed in its start-up is started again.
+const MAX_START_RESTARTS: u32 = 3;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default, PartialEq)]
@@ -140,13 +143,52 @@ fn ensure_daemon(root: &Path) -> Result<UnixStream> {
         return Ok(c);
     }
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-    let bin = daemon_binary();
     let log = root.join("ironcelld.log");
+    let mut child = start_daemon(root, &log)?;
+    let mut restarts = 0;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        if let Ok(c) = connect(root) {
+            // The daemon outlives us; its exit is not ours to collect.
+            std::mem::forget(child);
+            return Ok(c);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Killed in its start-up, before it asked the keeper to
+            // supervise it (which it does before it listens): nothing
+            // else would start it again. A second daemon started by a
+            // concurrent shim exits instead (the root's lock): then keep
+            // waiting for the first one's socket.
+            if status.signal().is_some() && restarts < MAX_START_RESTARTS && !daemon_runs(root) {
+                restarts += 1;
+                child = start_daemon(root, &log)?;
+                continue;
+            }
+            if !status.success() && Instant::now() > deadline {
+                bail!("ironcelld exited with {status}; see {}", log.display());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ironcelld did not listen on {} within {} s; see {}",
+                root.join("control.sock").display(),
+                DAEMON_START_TIMEOUT.as_secs(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts `ironcelld --root root`, detached (its own session), logging to
+/// `log`.
+fn start_daemon(root: &Path, log: &Path) -> Result<std::process::Child> {
+    let bin = daemon_binary();
     let mut cmd = Command::new(&bin);
     cmd.arg("--root")
         .arg(root)
         .arg("--log")
-        .arg(&log)
+        .arg(log)
         .arg("--log-format")
         .arg("json")
         // Nothing else restarts a daemon the shim started: the keeper does.
@@ -166,33 +208,19 @@ fn ensure_daemon(root: &Path) -> Result<UnixStream> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
-    loop {
-        if let Ok(c) = connect(root) {
-            // The daemon outlives us; its exit is not ours to collect.
-            std::mem::forget(child);
-            return Ok(c);
-        }
-        // A second daemon started by a concurrent shim exits at once (the
-        // root's lock): keep waiting for the first one's socket.
-        if let Ok(Some(status)) = child.try_wait() {
-            if !status.success() && Instant::now() > deadline {
-                bail!("ironcelld exited with {status}; see {}", log.display());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "ironcelld did not listen on {} within {} s; see {}",
-                root.join("control.sock").display(),
-                DAEMON_START_TIMEOUT.as_secs(),
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+/// Whether a daemon holds the root's lock (`ironcelld.lock`, which every
+/// daemon takes first and holds until it exits).
+fn daemon_runs(root: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(root.join("ironcelld.lock")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; closing it drops
+    // the lock if it was taken.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 /// containerd's ttrpc address: TTRPC_ADDRESS, else the gRPC address + ".ttrpc".
