@@ -4,15 +4,19 @@
 //! task is made. The helper making the container holds it locked (a POSIX
 //! record lock: owned by the helper process alone, not inherited by the
 //! processes it forks, released when it exits) and makes nothing once the
-//! file is gone. Whoever removes a create whose daemon died or gave up
-//! first unlinks the claim, then waits for its lock:
+//! file is no longer at that name. Whoever removes a create whose daemon
+//! died or gave up first renames the claim to `abandoned.json`, then waits
+//! for its lock:
 //!
 //! - a helper that locked it before is waited for, and what it made is
 //!   removed after it;
-//! - a helper that locks it after finds it unlinked and makes nothing.
+//! - a helper that locks it after finds it renamed and makes nothing.
 //!
 //! So no helper can leave a container behind the removal, whatever the
-//! order of their steps, without a look at the process table.
+//! order of their steps, without a look at the process table. The renamed
+//! file stays until the removal is done (with the task's directory): a
+//! daemon killed in the middle of it leaves the next one the record of
+//! what to remove.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -54,8 +58,8 @@ fn open(path: &Path) -> io::Result<Option<File>> {
 }
 
 /// Locks the claim at `path` for this process, waiting while a removal
-/// holds it. Fails if the create was abandoned (the claim is gone), in
-/// which case nothing may be made.
+/// holds it. Fails if the create was abandoned (the claim is no longer at
+/// `path`), in which case nothing may be made.
 pub fn hold(path: &Path) -> io::Result<Held> {
     let abandoned = || {
         io::Error::new(
@@ -66,7 +70,10 @@ pub fn hold(path: &Path) -> io::Result<Held> {
     let file = open(path)?.ok_or_else(abandoned)?;
     fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&whole(libc::F_WRLCK)))
         .map_err(|e| io::Error::other(format!("cannot lock {}: {e}", path.display())))?;
-    if file.metadata()?.nlink() == 0 {
+    let held = file.metadata()?;
+    let still_there =
+        std::fs::metadata(path).is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino());
+    if !still_there {
         return Err(abandoned());
     }
     Ok(Held { _file: file })
@@ -85,20 +92,29 @@ pub struct TakenOver {
 /// How often a take-over tries the lock while a helper holds it.
 const RETRY: Duration = Duration::from_millis(10);
 
-/// Abandons the create whose claim is at `path` and waits, at most `limit`,
-/// until no helper holds it. What the create made may be removed while
-/// the result is held (unless it timed out: a helper may still be making
-/// it). A claim that does not exist (the create never began, or it was
-/// taken over before) has no helper left.
-pub async fn take_over(path: &Path, limit: Duration) -> io::Result<TakenOver> {
-    let Some(file) = open(path)? else {
+/// Abandons the create whose claim is at `path`, renaming it to
+/// `abandoned` (a claim renamed before is taken from there), and waits, at
+/// most `limit`, until no helper holds it. What the create made may be
+/// removed while the result is held (unless it timed out: a helper may
+/// still be making it). A claim that exists under neither name (the
+/// create never began) has no helper.
+pub async fn take_over(path: &Path, abandoned: &Path, limit: Duration) -> io::Result<TakenOver> {
+    match std::fs::rename(path, abandoned) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot rename {}: {e}", path.display()),
+            ))
+        }
+    }
+    let Some(file) = open(abandoned)? else {
         return Ok(TakenOver {
             _file: None,
             timed_out: false,
         });
     };
-    std::fs::remove_file(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot remove {}: {e}", path.display())))?;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match fcntl(
@@ -200,15 +216,19 @@ mod tests {
     async fn a_take_over_waits_for_the_helper_holding_the_claim() {
         let dir = tempfile::tempdir().unwrap();
         let claim = dir.path().join("creating.json");
+        let abandoned = dir.path().join("abandoned.json");
         std::fs::write(&claim, "{}").unwrap();
         let helper = Holder::start(&claim, 300);
-        let taken = take_over(&claim, Duration::from_secs(20)).await.unwrap();
+        let taken = take_over(&claim, &abandoned, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert!(!taken.timed_out);
         assert!(
             helper.ends_within(Duration::from_secs(1)),
             "returned while it held"
         );
         assert!(!claim.exists(), "the claim is abandoned");
+        assert!(abandoned.exists(), "the record of what to remove stays");
     }
 
     #[tokio::test]
@@ -217,7 +237,13 @@ mod tests {
         let claim = dir.path().join("creating.json");
         std::fs::write(&claim, "{}").unwrap();
         let helper = Holder::start(&claim, 30_000);
-        let taken = take_over(&claim, Duration::from_millis(200)).await.unwrap();
+        let taken = take_over(
+            &claim,
+            &dir.path().join("abandoned.json"),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
         assert!(taken.timed_out);
         assert!(!helper.ends_within(Duration::ZERO));
     }
@@ -227,23 +253,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let claim = dir.path().join("creating.json");
         std::fs::write(&claim, "{}").unwrap();
+        let abandoned = dir.path().join("abandoned.json");
         // Opened before the take-over, locked after it: sees it abandoned.
         let early = open(&claim).unwrap().unwrap();
-        let taken = take_over(&claim, Duration::from_secs(1)).await.unwrap();
+        let taken = take_over(&claim, &abandoned, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(!taken.timed_out);
         let e = hold(&claim).unwrap_err();
         assert!(e.to_string().contains("abandoned"), "{e}");
         drop(taken);
         fcntl(early.as_raw_fd(), FcntlArg::F_SETLKW(&whole(libc::F_WRLCK))).unwrap();
-        assert_eq!(early.metadata().unwrap().nlink(), 0);
+        assert!(!claim.exists());
+        // A second take-over (a daemon killed in the first) finds it under
+        // its new name.
+        let again = take_over(&claim, &abandoned, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(again._file.is_some());
     }
 
     #[tokio::test]
     async fn a_claim_that_is_gone_has_no_helper() {
         let dir = tempfile::tempdir().unwrap();
-        let taken = take_over(&dir.path().join("creating.json"), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let taken = take_over(
+            &dir.path().join("creating.json"),
+            &dir.path().join("abandoned.json"),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert!(!taken.timed_out);
     }
 

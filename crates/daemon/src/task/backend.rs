@@ -62,6 +62,11 @@ impl Place {
     pub fn claim(&self) -> PathBuf {
         self.dir.join(super::record::CREATING)
     }
+
+    /// Where the claim goes when a removal takes it over.
+    pub fn abandoned_claim(&self) -> PathBuf {
+        self.dir.join(super::record::ABANDONED)
+    }
 }
 
 /// A process a backend made: its pid (the daemon's own for an in-process

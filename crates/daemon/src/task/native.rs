@@ -87,7 +87,7 @@ impl Backends for NativeBackends {
     async fn discard(&self, place: &Place) -> Result<()> {
         // A create cut short may have left its helper running: what it
         // makes is removed once it is done (`claim.rs`).
-        let taken = claim::take_over(&place.claim(), HELPER_WAIT)
+        let taken = claim::take_over(&place.claim(), &place.abandoned_claim(), HELPER_WAIT)
             .await
             .map_err(|e| TaskError::Internal(e.to_string()))?;
         if taken.timed_out {
@@ -106,15 +106,19 @@ impl Backends for NativeBackends {
 }
 
 /// Deletes `place`'s container with force (its processes killed, its
-/// cgroup and state removed), if it exists.
+/// cgroup and state removed), if it exists, and whatever is left of its
+/// state directory.
 async fn remove_container(place: &Place) -> Result<()> {
     let (root, id) = (place.state_root.clone(), place.id.clone());
     blocking(move || {
         match Sandboxes::new(&root, false).owner(&id) {
             Ok(b) => b.delete(&id, true)?,
-            // Already gone (a delete that failed half-way before), or
-            // never made.
-            Err(SandboxError::Container(ContainerError::NotFound(_))) => {}
+            // Already gone, or never made; or a delete cut short (its
+            // daemon killed) left the container's directory without its
+            // state: that goes too.
+            Err(SandboxError::Container(ContainerError::NotFound(_))) => {
+                Sandboxes::new(&root, false).remove_stale(&id)?;
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(())

@@ -121,10 +121,13 @@ pub(super) struct CreatingRecord {
 }
 
 impl CreatingRecord {
+    /// The record of `dir`'s create, claimed or abandoned (`claim.rs`).
     pub fn read(dir: &Path) -> Option<CreatingRecord> {
-        std::fs::read(dir.join(CREATING))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        [CREATING, ABANDONED].iter().find_map(|name| {
+            std::fs::read(dir.join(name))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        })
     }
 
     /// Written in place, not renamed over: it is written once, into a new
@@ -140,6 +143,8 @@ impl CreatingRecord {
 /// The file of [`CreatingRecord`], which is also the create's claim
 /// (`claim.rs`).
 pub(super) const CREATING: &str = "creating.json";
+/// The same file once a removal of the create took its claim over.
+pub(super) const ABANDONED: &str = "abandoned.json";
 
 #[cfg(test)]
 mod tests {
