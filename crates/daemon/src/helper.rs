@@ -265,7 +265,7 @@ const LOST_KEEPER: u64 = 0;
 /// job's state files, so no two jobs share one). The helper's own children
 /// share its command line until they exec: the one whose parent is not
 /// another match is the helper.
-fn find_running(argv: &[String]) -> Option<i32> {
+pub(crate) fn find_running(argv: &[String]) -> Option<i32> {
     let want: Vec<u8> = argv
         .iter()
         .flat_map(|a| a.bytes().chain(std::iter::once(0)))

@@ -38,14 +38,16 @@ use crate::time::{from_nanos, nanos, timestamp};
 /// How long Stop waits for the holder to go.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// `ironcelld helper pod [--netns PATH]`: new IPC and UTS namespaces (and
-/// the given network namespace), then sleep until killed.
+/// `ironcelld helper pod --sandbox NS/ID [--netns PATH]`: new IPC and UTS
+/// namespaces (and the given network namespace), then sleep until killed.
+/// The pod's name only marks the process (a holder whose spawn was not
+/// answered is found by it).
 pub fn holder_main(args: &[OsString]) -> ExitCode {
     let netns = match args {
-        [] => None,
-        [flag, path] if flag == "--netns" => Some(path.clone()),
+        [flag, _] if flag == "--sandbox" => None,
+        [flag, _, netns, path] if flag == "--sandbox" && netns == "--netns" => Some(path.clone()),
         _ => {
-            eprintln!("usage: ironcelld helper pod [--netns PATH]");
+            eprintln!("usage: ironcelld helper pod --sandbox NS/ID [--netns PATH]");
             return ExitCode::FAILURE;
         }
     };
@@ -81,6 +83,10 @@ pub struct Pod {
     created: SystemTime,
     pid: Mutex<i32>,
     exit: watch::Sender<Option<Exit>>,
+    /// The keeper the holder was spawned by ([`Keeper::identity`]).
+    /// containerd reaches the pod through that keeper: once it is lost,
+    /// containerd counts the pod as ended and never stops it.
+    keeper: Mutex<Option<String>>,
 }
 
 /// What is kept on disk of a pod (`<root>/pods/<ns>/<id>.json`), for a
@@ -92,6 +98,9 @@ struct PodRecord {
     cgroup: String,
     created_nanos: u64,
     pid: i32,
+    /// [`Pod::keeper`] (absent from older records).
+    #[serde(default)]
+    keeper: Option<String>,
 }
 
 /// The pods of every namespace, each a holder process the keeper runs;
@@ -134,6 +143,7 @@ impl Pods {
             cgroup: pod.cgroup.clone(),
             created_nanos: nanos(pod.created),
             pid: *pod.pid.lock().unwrap(),
+            keeper: pod.keeper.lock().unwrap().clone(),
         };
         let r = path
             .parent()
@@ -193,6 +203,7 @@ impl Pods {
                     created: from_nanos(r.created_nanos),
                     pid: Mutex::new(r.pid),
                     exit: watch::channel(None).0,
+                    keeper: Mutex::new(r.keeper),
                 });
                 if r.pid > 0 {
                     self.watch(&pod, r.pid);
@@ -240,6 +251,7 @@ impl Pods {
                 created: SystemTime::now(),
                 pid: Mutex::new(0),
                 exit: watch::channel(None).0,
+                keeper: Mutex::new(None),
             }),
         );
         Ok(())
@@ -259,17 +271,29 @@ impl Pods {
             self.exe.to_string_lossy().into_owned(),
             "helper".into(),
             "pod".into(),
+            "--sandbox".into(),
+            format!("{ns}/{id}"),
         ];
         if !pod.netns.is_empty() {
             argv.push("--netns".into());
             argv.push(pod.netns.clone());
         }
-        let pid = keeper
-            .spawn(argv, vec![], "/".into(), vec![])
-            .await
-            .map_err(|e| TaskError::Internal(format!("cannot start sandbox {id}: {e:#}")))?
-            .pid;
+        let pid = match keeper.spawn(argv.clone(), vec![], "/".into(), vec![]).await {
+            Ok(made) => made.pid,
+            Err(e) => {
+                // The keeper may have spawned it and died before saying
+                // so: that holder would be no one's.
+                if let Some(pid) = crate::helper::find_running(&argv) {
+                    tracing::warn!(pid, id, "killing a pod holder its lost keeper spawned");
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                return Err(TaskError::Internal(format!(
+                    "cannot start sandbox {id}: {e:#}"
+                )));
+            }
+        };
         *pod.pid.lock().unwrap() = pid;
+        *pod.keeper.lock().unwrap() = Some(keeper.identity());
         self.save(ns, id, &pod);
         self.watch(&pod, pid);
         if !pod.cgroup.is_empty() {
@@ -303,7 +327,7 @@ impl Pods {
     pub async fn stop(&self, ns: &str, id: &str) -> Result<(), TaskError> {
         let pod = self.get(ns, id)?;
         let pid = *pod.pid.lock().unwrap();
-        if pid > 0 && pod.exit.borrow().is_none() {
+        if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let mut rx = pod.exit.subscribe();
             let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
@@ -354,6 +378,33 @@ impl Pods {
         Ok(crate::metrics::to_any(&stats, crate::metrics::unified()))
     }
 
+    /// Removes the pods whose holder a lost keeper spawned: containerd,
+    /// whose connection to them closed with that keeper, counts them as
+    /// ended and never stops them (the kubelet makes new ones).
+    pub fn remove_lost(&self) {
+        let Some(current) = self.keeper.as_ref().map(|k| k.identity()) else {
+            return;
+        };
+        let lost: Vec<(String, String)> = self
+            .pods
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| {
+                p.keeper
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|k| *k != current)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (ns, id) in lost {
+            tracing::warn!(namespace = %ns, %id, "containerd gave the pod up with the lost keeper: removing it");
+            self.remove(&ns, &id);
+        }
+    }
+
     pub fn remove(&self, ns: &str, id: &str) {
         let removed = self
             .pods
@@ -363,11 +414,20 @@ impl Pods {
         let _ = std::fs::remove_file(self.file(ns, id));
         if let Some(pod) = removed {
             let pid = *pod.pid.lock().unwrap();
-            if pid > 0 && pod.exit.borrow().is_none() {
+            if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
+}
+
+/// Whether `pid` is the holder of pod `ns/id` (by its command line): a
+/// recorded pid whose holder ended while no daemon watched may have been
+/// reused by an unrelated process.
+fn is_holder(pid: i32, ns: &str, id: &str) -> bool {
+    let mark = format!("\0pod\0--sandbox\0{ns}/{id}\0");
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark.as_bytes()))
 }
 
 /// What [`Pods::status`] reports.

@@ -201,5 +201,6 @@ async fn follow_keeper(
     while generations.changed().await.is_ok() {
         endpoints.front_again().await;
         tasks.remove_after_keeper_loss();
+        tasks.pods.remove_lost();
     }
 }

@@ -193,6 +193,17 @@ pub struct DaemonGuard(pub PathBuf);
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
+        // A failed test's daemon logs outlive its root, for the reader.
+        if std::thread::panicking() {
+            let name = self.0.file_name().unwrap_or_default().to_string_lossy();
+            let keep = std::env::temp_dir().join(format!("ironcell-failed-{name}"));
+            if fs::create_dir_all(&keep).is_ok() {
+                for log in ["ironcelld.log", "keeper.log"] {
+                    let _ = fs::copy(self.0.join(log), keep.join(log));
+                }
+                eprintln!("the daemon's logs are kept in {}", keep.display());
+            }
+        }
         // The keeper first: it would start a killed daemon again.
         for p in ironcelld_processes(&self.0, true) {
             let _ = nix::sys::signal::kill(

@@ -35,6 +35,7 @@ impl Tasks {
     /// without a record is a create that never finished: it is removed.
     pub async fn recover(self: &Arc<Self>) {
         self.pods.recover();
+        self.pods.remove_lost();
         let Ok(namespaces) = std::fs::read_dir(self.host.root.join("tasks")) else {
             return;
         };
