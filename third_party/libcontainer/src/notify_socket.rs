@@ -1,18 +1,21 @@
-use std::env;
 use std::io::prelude::*;
 use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{self, close};
+use nix::unistd::close;
 
 pub const NOTIFY_FILE: &str = "notify.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyListenerError {
-    #[error("failed to chdir {path} while creating notify socket: {source}")]
-    Chdir { source: nix::Error, path: PathBuf },
+    #[error("cannot open {path}, the notify socket's directory: {source}")]
+    OpenDir {
+        source: std::io::Error,
+        path: PathBuf,
+    },
     #[error("invalid path: {0}")]
     InvalidPath(PathBuf),
     #[error("failed to bind notify socket: {name}")]
@@ -25,8 +28,6 @@ pub enum NotifyListenerError {
         source: std::io::Error,
         name: String,
     },
-    #[error("failed to get cwd")]
-    GetCwd(#[source] std::io::Error),
     #[error("failed to accept notify listener")]
     Accept(#[source] std::io::Error),
     #[error("failed to close notify listener")]
@@ -47,6 +48,31 @@ pub struct NotifyListener {
     socket: UnixListener,
 }
 
+/// A path to `socket_path` short enough for a unix socket address (108
+/// bytes; a container's directory can be longer): through the magic link
+/// of a descriptor of its directory, `/proc/self/fd/N/<name>`. The
+/// descriptor is returned too, and must outlive the path's use. (Upstream
+/// changes the process's working directory instead, which races with every
+/// other thread of a multi-threaded caller such as ironcelld.)
+fn short_path(socket_path: &Path) -> Result<(std::fs::File, PathBuf)> {
+    let workdir = socket_path
+        .parent()
+        .ok_or_else(|| NotifyListenerError::InvalidPath(socket_path.to_owned()))?;
+    let socket_name = socket_path
+        .file_name()
+        .ok_or_else(|| NotifyListenerError::InvalidPath(socket_path.to_owned()))?;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(workdir)
+        .map_err(|e| NotifyListenerError::OpenDir {
+            source: e,
+            path: workdir.to_owned(),
+        })?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(socket_name);
+    Ok((dir, short))
+}
+
 impl NotifyListener {
     pub fn new(socket_path: &Path) -> Result<Self> {
         tracing::debug!(?socket_path, "create notify listener");
@@ -56,26 +82,10 @@ impl NotifyListener {
         // the full absolute path is over the limit. To work around this
         // limitation, we chdir first into the workdir where the socket is,
         // and chdir back after the socket is created.
-        let workdir = socket_path
-            .parent()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(socket_path.to_owned()))?;
-        let socket_name = socket_path
-            .file_name()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(socket_path.to_owned()))?;
-        let cwd = env::current_dir().map_err(NotifyListenerError::GetCwd)?;
-        tracing::debug!(?cwd, "the cwd to create the notify socket");
-        unistd::chdir(workdir).map_err(|e| NotifyListenerError::Chdir {
+        let (_dir, short) = short_path(socket_path)?;
+        let stream = UnixListener::bind(&short).map_err(|e| NotifyListenerError::Bind {
             source: e,
-            path: workdir.to_owned(),
-        })?;
-        let stream = UnixListener::bind(socket_name).map_err(|e| NotifyListenerError::Bind {
-            source: e,
-            // ok to unwrap here as OsStr should always be utf-8 compatible
-            name: socket_name.to_str().unwrap().to_owned(),
-        })?;
-        unistd::chdir(&cwd).map_err(|e| NotifyListenerError::Chdir {
-            source: e,
-            path: cwd,
+            name: socket_path.display().to_string(),
         })?;
 
         Ok(Self { socket: stream })
@@ -149,29 +159,12 @@ impl NotifySocket {
 
     pub fn notify_container_start(&mut self) -> Result<()> {
         tracing::debug!("notify container start");
-        let cwd = env::current_dir().map_err(NotifyListenerError::GetCwd)?;
-        let workdir = self
-            .path
-            .parent()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
-        unistd::chdir(workdir).map_err(|e| NotifyListenerError::Chdir {
-            source: e,
-            path: workdir.to_owned(),
-        })?;
-        let socket_name = self
-            .path
-            .file_name()
-            .ok_or_else(|| NotifyListenerError::InvalidPath(self.path.to_owned()))?;
+        let (_dir, short) = short_path(&self.path)?;
         let mut stream =
-            UnixStream::connect(socket_name).map_err(|e| NotifyListenerError::Connect {
+            UnixStream::connect(&short).map_err(|e| NotifyListenerError::Connect {
                 source: e,
-                // ok to unwrap as OsStr should always be utf-8 compatible
-                name: socket_name.to_str().unwrap().to_owned(),
+                name: self.path.display().to_string(),
             })?;
-        unistd::chdir(&cwd).map_err(|e| NotifyListenerError::Chdir {
-            source: e,
-            path: cwd,
-        })?;
         stream
             .write_all(b"start container")
             .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
