@@ -264,7 +264,10 @@ const LOST_KEEPER: u64 = 0;
 /// The process running exactly `argv` (a helper's command line names its
 /// job's state files, so no two jobs share one). The helper's own children
 /// share its command line until they exec: the one whose parent is not
-/// another match is the helper.
+/// another match, in the daemon's own mount namespace, is the helper. (A
+/// container's process left by a helper that died has entered the
+/// container's namespaces; waiting for it as the helper would wait for a
+/// start that never comes.)
 pub(crate) fn find_running(argv: &[String]) -> Option<i32> {
     let want: Vec<u8> = argv
         .iter()
@@ -276,10 +279,11 @@ pub(crate) fn find_running(argv: &[String]) -> Option<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
         .collect();
-    matches
-        .iter()
-        .copied()
-        .find(|pid| ProcStat::of(*pid).is_some_and(|s| !matches.contains(&s.parent)))
+    let own_mounts = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    matches.iter().copied().find(|pid| {
+        ProcStat::of(*pid).is_some_and(|s| !matches.contains(&s.parent))
+            && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == Some(own_mounts.clone())
+    })
 }
 
 /// Runs `job` in a helper process, a child of the keeper, and waits for

@@ -232,9 +232,10 @@ fn a_killed_keeper_is_replaced_and_its_tasks_are_cleaned_up() {
     c.ok(&["container", "rm", "new", "old"]);
 }
 
-/// Fault injection: rounds of concurrent `ctr run -d`, with the daemon, the
-/// keeper or both killed (SIGKILL) at a random moment of each round, as a
-/// crash or an OOM kill would. The keeper starts a killed daemon
+/// Fault injection: rounds of concurrent `ctr run -d` (beside an exec in
+/// each earlier task and the delete of one), with the daemon, the keeper
+/// or both killed (SIGKILL) at a random moment of each round, as a crash or
+/// an OOM kill would. The keeper starts a killed daemon
 /// again, the daemon a killed keeper (containerd gives up the tasks it
 /// reached through that keeper), and the shim's next `start` or `delete`
 /// starts a daemon killed with its keeper. Every task that runs afterwards
@@ -270,8 +271,39 @@ fn kills_at_random_points_leave_nothing_behind() {
     // deaths in a row, after which it would stop restarting the daemon.
     const ROUNDS: usize = 3;
     const PER_ROUND: usize = 4;
-    let mut ids = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for round in 0..ROUNDS {
+        // Beside this round's creates and starts: an exec in each task of
+        // the earlier rounds, and the delete of one of them, all cut by
+        // the same kill.
+        let earlier = ids.clone();
+        let doomed = (!earlier.is_empty()).then(|| next(earlier.len() as u64) as usize);
+        let others: Vec<_> = earlier
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let exec_id = format!("x{round}");
+                let args: Vec<&str> = if Some(n) == doomed {
+                    vec!["task", "delete", "-f", id.as_str()]
+                } else {
+                    vec![
+                        "task",
+                        "exec",
+                        "--exec-id",
+                        &exec_id,
+                        id.as_str(),
+                        "sh",
+                        "-c",
+                        "sleep 0.3",
+                    ]
+                };
+                c.ctr(&args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
         let runs: Vec<_> = (0..PER_ROUND)
             .map(|i| {
                 let id = format!("f{round}{i}");
@@ -314,16 +346,23 @@ fn kills_at_random_points_leave_nothing_behind() {
             .into_iter()
             .map(|r| r.wait_with_output().unwrap())
             .collect();
+        let others_ok = others
+            .into_iter()
+            .map(|o| o.wait_with_output().unwrap())
+            .filter(|o| o.status.success())
+            .count();
         let ok = results.iter().filter(|o| o.status.success()).count();
         for o in results.iter().filter(|o| !o.status.success()) {
             eprintln!("a run failed: {}", stderr(o).trim());
         }
         eprintln!(
-            "round {round}: killed the {victim}, {}; {ok} of {PER_ROUND} runs succeeded",
+            "round {round}: killed the {victim}, {}; {ok} of {PER_ROUND} runs and \
+             {others_ok} of {} execs and deletes succeeded",
             back.map_or("left to the shim to start again".into(), |b| format!(
                 "replaced in {} ms",
                 b.as_millis()
-            ))
+            )),
+            earlier.len()
         );
     }
     // The next start: a daemon killed with its keeper is started by the
