@@ -98,11 +98,22 @@ class Containerd:
             self.ctr(["container", "rm", cid], check=False)
         self.proc.terminate()
         self.proc.wait()
-        for pid in ironcelld_pids(self.icd_root):
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
+        # The daemon first (SIGTERM, a stop on purpose: its keeper does not
+        # start it again), then the keeper, which a running daemon would
+        # replace.
+        for keeper, sig in ((False, 15), (True, 9)):
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                pids = [p for p in ironcelld_pids(self.icd_root)
+                        if (" keeper " in f" {procs_cmd(p)} ") == keeper]
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
         subprocess.run(f"grep -o ' {self.dir}[^ ]*' /proc/self/mountinfo | sort -r | "
                        "xargs -r -n1 umount -l", shell=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -119,6 +130,14 @@ def procs():
             except OSError:
                 continue
             yield int(e), comm, cmd
+
+
+def procs_cmd(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def ironcelld_pids(root):

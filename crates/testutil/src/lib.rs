@@ -204,37 +204,39 @@ impl Drop for DaemonGuard {
                 eprintln!("the daemon's logs are kept in {}", keep.display());
             }
         }
-        // The keeper first: it would start a killed daemon again.
-        for p in ironcelld_processes(&self.0, true) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let ours = processes_with(&format!("--root {}", self.0.display()));
-        let children: Vec<i32> = fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|pid: &i32| {
-                fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        let after = s.rsplit_once(')')?.1.to_string();
-                        after.split_whitespace().nth(1)?.parse::<i32>().ok()
-                    })
-                    .is_some_and(|ppid| ours.contains(&ppid))
-            })
-            .collect();
-        for p in children.into_iter().chain(ours) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        // The daemon starts a new keeper when its keeper dies, and the
+        // keeper a new daemon: kill everything of the root (and the
+        // children of it) again until nothing comes back.
+        for _ in 0..100 {
+            let ours = processes_with(&format!("--root {}", self.0.display()));
+            if ours.is_empty() {
+                break;
+            }
+            let children: Vec<i32> = fs::read_dir("/proc")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                        .collect::<Vec<i32>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|pid: &i32| {
+                    fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|s| {
+                            let after = s.rsplit_once(')')?.1.to_string();
+                            after.split_whitespace().nth(1)?.parse::<i32>().ok()
+                        })
+                        .is_some_and(|ppid| ours.contains(&ppid))
+                })
+                .collect();
+            for p in children.into_iter().chain(ours) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
