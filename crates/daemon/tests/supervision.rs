@@ -247,26 +247,9 @@ fn a_killed_keeper_is_replaced_and_its_tasks_are_cleaned_up() {
 fn kills_at_random_points_leave_nothing_behind() {
     let Some(s) = Setup::start() else { return };
     let c = s.c();
-    let seed: u64 = std::env::var("IRONCELL_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("fault injection seed: {seed} (IRONCELL_FAULT_SEED)");
-    let mut rng = seed;
-    let mut next = move |bound: u64| {
-        // xorshift64: reproducible from the seed, no dependency.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
-    let marker = format!("fault-{}", seed % 1_000_000);
+    let mut rng = FaultRng::from_env();
+    let marker = format!("fault-{}", rng.seed() % 1_000_000);
+    let mut next = |bound: u64| rng.below(bound);
     // Three daemon kills at most: fewer than the keeper's five crash-loop
     // deaths in a row, after which it would stop restarting the daemon.
     const ROUNDS: usize = 3;

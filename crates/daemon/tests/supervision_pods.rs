@@ -139,25 +139,8 @@ fn pod_kills_at_random_points_leave_nothing_behind() {
         return;
     };
     let _guard = CriGuard(c.socket());
-    let seed: u64 = std::env::var("IRONCELL_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("fault injection seed: {seed} (IRONCELL_FAULT_SEED)");
-    let mut rng = seed;
-    let mut next = move |bound: u64| {
-        // xorshift64: reproducible from the seed.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
+    let mut rng = FaultRng::from_env();
+    let mut next = |bound: u64| rng.below(bound);
     let marker = unique("pod-fault");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

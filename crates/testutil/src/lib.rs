@@ -11,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use ironcell_basics::proc_stat::ProcStat;
+
 pub mod containerd;
 pub mod cri;
 pub mod kubelet;
@@ -51,6 +53,41 @@ pub fn image() -> &'static Path {
         assert!(status.success(), "building the test image failed");
         dir
     })
+}
+
+/// The random points of a fault-injection test: reproducible from a seed,
+/// taken from `IRONCELL_FAULT_SEED` (to replay a run) or else the clock,
+/// and printed.
+pub struct FaultRng(u64);
+
+impl FaultRng {
+    pub fn from_env() -> FaultRng {
+        let seed: u64 = std::env::var("IRONCELL_FAULT_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("fault injection seed: {seed} (IRONCELL_FAULT_SEED)");
+        FaultRng(seed)
+    }
+
+    /// The seed this run replays with.
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+
+    /// The next number below `bound` (xorshift64: no dependency).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
 }
 
 /// A unique name for this test run.
@@ -220,15 +257,7 @@ impl Drop for DaemonGuard {
                 })
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|pid: &i32| {
-                    fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .ok()
-                        .and_then(|s| {
-                            let after = s.rsplit_once(')')?.1.to_string();
-                            after.split_whitespace().nth(1)?.parse::<i32>().ok()
-                        })
-                        .is_some_and(|ppid| ours.contains(&ppid))
-                })
+                .filter(|pid| ProcStat::of(*pid).is_some_and(|s| ours.contains(&s.parent)))
                 .collect();
             for p in children.into_iter().chain(ours) {
                 let _ = nix::sys::signal::kill(
