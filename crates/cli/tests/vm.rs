@@ -703,8 +703,9 @@ fn make_initrd(path: &Path, script: &str) {
 /// comparison: one VM each runs a container whose stdout and exit code
 /// come back, which reads a file of the host's through virtio-fs, writes
 /// one back, and waits for a file to appear: under QEMU an exec'd process
-/// makes it, under PVM the host does (exec'd processes crash under PVM's
-/// emulator with the test kernel: docs/pvm-host.md). The phases' times are
+/// makes it, under PVM the host does (the test kernel cannot switch the
+/// vector registers that user mode sees enabled there, so any process can
+/// fail: docs/pvm-host.md). The phases' times are
 /// printed side by side. PVM's emulator makes the guest's kernel code slow
 /// (about 0.4 ms a system call), so this is the one vm sandbox test run
 /// there; the others run under QEMU and, with VT-x or AMD-V, under
