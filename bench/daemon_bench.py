@@ -104,8 +104,7 @@ class Containerd:
         for keeper, sig in ((False, 15), (True, 9)):
             deadline = time.time() + 10
             while time.time() < deadline:
-                pids = [p for p in ironcelld_pids(self.icd_root)
-                        if (" keeper " in f" {procs_cmd(p)} ") == keeper]
+                pids = ironcelld_pids(self.icd_root, keeper=keeper)
                 if not pids:
                     break
                 for pid in pids:
@@ -132,16 +131,12 @@ def procs():
             yield int(e), comm, cmd
 
 
-def procs_cmd(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def ironcelld_pids(root):
-    return [p for p, comm, cmd in procs() if comm in ("ironcelld", "ironcelld-keepe") and f"--root {root}" in cmd]
+def ironcelld_pids(root, keeper=None):
+    """The daemons and keepers of `root`; only the keepers (keeper=True) or
+    only the daemons (keeper=False)."""
+    return [p for p, comm, cmd in procs()
+            if comm in ("ironcelld", "ironcelld-keepe") and f"--root {root}" in cmd
+            and (keeper is None or (" keeper " in f" {cmd} ") == keeper)]
 
 
 def pss_kib(pid):

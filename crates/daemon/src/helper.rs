@@ -282,7 +282,7 @@ pub(crate) fn find_running(argv: &[String]) -> Option<i32> {
     let own_mounts = std::fs::read_link("/proc/self/ns/mnt").ok()?;
     matches.iter().copied().find(|pid| {
         ProcStat::of(*pid).is_some_and(|s| !matches.contains(&s.parent))
-            && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == Some(own_mounts.clone())
+            && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m == own_mounts)
     })
 }
 

@@ -100,24 +100,30 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Every process's pid.
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Pids of processes whose command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid as u32 == std::process::id() {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid as u32 != std::process::id())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                String::from_utf8_lossy(&cmd)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
+        })
+        .collect()
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -249,13 +255,7 @@ impl Drop for DaemonGuard {
             if ours.is_empty() {
                 break;
             }
-            let children: Vec<i32> = fs::read_dir("/proc")
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                        .collect::<Vec<i32>>()
-                })
-                .unwrap_or_default()
+            let children: Vec<i32> = all_pids()
                 .into_iter()
                 .filter(|pid| ProcStat::of(*pid).is_some_and(|s| ours.contains(&s.parent)))
                 .collect();

@@ -51,9 +51,9 @@ pub struct NotifyListener {
 /// A path to `socket_path` short enough for a unix socket address (108
 /// bytes; a container's directory can be longer): through the magic link
 /// of a descriptor of its directory, `/proc/self/fd/N/<name>`. The
-/// descriptor is returned too, and must outlive the path's use. (Upstream
-/// changes the process's working directory instead, which races with every
-/// other thread of a multi-threaded caller such as ironcelld.)
+/// descriptor is returned too, and must outlive the path's use. (Not a
+/// chdir into the directory: the working directory is shared by every
+/// thread of a multi-threaded caller such as ironcelld.)
 fn short_path(socket_path: &Path) -> Result<(std::fs::File, PathBuf)> {
     let workdir = socket_path
         .parent()
@@ -76,12 +76,8 @@ fn short_path(socket_path: &Path) -> Result<(std::fs::File, PathBuf)> {
 impl NotifyListener {
     pub fn new(socket_path: &Path) -> Result<Self> {
         tracing::debug!(?socket_path, "create notify listener");
-        // Unix domain socket has a maximum length of 108, different from
-        // normal path length of 255. Due to how docker create the path name
-        // to the container working directory, there is a high chance that
-        // the full absolute path is over the limit. To work around this
-        // limitation, we chdir first into the workdir where the socket is,
-        // and chdir back after the socket is created.
+        // A container's directory can be longer than a socket address
+        // holds: bind through `short_path`.
         let (_dir, short) = short_path(socket_path)?;
         let stream = UnixListener::bind(&short).map_err(|e| NotifyListenerError::Bind {
             source: e,
