@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use containerd_shim_protos::sandbox_async::create_sandbox;
 use containerd_shim_protos::shim_async::create_task;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::error::validate_namespace;
 use crate::keeper::Keeper;
@@ -81,6 +81,8 @@ pub struct Endpoints {
     /// Owns the task addresses (None in tests: the daemon listens itself).
     keeper: Option<Arc<Keeper>>,
     servers: Mutex<HashMap<EndpointKey, (String, ttrpc::asynchronous::Server)>>,
+    /// The keeper generation whose keeper fronts every endpoint.
+    fronted: watch::Sender<u64>,
 }
 
 impl Endpoints {
@@ -90,6 +92,7 @@ impl Endpoints {
             tasks,
             keeper,
             servers: Mutex::default(),
+            fronted: watch::Sender::new(0),
         }
     }
 
@@ -170,9 +173,9 @@ impl Endpoints {
         }
     }
 
-    /// Has the keeper front every endpoint again: a keeper that replaces a
-    /// lost one knows none.
-    pub async fn front_again(&self) {
+    /// Has the keeper of generation `generation` front every endpoint
+    /// again: a keeper that replaces a lost one knows none.
+    pub async fn front_again(&self, generation: u64) {
         let Some(k) = &self.keeper else { return };
         let servers = self.servers.lock().await;
         let keys: Vec<EndpointKey> = servers.keys().cloned().collect();
@@ -185,6 +188,34 @@ impl Endpoints {
                 }
             }
         }
+        self.fronted.send_replace(generation);
+    }
+
+    /// Waits, at most `limit`, until a keeper is connected and fronts every
+    /// endpoint; returns whether one does. A shim that returns before
+    /// that could leave a daemon no keeper would start again (its own
+    /// keeper was lost) or hand containerd an address nobody listens on.
+    pub async fn wait_fronted(&self, limit: std::time::Duration) -> bool {
+        let Some(k) = &self.keeper else { return true };
+        let mut connected = k.connected();
+        let mut fronted = self.fronted.subscribe();
+        let generations = k.generations();
+        let ready = async {
+            loop {
+                // Connected first: the keeper moves the generation before
+                // it says it is connected.
+                let up = *connected.borrow_and_update();
+                let generation = *generations.borrow();
+                if up && *fronted.borrow_and_update() >= generation {
+                    return;
+                }
+                tokio::select! {
+                    r = connected.changed() => if r.is_err() { return },
+                    r = fronted.changed() => if r.is_err() { return },
+                }
+            }
+        };
+        tokio::time::timeout(limit, ready).await.is_ok()
     }
 
     /// Stops listening and removes the sockets (the list stays).

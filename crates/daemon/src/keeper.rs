@@ -77,6 +77,9 @@ pub struct Keeper {
     /// Counts the keepers this daemon has connected to: it moves when a
     /// lost keeper is replaced.
     generation: watch::Sender<u64>,
+    /// False from the loss of a keeper until its replacement is connected
+    /// (and [`Keeper::generations`] has moved).
+    connected: watch::Sender<bool>,
     /// Where the exits of the keeper's processes go; it also tells which
     /// keeper generation each process was made under.
     reaper: Arc<Reaper>,
@@ -165,6 +168,7 @@ impl Keeper {
             conn: Mutex::new(Arc::new(sock)),
             supervision: Mutex::default(),
             generation: watch::Sender::new(0),
+            connected: watch::Sender::new(true),
             reaper,
             runtime,
             identity: Mutex::new(identity_of(pid)),
@@ -196,6 +200,12 @@ impl Keeper {
         self.generation.subscribe()
     }
 
+    /// Whether a keeper is connected now: while it is not, nothing starts
+    /// this daemon again if it dies.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
     fn send(&self, msg: &ToKeeper, fds: &[RawFd]) -> Result<()> {
         self.send_awaiting(|| {}, msg, fds)
     }
@@ -219,6 +229,7 @@ impl Keeper {
             self.receive_from(&sock);
             {
                 let _conn = self.conn.lock().unwrap();
+                self.connected.send_replace(false);
                 self.spawned.lock().unwrap().clear();
                 self.fronted.lock().unwrap().clear();
                 self.fetched.lock().unwrap().clear();
@@ -240,6 +251,9 @@ impl Keeper {
             }
             tracing::info!(keeper = %self.identity(), "connected to a new keeper");
             self.generation.send_modify(|g| *g += 1);
+            // After the generation: who sees the keeper connected sees the
+            // generation that must be fronted.
+            self.connected.send_replace(true);
         }
     }
 

@@ -199,7 +199,8 @@ async fn follow_keeper(
     endpoints: Arc<Endpoints>,
 ) {
     while generations.changed().await.is_ok() {
-        endpoints.front_again().await;
+        let generation = *generations.borrow_and_update();
+        endpoints.front_again(generation).await;
         tasks.remove_after_keeper_loss();
         tasks.pods.remove_lost();
     }

@@ -232,6 +232,76 @@ fn a_killed_keeper_is_replaced_and_its_tasks_are_cleaned_up() {
     c.ok(&["container", "rm", "new", "old"]);
 }
 
+/// containerd runs the shim's `delete` when its connections through a
+/// keeper broke. A daemon whose keeper is lost answers it only once a new
+/// keeper is connected: answered earlier, and the daemon killed before
+/// that, nothing would start a daemon again, and the containers given up
+/// with the keeper would stay. Here no new keeper can start (a directory
+/// takes its socket's path), the daemon is killed under the waiting
+/// `delete`, and the `delete` starts the next daemon, which its keeper
+/// supervises.
+#[test]
+fn a_delete_during_a_keeper_loss_leaves_a_supervised_daemon() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    s.ctr_ok(&s.run_args(&["-d"], &["given-up", "sleep", "3600"]));
+    let socket = s.root.join("keeper.sock");
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::create_dir(&socket).unwrap();
+    let old_keeper = kill_keeper(&s.root);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.daemon_log().contains("cannot start a new keeper") {
+        assert!(Instant::now() < deadline, "{}", s.daemon_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let delete = std::process::Command::new(bin_dir().join("containerd-shim-ironcell-v2"))
+        .env("IRONCELLD_ROOT", &s.root)
+        // As for a pod's id (a pod is no task): answered at once before.
+        .args(["-namespace", "default", "-id", "a-pod", "delete"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut delete = delete;
+    assert!(
+        delete.try_wait().unwrap().is_none(),
+        "a daemon without a keeper answered the shim's delete"
+    );
+    let old_daemon = kill_daemon(&s.root);
+    std::fs::remove_dir(&socket).unwrap();
+    let out = delete.wait_with_output().unwrap();
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+
+    // containerd's own delete may have started a daemon at the same
+    // moment: the second one exits (the root's lock).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.daemons().len() != 1 || old_daemon.contains(&s.daemons()[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "not one new daemon after the delete: {:?}\n{}",
+            s.daemons(),
+            s.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_new_keeper(&s.root, &old_keeper, Duration::from_secs(10));
+    let killed = kill_daemon(&s.root);
+    let back = wait_for_new_daemon(&s.root, &killed, Duration::from_secs(10));
+    eprintln!(
+        "the delete waited for a keeper; the daemon it started came back {} ms after a kill",
+        back.as_millis()
+    );
+    // The task given up with the lost keeper goes, process and record.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.root.join("tasks/default/given-up").exists() || !c.task_status("given-up").is_empty() {
+        assert!(Instant::now() < deadline, "{}", s.daemon_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ok(&["container", "rm", "given-up"]);
+}
+
 /// Fault injection: rounds of concurrent `ctr run -d` (beside an exec in
 /// each earlier task and the delete of one), with the daemon, the keeper
 /// or both killed (SIGKILL) at a random moment of each round, as a crash or

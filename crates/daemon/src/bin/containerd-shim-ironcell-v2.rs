@@ -33,6 +33,8 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a daemon killed in its start-up is started again.
 const MAX_START_RESTARTS: u32 = 3;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a request is sent to a daemon that died under it.
+const MAX_ATTEMPTS: u32 = 4;
 
 #[derive(Debug, Default, PartialEq)]
 struct Flags {
@@ -107,6 +109,11 @@ fn daemon_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("ironcelld"))
 }
 
+/// The daemon answered a request with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("ironcelld: {0}")]
+struct Refused(String);
+
 /// One request on the daemon's control socket, one JSON reply.
 fn call(conn: &UnixStream, req: &Request) -> Result<Reply> {
     conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
@@ -124,10 +131,26 @@ fn call(conn: &UnixStream, req: &Request) -> Result<Reply> {
             .context("no reply from ironcelld: it closed the connection");
     }
     let reply: Reply = serde_json::from_str(&reply).context("malformed reply from ironcelld")?;
-    if let Some(e) = &reply.error {
-        bail!("ironcelld: {e}");
+    if let Some(e) = reply.error {
+        return Err(Refused(e).into());
     }
     Ok(reply)
+}
+
+/// [`call`] on a daemon [`ensure_daemon`] reached or started, again while
+/// the daemon dies under the request (its keeper, or this function, starts
+/// the next). Every request is idempotent.
+fn request(root: &Path, req: &Request) -> Result<Reply> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match ensure_daemon(root).and_then(|c| call(&c, req)) {
+            Err(e) if attempts < MAX_ATTEMPTS && e.downcast_ref::<std::io::Error>().is_some() => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            reply => return reply,
+        }
+    }
 }
 
 fn connect(root: &Path) -> std::io::Result<UnixStream> {
@@ -238,15 +261,8 @@ fn start(flags: &Flags) -> Result<()> {
         id: flags.id.clone(),
         containerd: containerd_ttrpc(flags),
     };
-    let reply = match call(&ensure_daemon(&root)?, &req) {
-        Ok(r) => r,
-        // The daemon died under the request (its keeper may be starting
-        // the next one): once more. Registering is idempotent.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
-            call(&ensure_daemon(&root)?, &req)?
-        }
-        Err(e) => return Err(e),
-    };
+    // Registering is idempotent.
+    let reply = request(&root, &req)?;
     let address = reply.address.context("ironcelld sent no address")?;
     // containerd runs `start` inside the task's bundle and, when it
     // restarts, reconnects to the address it finds there (the shim writes
@@ -277,24 +293,14 @@ fn delete(flags: &Flags) -> Result<()> {
     // A daemon is started when none runs: only a daemon can remove what is
     // left of the task (the keeper that reached it may have died with the
     // daemon, and nothing else would start the next).
-    let mut reply = ensure_daemon(&root).map(|c| call(&c, &req));
-    if let Ok(Err(e)) = &reply {
-        if e.downcast_ref::<std::io::Error>().is_some() {
-            // The daemon died under the request: once more (a cleanup of a
-            // task already removed answers as one).
-            reply = ensure_daemon(&root).map(|c| call(&c, &req));
-        }
-    }
-    let (pid, status, at) = match reply {
-        Ok(r) => {
-            let r = r?;
-            (
-                r.pid.unwrap_or(0),
-                r.exit_status
-                    .unwrap_or(ironcell_basics::exit_status::KILLED),
-                r.exited_at.unwrap_or(now),
-            )
-        }
+    let (pid, status, at) = match request(&root, &req) {
+        Ok(r) => (
+            r.pid.unwrap_or(0),
+            r.exit_status
+                .unwrap_or(ironcell_basics::exit_status::KILLED),
+            r.exited_at.unwrap_or(now),
+        ),
+        Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
         // No daemon could be reached or started: nothing of the task is
         // served any more.
         Err(e) => {

@@ -19,6 +19,9 @@ use crate::time::nanos;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
+/// How long a shim's request waits for a lost keeper's replacement (the
+/// shim waits 30 s for any reply).
+const KEEPER_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Control {
     pub tasks: Arc<Tasks>,
@@ -26,8 +29,17 @@ pub struct Control {
 }
 
 impl Control {
+    /// A shim's request is answered once a keeper fronts the endpoints.
+    /// containerd runs the shim's `delete` when its connections through a
+    /// keeper broke; answered by a daemon whose keeper is gone, a `delete`
+    /// could return, the daemon die, and nothing start the next daemon
+    /// (the containers it left would stay until some later shim call).
     pub async fn handle(&self, req: Request) -> Reply {
         ironcell_basics::process_memory::note_activity();
+        if !matches!(req, Request::Ping {}) && !self.endpoints.wait_fronted(KEEPER_WAIT).await {
+            // Answered anyway: the shim reports what fails next.
+            tracing::warn!("no keeper fronts the endpoints: answering a shim without one");
+        }
         match req {
             Request::Ping {} => Reply::default(),
             Request::Register {

@@ -100,6 +100,10 @@ pub struct Task {
     inner: Mutex<TaskInner>,
     /// Watches the task's memory cgroup for OOM kills.
     oom: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held by the delete of the task's init: a second one at the same
+    /// time (containerd's own beside a shim's `delete`) waits, then finds
+    /// the task gone.
+    deleting: tokio::sync::Mutex<()>,
     /// The keeper containerd reached it through when it was made: if that
     /// keeper is lost, containerd has given the task up.
     keeper: Option<String>,
@@ -385,6 +389,7 @@ impl Tasks {
                 execs: HashMap::new(),
             }),
             oom: Mutex::new(None),
+            deleting: tokio::sync::Mutex::new(()),
             keeper: self.keeper().map(Keeper::identity),
         }))
     }
@@ -736,6 +741,11 @@ impl Tasks {
                 let _ = std::fs::remove_file(spec);
             }
             return Ok((p.pid, p.exited()));
+        }
+        let _deleting = task.deleting.lock().await;
+        if !Arc::ptr_eq(&self.get(ns, id)?, &task) {
+            // Deleted, and made again under the same name, meanwhile.
+            return Err(not_found(ns, id));
         }
         let (pid, exit) = {
             let inner = task.inner.lock().unwrap();

@@ -131,6 +131,7 @@ impl Tasks {
                     .collect(),
             }),
             oom: Mutex::new(None),
+            deleting: tokio::sync::Mutex::new(()),
             keeper: r.keeper,
         });
         let key = (task.namespace.clone(), task.id.clone());

@@ -30,6 +30,9 @@ struct World {
     paused: Mutex<HashSet<String>>,
     /// What the registry asked, in order.
     calls: Mutex<Vec<String>>,
+    /// Tasks the backend deleted: a second delete fails, as the real
+    /// container's state directory is gone by then.
+    deleted: Mutex<HashSet<String>>,
     /// Whether its tasks outlive the daemon (false: as wasm tasks).
     dies_with_daemon: bool,
 }
@@ -179,6 +182,14 @@ impl TaskBackend for FakeTask {
 
     async fn delete(&self, live_init: Option<i32>) -> Result<()> {
         self.world.call(format!("delete {} {live_init:?}", self.id));
+        // A moment in which a second delete of the same task could start.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !self.world.deleted.lock().unwrap().insert(self.id.clone()) {
+            return Err(TaskError::Internal(format!(
+                "cannot delete container {}: its state is gone",
+                self.id
+            )));
+        }
         if let Some(pid) = live_init {
             self.world.sinks.lock().unwrap().remove(&pid);
             self.world.running.lock().unwrap().remove(&pid);
@@ -536,6 +547,38 @@ async fn a_task_given_up_mid_create_is_removed_once_created() {
     assert_eq!(tasks.remove_given_up("ns", "never").await.unwrap(), None);
     assert!(world.calls().contains(&"discard never".to_string()));
     assert!(tasks.remove_given_up("ns", "../x").await.is_err());
+}
+
+/// containerd's own delete of a task it gave up and the shim's `delete`
+/// can come at the same moment: one of them deletes the task, the other
+/// finds it gone; neither fails.
+#[tokio::test]
+async fn two_removals_of_a_given_up_task_at_once_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let (tasks, _events) = registry(&dir.path().join("root"), &world);
+    let pid = tasks
+        .create(request("t", bundle(dir.path(), "t", "/bin/sleep")))
+        .await
+        .unwrap();
+    tasks.start("ns", "t", "").await.unwrap();
+    let (a, b) = tokio::join!(
+        tasks.remove_given_up("ns", "t"),
+        tasks.remove_given_up("ns", "t")
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a.is_some() != b.is_some(),
+        "exactly one removal deleted the task: {a:?} {b:?}"
+    );
+    assert_eq!(a.or(b).map(|(p, _)| p), Some(pid));
+    let deletes = world
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("delete t"))
+        .count();
+    assert_eq!(deletes, 1, "{:?}", world.calls());
+    assert!(tasks.get("ns", "t").is_err());
 }
 
 /// ttrpc drops a request's handler when containerd's connection closes:
