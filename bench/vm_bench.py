@@ -6,7 +6,9 @@
    * inside the guest, from the agent's GuestDetails: MemTotal - MemAvailable
      (the guest's memory in use) and the agent's own VmRSS;
    * on the host, each process ironcell adds for the VM (the relay, and under
-     QEMU virtiofsd and vhost-device-vsock), VmRSS and Pss from
+     QEMU the process serving its virtio-fs and vsock devices: ironcell-vmm
+     by default, virtiofsd and vhost-device-vsock with
+     `qemu_device_backend = "external"`), VmRSS and Pss from
      /proc/PID/smaps_rollup, summed without the hypervisor; the hypervisor's
      own line is shown for reference.
 2. `ironcell run` of /bin/true, --sandbox vm against --sandbox namespace,
@@ -79,12 +81,12 @@ def parse():
     return a
 
 
-def write_config(dir_, a):
-    hyp = f'hypervisor = "qemu"\nqemu_accel = "{a.accel}"' if a.hypervisor == "qemu" \
-        else 'hypervisor = "ironcell-vmm"'
+def write_config(dir_, a, devices="ironcell-vmm", name="config.toml"):
+    hyp = f'hypervisor = "qemu"\nqemu_accel = "{a.accel}"\nqemu_device_backend = "{devices}"' \
+        if a.hypervisor == "qemu" else 'hypervisor = "ironcell-vmm"'
     if a.kernel_params:
         hyp += f'\nkernel_params = "{a.kernel_params}"\npvm_guest = true\nboot_timeout_secs = 900\nagent_timeout_secs = 900'
-    path = os.path.join(dir_, "config.toml")
+    path = os.path.join(dir_, name)
     with open(path, "w") as f:
         f.write(f'[vm]\n{hyp}\nkernel = "{a.kernel}"\ninitrd = "{a.initrd}"\n'
                 f'memory_mib = {a.memory_mib}\nrun_dir = "{dir_}/vmrun"\n')
@@ -99,7 +101,7 @@ def bundle(dir_, a, name, args):
     c["process"]["args"] = args
     c["process"]["terminal"] = False
     d = os.path.join(dir_, name)
-    os.makedirs(d)
+    os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(c, f)
     return d
@@ -153,8 +155,8 @@ def memory_of(pid):
     return comm, field(f"/proc/{pid}/status", "VmRSS"), field(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
-def measure_memory(a, cfg, dir_):
-    root = os.path.join(dir_, "state-mem")
+def measure_memory(a, cfg, dir_, root_name="state-mem"):
+    root = os.path.join(dir_, root_name)
     b = bundle(dir_, a, "sleeper", ["/bin/sleep", "100000"])
     ironcell(a, cfg, root, "--sandbox", "vm", "run", "-d", "-b", b, "sleeper")
     try:
@@ -167,9 +169,14 @@ def measure_memory(a, cfg, dir_):
         procs = []
         for pid in children(st["relay_pid"]):
             comm, rss, pss = memory_of(pid)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                devices_only = b"--vhost-user-fs" in f.read()
             name = "relay (ironcell)" if pid == st["relay_pid"] else comm
+            if devices_only:
+                name = f"{comm} (QEMU's virtio-fs and vsock)"
             procs.append({"pid": pid, "name": name, "rss_kib": rss, "pss_kib": pss,
-                          "hypervisor": comm in HYPERVISORS or comm.startswith("qemu")})
+                          "hypervisor": not devices_only
+                          and (comm in HYPERVISORS or comm.startswith("qemu"))})
         return details, procs
     finally:
         ironcell(a, cfg, root, "delete", "--force", "sleeper", check=False)
@@ -212,6 +219,12 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ironcell-vm-bench-") as dir_:
         cfg = write_config(dir_, a)
         details, procs = measure_memory(a, cfg, dir_)
+        external = None
+        if a.hypervisor == "qemu":
+            # QEMU's devices from virtiofsd and vhost-device-vsock instead,
+            # in the same run, for comparison.
+            ext_cfg = write_config(dir_, a, "external", "config-external.toml")
+            external = measure_memory(a, ext_cfg, dir_, "state-mem-external")[1]
         vm, ns, splits = measure_runs(a, cfg, dir_)
 
     used = details["mem_total_kib"] - details["mem_available_kib"]
@@ -236,6 +249,17 @@ def main():
     for p in procs:
         name = p["name"] + (" (hypervisor, not counted)" if p["hypervisor"] else "")
         print(f"| {name} | {p['pid']} | {p['rss_kib']} | {p['pss_kib']} |")
+    if external:
+        ext_added = [p for p in external if not p["hypervisor"]]
+        print("\nThe same VM with QEMU's devices from virtiofsd and vhost-device-vsock "
+              "(`qemu_device_backend = \"external\"`), measured in the same run:\n")
+        print("| host process | pid | VmRSS KiB | Pss KiB |")
+        print("|---|---:|---:|---:|")
+        for p in external:
+            name = p["name"] + (" (hypervisor, not counted)" if p["hypervisor"] else "")
+            print(f"| {name} | {p['pid']} | {p['rss_kib']} | {p['pss_kib']} |")
+        print(f"| **added besides the hypervisor** | | {sum(p['rss_kib'] for p in ext_added)} "
+              f"| {sum(p['pss_kib'] for p in ext_added)} |")
     print(f"\n## `ironcell run` of /bin/true, {len(vm)} runs each, interleaved\n")
     print("| sandbox | median ms | min | max |")
     print("|---|---:|---:|---:|")
@@ -253,7 +277,8 @@ def main():
         print(f"| {label} | {m:.1f} | {lo:.1f} | {hi:.1f} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"guest": details, "host_processes": procs, "run_vm_ms": vm,
+            json.dump({"guest": details, "host_processes": procs,
+                       "host_processes_external_devices": external, "run_vm_ms": vm,
                        "run_namespace_ms": ns, "guest_times": splits}, f, indent=1)
 
 

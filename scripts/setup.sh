@@ -71,9 +71,11 @@ fi
 bash "$(dirname "$0")/fetch-containerd.sh" 1.7 >/dev/null
 bash "$(dirname "$0")/fetch-containerd.sh" 2 >/dev/null
 
-# vhost-user backends for the vm sandbox under QEMU (docs/qemu-recipe.md):
-# virtiofsd (virtio-fs) and vhost-device-vsock (hybrid vsock over
-# vhost-user-vsock). Debian 12 packages neither, so they are built from
+# vhost-user backends for the vm sandbox under QEMU with
+# `qemu_device_backend = "external"` (by default ironcell-vmm serves QEMU's
+# devices; docs/vm.md, docs/qemu-recipe.md): virtiofsd (virtio-fs) and
+# vhost-device-vsock (hybrid vsock over vhost-user-vsock). Debian 12 packages
+# neither, so they are built from
 # crates.io at pinned versions, with the crates' own Cargo.lock (--locked),
 # into a project-owned prefix. The build takes the shared heavy-build lock
 # (other builds run on this 2-core machine at the same time).

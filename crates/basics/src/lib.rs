@@ -2,8 +2,8 @@
 //! so that readers never see half of it ([`atomic_file`]), sockets only
 //! their owner reaches ([`owner_only`]), the exit statuses of processes
 //! that a signal ended ([`exit_status`]), the memory upkeep of the
-//! long-running processes ([`process_memory`]), and what tells one process
-//! from another ([`proc_stat`]).
+//! long-running processes ([`process_memory`], [`text_pages`]), and what
+//! tells one process from another ([`proc_stat`]).
 //!
 //! This crate is the bottom of the workspace: it depends on no other
 //! ironcell crate, only on the standard library, libc and tracing.
@@ -11,6 +11,7 @@
 pub mod atomic_file;
 pub mod exit_status;
 pub mod proc_stat;
+pub mod text_pages;
 // glibc's allocator controls (malloc_trim, mallopt): the daemon and the
 // keeper are built against glibc; the vmm (musl) does not use them.
 #[cfg(target_env = "gnu")]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use ironcell_sandbox::config::{Config, Hypervisor, VmConfig};
+use ironcell_sandbox::config::{Config, Hypervisor, QemuDeviceBackend, VmConfig};
 use ironcell_sandbox::host::{cgroup_mode, KvmKind};
 use ironcell_sandbox::vm::hypervisor;
 
@@ -57,14 +57,21 @@ fn vm_blocker(vm: &VmConfig, kvm: KvmKind) -> Option<String> {
             ));
         }
     }
-    let needed: Vec<(&str, Option<PathBuf>)> = match vm.hypervisor {
-        Hypervisor::IroncellVmm => vec![(
+    let vmm = || {
+        (
             "ironcell-vmm",
             vm.vmm
                 .as_deref()
                 .map_or_else(|| sibling("ironcell-vmm"), find),
-        )],
-        Hypervisor::Qemu => vec![
+        )
+    };
+    let needed: Vec<(&str, Option<PathBuf>)> = match (vm.hypervisor, vm.qemu_device_backend) {
+        (Hypervisor::IroncellVmm, _) => vec![vmm()],
+        // ironcell-vmm serves QEMU's virtio-fs and vsock devices.
+        (Hypervisor::Qemu, QemuDeviceBackend::IroncellVmm) => {
+            vec![("qemu", find(&vm.qemu)), vmm()]
+        }
+        (Hypervisor::Qemu, QemuDeviceBackend::External) => vec![
             ("qemu", find(&vm.qemu)),
             ("virtiofsd", find(&vm.virtiofsd)),
             ("vhost-device-vsock", find(&vm.vhost_device_vsock)),
@@ -85,7 +92,7 @@ pub fn run(config_path: Option<&Path>) -> Result<u8> {
     println!("  kernel              {release}");
     println!("  /dev/kvm            {kvm}");
     println!(
-        "  /dev/vhost-vsock    {} (not needed: ironcell-vmm and vhost-device-vsock serve vsock)",
+        "  /dev/vhost-vsock    {} (not needed: ironcell-vmm serves vsock, for QEMU too)",
         present("/dev/vhost-vsock")
     );
     println!("  /dev/net/tun        {}", present("/dev/net/tun"));

@@ -198,6 +198,42 @@ fn run_in_a_vm_prints_what_the_guest_sees_and_passes_the_exit_code() {
     }
 }
 
+/// `qemu_device_backend = "external"`: virtiofsd and vhost-device-vsock
+/// serve QEMU's devices instead of ironcell-vmm; a file of the bundle's
+/// rootfs is read through virtio-fs, one is written, and the exit code
+/// comes back.
+#[test]
+fn run_under_qemu_with_virtiofsd_and_vhost_device_vsock() {
+    let test = "run_under_qemu_with_virtiofsd_and_vhost_device_vsock";
+    let Some(vm) = Vm::qemu(test, "qemu_device_backend = \"external\"") else {
+        return;
+    };
+    let id = "vm-external";
+    let volume = vm.env.dir.path().join("volume");
+    fs::create_dir_all(&volume).unwrap();
+    let b = vm.bundle(
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /etc/hostname; echo out > /tmp/f; exit 3",
+        ],
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/tmp",
+                "type": "bind",
+                "source": volume,
+                "options": ["rbind", "rw"],
+            }))
+        },
+    );
+    let out = vm.run(&["run", "-b", b.to_str().unwrap(), id]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ironcell", "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(volume.join("f")).unwrap(), "out\n");
+    vm.assert_clean(id);
+}
+
 /// stdin reaches the guest process and its end too; a MiB of output comes
 /// back whole before the exit status.
 #[test]
@@ -546,7 +582,8 @@ fn vm_hypervisor_killed_or_agent_gone() {
         match vm.backend {
             Backend::QemuTcg => {
                 cases.push(("vm-kill9", "qemu", Some("VM ended")));
-                cases.push(("vm-novsock", "vhost-device-vsock", Some("agent")));
+                // QEMU's virtio-fs and vsock devices: the agent is cut off.
+                cases.push(("vm-nodevices", "ironcell-vmm", Some("agent")));
             }
             Backend::IroncellVmm => cases.push(("vm-kill9", "ironcell-vmm", Some("VM ended"))),
         }

@@ -61,6 +61,19 @@ impl Hypervisor {
     }
 }
 
+/// What serves QEMU's virtio-fs and vsock devices (vhost-user).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum QemuDeviceBackend {
+    /// ironcell-vmm's own devices, in one jailed process.
+    #[default]
+    #[serde(rename = "ironcell-vmm")]
+    IroncellVmm,
+    /// `virtiofsd` and `vhost-device-vsock` (the `virtiofsd` and
+    /// `vhost_device_vsock` keys).
+    #[serde(rename = "external")]
+    External,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum QemuAccel {
@@ -86,6 +99,8 @@ pub struct VmConfig {
     pub qemu: PathBuf,
     /// ironcell-vmm; unset: beside the ironcell binary, else PATH.
     pub vmm: Option<PathBuf>,
+    /// What serves QEMU's virtio-fs and vsock devices.
+    pub qemu_device_backend: QemuDeviceBackend,
     pub virtiofsd: PathBuf,
     pub vhost_device_vsock: PathBuf,
     /// Added to the guest kernel's command line.
@@ -115,6 +130,7 @@ impl Default for VmConfig {
             qemu_accel: None,
             qemu: "qemu-system-x86_64".into(),
             vmm: None,
+            qemu_device_backend: QemuDeviceBackend::default(),
             virtiofsd: Path::new(DEFAULT_TOOLS_DIR).join("virtiofsd"),
             vhost_device_vsock: Path::new(DEFAULT_TOOLS_DIR).join("vhost-device-vsock"),
             kernel_params: String::new(),
@@ -239,6 +255,7 @@ memory_mib = 512
 qemu_accel = "tcg"
 qemu = "/usr/bin/qemu-system-x86_64"
 vmm = "/usr/local/bin/ironcell-vmm"
+qemu_device_backend = "external"
 virtiofsd = "/v"
 vhost_device_vsock = "/h"
 kernel_params = "tsc=reliable"
@@ -251,6 +268,7 @@ run_dir = "/run/x"
         .unwrap();
         assert_eq!(c.vm.hypervisor, Hypervisor::Qemu);
         assert_eq!(c.vm.qemu_accel, Some(QemuAccel::Tcg));
+        assert_eq!(c.vm.qemu_device_backend, QemuDeviceBackend::External);
         assert_eq!((c.vm.vcpus, c.vm.memory_mib), (2, 512));
         assert!(c.vm.pvm_guest);
     }
@@ -263,6 +281,7 @@ run_dir = "/run/x"
             ("[vm]\nvcpus = 0\n", "vcpus = 0"),
             ("[vm]\nmemory_mib = 1\n", "memory_mib = 1"),
             ("[vm]\nqemu_accel = \"hvf\"\n", "hvf"),
+            ("[vm]\nqemu_device_backend = \"vhost\"\n", "vhost"),
             ("[vm]\nrun_dir = \"rel\"\n", "run_dir"),
             ("[nvm]\n", "unknown field `nvm`"),
             ("[vm\n", "line 1"),

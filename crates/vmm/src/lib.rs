@@ -11,6 +11,7 @@ pub mod error;
 pub mod jail;
 pub mod seccomp;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod vm;
 
 pub use config::VmConfig;

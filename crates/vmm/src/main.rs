@@ -15,6 +15,7 @@ use vmm::Vmm;
 const USAGE: &str = "\
 usage: ironcell-vmm --kernel PATH [options]
        ironcell-vmm --config FILE [options]
+       ironcell-vmm --vhost-user-fs SOCKET --fs SPEC [--vhost-user-vsock SOCKET --vsock SPEC] [--jail]
        ironcell-vmm --print-seccomp
 
 Boots a KVM microVM (see docs/vmm.md). Options override the config file.
@@ -39,6 +40,11 @@ Boots a KVM microVM (see docs/vmm.md). Options override the config file.
                        (needs root; see docs/vmm.md)
   --no-seccomp         do not install the seccomp allowlists
   --print-seccomp      print the allowlists as JSON and exit
+  --vhost-user-fs SOCKET     boot no VM: serve the one --fs share to a
+                       vhost-user frontend (QEMU's vhost-user-fs-device)
+                       that connects to SOCKET
+  --vhost-user-vsock SOCKET  boot no VM: serve the --vsock device to a
+                       vhost-user frontend (QEMU's vhost-user-vsock-device)
   --log PATH           log file (default stderr)
   --log-format FMT     text (default) or json
   --log-level LEVEL    error, warn (default), info, debug, trace
@@ -63,6 +69,8 @@ struct Args {
     jail: bool,
     no_seccomp: bool,
     print_seccomp: bool,
+    vhost_user_fs: Option<PathBuf>,
+    vhost_user_vsock: Option<PathBuf>,
     log: Option<PathBuf>,
     log_json: bool,
     log_level: Option<String>,
@@ -108,6 +116,8 @@ fn parse_args() -> Result<Args> {
             Long("jail") => a.jail = true,
             Long("no-seccomp") => a.no_seccomp = true,
             Long("print-seccomp") => a.print_seccomp = true,
+            Long("vhost-user-fs") => a.vhost_user_fs = Some(p.value()?.into()),
+            Long("vhost-user-vsock") => a.vhost_user_vsock = Some(p.value()?.into()),
             Long("log") => a.log = Some(p.value()?.into()),
             Long("log-format") => {
                 a.log_json = match string(p.value()?, "--log-format")?.as_str() {
@@ -178,6 +188,45 @@ fn build_config(a: &Args) -> Result<VmConfig> {
     Ok(cfg)
 }
 
+/// The devices `--vhost-user-fs` and `--vhost-user-vsock` serve; options
+/// of a VM of its own are refused with them.
+fn vhost_user_config(a: &Args) -> Result<vmm::vhost_user::VhostUserConfig> {
+    let vm_only = [
+        ("--config", a.config.is_some()),
+        ("--kernel", a.kernel.is_some()),
+        ("--initrd", a.initrd.is_some()),
+        ("--cmdline", a.cmdline.is_some()),
+        ("--vcpus", a.vcpus.is_some()),
+        ("--memory", a.memory.is_some()),
+        ("--serial", a.serial.is_some()),
+        ("--api-socket", a.api_socket.is_some()),
+        ("--block", !a.block.is_empty()),
+        ("--net", !a.net.is_empty()),
+        ("--rng", a.rng),
+    ];
+    if let Some((flag, _)) = vm_only.iter().find(|(_, set)| *set) {
+        bail!("{flag} boots a VM; it does not go with --vhost-user-fs or --vhost-user-vsock");
+    }
+    let fs = match (&a.vhost_user_fs, a.fs.as_slice()) {
+        (Some(socket), [spec]) => Some((FsConfig::parse(spec)?, socket.clone())),
+        (Some(_), _) => bail!("--vhost-user-fs serves exactly one --fs share"),
+        (None, []) => None,
+        (None, _) => bail!("--fs without --vhost-user-fs (it boots no VM)"),
+    };
+    let vsock = match (&a.vhost_user_vsock, &a.vsock) {
+        (Some(socket), Some(spec)) => Some((VsockConfig::parse(spec)?, socket.clone())),
+        (Some(_), None) => bail!("--vhost-user-vsock needs --vsock uds=PATH[,cid=N]"),
+        (None, None) => None,
+        (None, Some(_)) => bail!("--vsock without --vhost-user-vsock (it boots no VM)"),
+    };
+    Ok(vmm::vhost_user::VhostUserConfig {
+        fs,
+        vsock,
+        jail: a.jail,
+        seccomp: !a.no_seccomp,
+    })
+}
+
 fn init_logging(a: &Args) -> Result<()> {
     let level: tracing::Level = match a.log_level.as_deref() {
         None => tracing::Level::WARN,
@@ -207,6 +256,10 @@ fn run() -> Result<i32> {
         return Ok(0);
     }
     init_logging(&args)?;
+    if args.vhost_user_fs.is_some() || args.vhost_user_vsock.is_some() {
+        vmm::vhost_user::serve(vhost_user_config(&args)?)?;
+        return Ok(0);
+    }
     let config = build_config(&args)?;
     // Compiled at build time (build.rs): nothing to do but copy them.
     let filters = (!args.no_seccomp).then(vmm::seccomp::filters);

@@ -6,9 +6,11 @@
 //!   itself and is jailed to the shared directory (`--jail`), and its vsock
 //!   device is the hybrid socket.
 //! - **QEMU** (`microvm` machine, KVM or TCG): vhost-user backends serve
-//!   the shared directory (virtiofsd) and hybrid vsock
-//!   (vhost-device-vsock); QEMU needs a shared memfd memory backend for
-//!   them and modern virtio-mmio (`force-legacy=false`).
+//!   the shared directory and hybrid vsock: by default ironcell-vmm's own
+//!   devices, in one jailed process (`--vhost-user-fs`,
+//!   `--vhost-user-vsock`); with `qemu_device_backend = "external"`,
+//!   virtiofsd and vhost-device-vsock. QEMU needs a shared memfd memory
+//!   backend for them and modern virtio-mmio (`force-legacy=false`).
 //!
 //! Every process started here dies with the process that started it
 //! (`PR_SET_PDEATHSIG`), is in a process group of its own (a terminal's
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use ironcell_protocol::stream::read_line;
 use ironcell_protocol::{READY_LINE, READY_PORT};
 
-use crate::config::{Hypervisor, QemuAccel, VmConfig};
+use crate::config::{Hypervisor, QemuAccel, QemuDeviceBackend, VmConfig};
 use crate::host::KvmKind;
 use crate::{Result, SandboxError};
 
@@ -35,6 +37,11 @@ pub const SHARE_TAG: &str = "ironcell";
 const CONSOLE_LOG: &str = "console.log";
 /// The hybrid vsock socket.
 const VSOCK: &str = "vsock.sock";
+/// QEMU's vhost-user sockets.
+const FS_BACKEND: &str = "virtiofsd.sock";
+const VSOCK_BACKEND: &str = "vhost-vsock.sock";
+/// The guest's vsock CID under QEMU.
+const GUEST_CID: u32 = 3;
 
 /// The guest's command line before the hypervisor's own additions.
 const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
@@ -171,29 +178,50 @@ pub fn vmm_command(plan: &Plan) -> Command {
 }
 
 /// The processes QEMU needs, in start order: the vhost-user backends, then
-/// QEMU itself.
-pub fn qemu_commands(plan: &Plan) -> Vec<(&'static str, Command)> {
+/// QEMU itself. Each backend comes with the socket it creates last, which
+/// QEMU must find.
+pub fn qemu_commands(plan: &Plan) -> Vec<(&'static str, Command, Option<PathBuf>)> {
     let c = plan.config;
     let run = plan.run_dir;
-    let fs_sock = run.join("virtiofsd.sock");
-    let vsock_backend = run.join("vhost-vsock.sock");
+    let fs_sock = run.join(FS_BACKEND);
+    let vsock_backend = run.join(VSOCK_BACKEND);
 
-    let mut virtiofsd = Command::new(&c.virtiofsd);
-    virtiofsd
-        .arg(format!("--socket-path={}", fs_sock.display()))
-        .arg(format!("--shared-dir={}", plan.share.display()))
-        .args([
-            "--sandbox=namespace",
-            "--cache=auto",
-            "--announce-submounts",
-        ]);
-
-    let mut vsock = Command::new(&c.vhost_device_vsock);
-    vsock.arg("--vm").arg(format!(
-        "guest-cid=3,socket={},uds-path={}",
-        vsock_backend.display(),
-        run.join(VSOCK).display()
-    ));
+    let mut backends = Vec::new();
+    match c.qemu_device_backend {
+        QemuDeviceBackend::IroncellVmm => {
+            let mut devices = Command::new(&plan.vmm);
+            devices
+                .arg("--vhost-user-fs")
+                .arg(&fs_sock)
+                .arg("--fs")
+                .arg(format!("tag={SHARE_TAG},path={}", plan.share.display()))
+                .arg("--vhost-user-vsock")
+                .arg(&vsock_backend)
+                .arg("--vsock")
+                .arg(format!("uds={},cid={GUEST_CID}", run.join(VSOCK).display()))
+                .arg("--jail");
+            backends.push(("ironcell-vmm-devices", devices, Some(vsock_backend.clone())));
+        }
+        QemuDeviceBackend::External => {
+            let mut virtiofsd = Command::new(&c.virtiofsd);
+            virtiofsd
+                .arg(format!("--socket-path={}", fs_sock.display()))
+                .arg(format!("--shared-dir={}", plan.share.display()))
+                .args([
+                    "--sandbox=namespace",
+                    "--cache=auto",
+                    "--announce-submounts",
+                ]);
+            let mut vsock = Command::new(&c.vhost_device_vsock);
+            vsock.arg("--vm").arg(format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                vsock_backend.display(),
+                run.join(VSOCK).display()
+            ));
+            backends.push(("virtiofsd", virtiofsd, Some(fs_sock.clone())));
+            backends.push(("vhost-device-vsock", vsock, Some(vsock_backend.clone())));
+        }
+    }
 
     let mem = format!("{}M", c.memory_mib);
     let mut qemu = Command::new(&c.qemu);
@@ -236,11 +264,8 @@ pub fn qemu_commands(plan: &Plan) -> Vec<(&'static str, Command)> {
             &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
         ])
         .args(["-device", "virtio-rng-device"]);
-    vec![
-        ("virtiofsd", virtiofsd),
-        ("vhost-device-vsock", vsock),
-        ("qemu", qemu),
-    ]
+    backends.push(("qemu", qemu, None));
+    backends
 }
 
 /// Starts `cmd` as a child that dies with this thread's process, in a
@@ -321,17 +346,12 @@ impl Vm {
             ready,
         };
         let commands = match plan.config.hypervisor {
-            Hypervisor::IroncellVmm => vec![("ironcell-vmm", vmm_command(plan))],
+            Hypervisor::IroncellVmm => vec![("ironcell-vmm", vmm_command(plan), None)],
             Hypervisor::Qemu => qemu_commands(plan),
         };
-        for (name, cmd) in commands {
+        for (name, cmd, socket) in commands {
             let log = plan.run_dir.join(format!("{name}.log"));
             let mut child = spawn(name, cmd, &log)?;
-            let socket = match name {
-                "virtiofsd" => Some(plan.run_dir.join("virtiofsd.sock")),
-                "vhost-device-vsock" => Some(plan.run_dir.join("vhost-vsock.sock")),
-                _ => None,
-            };
             let ready = match &socket {
                 Some(s) => wait_for_socket(name, &mut child, s),
                 None => Ok(()),
@@ -540,9 +560,31 @@ mod tests {
             ..plan
         };
         let cmds = qemu_commands(&qplan);
-        let names: Vec<&str> = cmds.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = cmds.iter().map(|(n, ..)| *n).collect();
+        assert_eq!(names, ["ironcell-vmm-devices", "qemu"]);
+        let d = args(&cmds[0].1);
+        for want in [
+            "--jail",
+            "tag=ironcell,path=/s",
+            "uds=/run/x/vsock.sock,cid=3",
+            "/run/x/virtiofsd.sock",
+            "/run/x/vhost-vsock.sock",
+        ] {
+            assert!(d.contains(&want.to_string()), "{want}: {d:?}");
+        }
+        let external = VmConfig {
+            qemu_device_backend: QemuDeviceBackend::External,
+            ..qconfig.clone()
+        };
+        let names: Vec<&str> = qemu_commands(&Plan {
+            config: &external,
+            ..qplan
+        })
+        .iter()
+        .map(|(n, ..)| *n)
+        .collect();
         assert_eq!(names, ["virtiofsd", "vhost-device-vsock", "qemu"]);
-        let q = args(&cmds[2].1);
+        let q = args(&cmds[1].1);
         assert!(q.windows(2).any(|w| w == ["-accel", "tcg"]));
         let append = &q[q.iter().position(|x| x == "-append").unwrap() + 1];
         assert!(

@@ -244,6 +244,10 @@ impl Relay {
             });
         }
 
+        // From here the relay waits: what it ran to get here (the CLI's
+        // parsing, the VM's start, the container's creation) leaves the
+        // resident set.
+        ironcell_basics::text_pages::TextMappings::of_this_process().trim();
         let outcome = loop {
             match rx.recv() {
                 Ok(Event::Exited(Err(e))) => {

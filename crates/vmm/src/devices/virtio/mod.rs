@@ -47,23 +47,76 @@ pub enum DeviceError {
     Backend(String),
 }
 
-/// The device's interrupt: the ISR status bits and the interrupt line.
+/// The device's interrupt: the ISR status bits and how the driver is told,
+/// by the interrupt line (MMIO transport) or by the eventfd the vhost-user
+/// frontend gave for each queue.
 pub struct Interrupt {
     status: AtomicU32,
-    line: IrqLine,
+    delivery: Delivery,
+}
+
+enum Delivery {
+    Line(IrqLine),
+    Calls(Arc<CallFds>),
+}
+
+/// The "call" eventfds a vhost-user frontend set, one per queue (none
+/// until it sets one; it may replace them at any time).
+#[derive(Default)]
+pub struct CallFds(std::sync::Mutex<Vec<Option<std::fs::File>>>);
+
+impl CallFds {
+    pub fn set(&self, queue: usize, fd: Option<std::fs::File>) {
+        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.len() <= queue {
+            calls.resize_with(queue + 1, || None);
+        }
+        calls[queue] = fd;
+    }
+
+    fn call(&self, queue: usize) {
+        let calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(fd)) = calls.get(queue) {
+            // An eventfd counter only overflows after 2^64 - 2 calls; a
+            // full one (EAGAIN) has an interrupt pending anyway.
+            let _ = std::io::Write::write(&mut &*fd, &1u64.to_ne_bytes());
+        }
+    }
 }
 
 impl Interrupt {
     pub fn new(line: IrqLine) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
-            line,
+            delivery: Delivery::Line(line),
         }
     }
 
+    /// An interrupt delivered through a vhost-user frontend's eventfds.
+    pub fn calls(calls: Arc<CallFds>) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            delivery: Delivery::Calls(calls),
+        }
+    }
+
+    /// Tells the driver of a change of `kind` (`INTERRUPT_CONFIG`: the
+    /// device's configuration or status; a vhost-user frontend learns of
+    /// that from the device's own channel, which these devices do not use,
+    /// so it is only recorded).
     pub fn signal(&self, kind: u32) {
         self.status.fetch_or(kind, Ordering::SeqCst);
-        self.line.trigger();
+        if let Delivery::Line(line) = &self.delivery {
+            line.trigger();
+        }
+    }
+
+    /// Tells the driver that queue `queue` has used buffers.
+    pub fn signal_queue(&self, queue: usize) {
+        match &self.delivery {
+            Delivery::Line(_) => self.signal(INTERRUPT_VRING),
+            Delivery::Calls(calls) => calls.call(queue),
+        }
     }
 
     pub fn status(&self) -> u32 {
@@ -152,7 +205,7 @@ impl ActiveQueues {
         q.add_used(&self.mem, head, len)
             .map_err(|e| DeviceError::BadQueue(queue, e.to_string()))?;
         if q.needs_notification(&self.mem).unwrap_or(true) {
-            self.interrupt.signal(INTERRUPT_VRING);
+            self.interrupt.signal_queue(queue);
         }
         Ok(())
     }
