@@ -6,7 +6,9 @@
 //! - [`share`]: the directory the guest mounts, and the spec it gets;
 //! - [`agent`]: the agent protocol's client;
 //! - [`relay`]: the host process that stands in for a guest process;
-//! - [`state`]: a vm container's records on disk.
+//! - [`state`]: a vm container's records on disk;
+//! - [`podnet`]: a VM joined to a pod's network namespace (a tap tied to
+//!   the CNI interface by tc), for VM pods.
 //!
 //! A vm container's state directory holds `vm.json` (and `exit.json` once
 //! it exited); its VM's sockets and logs are in a run directory of their
@@ -16,6 +18,7 @@
 pub mod agent;
 pub mod hooks;
 pub mod hypervisor;
+pub mod podnet;
 pub mod relay;
 pub mod share;
 pub mod state;
