@@ -68,7 +68,7 @@ fn listen(path: &PathBuf) -> Result<UnixListener> {
 }
 
 /// Serves the devices of `cfg` until a frontend disconnects.
-pub fn serve(mut cfg: VhostUserConfig) -> Result<()> {
+pub fn serve(cfg: VhostUserConfig) -> Result<()> {
     if cfg.fs.is_none() && cfg.vsock.is_none() {
         return Err(Error::Config("nothing to serve".into()));
     }
@@ -80,31 +80,29 @@ pub fn serve(mut cfg: VhostUserConfig) -> Result<()> {
         true => Some(crate::jail::prepare(&mut vm)?),
         false => None,
     };
-    if let Some(v) = vm.vsock.take() {
-        if let Some((vsock, _)) = cfg.vsock.as_mut() {
-            *vsock = v;
-        }
-    }
+    // The devices' configs as the jail left them (socket paths absolute).
+    let fs = vm.fs.pop().zip(cfg.fs.map(|(_, socket)| socket));
+    let vsock = vm.vsock.zip(cfg.vsock.map(|(_, socket)| socket));
     let filters = cfg.seccomp.then(crate::seccomp::filters);
     let epoll = Arc::new(Epoll::new().map_err(Error::io("epoll_create"))?);
     let mut served = Vec::new();
     let mut worker = None;
-    if let Some((fs, socket)) = &cfg.fs {
-        let (dev, w) = virtio::fs::Fs::new(fs).map_err(device_error("fs"))?;
+    if let Some((fs, socket)) = fs {
+        let (dev, w) = virtio::fs::Fs::new(&fs).map_err(device_error("fs"))?;
         worker = Some(w);
         // hiprio and one request queue; QEMU keeps the tag itself.
         served.push((
             "fs",
             Box::new(dev) as Box<dyn VirtioDevice>,
-            socket.clone(),
+            socket,
             2,
             false,
         ));
     }
-    if let Some((vsock, socket)) = &cfg.vsock {
-        let dev = virtio::vsock::Vsock::new(vsock).map_err(device_error("vsock"))?;
+    if let Some((vsock, socket)) = vsock {
+        let dev = virtio::vsock::Vsock::new(&vsock).map_err(device_error("vsock"))?;
         // rx and tx; the event queue is the frontend's, the CID ours.
-        served.push(("vsock", Box::new(dev), socket.clone(), 2, true));
+        served.push(("vsock", Box::new(dev), socket, 2, true));
     }
     let mut devices = Vec::new();
     for (i, (name, dev, socket, rings, config_space)) in served.into_iter().enumerate() {

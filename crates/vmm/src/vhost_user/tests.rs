@@ -46,6 +46,17 @@ fn shared_memory() -> (GuestMemory, File) {
     (mem, file)
 }
 
+/// All of [`shared_memory`] as one region, at `user` in this process.
+fn region(user: u64, memfd: &File) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE,
+        userspace_addr: user,
+        mmap_offset: 0,
+        mmap_handle: memfd.as_raw_fd(),
+    }
+}
+
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ready() {
@@ -123,14 +134,7 @@ fn vsock_over_vhost_user_carries_a_host_connection_to_the_guest() {
 
     let (mem, memfd) = shared_memory();
     let user = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-    f.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE,
-        userspace_addr: user,
-        mmap_offset: 0,
-        mmap_handle: memfd.as_raw_fd(),
-    }])
-    .unwrap();
+    f.set_mem_table(&[region(user, &memfd)]).unwrap();
     let mut rx = TestQueue::new(&mem, 0x1000);
     let tx = TestQueue::new(&mem, 0x3000);
     let calls = [
@@ -178,14 +182,7 @@ fn hostile_frontend_requests_are_refused_and_serving_goes_on() {
     let mut f = negotiate(&socket);
     let (mem, memfd) = shared_memory();
     let user = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-    f.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE,
-        userspace_addr: user,
-        mmap_offset: 0,
-        mmap_handle: memfd.as_raw_fd(),
-    }])
-    .unwrap();
+    f.set_mem_table(&[region(user, &memfd)]).unwrap();
     let q = TestQueue::new(&mem, 0x1000);
 
     // A ring size that is no power of two, or beyond virtio's.
@@ -213,14 +210,9 @@ fn hostile_frontend_requests_are_refused_and_serving_goes_on() {
     f.set_vring_enable(0, true).unwrap();
     assert!(f.set_vring_enable(1, true).is_err());
     // A memory table whose regions overlap.
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE,
-        userspace_addr: user,
-        mmap_offset: 0,
-        mmap_handle: memfd.as_raw_fd(),
-    };
-    assert!(f.set_mem_table(&[region, region]).is_err());
+    assert!(f
+        .set_mem_table(&[region(user, &memfd), region(user, &memfd)])
+        .is_err());
 
     // The backend still serves well-formed requests.
     assert_eq!(f.get_queue_num().unwrap(), 2);
