@@ -433,6 +433,7 @@ impl Runtime {
                 tick = Some(self.tick_for_run()?);
             }
             let kill = spec.kill.clone();
+            let killed_already = kill.as_ref().is_some_and(|k| k.load(Ordering::SeqCst) != 0);
             let budget = spec.time_budget;
             let mut deadline = None;
             store.epoch_deadline_callback(move |_| {
@@ -450,7 +451,9 @@ impl Runtime {
                 }
                 Ok(UpdateDeadline::Continue(1))
             });
-            store.set_epoch_deadline(1);
+            // A kill whose interrupt came before this store existed moved
+            // no deadline of it: the first epoch check sees the flag.
+            store.set_epoch_deadline(if killed_already { 0 } else { 1 });
         } else {
             // A deadline no epoch reaches (the store adds it to the current
             // epoch, so not u64::MAX): no ticker thread for a plain run.

@@ -324,3 +324,26 @@ fn a_kill_flag_ends_a_loop() {
     assert_eq!((exit.clone(), exit.status()), (Exit::Killed(15), 143));
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// A kill whose flag and interrupt both came before the run was prepared
+/// (while its module compiled) still ends it: the interrupt moved no
+/// deadline of the run's store.
+#[test]
+fn a_kill_before_the_run_is_prepared_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = module(
+        dir.path(),
+        "spin",
+        r#"(func (export "_start") (loop $l (br $l)))"#,
+    );
+    let rt = runtime();
+    let kill = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    kill.store(9, std::sync::atomic::Ordering::SeqCst);
+    rt.interrupt();
+    let mut s = spec(m);
+    s.kill = Some(kill);
+    let start = Instant::now();
+    let exit = rt.run(s).unwrap();
+    assert_eq!((exit.clone(), exit.status()), (Exit::Killed(9), 137));
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
