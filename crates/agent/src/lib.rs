@@ -9,7 +9,8 @@
 //! - [`process`]: one process's stdio and exit; [`reaper`]: exits of every
 //!   child; [`oom`]: OOM kills seen in the containers' cgroups;
 //! - [`init`]: what PID 1 mounts; [`guest`]: facts about the guest;
-//!   [`listen`]: the addresses the agent listens on.
+//!   [`listen`]: the addresses the agent listens on; [`network`]: the
+//!   guest's eth0 and routes, copied from the pod's network.
 //!
 //! Every request is input to be checked: ids, sizes and JSON documents are
 //! validated before use, and a bad request gets an error, never a panic.
@@ -19,6 +20,7 @@ pub mod guest;
 pub mod helper;
 pub mod init;
 pub mod listen;
+pub mod network;
 pub mod oom;
 pub mod process;
 pub mod reaper;

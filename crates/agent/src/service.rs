@@ -15,7 +15,7 @@ use ironcell_protocol::ttrpc::{self, Code, TtrpcContext};
 use ironcell_protocol::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 
 use crate::containers::Containers;
-use crate::{guest, init, AgentError, VERSION};
+use crate::{guest, init, network, AgentError, VERSION};
 
 pub struct Agent {
     containers: Arc<Containers>,
@@ -55,6 +55,18 @@ impl Agent {
             pid1,
             started_us,
             ready_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Network changes are a guest's: an agent that is not PID 1 (one
+    /// under test on a host) would change its host's network.
+    fn guest_network(&self) -> Reply<()> {
+        if self.pid1 {
+            Ok(())
+        } else {
+            Err(status(AgentError::NotRunning(
+                "the network is changed only by the agent that is a guest's PID 1".into(),
+            )))
         }
     }
 
@@ -337,6 +349,25 @@ impl agent_ttrpc::Agent for Agent {
             container_id: self.containers.oom.next(),
             ..Default::default()
         })
+    }
+
+    fn update_interface(&self, _ctx: &TtrpcContext, req: UpdateInterfaceRequest) -> Reply<Empty> {
+        self.guest_network()?;
+        let iface = req
+            .interface
+            .as_ref()
+            .ok_or_else(|| AgentError::Invalid("the request names no interface".into()))
+            .and_then(network::Interface::parse)
+            .map_err(status)?;
+        network::update_interface(&iface).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> Reply<Empty> {
+        self.guest_network()?;
+        let routes = network::parse_routes(&req.routes).map_err(status)?;
+        network::update_routes(&routes).map_err(status)?;
+        Ok(Empty::new())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _: Empty) -> Reply<Empty> {

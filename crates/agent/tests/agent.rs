@@ -1352,6 +1352,30 @@ fn bad_requests_are_refused() {
         .unwrap_err()
         .contains("attached already"));
 
+    // An agent that is not a guest's PID 1 leaves its host's network alone.
+    let iface = UpdateInterfaceRequest {
+        interface: Some(Interface {
+            name: "eth0".into(),
+            mac: vec![2, 0, 0, 0, 0, 9],
+            mtu: 1500,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    assert_code(
+        agent.client.update_interface(ctx(), &iface),
+        Code::FAILED_PRECONDITION,
+        "guest's PID 1",
+    );
+    assert_code(
+        agent
+            .client
+            .update_routes(ctx(), &UpdateRoutesRequest::default()),
+        Code::FAILED_PRECONDITION,
+        "guest's PID 1",
+    );
+
     // After all of that, the container is as it was.
     agent.signal(&id, "", libc::SIGKILL as u32, false).unwrap();
     assert_eq!(agent.wait(&id, "").unwrap().signal, 9);

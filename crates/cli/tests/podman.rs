@@ -645,5 +645,69 @@ fn podman_runs_containers_in_vms() {
         "137"
     );
     p.ok(&["rm", "vmsvc", "vmvictim"]);
+
+    // podman's bridge network (CNI) reaches into the VM: the container
+    // reaches a server on the host through the bridge's gateway, and the
+    // host reaches the container's server at the container's address.
+    let gateway = p
+        .ok(&[
+            "network",
+            "inspect",
+            "podman",
+            "--format",
+            "{{range .Subnets}}{{.Gateway}}{{end}}",
+        ])
+        .trim()
+        .to_string();
+    let host_server = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host_server.local_addr().unwrap().port();
+    let served_host = std::thread::spawn(move || {
+        let (mut conn, _) = host_server.accept().unwrap();
+        std::io::Write::write_all(&mut conn, b"from-the-host\n").unwrap();
+    });
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        "vmnet",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("nc -w 30 {gateway} {port} </dev/null; echo guest-served | nc -l -p 7070"),
+    ]);
+    let address = p
+        .ok(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.IPAddress}}",
+            "vmnet",
+        ])
+        .trim()
+        .to_string();
+    served_host.join().unwrap();
+    let start = std::time::Instant::now();
+    let line = loop {
+        let addr = format!("{address}:7070").parse().unwrap();
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(conn) => {
+                let mut line = String::new();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                    .unwrap();
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line).unwrap();
+                break line;
+            }
+            Err(e) => {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(60),
+                    "the container's server at {address}:7070: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(line.trim(), "guest-served");
+    p.ok(&["wait", "vmnet"]);
+    assert!(p.ok(&["logs", "vmnet"]).contains("from-the-host"));
+    p.ok(&["rm", "vmnet"]);
     assert_no_vm_left(p.dir.path());
 }

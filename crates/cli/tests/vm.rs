@@ -935,3 +935,191 @@ fn vm_update_and_events() {
         vm.assert_clean(id);
     }
 }
+
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Named network namespaces (and what runs in them), removed when dropped.
+struct Netns(Vec<String>, Vec<std::process::Child>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.1 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// A container whose spec names a network namespace that CNI (or podman's
+/// network backend) set up joins that network in its VM: the guest's eth0
+/// has the pod's MAC, MTU, address and routes; the container reaches a
+/// server beside the pod and serves one the peer reaches at the pod's
+/// address. Its delete leaves the namespace as it was: no tap, no tc.
+#[test]
+fn a_vm_joins_the_pod_network_its_spec_names() {
+    let test = "a_vm_joins_the_pod_network_its_spec_names";
+    for vm in Vm::all(test, "") {
+        let n = std::process::id();
+        let (pod, peer) = (format!("icvmpod{n}"), format!("icvmpeer{n}"));
+        let mut ns = Netns(vec![pod.clone(), peer.clone()], Vec::new());
+        ip(&["netns", "add", &pod]);
+        ip(&["netns", "add", &peer]);
+        // As CNI's bridge plugin leaves a pod: a veth whose peer is the
+        // gateway's side.
+        ip(&[
+            "-n", &pod, "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer", "netns",
+            &peer,
+        ]);
+        ip(&["-n", &pod, "addr", "add", "10.99.9.2/24", "dev", "eth0"]);
+        ip(&["-n", &pod, "link", "set", "eth0", "mtu", "1400", "up"]);
+        ip(&["-n", &pod, "route", "add", "default", "via", "10.99.9.1"]);
+        ip(&["-n", &peer, "addr", "add", "10.99.9.1/24", "dev", "vpeer"]);
+        ip(&["-n", &peer, "link", "set", "vpeer", "mtu", "1400", "up"]);
+        ip(&["-n", &peer, "link", "set", "lo", "up"]);
+        let mac_line = ip(&["-n", &pod, "-br", "link", "show", "eth0"]);
+        let pod_mac = mac_line.split_whitespace().nth(2).unwrap().to_string();
+        // A web server beside the pod.
+        let www = vm.env.dir.path().join("www");
+        fs::create_dir_all(&www).unwrap();
+        fs::write(www.join("hello"), "hello-from-the-peer\n").unwrap();
+        ns.1.push(
+            Command::new("ip")
+                .args(["netns", "exec", &peer, "python3", "-m", "http.server"])
+                .args(["8080", "--bind", "10.99.9.1", "--directory"])
+                .arg(&www)
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(vm.env.dir.path().join("www.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+
+        // Started before the container, which tries once. (The image's
+        // busybox wget crashes; nc speaks HTTP here.)
+        let peer_ns = fs::File::open(format!("/run/netns/{peer}")).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns of this thread only, on an fd it holds.
+                let joined = unsafe { libc::setns(peer_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(joined, 0);
+                let start = Instant::now();
+                while std::net::TcpStream::connect("10.99.9.1:8080").is_err() {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "no web server: {}",
+                        fs::read_to_string(vm.env.dir.path().join("www.log")).unwrap_or_default()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        });
+
+        let id = "vm-podnet";
+        let b = vm.bundle(
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; \
+                 ip -4 addr show eth0 | grep inet; ip route; \
+                 printf 'GET /hello HTTP/1.0\\r\\n\\r\\n' | nc -w 30 10.99.9.1 8080; \
+                 echo guest-served | nc -l -p 7070",
+            ],
+            |c| {
+                let list = c["linux"]["namespaces"].as_array_mut().unwrap();
+                list.retain(|n| n["type"] != "network");
+                list.push(json!({"type": "network", "path": format!("/run/netns/{pod}")}));
+            },
+        );
+        let mut cmd = vm.cmd(&["run", "-b", b.to_str().unwrap(), id]);
+        let run = std::thread::spawn(move || output_via_files(&mut cmd));
+
+        // The peer reaches the container's server at the pod's address.
+        let served = std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader};
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns of this thread only, on an fd it holds.
+            let joined = unsafe { libc::setns(peer_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(joined, 0);
+            let start = Instant::now();
+            loop {
+                let addr = "10.99.9.2:7070".parse().unwrap();
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        let mut line = String::new();
+                        BufReader::new(s).read_line(&mut line).unwrap();
+                        return line;
+                    }
+                    Err(e) if start.elapsed() > Duration::from_secs(120) => {
+                        panic!("the guest's server was never reached: {e}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        let line = served.join().unwrap();
+        let out = run.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(line.trim(), "guest-served");
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], pod_mac, "{text}");
+        assert_eq!(lines[1], "1400", "{text}");
+        assert!(lines[2].contains("inet 10.99.9.2/24"), "{text}");
+        assert!(text.contains("default via 10.99.9.1 dev eth0"), "{text}");
+        assert!(
+            text.contains("hello-from-the-peer"),
+            "{text}{}",
+            stderr(&out)
+        );
+
+        // A foreground run deletes its container: the namespace is as CNI
+        // left it. (The web server's command line names this test's
+        // directory, as the VM's processes do.)
+        for mut c in ns.1.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        vm.assert_clean(id);
+        let links = ip(&["-n", &pod, "-br", "link"]);
+        assert!(!links.contains("tap0_ironcell"), "{links}");
+        let qdiscs = Command::new("ip")
+            .args(["netns", "exec", &pod, "tc", "qdisc", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+        assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+
+        // A namespace another VM is joined to already (its tap is there)
+        // is refused before any VM starts, and the other's tap is kept.
+        ip(&[
+            "-n",
+            &pod,
+            "tuntap",
+            "add",
+            "dev",
+            "tap0_ironcell",
+            "mode",
+            "tap",
+        ]);
+        vm.fails(
+            &["run", "-b", b.to_str().unwrap(), id],
+            "another VM is joined to this pod network",
+        );
+        vm.assert_clean(id);
+        assert!(ip(&["-n", &pod, "-br", "link"]).contains("tap0_ironcell"));
+    }
+}

@@ -15,6 +15,7 @@ use ironcell_protocol::stream::{parse_answer, read_line, StreamHeader, StreamKin
 use ironcell_protocol::ttrpc::{self, context};
 use ironcell_protocol::{check_request, check_version, hybrid, CONTROL_PORT, STREAM_PORT};
 
+use super::podnet::PodInterface;
 use crate::{Result, SandboxError};
 
 /// A call that does not answer in time fails (the guest hangs). The
@@ -26,6 +27,8 @@ pub struct Agent {
     uds: std::path::PathBuf,
     /// Every call's deadline but a wait's.
     timeout: Duration,
+    /// The agent's protocol minor version.
+    minor: u32,
 }
 
 fn vm_err(what: impl std::fmt::Display) -> SandboxError {
@@ -64,17 +67,73 @@ impl Agent {
     fn over(stream: UnixStream, uds: &Path, timeout: Duration) -> Result<Agent> {
         let client = ttrpc::Client::new(stream.into_raw_fd())
             .map_err(|e| vm_err(format!("ttrpc client: {e}")))?;
-        let agent = Agent {
+        let mut agent = Agent {
             client: AgentClient::new(client),
             uds: uds.to_path_buf(),
             timeout,
+            minor: 0,
         };
         let resp = agent
             .client
             .check(agent.ctx(), &check_request())
             .map_err(|e| call_err("version check", e))?;
         check_version(&resp).map_err(vm_err)?;
+        agent.minor = resp.protocol_minor;
         Ok(agent)
+    }
+
+    /// Gives the guest's NIC (the one with the pod's MAC) the pod
+    /// interface's name, MTU and addresses, and the guest its routes.
+    pub fn update_network(&self, pod: &PodInterface) -> Result<()> {
+        if self.minor < 1 {
+            return Err(vm_err(format!(
+                "the guest agent speaks protocol 1.{}, and pod networking needs 1.1: rebuild the \
+                 guest image (make guest)",
+                self.minor
+            )));
+        }
+        let addresses = pod
+            .addresses
+            .iter()
+            .map(|a| IpAddress {
+                address: a.ip.to_string(),
+                prefix_len: a.prefix_len.into(),
+                ..Default::default()
+            })
+            .collect();
+        let req = UpdateInterfaceRequest {
+            interface: Some(Interface {
+                name: pod.name.clone(),
+                mac: pod.mac.to_vec(),
+                mtu: pod.mtu,
+                addresses,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.client
+            .update_interface(self.ctx(), &req)
+            .map_err(|e| call_err("the guest's network interface", e))?;
+        let routes = pod
+            .routes
+            .iter()
+            .map(|r| Route {
+                destination: r.destination.map(|d| d.ip.to_string()).unwrap_or_default(),
+                destination_prefix_len: r.destination.map_or(0, |d| d.prefix_len.into()),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                device: pod.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let req = UpdateRoutesRequest {
+            routes,
+            ..Default::default()
+        };
+        self.client
+            .update_routes(self.ctx(), &req)
+            .map(drop)
+            .map_err(|e| call_err("the guest's routes", e))
     }
 
     pub fn guest_details(&self) -> Result<GuestDetailsResponse> {

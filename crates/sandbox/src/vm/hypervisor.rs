@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use ironcell_protocol::stream::read_line;
 use ironcell_protocol::{READY_LINE, READY_PORT};
 
+use ironcell_netlink::format_mac;
+
 use crate::config::{Hypervisor, QemuAccel, QemuDeviceBackend, VmConfig};
 use crate::host::KvmKind;
 use crate::{Result, SandboxError};
@@ -56,6 +58,17 @@ pub struct Plan<'a> {
     pub share: &'a Path,
     /// ironcell-vmm's binary.
     pub vmm: PathBuf,
+    /// The NIC, when the VM joins a pod's network.
+    pub nic: Option<Nic>,
+}
+
+/// A virtio-net device on a tap of the hypervisor's network namespace
+/// (where [`super::podnet::connect`] made it).
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub tap: String,
+    /// The pod interface's: the guest's eth0 answers as the pod.
+    pub mac: [u8; 6],
 }
 
 /// A started VM: the hypervisor and its helpers.
@@ -174,6 +187,10 @@ pub fn vmm_command(plan: &Plan) -> Command {
         .arg(format!("tag={SHARE_TAG},path={}", plan.share.display()))
         .arg("--rng")
         .arg("--jail");
+    if let Some(nic) = &plan.nic {
+        cmd.arg("--net")
+            .arg(format!("tap={},mac={}", nic.tap, format_mac(&nic.mac)));
+    }
     cmd
 }
 
@@ -264,6 +281,19 @@ pub fn qemu_commands(plan: &Plan) -> Vec<(&'static str, Command, Option<PathBuf>
             &format!("vhost-user-fs-device,chardev=fs,tag={SHARE_TAG}"),
         ])
         .args(["-device", "virtio-rng-device"]);
+    if let Some(nic) = &plan.nic {
+        // The tap is persistent and ready: QEMU runs no scripts on it.
+        qemu.arg("-netdev")
+            .arg(format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                nic.tap
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-net-device,netdev=net0,mac={}",
+                format_mac(&nic.mac)
+            ));
+    }
     backends.push(("qemu", qemu, None));
     backends
 }
@@ -538,6 +568,7 @@ mod tests {
             run_dir: run,
             share: Path::new("/s"),
             vmm: "/bin/ironcell-vmm".into(),
+            nic: None,
         };
         let a = args(&vmm_command(&plan));
         assert!(a.contains(&"--jail".to_string()));
@@ -591,6 +622,57 @@ mod tests {
             append.contains("tsc=reliable") && append.contains("no_timer_check"),
             "{append}"
         );
+    }
+
+    #[test]
+    fn a_nic_reaches_both_hypervisors() {
+        let nic = Nic {
+            tap: "tap0_ironcell".into(),
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0, 5],
+        };
+        let config = VmConfig::default();
+        let plan = Plan {
+            config: &config,
+            kvm: KvmKind::Vmx,
+            run_dir: Path::new("/run/x"),
+            share: Path::new("/s"),
+            vmm: "/bin/ironcell-vmm".into(),
+            nic: Some(nic),
+        };
+        let a = args(&vmm_command(&plan));
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--net", "tap=tap0_ironcell,mac=0a:58:0a:58:00:05"]),
+            "{a:?}"
+        );
+        let qconfig = VmConfig {
+            hypervisor: Hypervisor::Qemu,
+            ..VmConfig::default()
+        };
+        let cmds = qemu_commands(&Plan {
+            config: &qconfig,
+            ..plan
+        });
+        let q = args(&cmds.last().unwrap().1);
+        assert!(q.windows(2).any(|w| w
+            == [
+                "-netdev",
+                "tap,id=net0,ifname=tap0_ironcell,script=no,downscript=no"
+            ]));
+        assert!(q.windows(2).any(|w| w
+            == [
+                "-device",
+                "virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:05"
+            ]));
+        let none = Plan {
+            config: &qconfig,
+            kvm: KvmKind::Vmx,
+            run_dir: Path::new("/run/x"),
+            share: Path::new("/s"),
+            vmm: "/bin/ironcell-vmm".into(),
+            nic: None,
+        };
+        assert!(!args(&qemu_commands(&none).last().unwrap().1).contains(&"-netdev".to_string()));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::config::{Config, VmConfig};
 use crate::host::KvmKind;
 use crate::{Kind, Result, Sandbox, SandboxError};
 use agent::Agent;
-use hypervisor::{Plan, Vm};
+use hypervisor::{Nic, Plan, Vm};
 use relay::{OwnedVm, Relay};
 use state::{ExitRecord, VmState, EXIT_FILE, STATE_FILE};
 
@@ -237,6 +237,7 @@ impl VmSandbox {
             guest_pid: 0,
             guest_times: Default::default(),
             agent_timeout_secs: config.agent_timeout_secs,
+            pod_network: None,
         };
         let state_file = dir.join(STATE_FILE);
         let setup = || {
@@ -270,7 +271,12 @@ impl VmSandbox {
             .split_whitespace()
             .map(|n| n.parse().unwrap_or(0))
             .collect();
-        if let [pid, agent_start_us, agent_ready_us, created_us] = report[..] {
+        if let [pid, agent_start_us, agent_ready_us, created_us, joined] = report[..] {
+            if joined == 1 {
+                if let share::HostNetwork::Join(netns) = share::host_network(&bundle.spec) {
+                    record.pod_network = Some(netns);
+                }
+            }
             record.guest_pid = pid as i32;
             record.guest_times = state::GuestTimes {
                 agent_start_us,
@@ -311,6 +317,9 @@ impl VmSandbox {
         if let Err(e) = ran {
             kill_relay(&record);
             remove_run_dir(&run_dir);
+            if let Some(netns) = &record.pod_network {
+                leave_pod_network(netns);
+            }
             return Err(e);
         }
         Ok(())
@@ -352,11 +361,29 @@ fn container_relay(
     terminal: bool,
     console_socket: Option<&Path>,
 ) -> Result<(Relay, String)> {
-    share::enter_network(&share::host_network(&bundle.spec))?;
+    let host_network = share::host_network(&bundle.spec);
+    share::enter_network(&host_network)?;
+    // A namespace CNI (or podman's network backend) set up before create
+    // joins the VM to its network; until the relay hands it on, an error
+    // unties it again.
+    let pod_network = match &host_network {
+        share::HostNetwork::Join(netns) => podnet::connect(netns, POD_TAP)?.map(|iface| {
+            (
+                iface,
+                PodNetworkGuard {
+                    netns: Some(netns.clone()),
+                },
+            )
+        }),
+        _ => None,
+    };
     share::private_mount_namespace()?;
     let share_dir = run_dir.join("share");
     fs::create_dir(&share_dir).map_err(|e| vm_err(format!("{}: {e}", share_dir.display())))?;
-    let guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;
+    let mut guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;
+    if pod_network.is_some() {
+        share::use_guest_network(&mut guest_spec);
+    }
     let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
     let plan = Plan {
         config,
@@ -364,6 +391,10 @@ fn container_relay(
         run_dir,
         share: &share_dir,
         vmm: VmSandbox::vmm_binary(config),
+        nic: pod_network.as_ref().map(|(iface, _)| Nic {
+            tap: POD_TAP.to_string(),
+            mac: iface.mac,
+        }),
     };
     let mut vm = Vm::launch(&plan)?;
     let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs.into());
@@ -381,11 +412,25 @@ fn container_relay(
         }
     };
     let details = agent.guest_details()?;
+    if let Some((iface, _)) = &pod_network {
+        agent
+            .update_network(iface)
+            .map_err(|e| vm_err(format!("{e}{}", vm.console_tail())))?;
+    }
     let created = agent
         .create(id, spec_json)
         .map_err(|e| vm_err(format!("{}{}", e.message(), vm.console_tail())))?;
     let stdio = relay::attach(&agent, id, "", terminal, console_socket)?;
     let uds = vm.vsock.clone();
+    let joined = match pod_network {
+        Some((_, mut guard)) => {
+            // The container's record holds the namespace from here on, and
+            // its delete unties it.
+            guard.netns = None;
+            1
+        }
+        None => 0,
+    };
     Ok((
         Relay {
             agent,
@@ -400,10 +445,39 @@ fn container_relay(
             }),
         },
         format!(
-            "{} {} {} {}",
+            "{} {} {} {} {joined}",
             created.pid, details.agent_start_us, details.agent_ready_us, created.created_us
         ),
     ))
+}
+
+/// The tap of a VM joined to a pod's network namespace; one VM per
+/// namespace.
+pub const POD_TAP: &str = "tap0_ironcell";
+
+/// Unties a VM from its pod network when dropped, unless its `netns` was
+/// taken.
+struct PodNetworkGuard {
+    netns: Option<PathBuf>,
+}
+
+impl Drop for PodNetworkGuard {
+    fn drop(&mut self) {
+        if let Some(netns) = self.netns.take() {
+            leave_pod_network(&netns);
+        }
+    }
+}
+
+/// Removes a VM's tap and tc from the pod network namespace at `netns`
+/// (gone already: nothing to do).
+fn leave_pod_network(netns: &Path) {
+    if !netns.exists() {
+        return;
+    }
+    if let Err(e) = podnet::disconnect(netns, POD_TAP) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Kills a container's relay (its VM dies with it) and waits until it is
@@ -553,6 +627,9 @@ impl Sandbox for VmSandbox {
         }
         kill_relay(&st);
         remove_run_dir(&st.run_dir);
+        if let Some(netns) = &st.pod_network {
+            leave_pod_network(netns);
+        }
         self.warn_hooks("poststop", &st, "stopped");
         let dir = self.dir(id);
         match fs::remove_dir_all(&dir) {

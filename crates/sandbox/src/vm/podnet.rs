@@ -16,25 +16,19 @@
 
 use std::fs::File;
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
-};
-use netlink_packet_route::tc::{
+use ironcell_netlink::netlink_packet_route::link::{LinkFlags, LinkMessage};
+use ironcell_netlink::netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
     TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use ironcell_netlink::netlink_packet_route::RouteNetlinkMessage;
+use ironcell_netlink::{
+    link_mac, link_mtu, link_name, Address, LinkChange, Netlink, Route, NLM_F_CREATE, NLM_F_EXCL,
+};
 
 use crate::{Result, SandboxError};
 
@@ -42,8 +36,6 @@ fn net_err(what: impl std::fmt::Display) -> SandboxError {
     SandboxError::Vm(format!("pod network: {what}"))
 }
 
-/// The main routing table.
-const MAIN_TABLE: u8 = 254;
 /// The ingress qdisc's handle (`ffff:`).
 const INGRESS_HANDLE: TcHandle = TcHandle {
     major: 0xffff,
@@ -53,14 +45,6 @@ const INGRESS_HANDLE: TcHandle = TcHandle {
 /// priority 1 in the high half.
 const FILTER_INFO: u32 = (1 << 16) | (libc::ETH_P_ALL as u16).to_be() as u32;
 
-/// A route of the pod's interface, for the guest's eth0.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodRoute {
-    /// None: the default route.
-    pub destination: Option<(IpAddr, u8)>,
-    pub gateway: Option<IpAddr>,
-}
-
 /// The interface CNI gave the pod, as the guest's eth0 must copy it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInterface {
@@ -68,11 +52,11 @@ pub struct PodInterface {
     pub index: u32,
     pub mac: [u8; 6],
     pub mtu: u32,
-    /// Addresses with their prefix length (link-local IPv6 left out: the
-    /// guest makes its own).
-    pub addresses: Vec<(IpAddr, u8)>,
+    /// Addresses of global scope (link-local IPv6 left out: the guest
+    /// makes its own).
+    pub addresses: Vec<Address>,
     /// Routes through it, but those the kernel adds for an address.
-    pub routes: Vec<PodRoute>,
+    pub routes: Vec<Route>,
 }
 
 /// Runs `f` on a thread that joined the network namespace at `netns`.
@@ -102,118 +86,9 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Resu
     })
 }
 
-/// A route netlink socket of the calling thread's namespace.
-struct Netlink {
-    socket: Socket,
-    sequence: u32,
-}
-
-impl Netlink {
-    fn new() -> Result<Netlink> {
-        let open = || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_ROUTE)?;
-            socket.bind_auto()?;
-            socket.connect(&SocketAddr::new(0, 0))?;
-            Ok(socket)
-        };
-        Ok(Netlink {
-            socket: open().map_err(|e| net_err(format!("netlink: {e}")))?,
-            sequence: 0,
-        })
-    }
-
-    /// Sends `msg` with `flags`, and returns what the kernel answered: the
-    /// messages of a dump, or nothing for an acknowledged change. A kernel
-    /// error is an `io::Error` of its errno.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.sequence += 1;
-        let mut nl = NetlinkMessage::from(msg);
-        nl.header.flags = NLM_F_REQUEST | flags;
-        nl.header.sequence_number = self.sequence;
-        nl.finalize();
-        let mut buf = vec![0u8; nl.header.length as usize];
-        nl.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        // Both bits: NLM_F_EXCL, of a change, is one of them.
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| io::Error::other(format!("malformed netlink answer: {e}")))?;
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += (len + 3) & !3;
-                if msg.header.sequence_number != self.sequence {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => match e.code {
-                        Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
-                        // The acknowledgement of a change.
-                        None if !dump => return Ok(out),
-                        None => {}
-                    },
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn change(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.request(msg, NLM_F_ACK | flags).map(drop)
-    }
-
-    fn links(&mut self) -> io::Result<Vec<LinkMessage>> {
-        Ok(self
-            .request(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l),
-                _ => None,
-            })
-            .collect())
-    }
-
-    fn index_of(&mut self, name: &str) -> io::Result<Option<u32>> {
-        Ok(self
-            .links()?
-            .iter()
-            .find(|l| link_name(l) == Some(name))
-            .map(|l| l.header.index))
-    }
-}
-
-fn link_name(l: &LinkMessage) -> Option<&str> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
-}
-
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-/// The pod's interface: the one link besides loopback (and `tap`).
-fn pod_interface(nl: &mut Netlink, tap: &str) -> Result<PodInterface> {
+/// The pod's interface: the one link besides loopback (and `tap`); None
+/// when there is none.
+fn pod_interface(nl: &mut Netlink, tap: &str) -> Result<Option<PodInterface>> {
     let links = nl
         .links()
         .map_err(|e| net_err(format!("listing links: {e}")))?;
@@ -224,9 +99,7 @@ fn pod_interface(nl: &mut Netlink, tap: &str) -> Result<PodInterface> {
         .collect();
     let link = match candidates.as_slice() {
         [one] => *one,
-        [] => return Err(net_err(
-            "the namespace has no interface but loopback (no CNI network, or a host-network pod)",
-        )),
+        [] => return Ok(None),
         many => *many
             .iter()
             .find(|l| link_name(l) == Some("eth0"))
@@ -239,85 +112,21 @@ fn pod_interface(nl: &mut Netlink, tap: &str) -> Result<PodInterface> {
     };
     let name = link_name(link).unwrap_or_default().to_string();
     let index = link.header.index;
-    let mut mac = None;
-    let mut mtu = 1500;
-    for a in &link.attributes {
-        match a {
-            LinkAttribute::Address(m) if m.len() == 6 => {
-                mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]])
-            }
-            LinkAttribute::Mtu(m) => mtu = *m,
-            _ => {}
-        }
-    }
-    let mac = mac.ok_or_else(|| net_err(format!("{name} has no Ethernet address")))?;
+    let mac = link_mac(link).ok_or_else(|| net_err(format!("{name} has no Ethernet address")))?;
     let addresses = nl
-        .request(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )
-        .map_err(|e| net_err(format!("listing addresses: {e}")))?
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a)
-                if a.header.index == index && a.header.scope == AddressScope::Universe =>
-            {
-                let ip = a.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })?;
-                Some((ip, a.header.prefix_len))
-            }
-            _ => None,
-        })
-        .collect();
-    let mut routes = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut query = RouteMessage::default();
-        query.header.address_family = family;
-        let found = nl
-            .request(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)
-            .map_err(|e| net_err(format!("listing routes: {e}")))?;
-        for m in found {
-            let RouteNetlinkMessage::NewRoute(r) = m else {
-                continue;
-            };
-            let through = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            if !through
-                || r.header.table != MAIN_TABLE
-                || r.header.kind != RouteType::Unicast
-                || r.header.protocol == RouteProtocol::Kernel
-            {
-                continue;
-            }
-            let mut route = PodRoute {
-                destination: None,
-                gateway: None,
-            };
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => {
-                        route.destination =
-                            ip_of(d).map(|ip| (ip, r.header.destination_prefix_length))
-                    }
-                    RouteAttribute::Gateway(g) => route.gateway = ip_of(g),
-                    _ => {}
-                }
-            }
-            routes.push(route);
-        }
-    }
-    Ok(PodInterface {
+        .addresses(index)
+        .map_err(|e| net_err(format!("listing addresses: {e}")))?;
+    let routes = nl
+        .routes(index)
+        .map_err(|e| net_err(format!("listing routes: {e}")))?;
+    Ok(Some(PodInterface {
         name,
         index,
         mac,
-        mtu,
+        mtu: link_mtu(link).unwrap_or(1500),
         addresses,
         routes,
-    })
+    }))
 }
 
 /// struct ifreq for TUNSETIFF: a name and flags.
@@ -407,23 +216,22 @@ fn redirect_filter(from: u32, to: u32) -> TcMessage {
     m
 }
 
-/// Sets link `index` up with MTU `mtu`.
-fn link_up(nl: &mut Netlink, index: u32, mtu: u32) -> io::Result<()> {
-    let mut m = LinkMessage::default();
-    m.header.index = index;
-    m.header.flags = LinkFlags::Up;
-    m.header.change_mask = LinkFlags::Up;
-    m.attributes.push(LinkAttribute::Mtu(mtu));
-    nl.change(RouteNetlinkMessage::SetLink(m), 0)
-}
-
 /// Makes tap `tap` in the namespace at `netns` and ties it to the pod's
-/// interface; returns that interface as the guest must copy it. On error
-/// nothing of it is left.
-pub fn connect(netns: &Path, tap: &str) -> Result<PodInterface> {
+/// interface; returns that interface as the guest must copy it, or None,
+/// having done nothing, when the namespace has only loopback (no CNI
+/// network was set up there). On error nothing of it is left.
+pub fn connect(netns: &Path, tap: &str) -> Result<Option<PodInterface>> {
     in_netns(netns, || {
-        let mut nl = Netlink::new()?;
-        let pod = pod_interface(&mut nl, tap)?;
+        let mut nl = Netlink::new().map_err(|e| net_err(format!("netlink: {e}")))?;
+        // Opening an existing tap would take another VM's.
+        if nl.index_of(tap).ok().flatten().is_some() {
+            return Err(net_err(format!(
+                "the namespace has a tap {tap} already: another VM is joined to this pod network"
+            )));
+        }
+        let Some(pod) = pod_interface(&mut nl, tap)? else {
+            return Ok(None);
+        };
         make_tap(tap)?;
         // Undone on error: the tap (its qdisc and filter go with it), and
         // the pod interface's qdisc once this call made it.
@@ -432,7 +240,14 @@ pub fn connect(netns: &Path, tap: &str) -> Result<PodInterface> {
             let tap_index = nl
                 .index_of(tap)?
                 .ok_or_else(|| io::Error::other("the tap vanished"))?;
-            link_up(&mut nl, tap_index, pod.mtu)?;
+            nl.set_link(
+                tap_index,
+                &LinkChange {
+                    up: Some(true),
+                    mtu: Some(pod.mtu),
+                    ..LinkChange::default()
+                },
+            )?;
             for index in [tap_index, pod.index] {
                 // EEXIST on the pod's interface: it is tied already.
                 nl.change(
@@ -456,31 +271,31 @@ pub fn connect(netns: &Path, tap: &str) -> Result<PodInterface> {
             }
             return Err(net_err(format!("tying {tap} to {}: {e}", pod.name)));
         }
-        Ok(pod)
+        Ok(Some(pod))
     })
 }
 
 /// Removes tap `tap` (its qdisc and filter go with it) and the ingress
-/// qdisc (with its filter) of `interface`; what is already gone is no
-/// error.
-pub fn disconnect(netns: &Path, tap: &str, interface: &str) -> Result<()> {
+/// qdisc (with its filter) of the pod interface it was tied to. A
+/// namespace without the tap is left alone: what is already gone is no
+/// error, and an interface this VM did not tie is not touched.
+pub fn disconnect(netns: &Path, tap: &str) -> Result<()> {
     in_netns(netns, || {
-        let mut nl = Netlink::new()?;
-        untie(&mut nl, tap, interface);
+        let mut nl = Netlink::new().map_err(|e| net_err(format!("netlink: {e}")))?;
+        if nl.index_of(tap).ok().flatten().is_none() {
+            return Ok(());
+        }
+        if let Ok(Some(pod)) = pod_interface(&mut nl, tap) {
+            delete_ingress(&mut nl, &pod.name);
+        }
+        delete_link(&mut nl, tap);
         Ok(())
     })
 }
 
-fn untie(nl: &mut Netlink, tap: &str, interface: &str) {
-    delete_link(nl, tap);
-    delete_ingress(nl, interface);
-}
-
 fn delete_link(nl: &mut Netlink, name: &str) {
     if let Ok(Some(index)) = nl.index_of(name) {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        let _ = nl.change(RouteNetlinkMessage::DelLink(m), 0);
+        let _ = nl.delete_link(index);
     }
 }
 

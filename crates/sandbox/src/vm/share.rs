@@ -268,6 +268,21 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// Makes the guest container share the guest's network namespace, where
+/// the agent gave eth0 the pod's interface.
+pub fn use_guest_network(spec: &mut Spec) {
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(ns) = linux.namespaces().clone() {
+            linux.set_namespaces(Some(
+                ns.into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                    .collect(),
+            ));
+        }
+        spec.set_linux(Some(linux));
+    }
+}
+
 /// The network namespace the spec gives the container on the host: a path
 /// to join, a new one, or none (the host's).
 pub enum HostNetwork {
@@ -362,6 +377,25 @@ mod tests {
             r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]}}"#,
         );
         assert!(check_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn a_container_on_the_pod_network_shares_the_guests() {
+        let mut s = for_guest(spec(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network","path":"/run/netns/a"},{"type":"pid"}]}}"#,
+        ));
+        use_guest_network(&mut s);
+        let kinds: Vec<_> = s
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert_eq!(kinds, [LinuxNamespaceType::Pid, LinuxNamespaceType::Cgroup]);
     }
 
     #[test]

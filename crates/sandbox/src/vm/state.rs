@@ -43,6 +43,10 @@ pub struct VmState {
     /// create).
     #[serde(default = "default_agent_timeout")]
     pub agent_timeout_secs: u32,
+    /// The pod network namespace the VM's tap is tied to (None: the VM
+    /// has no NIC).
+    #[serde(default)]
+    pub pod_network: Option<PathBuf>,
 }
 
 fn default_agent_timeout() -> u32 {
