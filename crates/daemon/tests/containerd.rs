@@ -1,7 +1,8 @@
 //! Real containerd 1.6 (Debian 12's) driving ironcelld through the
 //! `io.containerd.ironcell.v2` runtime: `ctr run` in the foreground and
 //! detached, exec, ps, pause/resume, metrics, kill, a terminal, stdin, two
-//! namespaces with the same task id, and one daemon for all of it.
+//! namespaces with the same task id, and one daemon for all of it; and
+//! containers in VMs (the vm sandbox) through the same daemon.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -475,4 +476,121 @@ fn ctr_runs_a_wasm_image() {
     c.ok(&["task", "delete", "w2"]);
     c.ok(&["container", "rm", "w2"]);
     assert!(s.daemons().len() == 1, "{}", s.daemon_log());
+}
+
+/// The vm sandbox through ironcelld: `ctr run` with the
+/// `io.ironcell.sandbox=vm` annotation runs the container in a guest of
+/// its own (QEMU with TCG, configured by `IRONCELL_CONFIG` in the daemon's
+/// environment): the guest's kernel and boot id, the exit status, stdin,
+/// exec, pause and resume. The daemon is SIGKILLed while the VM runs, and
+/// the keeper's next daemon serves it: exec works, the exit comes back,
+/// and deleting it leaves no VM.
+#[test]
+fn ctr_runs_containers_in_vms_through_ironcelld() {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+    let Some(g) = qemu_guest("ctr_runs_containers_in_vms_through_ironcelld") else {
+        return;
+    };
+    let vmdir = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = qemu_config(vmdir.path(), &g, "memory_mib = 256");
+    let Some(s) = Setup::start_with_env(vec![("IRONCELL_CONFIG".into(), config.into())]) else {
+        return;
+    };
+    let c = s.c();
+    let vm = ["--annotation", "io.ironcell.sandbox=vm"];
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+
+    // Foreground, with stdin: the guest's kernel and boot id, the status.
+    let args = s.run_args(
+        &[&["--rm"][..], &vm].concat(),
+        &[
+            "vmfg",
+            "sh",
+            "-c",
+            "uname -r; cat /proc/sys/kernel/random/boot_id; read a; echo got:$a; exit 4",
+        ],
+    );
+    let mut fg = c
+        .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(fg.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+    let out = fg.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}\n{}",
+        stderr(&out),
+        s.daemon_log()
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("-ironcell"), "{text}");
+    assert_ne!(lines[1], host_boot.trim(), "the host's boot id: {text}");
+    assert_eq!(lines[2], "got:typed", "{text}");
+
+    // Detached, with exec, pause and resume.
+    let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    s.ctr_ok(&s.run_args(
+        &[&["-d"][..], &vm].concat(),
+        &[
+            "vmsvc",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while true; do sleep 0.1; done",
+        ],
+    ));
+    c.wait_task("vmsvc", "RUNNING");
+    let exec = |id: &str| {
+        c.run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            id,
+            "vmsvc",
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; exit 3",
+        ])
+    };
+    let out = exec("e1");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let guest_boot = stdout(&out).trim().to_string();
+    assert_ne!(guest_boot, host_boot.trim());
+    c.ok(&["task", "pause", "vmsvc"]);
+    c.wait_task("vmsvc", "PAUSED");
+    c.ok(&["task", "resume", "vmsvc"]);
+    c.wait_task("vmsvc", "RUNNING");
+
+    // The daemon dies; the VM does not, and the next daemon serves it.
+    let old = kill_daemon(&s.root);
+    wait_for_new_daemon(&s.root, &old, Duration::from_secs(20));
+    let out = exec("e2");
+    assert_eq!(
+        (out.status.code(), stdout(&out).trim()),
+        (Some(3), guest_boot.as_str()),
+        "{}\n{}",
+        stderr(&out),
+        s.daemon_log()
+    );
+    c.ok(&["task", "kill", "vmsvc"]);
+    c.wait_task("vmsvc", "STOPPED");
+    c.ok(&["task", "delete", "vmsvc"]);
+    c.ok(&["container", "rm", "vmsvc"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let ev = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).to_string();
+    assert!(
+        ev.lines().any(|l| l.contains("/tasks/exit")
+            && l.contains("\"container_id\":\"vmsvc\"")
+            && l.contains("\"exit_status\":7")),
+        "no exit event for vmsvc: {ev}"
+    );
+    assert_no_vm_left(vmdir.path());
 }

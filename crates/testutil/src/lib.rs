@@ -280,8 +280,12 @@ pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {
             let cmd = fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
             // The keeper's own binary shows as "ironcelld-keepe" (comm
             // keeps 15 bytes); both run with "keeper" as first argument.
+            // A helper's processes ("helper" first), such as a vm
+            // container's relay, name the root too, and are neither.
+            let first = cmd.split('\0').nth(1);
             matches!(comm.trim(), "ironcelld" | "ironcelld-keepe")
-                && (cmd.split('\0').nth(1) == Some("keeper")) == keeper
+                && first != Some("helper")
+                && (first == Some("keeper")) == keeper
         })
         .collect()
 }

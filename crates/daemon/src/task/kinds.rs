@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ironcell_oci::Bundle;
 use ironcell_sandbox::{Kind, Sandboxes};
 
-use crate::error::{Result, TaskError};
+use crate::error::Result;
 use crate::wasm_host::WasmHost;
 
 use super::backend::{Backends, Host, Place, Spawned, TaskBackend, TaskKind};
@@ -41,12 +41,11 @@ impl Backends for ByKind {
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         match Sandboxes::select(None, bundle)? {
             Kind::Wasm => self.wasm.create(place, bundle, io).await,
-            Kind::Vm => Err(TaskError::InvalidArgument(
-                "the vm sandbox is not served by ironcelld yet: run the container with \
-                 containerd's runc shim and ironcell as its binary (docs/vm.md)"
-                    .into(),
-            )),
-            Kind::Namespace | Kind::AppKernel => self.native.create(place, bundle, io).await,
+            // A vm container is the sandbox library's, as the CLI makes it:
+            // its relay is the process the keeper holds.
+            Kind::Namespace | Kind::Vm | Kind::AppKernel => {
+                self.native.create(place, bundle, io).await
+            }
         }
     }
 
@@ -62,7 +61,9 @@ impl Backends for ByKind {
             TaskKind::Native => self.native.recover(kind, place),
             TaskKind::Wasm => self.wasm.recover(kind, place),
             #[cfg(test)]
-            TaskKind::Test => Err(TaskError::Internal("a test task's record".into())),
+            TaskKind::Test => Err(crate::error::TaskError::Internal(
+                "a test task's record".into(),
+            )),
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Native tasks: containers of the namespace sandbox (the `sandbox`
-//! library, as the CLI runs them). Their processes are forked by helper
-//! jobs (`helper.rs`) under the keeper, which reaps them and reports their
-//! exits through the reaper.
+//! Native tasks: containers of the namespace and vm sandboxes (the
+//! `sandbox` library, as the CLI runs them). Their processes are forked by
+//! helper jobs (`helper.rs`) under the keeper, which reaps them and reports
+//! their exits through the reaper. A vm container's process is its relay
+//! (docs/vm.md): it owns the VM, carries the stdio, and ends with the
+//! container's status, so the VM outlives a daemon restart as any
+//! container's processes do.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;

@@ -26,14 +26,21 @@ pub struct Setup {
 
 impl Setup {
     pub fn start() -> Option<Setup> {
+        Self::start_with_env(Vec::new())
+    }
+
+    /// [`Setup::start`] with more environment for containerd, and so for
+    /// the shim and the daemon it starts.
+    pub fn start_with_env(mut env: Vec<(String, OsString)>) -> Option<Setup> {
         let root_dir = tempfile::Builder::new()
             .prefix("icd-")
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
+        env.push(("IRONCELLD_ROOT".into(), OsString::from(&root_dir)));
         let c = Containerd::start(Options {
             path: vec![bin_dir()],
-            env: vec![("IRONCELLD_ROOT".into(), OsString::from(&root_dir))],
+            env,
             ..Default::default()
         })?;
         Some(Setup {
