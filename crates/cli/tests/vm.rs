@@ -1123,3 +1123,58 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
         assert!(ip(&["-n", &pod, "-br", "link"]).contains("tap0_ironcell"));
     }
 }
+
+/// A VM is sized by the configured base plus the container's limits: a
+/// 192 MiB memory limit adds 192 MiB to the guest, a CPU limit of 1.5
+/// adds 2 vCPUs (no more than the host has). Specs asking for the host's
+/// PID namespace or network are refused before anything starts.
+#[test]
+fn a_vms_size_follows_the_containers_limits() {
+    let test = "a_vms_size_follows_the_containers_limits";
+    for vm in Vm::all(test, "memory_mib = 256\nvcpus = 1") {
+        let id = "vm-sized";
+        let b = vm.bundle(
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "grep MemTotal /proc/meminfo; nproc; cat /sys/fs/cgroup/memory.max",
+            ],
+            |c| {
+                c["linux"]["resources"] = json!({
+                    "memory": {"limit": 192 * 1024 * 1024},
+                    "cpu": {"quota": 150000, "period": 100000},
+                });
+            },
+        );
+        let text = vm.ok(&["run", "-b", b.to_str().unwrap(), id]);
+        let lines: Vec<&str> = text.lines().collect();
+        let total_kib: u64 = lines[0]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        // The kernel keeps some of 448 MiB for itself; 256 MiB alone would
+        // show less than 256.
+        assert!(total_kib > 400 * 1024 && total_kib <= 448 * 1024, "{text}");
+        let host = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(lines[1], 3.min(host).to_string(), "{text}");
+        // The container's own limit holds inside.
+        assert_eq!(lines[2], (192 * 1024 * 1024).to_string(), "{text}");
+        vm.assert_clean(id);
+
+        for (name, typ, want) in [
+            ("vm-hostpid", "pid", "host's PID namespace"),
+            ("vm-hostnet", "network", "host's network"),
+        ] {
+            let b = vm.bundle(name, &["true"], |c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|n| n["type"] != typ);
+            });
+            vm.fails(&["run", "-b", b.to_str().unwrap(), name], want);
+            vm.assert_clean(name);
+        }
+    }
+}

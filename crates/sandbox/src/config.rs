@@ -90,8 +90,15 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// The initramfs holding the agent.
     pub initrd: PathBuf,
+    /// The VM's base: a container's CPU and memory limits are added
+    /// (vm/sizing.rs).
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The most vCPUs a VM gets (0: the host's online CPUs).
+    pub max_vcpus: u32,
+    /// The most memory a VM may need (0: the host's memory); a container
+    /// asking for more is refused.
+    pub max_memory_mib: u32,
     /// QEMU's accelerator; unset: kvm where /dev/kvm has VT-x or AMD-V,
     /// else tcg.
     pub qemu_accel: Option<QemuAccel>,
@@ -127,6 +134,8 @@ impl Default for VmConfig {
             initrd: Path::new(DEFAULT_GUEST_DIR).join("initrd.img"),
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 0,
+            max_memory_mib: 0,
             qemu_accel: None,
             qemu: "qemu-system-x86_64".into(),
             vmm: None,
@@ -197,6 +206,18 @@ impl VmConfig {
             return Err(format!(
                 "[vm] memory_mib = {}: must be 64 to 262144",
                 self.memory_mib
+            ));
+        }
+        if self.max_vcpus != 0 && !(self.vcpus..=32).contains(&self.max_vcpus) {
+            return Err(format!(
+                "[vm] max_vcpus = {}: must be 0 (the host's CPUs) or vcpus ({}) to 32",
+                self.max_vcpus, self.vcpus
+            ));
+        }
+        if self.max_memory_mib != 0 && self.max_memory_mib < self.memory_mib {
+            return Err(format!(
+                "[vm] max_memory_mib = {}: must be 0 (the host's memory) or at least memory_mib ({})",
+                self.max_memory_mib, self.memory_mib
             ));
         }
         for (key, v) in [
@@ -280,6 +301,9 @@ run_dir = "/run/x"
             ("[vm]\nhypervisor = \"kvmtool\"\n", "kvmtool"),
             ("[vm]\nvcpus = 0\n", "vcpus = 0"),
             ("[vm]\nmemory_mib = 1\n", "memory_mib = 1"),
+            ("[vm]\nvcpus = 4\nmax_vcpus = 2\n", "max_vcpus = 2"),
+            ("[vm]\nmax_vcpus = 33\n", "max_vcpus = 33"),
+            ("[vm]\nmax_memory_mib = 100\n", "max_memory_mib = 100"),
             ("[vm]\nqemu_accel = \"hvf\"\n", "hvf"),
             ("[vm]\nqemu_device_backend = \"vhost\"\n", "vhost"),
             ("[vm]\nrun_dir = \"rel\"\n", "run_dir"),

@@ -8,7 +8,9 @@
 //! - [`relay`]: the host process that stands in for a guest process;
 //! - [`state`]: a vm container's records on disk;
 //! - [`podnet`]: a VM joined to a pod's network namespace (a tap tied to
-//!   the CNI interface by tc), for VM pods.
+//!   the CNI interface by tc);
+//! - [`sizing`]: a VM's vCPUs and memory, from the configured base and the
+//!   container's limits.
 //!
 //! A vm container's state directory holds `vm.json` (and `exit.json` once
 //! it exited); its VM's sockets and logs are in a run directory of their
@@ -21,6 +23,7 @@ pub mod hypervisor;
 pub mod podnet;
 pub mod relay;
 pub mod share;
+pub mod sizing;
 pub mod state;
 
 use std::collections::hash_map::DefaultHasher;
@@ -175,10 +178,13 @@ impl VmSandbox {
     }
 
     fn create_in(&self, id: &str, dir: &Path, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
-        let config = self.config()?.clone();
+        let mut config = self.config()?.clone();
         let kvm = KvmKind::detect();
         hypervisor::check_host(&config, kvm)?;
         share::check_spec(&bundle.spec)?;
+        let size = sizing::size(&config, &bundle.spec, sizing::HostLimits::detect())?;
+        config.vcpus = size.vcpus;
+        config.memory_mib = size.memory_mib;
         if opts.preserve_fds > 0 {
             return Err(vm_err(
                 "--preserve-fds: file descriptors cannot be passed into a VM",

@@ -255,14 +255,40 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
             }
         }
     }
-    if let Some(ns) = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()) {
-        if ns
-            .iter()
-            .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_some())
-        {
-            return Err(vm_err(
-                "joining a host user namespace is not possible in a VM",
-            ));
+    let ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    if ns
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_some())
+    {
+        return Err(vm_err(
+            "joining a host user namespace is not possible in a VM",
+        ));
+    }
+    // What a spec without these namespaces asks for is the host's; in the
+    // guest it would be the guest's own, shared with its agent.
+    for (typ, what) in [
+        (
+            LinuxNamespaceType::Pid,
+            "the host's PID namespace (--pid=host, a hostPID pod)",
+        ),
+        (
+            LinuxNamespaceType::Network,
+            "the host's network (--network=host, a hostNetwork pod)",
+        ),
+    ] {
+        if !ns.iter().any(|n| n.typ() == typ) {
+            return Err(vm_err(format!(
+                "{what} cannot be given to a container in a VM: its spec has no {} namespace; \
+                 use the namespace sandbox",
+                match typ {
+                    LinuxNamespaceType::Pid => "pid",
+                    _ => "network",
+                }
+            )));
         }
     }
     Ok(())
@@ -374,9 +400,20 @@ mod tests {
         );
         assert!(check_spec(&s).is_err());
         let s = spec(
-            r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]}}"#,
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/p"}]}}"#,
         );
         assert!(check_spec(&s).is_ok());
+        for (namespaces, want) in [
+            (r#"[{"type":"network"}]"#, "host's PID namespace"),
+            (r#"[{"type":"pid"}]"#, "host's network"),
+        ] {
+            let s = spec(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"r"}},"linux":{{"namespaces":{namespaces}}}}}"#
+            ));
+            let e = check_spec(&s).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("namespace sandbox"), "{e}");
+        }
     }
 
     #[test]
