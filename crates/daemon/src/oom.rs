@@ -50,6 +50,33 @@ pub fn watch(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> std::io::Resul
     watch_v1(dir, on_oom)
 }
 
+/// Calls `on_oom` for each OOM kill `waiter` returns (a backend that
+/// reports them itself, such as a VM's agent) until it fails (its container
+/// is gone) or the returned task is aborted. The waiter blocks without a
+/// deadline, so it runs on a thread of its own rather than the blocking
+/// pool; that thread ends with the waiter's next return. Must be called
+/// inside the tokio runtime.
+pub fn watch_waiter(
+    mut waiter: ironcell_sandbox::OomWaiter,
+    on_oom: impl Fn() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("oom-waiter".into())
+        .spawn(move || {
+            while waiter().is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            on_oom();
+        }
+    }))
+}
+
 fn watch_v1(dir: PathBuf, on_oom: impl Fn() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
     let control = File::open(dir.join("memory.oom_control"))?;

@@ -484,7 +484,7 @@ fn ctr_runs_a_wasm_image() {
 /// environment): the guest's kernel and boot id, the exit status, stdin,
 /// exec, pause and resume. The daemon is SIGKILLed while the VM runs, and
 /// the keeper's next daemon serves it: exec works, the exit comes back,
-/// and deleting it leaves no VM.
+/// and deleting it leaves no VM. An OOM kill in a guest is a TaskOOM.
 #[test]
 fn ctr_runs_containers_in_vms_through_ironcelld() {
     use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
@@ -583,6 +583,21 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     c.wait_task("vmsvc", "STOPPED");
     c.ok(&["task", "delete", "vmsvc"]);
     c.ok(&["container", "rm", "vmsvc"]);
+
+    // An OOM kill in the guest, under the container's own limit (which
+    // also sizes its VM), reaches containerd as TaskOOM.
+    let args = s.run_args(
+        &[&["--rm", "--memory-limit", "33554432"][..], &vm].concat(),
+        &[
+            "vmoom",
+            "sh",
+            "-c",
+            "sleep 1; exec dd if=/dev/zero of=/dev/shm/fill bs=1M count=128",
+        ],
+    );
+    let out = c.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+
     std::thread::sleep(Duration::from_millis(300));
     let _ = events.kill();
     let ev = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).to_string();
@@ -591,6 +606,12 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
             && l.contains("\"container_id\":\"vmsvc\"")
             && l.contains("\"exit_status\":7")),
         "no exit event for vmsvc: {ev}"
+    );
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"container_id\":\"vmoom\"")),
+        "no OOM event for vmoom: {ev}\n{}",
+        s.daemon_log()
     );
     assert_no_vm_left(vmdir.path());
 }

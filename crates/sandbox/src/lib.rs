@@ -146,7 +146,16 @@ pub trait Sandbox {
     /// watched; None when the backend has none on the host (or reports OOMs
     /// itself).
     fn memory_cgroup(&self, id: &str) -> Result<Option<std::path::PathBuf>>;
+    /// For a backend that reports OOM kills itself (no host memory cgroup):
+    /// a blocking call that returns once per OOM kill in the container, and
+    /// fails once the container is gone. None for the others.
+    fn oom_waiter(&self, _id: &str) -> Result<Option<OomWaiter>> {
+        Ok(None)
+    }
 }
+
+/// See [`Sandbox::oom_waiter`].
+pub type OomWaiter = Box<dyn FnMut() -> Result<()> + Send>;
 
 /// Every backend under one state root.
 pub struct Sandboxes {

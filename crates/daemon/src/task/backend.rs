@@ -153,6 +153,12 @@ pub trait TaskBackend: Send + Sync {
 
     /// The memory cgroup whose OOM kills are the task's, if it has one.
     async fn memory_cgroup(&self) -> Option<PathBuf>;
+
+    /// Without a memory cgroup: what reports the task's OOM kills, if
+    /// anything does (a VM's agent).
+    async fn oom_waiter(&self) -> Option<ironcell_sandbox::OomWaiter> {
+        None
+    }
 }
 
 /// The daemon's side of the processes every backend makes: its root, the

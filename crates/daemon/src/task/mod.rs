@@ -85,6 +85,12 @@ impl TaskInner {
     }
 }
 
+/// Where a task's OOM kills are seen.
+enum OomSource {
+    Cgroup(PathBuf),
+    Waiter(ironcell_sandbox::OomWaiter),
+}
+
 /// One container of one containerd namespace.
 pub struct Task {
     pub namespace: String,
@@ -401,9 +407,15 @@ impl Tasks {
             .memory_cgroup()
             .await
             .filter(|d| oom::watchable(d));
-        let Some(dir) = dir else {
-            tracing::debug!(id = %task.id, "no memory cgroup to watch for OOM kills");
-            return;
+        let source = match dir {
+            Some(dir) => OomSource::Cgroup(dir),
+            None => match task.backend.oom_waiter().await {
+                Some(w) => OomSource::Waiter(w),
+                None => {
+                    tracing::debug!(id = %task.id, "nothing to watch for OOM kills");
+                    return;
+                }
+            },
         };
         let events = self.events.clone();
         let (address, ns, id) = (
@@ -411,7 +423,7 @@ impl Tasks {
             task.namespace.clone(),
             task.id.clone(),
         );
-        match oom::watch(dir, move || {
+        let on_oom = move || {
             tracing::info!(namespace = %ns, %id, "OOM kill");
             events.publish(
                 address.as_deref(),
@@ -421,7 +433,12 @@ impl Tasks {
                     ..Default::default()
                 },
             );
-        }) {
+        };
+        let watched = match source {
+            OomSource::Cgroup(dir) => oom::watch(dir, on_oom),
+            OomSource::Waiter(w) => oom::watch_waiter(w, on_oom),
+        };
+        match watched {
             Ok(handle) => *task.oom.lock().unwrap() = Some(handle),
             Err(e) => tracing::warn!(id = %task.id, error = %e, "cannot watch for OOM kills"),
         }

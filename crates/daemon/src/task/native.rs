@@ -260,6 +260,13 @@ impl TaskBackend for NativeTask {
             .ok()
             .flatten()
     }
+
+    async fn oom_waiter(&self) -> Option<ironcell_sandbox::OomWaiter> {
+        self.on_sandbox(|b, id| Ok(b.oom_waiter(id)?))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 /// Opens `io`, runs the helper job that forks the process, and returns

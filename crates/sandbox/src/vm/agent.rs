@@ -257,6 +257,15 @@ impl Agent {
             .map_err(|e| call_err("wait in the guest", e))
     }
 
+    /// Waits, without a deadline, for the next container whose cgroup saw
+    /// an OOM kill; returns its id.
+    pub fn next_oom(&self) -> Result<String> {
+        self.client
+            .get_oom_event(context::Context::default(), &Empty::new())
+            .map(|r| r.container_id)
+            .map_err(|e| call_err("OOM events of the guest", e))
+    }
+
     pub fn resize(&self, id: &str, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
         let req = ResizeTerminalRequest {
             container_id: id.into(),

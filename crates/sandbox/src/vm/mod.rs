@@ -755,4 +755,18 @@ impl Sandbox for VmSandbox {
     fn memory_cgroup(&self, _id: &str) -> Result<Option<PathBuf>> {
         Ok(None)
     }
+
+    /// The guest agent's OOM events of the container, over a connection of
+    /// their own (each waits without a deadline).
+    fn oom_waiter(&self, id: &str) -> Result<Option<crate::OomWaiter>> {
+        let st = self.load(id)?;
+        let agent = self.agent(&st)?;
+        let id = id.to_string();
+        Ok(Some(Box::new(move || loop {
+            // One VM a container: any other id is a stray of the guest's.
+            if agent.next_oom()? == id {
+                return Ok(());
+            }
+        })))
+    }
 }
