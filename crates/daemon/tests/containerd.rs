@@ -482,7 +482,7 @@ fn ctr_runs_a_wasm_image() {
 /// `io.ironcell.sandbox=vm` annotation runs the container in a guest of
 /// its own (QEMU with TCG, configured by `IRONCELL_CONFIG` in the daemon's
 /// environment): the guest's kernel and boot id, the exit status, stdin,
-/// exec, pause and resume. The daemon is SIGKILLed while the VM runs, and
+/// a terminal, exec, metrics, pause and resume. The daemon is SIGKILLed while the VM runs, and
 /// the keeper's next daemon serves it: exec works, the exit comes back,
 /// and deleting it leaves no VM. An OOM kill in a guest is a TaskOOM.
 #[test]
@@ -535,6 +535,25 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     assert_ne!(lines[1], host_boot.trim(), "the host's boot id: {text}");
     assert_eq!(lines[2], "got:typed", "{text}");
 
+    // A terminal of the guest.
+    let args = s.run_args(
+        &[&["--rm", "-t"][..], &vm].concat(),
+        &[
+            "vmtty",
+            "sh",
+            "-c",
+            "[ -t 0 ] && echo is-a-tty; tty; exit 2",
+        ],
+    );
+    let out = in_terminal(&c.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let text = stdout(&out);
+    assert!(
+        text.contains("is-a-tty") && text.contains("/dev/pts/0"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+
     // Detached, with exec, pause and resume.
     let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
     s.ctr_ok(&s.run_args(
@@ -563,6 +582,22 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let guest_boot = stdout(&out).trim().to_string();
     assert_ne!(guest_boot, host_boot.trim());
+    // Statistics from the guest's cgroups, in the host's metrics type.
+    let metrics = c.ok(&["task", "metrics", "vmsvc"]);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (memory, pids) = if host_is_cgroup_v2() {
+        (value("memory.usage"), value("pids.current"))
+    } else {
+        (value("memory.usage_in_bytes"), value("pids.current"))
+    };
+    assert!(memory.is_some_and(|m| m > 0), "{metrics}");
+    assert!(pids.is_some_and(|p| p >= 2), "{metrics}");
     c.ok(&["task", "pause", "vmsvc"]);
     c.wait_task("vmsvc", "PAUSED");
     c.ok(&["task", "resume", "vmsvc"]);
@@ -614,4 +649,9 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
         s.daemon_log()
     );
     assert_no_vm_left(vmdir.path());
+}
+
+/// Whether this host mounts cgroup v2 (containerd's metrics type follows).
+fn host_is_cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
