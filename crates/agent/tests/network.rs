@@ -5,46 +5,9 @@
 //! requests naming what the guest lacks are refused. Needs root
 //! (namespaces); skipped loudly otherwise.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::process::Command;
-
 use ironcell_agent::network::{parse_routes, update_interface, update_routes, Interface};
 use ironcell_protocol::agent;
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A named network namespace, deleted when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// Runs `f` on a thread in namespace `netns`.
-fn in_ns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(format!("/run/netns/{netns}")).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns of this thread only, on an fd it holds.
-            let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
+use ironcell_testutil::netns::{in_netns, ip, Netns};
 
 const MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0x63, 0x08, 0x02];
 
@@ -82,11 +45,12 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
         eprintln!("SKIPPED the_nic_with_the_pods_mac_becomes_the_pods_interface: needs root");
         return;
     }
-    let ns = Netns(format!("ic-agent-net-{}", std::process::id()));
-    ip(&["netns", "add", &ns.0]);
+    let ns = format!("ic-agent-net-{}", std::process::id());
+    let mut netns = Netns::default();
+    netns.add(&ns);
     ip(&[
         "-n",
-        &ns.0,
+        &ns,
         "link",
         "add",
         "ens3",
@@ -98,7 +62,7 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
         "name",
         "gw0",
     ]);
-    ip(&["-n", &ns.0, "link", "set", "gw0", "up"]);
+    ip(&["-n", &ns, "link", "set", "gw0", "up"]);
 
     let first = interface(&[("10.99.8.2", 24), ("fd00:99::2", 64)]);
     let routes = parse_routes(&[
@@ -107,21 +71,21 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
         route("192.168.77.0", 24, "", "eth0"),
     ])
     .unwrap();
-    in_ns(&ns.0, || {
+    in_netns(&ns, || {
         update_interface(&first).unwrap();
         update_routes(&routes).unwrap();
     });
-    let link = ip(&["-n", &ns.0, "link", "show", "eth0"]);
+    let link = ip(&["-n", &ns, "link", "show", "eth0"]);
     assert!(
         link.contains("mtu 1400") && link.contains(",UP") && link.contains("02:42:0a:63:08:02"),
         "{link}"
     );
-    let addrs = ip(&["-n", &ns.0, "addr", "show", "eth0"]);
+    let addrs = ip(&["-n", &ns, "addr", "show", "eth0"]);
     assert!(
         addrs.contains("inet 10.99.8.2/24 brd 10.99.8.255") && addrs.contains("fd00:99::2/64"),
         "{addrs}"
     );
-    let table = ip(&["-n", &ns.0, "route", "show"]);
+    let table = ip(&["-n", &ns, "route", "show"]);
     for want in [
         "default via 10.99.8.1 dev eth0",
         "10.50.0.0/16 via 10.99.8.254 dev eth0",
@@ -136,20 +100,20 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
     // the same request twice is no error.
     let second = interface(&[("10.99.8.3", 24)]);
     let fewer = parse_routes(&[route("", 0, "10.99.8.1", "eth0")]).unwrap();
-    in_ns(&ns.0, || {
+    in_netns(&ns, || {
         for _ in 0..2 {
             update_interface(&second).unwrap();
             update_routes(&fewer).unwrap();
         }
     });
-    let addrs = ip(&["-n", &ns.0, "addr", "show", "eth0"]);
+    let addrs = ip(&["-n", &ns, "addr", "show", "eth0"]);
     assert!(
         addrs.contains("10.99.8.3/24")
             && !addrs.contains("10.99.8.2/")
             && !addrs.contains("fd00:99::2"),
         "{addrs}"
     );
-    let table = ip(&["-n", &ns.0, "route", "show"]);
+    let table = ip(&["-n", &ns, "route", "show"]);
     assert!(
         table.contains("default via 10.99.8.1 dev eth0")
             && !table.contains("10.50.0.0")
@@ -167,7 +131,7 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
         ..second.clone()
     };
     let nowhere = parse_routes(&[route("", 0, "10.99.8.1", "eth9")]).unwrap();
-    let (e1, e2, e3) = in_ns(&ns.0, || {
+    let (e1, e2, e3) = in_netns(&ns, || {
         (
             update_interface(&other).unwrap_err().to_string(),
             update_interface(&clash).unwrap_err().to_string(),
@@ -181,5 +145,5 @@ fn the_nic_with_the_pods_mac_becomes_the_pods_interface() {
     assert!(e2.contains("another guest interface has that name"), "{e2}");
     assert!(e3.contains("eth9: no such guest interface"), "{e3}");
     // The refused requests changed nothing.
-    assert!(ip(&["-n", &ns.0, "addr", "show", "eth0"]).contains("10.99.8.3/24"));
+    assert!(ip(&["-n", &ns, "addr", "show", "eth0"]).contains("10.99.8.3/24"));
 }

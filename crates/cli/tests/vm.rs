@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ironcell_testutil::netns::{in_netns, ip, Netns};
 use ironcell_testutil::vm::{backends, config, guest, qemu_tools, run_dirs, Backend, Guest};
 use serde_json::{json, Value};
 
@@ -936,32 +937,6 @@ fn vm_update_and_events() {
     }
 }
 
-/// Runs `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Named network namespaces (and what runs in them), removed when dropped.
-struct Netns(Vec<String>, Vec<std::process::Child>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for c in &mut self.1 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
-
 /// A container whose spec names a network namespace that CNI (or podman's
 /// network backend) set up joins that network in its VM: the guest's eth0
 /// has the pod's MAC, MTU, address and routes; the container reaches a
@@ -973,9 +948,9 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
     for vm in Vm::all(test, "") {
         let n = std::process::id();
         let (pod, peer) = (format!("icvmpod{n}"), format!("icvmpeer{n}"));
-        let mut ns = Netns(vec![pod.clone(), peer.clone()], Vec::new());
-        ip(&["netns", "add", &pod]);
-        ip(&["netns", "add", &peer]);
+        let mut ns = Netns::default();
+        ns.add(&pod);
+        ns.add(&peer);
         // As CNI's bridge plugin leaves a pod: a veth whose peer is the
         // gateway's side.
         ip(&[
@@ -994,7 +969,7 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
         let www = vm.env.dir.path().join("www");
         fs::create_dir_all(&www).unwrap();
         fs::write(www.join("hello"), "hello-from-the-peer\n").unwrap();
-        ns.1.push(
+        ns.serve(
             Command::new("ip")
                 .args(["netns", "exec", &peer, "python3", "-m", "http.server"])
                 .args(["8080", "--bind", "10.99.9.1", "--directory"])
@@ -1007,23 +982,17 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
 
         // Started before the container, which tries once. (The image's
         // busybox wget crashes; nc speaks HTTP here.)
-        let peer_ns = fs::File::open(format!("/run/netns/{peer}")).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns of this thread only, on an fd it holds.
-                let joined = unsafe { libc::setns(peer_ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(joined, 0);
-                let start = Instant::now();
-                while std::net::TcpStream::connect("10.99.9.1:8080").is_err() {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(30),
-                        "no web server: {}",
-                        fs::read_to_string(vm.env.dir.path().join("www.log")).unwrap_or_default()
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
+        let log = vm.env.dir.path().join("www.log");
+        in_netns(&peer, || {
+            let start = Instant::now();
+            while std::net::TcpStream::connect("10.99.9.1:8080").is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no web server: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         });
 
         let id = "vm-podnet";
@@ -1047,12 +1016,8 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
         let run = std::thread::spawn(move || output_via_files(&mut cmd));
 
         // The peer reaches the container's server at the pod's address.
-        let served = std::thread::spawn(move || {
+        let line = in_netns(&peer, || {
             use std::io::{BufRead, BufReader};
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns of this thread only, on an fd it holds.
-            let joined = unsafe { libc::setns(peer_ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0);
             let start = Instant::now();
             loop {
                 let addr = "10.99.9.2:7070".parse().unwrap();
@@ -1070,7 +1035,6 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
                 }
             }
         });
-        let line = served.join().unwrap();
         let out = run.join().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(line.trim(), "guest-served");
@@ -1089,10 +1053,7 @@ fn a_vm_joins_the_pod_network_its_spec_names() {
         // A foreground run deletes its container: the namespace is as CNI
         // left it. (The web server's command line names this test's
         // directory, as the VM's processes do.)
-        for mut c in ns.1.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        ns.stop_servers();
         vm.assert_clean(id);
         let links = ip(&["-n", &pod, "-br", "link"]);
         assert!(!links.contains("tap0_ironcell"), "{links}");

@@ -8,64 +8,15 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ironcell_netlink::{Address, Route};
 use ironcell_sandbox::vm::podnet::{connect, disconnect};
+use ironcell_testutil::netns::{in_netns, ip, path, tc, Netns};
 
 /// An experimental EtherType (IEEE 802 local use).
 const ETHERTYPE: u16 = 0x88b5;
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tc(netns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "tc"])
-        .args(args)
-        .output()
-        .expect("run tc");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Named network namespaces, deleted when dropped.
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
-
-fn path(netns: &str) -> PathBuf {
-    Path::new("/run/netns").join(netns)
-}
-
-/// Runs `f` on a thread in namespace `netns`.
-fn in_ns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let ns = File::open(path(netns)).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns of this thread only, on an fd it holds.
-            let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(joined, 0);
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// The tap opened as a hypervisor opens it (in its namespace, by name);
 /// non-blocking, so that a frame that never comes fails the test.
@@ -192,9 +143,9 @@ fn a_tap_tied_to_the_pod_interface_carries_frames_both_ways_and_goes() {
     }
     let id = std::process::id();
     let (pod, peer) = (format!("icpod{id}"), format!("icpeer{id}"));
-    let _ns = Netns(vec![pod.clone(), peer.clone()]);
-    ip(&["netns", "add", &pod]);
-    ip(&["netns", "add", &peer]);
+    let mut ns = Netns::default();
+    ns.add(&pod);
+    ns.add(&peer);
     ip(&[
         "-n", &pod, "link", "add", "eth0", "type", "veth", "peer", "name", "vpeer", "netns", &peer,
     ]);
@@ -244,8 +195,8 @@ fn a_tap_tied_to_the_pod_interface_carries_frames_both_ways_and_goes() {
 
     let pod_mac = iface.mac;
     let peer_mac = mac_of(&peer, "vpeer");
-    let mut tap = in_ns(&pod, || open_tap("tap0"));
-    let sock = in_ns(&peer, || packet_socket("vpeer"));
+    let mut tap = in_netns(&pod, || open_tap("tap0"));
+    let sock = in_netns(&peer, || packet_socket("vpeer"));
     // Peer to guest: into the pod's eth0, out of the tap.
     let out = frame(pod_mac, peer_mac, b"to-guest");
     // SAFETY: send on a socket this test owns, from a live buffer.
@@ -288,8 +239,8 @@ fn a_namespace_without_a_pod_interface_is_left_as_it_was() {
         return;
     }
     let ns = format!("icnone{}", std::process::id());
-    let _ns = Netns(vec![ns.clone()]);
-    ip(&["netns", "add", &ns]);
+    let mut netns = Netns::default();
+    netns.add(&ns);
     assert_eq!(connect(&path(&ns), "tap0").unwrap(), None);
     assert!(!ip(&["-n", &ns, "-br", "link"]).contains("tap0"));
     let e = connect(Path::new("/nonexistent/netns"), "tap0")

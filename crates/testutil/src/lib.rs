@@ -16,6 +16,7 @@ use ironcell_basics::proc_stat::ProcStat;
 pub mod containerd;
 pub mod cri;
 pub mod kubelet;
+pub mod netns;
 pub mod vm;
 pub mod wasm;
 
