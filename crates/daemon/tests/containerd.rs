@@ -655,3 +655,102 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
 fn host_is_cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
+
+/// A container's VM faults, through ironcelld: a guest that stops
+/// answering (its QEMU frozen) makes a request fail at the configured
+/// deadline while the daemon goes on serving other tasks; a hypervisor
+/// killed under a task ends the task (137, an exit event), and its delete
+/// leaves no VM.
+#[test]
+fn vm_faults_through_ironcelld_end_in_deadlines_and_exits() {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+    let Some(g) = qemu_guest("vm_faults_through_ironcelld_end_in_deadlines_and_exits") else {
+        return;
+    };
+    let vmdir = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = qemu_config(vmdir.path(), &g, "agent_timeout_secs = 3");
+    let Some(s) = Setup::start_with_env(vec![("IRONCELL_CONFIG".into(), config.into())]) else {
+        return;
+    };
+    let c = s.c();
+    let vm = ["--annotation", "io.ironcell.sandbox=vm"];
+    let mut events = c.ctr(&["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    for id in ["vmfrozen", "vmkilled"] {
+        s.ctr_ok(&s.run_args(&[&["-d"][..], &vm].concat(), &[id, "sleep", "1000"]));
+        c.wait_task(id, "RUNNING");
+    }
+    s.ctr_ok(&s.run_args(&["-d"], &["plain", "sleep", "1000"]));
+    let qemu_of = |id: &str| {
+        processes_with(vmdir.path().join("vmrun").to_str().unwrap())
+            .into_iter()
+            .find(|p| {
+                let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap_or_default();
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                exe.to_string_lossy().contains("qemu")
+                    && cmd.contains(&vm_run_dir(&s, id).to_string_lossy().to_string())
+            })
+            .unwrap_or_else(|| panic!("no QEMU of {id}"))
+    };
+    let signal = |pid: i32, sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+
+    // Frozen: the request fails at the deadline; another task is served
+    // meanwhile.
+    let frozen = qemu_of("vmfrozen");
+    signal(frozen, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let paused = {
+        let mut cmd = c.ctr(&["task", "pause", "vmfrozen"]);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            (cmd.output().unwrap(), start.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let plain = c.run(&["task", "exec", "--exec-id", "p1", "plain", "echo", "served"]);
+    assert_eq!(stdout(&plain).trim(), "served", "{}", stderr(&plain));
+    let (out, took) = paused.join().unwrap();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        took < Duration::from_secs(20),
+        "the request took {took:?}: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("guest agent"), "{}", stderr(&out));
+    signal(frozen, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // Killed: the task ends.
+    signal(qemu_of("vmkilled"), nix::sys::signal::Signal::SIGKILL).unwrap();
+    c.wait_task("vmkilled", "STOPPED");
+    for id in ["vmfrozen", "vmkilled", "plain"] {
+        let _ = c.run(&["task", "kill", "-s", "KILL", id]);
+        c.wait_task(id, "STOPPED");
+        c.ok(&["task", "delete", id]);
+        c.ok(&["container", "rm", id]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let ev = String::from_utf8_lossy(&events.wait_with_output().unwrap().stdout).to_string();
+    assert!(
+        ev.lines().any(|l| l.contains("/tasks/exit")
+            && l.contains("\"container_id\":\"vmkilled\"")
+            && l.contains("\"exit_status\":137")),
+        "no exit event for vmkilled: {ev}"
+    );
+    assert_no_vm_left(vmdir.path());
+}
+
+/// The VM run directory of vm task `id` (from its sandbox state).
+fn vm_run_dir(s: &Setup, id: &str) -> std::path::PathBuf {
+    let state = std::fs::read_dir(s.root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|ns| ns.path().join(id).join("vm.json"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no vm.json of {id} under {}", s.root.display()));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    v["run_dir"].as_str().unwrap().into()
+}
