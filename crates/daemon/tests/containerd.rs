@@ -754,3 +754,50 @@ fn vm_run_dir(s: &Setup, id: &str) -> std::path::PathBuf {
         serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
     v["run_dir"].as_str().unwrap().into()
 }
+
+/// containerd restarted while a container runs in a VM finds the task
+/// again through ironcelld: it is still running, exec reaches the same
+/// guest, and its end and delete leave no VM.
+#[test]
+fn containerd_restart_keeps_vm_tasks() {
+    use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+    let Some(g) = qemu_guest("containerd_restart_keeps_vm_tasks") else {
+        return;
+    };
+    let vmdir = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = qemu_config(vmdir.path(), &g, "");
+    let Some(mut s) = Setup::start_with_env(vec![("IRONCELL_CONFIG".into(), config.into())]) else {
+        return;
+    };
+    s.ctr_ok(&s.run_args(
+        &["-d", "--annotation", "io.ironcell.sandbox=vm"],
+        &["vmkeep", "sleep", "1000"],
+    ));
+    s.c().wait_task("vmkeep", "RUNNING");
+    let boot_id = |c: &ironcell_testutil::containerd::Containerd, exec_id: &str| {
+        let out = c.run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            exec_id,
+            "vmkeep",
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let before = boot_id(s.c(), "b1");
+    s.c_mut().restart();
+    let c = s.c();
+    assert_eq!(c.task_status("vmkeep"), "RUNNING", "{}", c.log());
+    assert_eq!(boot_id(c, "b2"), before);
+    c.ok(&["task", "kill", "-s", "KILL", "vmkeep"]);
+    c.wait_task("vmkeep", "STOPPED");
+    c.ok(&["task", "delete", "vmkeep"]);
+    c.ok(&["container", "rm", "vmkeep"]);
+    assert_no_vm_left(vmdir.path());
+}

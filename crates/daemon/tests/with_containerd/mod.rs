@@ -102,6 +102,12 @@ impl Drop for Setup {
         self.c.take();
         stop_daemon(self);
         kill_all(self.keepers(), nix::sys::signal::Signal::SIGKILL);
+        // What a failed test left of its tasks: their processes name the
+        // root (a vm container's relay, whose VM dies with it).
+        kill_all(
+            processes_with(&format!("--root {}", self.root.display())),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         if std::thread::panicking() {
             // The daemon's and the keeper's logs outlive a failed test.
             for log in ["ironcelld.log", "keeper.log"] {
