@@ -97,6 +97,12 @@ pub fn run(config_path: Option<&Path>) -> Result<u8> {
     );
     println!("  /dev/net/tun        {}", present("/dev/net/tun"));
     println!("  /dev/fuse           {}", present("/dev/fuse"));
+    // A vm container joins its pod's network with a tap tied to the pod's
+    // interface by tc (docs/vm.md, "Pod networking").
+    match ironcell_sandbox::vm::podnet::probe() {
+        Ok(()) => println!("  pod networking      yes (tap, tc ingress, u32, mirred)"),
+        Err(e) => println!("  pod networking      no: {}", e.message()),
+    }
     println!("  cgroups             {}", cgroup_mode());
 
     let config = Config::load(config_path);

@@ -1422,3 +1422,33 @@ fn foreground_terminal_relays_input_and_resizes() {
     env.ok(&["delete", "-f", id]);
     assert_no_leftovers(&env, id, Some("4242434"));
 }
+
+/// `ironcell check` says what this host offers: here, as root, that pod
+/// networking works (the probe tied two taps with tc in a namespace of its
+/// own), and it leaves no tap behind.
+#[test]
+fn check_reports_the_host_and_probes_pod_networking() {
+    if !need_root("check_reports_the_host_and_probes_pod_networking") {
+        return;
+    }
+    let out = Command::new(ironcell())
+        .arg("check")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "/dev/kvm",
+        "/dev/net/tun",
+        "pod networking      yes",
+        "namespace           yes",
+    ] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    let links = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("probe0"),
+        "the probe's tap is in the host's namespace"
+    );
+}

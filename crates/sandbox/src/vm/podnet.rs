@@ -142,9 +142,9 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 
-/// Makes a persistent tap `name` in this thread's namespace (it outlives
-/// the fd; the hypervisor opens it by name).
-fn make_tap(name: &str) -> Result<()> {
+/// Makes tap `name` in this thread's namespace and returns its fd;
+/// `persist`: the tap outlives the fd (the hypervisor opens it by name).
+fn open_tap(name: &str, persist: bool) -> Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {
         return Err(net_err(format!("bad tap name {name:?}")));
     }
@@ -164,7 +164,7 @@ fn make_tap(name: &str) -> Result<()> {
     // integer. Both act on the tun fd this function owns.
     let ok = unsafe {
         libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &mut req) == 0
-            && libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST as _, 1) == 0
+            && (!persist || libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST as _, 1) == 0)
     };
     if !ok {
         return Err(net_err(format!(
@@ -172,7 +172,7 @@ fn make_tap(name: &str) -> Result<()> {
             io::Error::last_os_error()
         )));
     }
-    Ok(())
+    Ok(tun)
 }
 
 fn ingress_qdisc(index: u32) -> TcMessage {
@@ -232,7 +232,7 @@ pub fn connect(netns: &Path, tap: &str) -> Result<Option<PodInterface>> {
         let Some(pod) = pod_interface(&mut nl, tap)? else {
             return Ok(None);
         };
-        make_tap(tap)?;
+        open_tap(tap, true)?;
         // Undone on error: the tap (its qdisc and filter go with it), and
         // the pod interface's qdisc once this call made it.
         let mut made_qdisc = false;
@@ -272,6 +272,58 @@ pub fn connect(netns: &Path, tap: &str) -> Result<Option<PodInterface>> {
             return Err(net_err(format!("tying {tap} to {}: {e}", pod.name)));
         }
         Ok(Some(pod))
+    })
+}
+
+/// Whether this host can tie taps to pod interfaces: two taps tied to each
+/// other as [`connect`] ties a tap and a pod's interface, in a network
+/// namespace of a thread's own that vanishes with them. An error names what
+/// the kernel lacks (the ingress qdisc, the u32 filter, the mirred action
+/// or /dev/net/tun) or that the caller is not root.
+pub fn probe() -> Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) changes this thread's network
+            // namespace only; the thread ends with the probe.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(net_err(format!(
+                    "cannot make a network namespace: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            let mut nl = Netlink::new().map_err(|e| net_err(format!("netlink: {e}")))?;
+            // Not persistent: the taps go with these fds (and with the
+            // namespace).
+            let _taps = [open_tap("probe0", false)?, open_tap("probe1", false)?];
+            let index = |nl: &mut Netlink, name: &str| {
+                nl.index_of(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| net_err(format!("tap {name} vanished")))
+            };
+            let (a, b) = (index(&mut nl, "probe0")?, index(&mut nl, "probe1")?);
+            for i in [a, b] {
+                nl.change(
+                    RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(i)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+                .map_err(|e| net_err(format!("the ingress qdisc (sch_ingress): {e}")))?;
+            }
+            for (from, to) in [(a, b), (b, a)] {
+                nl.change(
+                    RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+                .map_err(|e| {
+                    net_err(format!(
+                        "a u32 filter with a mirred redirect (cls_u32, act_mirred): {e}"
+                    ))
+                })?;
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(net_err("the probe's thread panicked")))
     })
 }
 
