@@ -1139,3 +1139,69 @@ fn a_vms_size_follows_the_containers_limits() {
         }
     }
 }
+
+/// A bind mount added under a running VM's share, in its relay's mount
+/// namespace, reaches the guest through the (jailed) virtio-fs device: the
+/// groundwork for containers added to a running VM (docs/vm.md, "VM
+/// pods"). Here a directory of the host is bound inside the container's
+/// rootfs in the share, and the container reads a file from it.
+#[test]
+fn a_bind_added_under_a_running_vms_share_reaches_the_guest() {
+    let test = "a_bind_added_under_a_running_vms_share_reaches_the_guest";
+    for vm in Vm::all(test, "") {
+        let id = "vm-late-bind";
+        let b = vm.bundle(id, &["/bin/sleep", "1000"], |_| {});
+        let extra = vm.env.dir.path().join("extra");
+        fs::create_dir_all(&extra).unwrap();
+        fs::write(extra.join("file"), "added-later\n").unwrap();
+        // The mount point, in the rootfs the guest sees.
+        let rootfs = ironcell_testutil::image().join("rootfs");
+        assert!(rootfs.join("mnt").is_dir());
+        vm.ok(&["run", "-d", "-b", b.to_str().unwrap(), id]);
+        let st: Value = serde_json::from_str(
+            &fs::read_to_string(vm.env.root.join(id).join("vm.json")).unwrap(),
+        )
+        .unwrap();
+        let relay = st["relay_pid"].as_i64().unwrap().to_string();
+        let share = PathBuf::from(st["run_dir"].as_str().unwrap()).join("share");
+        let target = share.join(id).join("rootfs").join("mnt");
+        // In the relay's mount namespace, as a container added to the VM
+        // would be bound there.
+        let nsenter = |args: &[&str]| {
+            let out = Command::new("nsenter")
+                .args(["-t", &relay, "-m", "--"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        nsenter(&[
+            "mount",
+            "--bind",
+            extra.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ]);
+        let start = Instant::now();
+        loop {
+            let out = vm.run(&["exec", id, "cat", "/mnt/file"]);
+            if stdout(&out).trim() == "added-later" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the guest never saw the bind: {} {}",
+                stdout(&out),
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // Not on the host: the bind is the relay's namespace's only.
+        assert!(!rootfs.join("mnt/file").exists());
+        vm.ok(&["delete", "--force", id]);
+        vm.assert_clean(id);
+    }
+}

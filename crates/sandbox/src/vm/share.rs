@@ -130,6 +130,11 @@ pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=64k"),
     )?;
+    // Shared, so that the mount namespaces the VM's device processes make
+    // (slaves of this one: crates/vmm/src/jail.rs) receive the binds added
+    // under it later, as a container added to a running VM needs. Nothing
+    // outside this namespace is its peer.
+    mnt(None, share, None, MsFlags::MS_SHARED, None)?;
     let host_dir = share.join(id);
     let guest_dir = Path::new(GUEST_SHARE_DIR).join(id);
     fs::create_dir(&host_dir).map_err(|e| vm_err(format!("{}: {e}", host_dir.display())))?;
