@@ -67,8 +67,8 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Resu
             netns.display()
         ))
     })?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
+    on_net_thread(
+        || {
             // SAFETY: setns on a namespace fd this thread owns a reference
             // to; CLONE_NEWNET changes only this thread's network namespace,
             // and the thread ends when `f` returns.
@@ -79,6 +79,21 @@ fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Resu
                     io::Error::last_os_error()
                 )));
             }
+            Ok(())
+        },
+        f,
+    )
+}
+
+/// Runs `f` on a thread of its own, once `enter` has moved that thread to
+/// another network namespace.
+fn on_net_thread<T: Send>(
+    enter: impl FnOnce() -> Result<()> + Send,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter()?;
             f()
         })
         .join()
@@ -216,6 +231,36 @@ fn redirect_filter(from: u32, to: u32) -> TcMessage {
     m
 }
 
+/// The step of [`tie`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TieStep {
+    /// Adding an ingress qdisc (the first, `a`'s, or the second, `b`'s).
+    Qdisc,
+    /// Adding a filter, once both qdiscs were made.
+    Filter,
+}
+
+/// Ties links `a` and `b` both ways: an ingress qdisc on each (`a`'s
+/// first), then on each a filter redirecting every frame to the other's
+/// egress.
+fn tie(nl: &mut Netlink, a: u32, b: u32) -> std::result::Result<(), (TieStep, io::Error)> {
+    for index in [a, b] {
+        nl.change(
+            RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(index)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| (TieStep::Qdisc, e))?;
+    }
+    for (from, to) in [(b, a), (a, b)] {
+        nl.change(
+            RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| (TieStep::Filter, e))?;
+    }
+    Ok(())
+}
+
 /// Makes tap `tap` in the namespace at `netns` and ties it to the pod's
 /// interface; returns that interface as the guest must copy it, or None,
 /// having done nothing, when the namespace has only loopback (no CNI
@@ -248,20 +293,11 @@ pub fn connect(netns: &Path, tap: &str) -> Result<Option<PodInterface>> {
                     ..LinkChange::default()
                 },
             )?;
-            for index in [tap_index, pod.index] {
-                // EEXIST on the pod's interface: it is tied already.
-                nl.change(
-                    RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(index)),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )?;
-            }
-            made_qdisc = true;
-            for (from, to) in [(pod.index, tap_index), (tap_index, pod.index)] {
-                nl.change(
-                    RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )?;
-            }
+            // EEXIST on the pod's interface's qdisc: it is tied already.
+            tie(&mut nl, tap_index, pod.index).map_err(|(step, e)| {
+                made_qdisc = step == TieStep::Filter;
+                e
+            })?;
             Ok(())
         })();
         if let Err(e) = tied {
@@ -281,8 +317,8 @@ pub fn connect(netns: &Path, tap: &str) -> Result<Option<PodInterface>> {
 /// the kernel lacks (the ingress qdisc, the u32 filter, the mirred action
 /// or /dev/net/tun) or that the caller is not root.
 pub fn probe() -> Result<()> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
+    on_net_thread(
+        || {
             // SAFETY: unshare(CLONE_NEWNET) changes this thread's network
             // namespace only; the thread ends with the probe.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -291,6 +327,9 @@ pub fn probe() -> Result<()> {
                     io::Error::last_os_error()
                 )));
             }
+            Ok(())
+        },
+        || {
             let mut nl = Netlink::new().map_err(|e| net_err(format!("netlink: {e}")))?;
             // Not persistent: the taps go with these fds (and with the
             // namespace).
@@ -302,29 +341,15 @@ pub fn probe() -> Result<()> {
                     .ok_or_else(|| net_err(format!("tap {name} vanished")))
             };
             let (a, b) = (index(&mut nl, "probe0")?, index(&mut nl, "probe1")?);
-            for i in [a, b] {
-                nl.change(
-                    RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(i)),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )
-                .map_err(|e| net_err(format!("the ingress qdisc (sch_ingress): {e}")))?;
-            }
-            for (from, to) in [(a, b), (b, a)] {
-                nl.change(
-                    RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )
-                .map_err(|e| {
-                    net_err(format!(
-                        "a u32 filter with a mirred redirect (cls_u32, act_mirred): {e}"
-                    ))
-                })?;
-            }
+            tie(&mut nl, a, b).map_err(|(step, e)| match step {
+                TieStep::Qdisc => net_err(format!("the ingress qdisc (sch_ingress): {e}")),
+                TieStep::Filter => net_err(format!(
+                    "a u32 filter with a mirred redirect (cls_u32, act_mirred): {e}"
+                )),
+            })?;
             Ok(())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(net_err("the probe's thread panicked")))
-    })
+        },
+    )
 }
 
 /// Removes tap `tap` (its qdisc and filter go with it) and the ingress
