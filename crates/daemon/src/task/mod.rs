@@ -85,12 +85,6 @@ impl TaskInner {
     }
 }
 
-/// Where a task's OOM kills are seen.
-enum OomSource {
-    Cgroup(PathBuf),
-    Waiter(ironcell_sandbox::OomWaiter),
-}
-
 /// One container of one containerd namespace.
 pub struct Task {
     pub namespace: String,
@@ -407,16 +401,6 @@ impl Tasks {
             .memory_cgroup()
             .await
             .filter(|d| oom::watchable(d));
-        let source = match dir {
-            Some(dir) => OomSource::Cgroup(dir),
-            None => match task.backend.oom_waiter().await {
-                Some(w) => OomSource::Waiter(w),
-                None => {
-                    tracing::debug!(id = %task.id, "nothing to watch for OOM kills");
-                    return;
-                }
-            },
-        };
         let events = self.events.clone();
         let (address, ns, id) = (
             task.containerd.clone(),
@@ -434,9 +418,15 @@ impl Tasks {
                 },
             );
         };
-        let watched = match source {
-            OomSource::Cgroup(dir) => oom::watch(dir, on_oom),
-            OomSource::Waiter(w) => oom::watch_waiter(w, on_oom),
+        let watched = match dir {
+            Some(dir) => oom::watch(dir, on_oom),
+            None => match task.backend.oom_waiter().await {
+                Some(w) => oom::watch_waiter(w, on_oom),
+                None => {
+                    tracing::debug!(id = %task.id, "nothing to watch for OOM kills");
+                    return;
+                }
+            },
         };
         match watched {
             Ok(handle) => *task.oom.lock().unwrap() = Some(handle),
