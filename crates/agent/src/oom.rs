@@ -95,12 +95,15 @@ impl OomWatch {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Blocks until a container saw an OOM kill; returns its id.
-    pub fn next(&self) -> String {
+    /// Blocks until container `id` (any, when empty) saw an OOM kill;
+    /// returns its id.
+    pub fn next(&self, id: &str) -> String {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(id) = q.pop_front() {
-                return id;
+            if let Some(i) = q.iter().position(|q| id.is_empty() || q == id) {
+                if let Some(found) = q.remove(i) {
+                    return found;
+                }
             }
             q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner());
         }
@@ -183,8 +186,23 @@ mod tests {
         w.watch("c1", dir.path());
         std::fs::write(&f, "oom 1\n").unwrap();
         std::fs::write(&f, "oom_kill 1\n").unwrap();
-        assert_eq!(w.next(), "c1");
+        assert_eq!(w.next(""), "c1");
         w.forget("c1");
         assert!(w.lock_watched().is_empty());
+    }
+
+    #[test]
+    fn a_waiter_for_one_container_leaves_the_others_events() {
+        let w = OomWatch::new();
+        w.push("a".into());
+        w.push("b".into());
+        assert_eq!(w.next("b"), "b");
+        assert_eq!(w.next(""), "a");
+        let w2 = w.clone();
+        let waiter = std::thread::spawn(move || w2.next("c"));
+        w.push("d".into());
+        w.push("c".into());
+        assert_eq!(waiter.join().unwrap(), "c");
+        assert_eq!(w.next("d"), "d");
     }
 }

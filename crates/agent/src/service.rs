@@ -344,9 +344,9 @@ impl agent_ttrpc::Agent for Agent {
         Ok(Empty::new())
     }
 
-    fn get_oom_event(&self, _ctx: &TtrpcContext, _: Empty) -> Reply<OomEventResponse> {
+    fn get_oom_event(&self, _ctx: &TtrpcContext, req: OomEventRequest) -> Reply<OomEventResponse> {
         Ok(OomEventResponse {
-            container_id: self.containers.oom.next(),
+            container_id: self.containers.oom.next(&req.container_id),
             ..Default::default()
         })
     }

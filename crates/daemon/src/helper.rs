@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use ironcell_basics::proc_stat::ProcStat;
 use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
-use ironcell_sandbox::Sandboxes;
+use ironcell_sandbox::{Kind, Sandboxes};
 
 use crate::claim;
 use crate::keeper::{Keeper, Made};
@@ -51,6 +51,8 @@ pub enum Job {
         pid_file: PathBuf,
         console_socket: Option<PathBuf>,
         systemd_cgroup: bool,
+        /// The sandbox kind chosen for the task (None: the bundle's).
+        sandbox: Option<Kind>,
     },
     Exec {
         root: PathBuf,
@@ -73,6 +75,7 @@ impl Job {
                 pid_file,
                 console_socket,
                 systemd_cgroup,
+                sandbox,
             } => {
                 a.push("create".into());
                 a.push("--bundle".into());
@@ -81,6 +84,10 @@ impl Job {
                 a.push(claim.into());
                 if *systemd_cgroup {
                     a.push("--systemd-cgroup".into());
+                }
+                if let Some(k) = sandbox {
+                    a.push("--sandbox".into());
+                    a.push(k.as_str().into());
                 }
                 (root, id, pid_file, console_socket)
             }
@@ -119,6 +126,7 @@ impl Job {
         let (mut root, mut bundle, mut claim, mut process, mut pid_file, mut console, mut id) =
             (None, None, None, None, None, None, None);
         let mut systemd = false;
+        let mut sandbox = None;
         while let Some(arg) = p.next()? {
             match arg {
                 Long("root") => root = Some(PathBuf::from(p.value()?)),
@@ -128,6 +136,7 @@ impl Job {
                 Long("pid-file") => pid_file = Some(PathBuf::from(p.value()?)),
                 Long("console-socket") => console = Some(PathBuf::from(p.value()?)),
                 Long("systemd-cgroup") => systemd = true,
+                Long("sandbox") => sandbox = Some(p.value()?.string()?.parse::<Kind>()?),
                 Value(v) if id.is_none() => id = Some(v.string()?),
                 _ => return Err(arg.unexpected().into()),
             }
@@ -144,6 +153,7 @@ impl Job {
                 pid_file,
                 console_socket: console,
                 systemd_cgroup: systemd,
+                sandbox,
             },
             "exec" => Job::Exec {
                 root,
@@ -166,13 +176,14 @@ impl Job {
                 pid_file,
                 console_socket,
                 systemd_cgroup,
+                sandbox,
             } => {
                 // Released when the container is made (or not): a removal
                 // of this create waits for it, then removes what it made.
                 let _held = claim::hold(claim)?;
                 let sandboxes = Sandboxes::new(root, *systemd_cgroup);
                 let bundle = Bundle::load(bundle)?;
-                let kind = Sandboxes::select(None, &bundle)?;
+                let kind = Sandboxes::select(*sandbox, &bundle)?;
                 let opts = CreateOptions {
                     pid_file: Some(pid_file.clone()),
                     console_socket: console_socket.clone(),
@@ -384,6 +395,7 @@ mod tests {
                 pid_file: "/p".into(),
                 console_socket: Some("/s".into()),
                 systemd_cgroup: true,
+                sandbox: Some(Kind::Vm),
             },
             Job::Exec {
                 root: "/r".into(),

@@ -15,6 +15,7 @@ pub mod mount;
 pub mod oom;
 pub mod pod;
 pub mod reaper;
+pub mod runtime_options;
 pub mod server;
 pub mod service;
 pub mod stdio;

@@ -114,6 +114,7 @@ impl TaskService for Service {
                 options: m.options.clone(),
             })
             .collect();
+        let sandbox = crate::runtime_options::sandbox_kind(req.options.as_ref())?;
         let pid = self
             .tasks
             .create(CreateRequest {
@@ -128,6 +129,7 @@ impl TaskService for Service {
                     stderr: req.stderr,
                     terminal: req.terminal,
                 },
+                sandbox,
             })
             .await?;
         Ok(CreateTaskResponse {

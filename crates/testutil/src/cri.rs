@@ -76,6 +76,103 @@ pub const SANDBOX_API_HANDLER: &str = "ironcell-sandbox-api";
 /// see [`start_containerd_with_runc_shim`].
 pub const RUNC_SHIM_HANDLER: &str = "ironcell-runc";
 
+/// containerd 1.7's runtime handler whose pods run in VMs, a VM a pod:
+/// ironcelld's shim with the handler option `Sandbox = "vm"`
+/// ([`vm_handler_config`]).
+pub const VM_HANDLER: &str = "ironcell-vm";
+
+/// The runtime handler [`VM_HANDLER`] for containerd 1.7's CRI.
+pub fn vm_handler_config() -> String {
+    format!(
+        r#"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{VM_HANDLER}]
+      runtime_type = "io.containerd.ironcell.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{VM_HANDLER}.options]
+        Sandbox = "vm"
+"#
+    )
+}
+
+/// A CNI network for a test's pods: Debian's `bridge` and `host-local`
+/// plugins (containernetworking-plugins, in /usr/lib/cni), a bridge and a
+/// /24 of the test's own; the bridge goes when dropped.
+pub struct CniBridge {
+    dir: tempfile::TempDir,
+    pub bridge: String,
+    /// The bridge's address, the pods' gateway.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl CniBridge {
+    /// None (after a loud notice) without the plugins.
+    pub fn new(test: &str) -> Option<CniBridge> {
+        let plugins = Path::new("/usr/lib/cni");
+        if !["bridge", "host-local", "loopback"]
+            .iter()
+            .all(|p| plugins.join(p).exists())
+        {
+            eprintln!(
+                "\n!!! SKIPPED {test}: the CNI plugins are missing from /usr/lib/cni (run `make setup`) !!!\n"
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("iccni-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let n = std::process::id() % 200 + 20;
+        let bridge = format!("iccni{n}");
+        let gateway = std::net::Ipv4Addr::new(10, 213, n as u8, 1);
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("ironcell-test-{n}"),
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": format!("10.213.{n}.0/24"), "gateway": gateway.to_string()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.path().join("ipam"),
+                },
+            }],
+        });
+        std::fs::create_dir(dir.path().join("conf")).unwrap();
+        std::fs::write(
+            dir.path().join("conf/10-ironcell-test.conflist"),
+            serde_json::to_vec_pretty(&conf).unwrap(),
+        )
+        .unwrap();
+        Some(CniBridge {
+            dir,
+            bridge,
+            gateway,
+        })
+    }
+
+    /// containerd 1.7's CRI configuration for this network.
+    pub fn config(&self) -> String {
+        format!(
+            r#"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{}"
+"#,
+            self.dir.path().join("conf").display()
+        )
+    }
+}
+
+impl Drop for CniBridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
 /// containerd 2.x's runtime handler whose pods ironcelld's sandbox
 /// controller makes (`sandboxer = "ironcell"`).
 pub const SANDBOXER_HANDLER: &str = "ironcell-sandboxer";
@@ -183,14 +280,43 @@ pub fn start_containerd(
     start(bins, root, cri, String::new())
 }
 
+/// [`start_containerd`] for containerd 1.7 (without the sandbox API) with
+/// `more_config` appended to its CRI configuration and `env` in its
+/// environment (and so in the shims' and ironcelld's).
+pub fn start_containerd_with(
+    bins: PathBuf,
+    root: &Path,
+    more_config: String,
+    env: Vec<(String, std::ffi::OsString)>,
+) -> Option<(crate::containerd::Containerd, PathBuf)> {
+    start_in(
+        bins,
+        root,
+        Cri::V17 { sandbox_api: false },
+        more_config,
+        env,
+    )
+}
+
 fn start(
     bins: PathBuf,
     root: &Path,
     cri: Cri,
     more_config: String,
 ) -> Option<(crate::containerd::Containerd, PathBuf)> {
+    start_in(bins, root, cri, more_config, Vec::new())
+}
+
+fn start_in(
+    bins: PathBuf,
+    root: &Path,
+    cri: Cri,
+    more_config: String,
+    more_env: Vec<(String, std::ffi::OsString)>,
+) -> Option<(crate::containerd::Containerd, PathBuf)> {
     let binary = cri.binary()?;
     let mut env = vec![("IRONCELLD_ROOT".into(), root.as_os_str().to_owned())];
+    env.extend(more_env);
     if cri == (Cri::V17 { sandbox_api: true }) {
         env.push(("ENABLE_CRI_SANDBOXES".into(), "1".into()));
     }

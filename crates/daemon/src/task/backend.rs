@@ -89,6 +89,7 @@ pub trait Backends: Send + Sync {
         place: &Place,
         bundle: &Bundle,
         io: &IoSpec,
+        sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)>;
 
     /// The backend of a recorded task of `kind`, found again after a

@@ -1,5 +1,6 @@
-//! The daemon's backends, one per kind of task, chosen by each bundle's
-//! sandbox kind (its annotation, or what its process is).
+//! The daemon's backends, one per kind of task, chosen by each task's
+//! sandbox kind (its runtime handler's options, its bundle's annotation,
+//! or what its process is).
 
 use std::sync::Arc;
 
@@ -38,13 +39,14 @@ impl Backends for ByKind {
         place: &Place,
         bundle: &Bundle,
         io: &IoSpec,
+        sandbox: Option<Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
-        match Sandboxes::select(None, bundle)? {
-            Kind::Wasm => self.wasm.create(place, bundle, io).await,
+        match Sandboxes::select(sandbox, bundle)? {
+            Kind::Wasm => self.wasm.create(place, bundle, io, sandbox).await,
             // A vm container is the sandbox library's, as the CLI makes it:
             // its relay is the process the keeper holds.
             Kind::Namespace | Kind::Vm | Kind::AppKernel => {
-                self.native.create(place, bundle, io).await
+                self.native.create(place, bundle, io, sandbox).await
             }
         }
     }

@@ -180,6 +180,9 @@ pub struct CreateRequest {
     pub bundle: PathBuf,
     pub rootfs: Vec<Mount>,
     pub io: IoSpec,
+    /// The sandbox kind the runtime handler's options ask for (None: the
+    /// bundle's annotation, or what its process is).
+    pub sandbox: Option<ironcell_sandbox::Kind>,
 }
 
 impl Tasks {
@@ -360,7 +363,11 @@ impl Tasks {
                 return Err(e);
             }
         }
-        let (backend, spawned) = match self.backends.create(&place, &bundle, &req.io).await {
+        let (backend, spawned) = match self
+            .backends
+            .create(&place, &bundle, &req.io, req.sandbox)
+            .await
+        {
             Ok(made) => made,
             Err(e) => {
                 // A create that failed after its container was made (its

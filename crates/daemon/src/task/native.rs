@@ -66,6 +66,7 @@ impl Backends for NativeBackends {
         place: &Place,
         bundle: &Bundle,
         io: &IoSpec,
+        sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let pid_file = place.dir.join(INIT_PID);
         let systemd_cgroup = systemd_cgroup(bundle);
@@ -77,6 +78,7 @@ impl Backends for NativeBackends {
             pid_file: pid_file.clone(),
             console_socket,
             systemd_cgroup,
+            sandbox,
         };
         let key = ProcKey::new(&place.namespace, &place.id, "");
         let spawned = spawn_process(&self.host, &key, io, job, &pid_file).await?;

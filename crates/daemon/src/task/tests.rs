@@ -89,6 +89,7 @@ impl Backends for FakeBackends {
         place: &Place,
         bundle: &Bundle,
         _io: &IoSpec,
+        _sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let args = bundle
             .spec
@@ -263,6 +264,7 @@ fn request(id: &str, bundle: PathBuf) -> CreateRequest {
         bundle,
         rootfs: Vec::new(),
         io: IoSpec::default(),
+        sandbox: None,
     }
 }
 

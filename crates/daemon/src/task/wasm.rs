@@ -66,6 +66,7 @@ impl Backends for WasmBackends {
         place: &Place,
         bundle: &Bundle,
         io: &IoSpec,
+        _sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let bad = |e: stdio::StdioError| TaskError::InvalidArgument(e.to_string());
         if io.terminal {

@@ -259,9 +259,15 @@ impl Agent {
 
     /// Waits, without a deadline, for the next container whose cgroup saw
     /// an OOM kill; returns its id.
-    pub fn next_oom(&self) -> Result<String> {
+    /// Waits for the next OOM kill of container `id`; returns its id (an
+    /// agent older than protocol 1.2 may answer another container's).
+    pub fn next_oom(&self, id: &str) -> Result<String> {
+        let req = OomEventRequest {
+            container_id: id.to_string(),
+            ..Default::default()
+        };
         self.client
-            .get_oom_event(context::Context::default(), &Empty::new())
+            .get_oom_event(context::Context::default(), &req)
             .map(|r| r.container_id)
             .map_err(|e| call_err("OOM events of the guest", e))
     }

@@ -10,7 +10,9 @@
 //! - [`podnet`]: a VM joined to a pod's network namespace (a tap tied to
 //!   the CNI interface by tc);
 //! - [`sizing`]: a VM's vCPUs and memory, from the configured base and the
-//!   container's limits.
+//!   container's (or the pod's) limits;
+//! - [`pod`]: a CRI pod in one VM, its containers joining the VM its
+//!   sandbox container booted.
 //!
 //! A vm container's state directory holds `vm.json` (and `exit.json` once
 //! it exited); its VM's sockets and logs are in a run directory of their
@@ -20,6 +22,7 @@
 pub mod agent;
 pub mod hooks;
 pub mod hypervisor;
+pub mod pod;
 pub mod podnet;
 pub mod relay;
 pub mod share;
@@ -178,6 +181,11 @@ impl VmSandbox {
     }
 
     fn create_in(&self, id: &str, dir: &Path, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
+        if let Some(pod_id) = pod::pod_of(&bundle.spec) {
+            if self.owns(&pod_id) {
+                return self.create_member(id, dir, bundle, opts, &pod_id);
+            }
+        }
         let mut config = self.config()?.clone();
         let kvm = KvmKind::detect();
         hypervisor::check_host(&config, kvm)?;
@@ -244,6 +252,7 @@ impl VmSandbox {
             guest_times: Default::default(),
             agent_timeout_secs: config.agent_timeout_secs,
             pod_network: None,
+            pod: None,
         };
         let state_file = dir.join(STATE_FILE);
         let setup = || {
@@ -263,13 +272,165 @@ impl VmSandbox {
             record.relay_start = ProcStat::of(pid).map_or(0, |s| s.start_time);
             let _ = state::write_json(&state_file, &record);
         });
+        let undo = |record: &VmState| {
+            remove_run_dir(&run_dir);
+            if let Some(netns) = &record.pod_network {
+                leave_pod_network(netns);
+            }
+        };
         let forked = match forked {
             Ok(f) => f,
             Err(e) => {
-                remove_run_dir(&run_dir);
+                undo(&record);
                 return Err(e);
             }
         };
+        let joined = forked.report.split_whitespace().nth(4) == Some("1");
+        if joined {
+            if let share::HostNetwork::Join(netns) = share::host_network(&bundle.spec) {
+                record.pod_network = Some(netns);
+            }
+        }
+        self.finish_create(id, record, &forked, bundle, opts, undo)
+    }
+
+    /// Creates container `id` in the running VM of pod `pod_id` (its
+    /// sandbox container's, in this root): its share directory added to
+    /// the VM's, the container made by the agent there, and a relay that
+    /// stands in for it (`pod.rs`).
+    fn create_member(
+        &self,
+        id: &str,
+        dir: &Path,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        pod_id: &str,
+    ) -> Result<()> {
+        share::check_spec(&bundle.spec)?;
+        if opts.preserve_fds > 0 {
+            return Err(vm_err(
+                "--preserve-fds: file descriptors cannot be passed into a VM",
+            ));
+        }
+        let no_vm = || {
+            vm_err(format!(
+                "container {id} belongs to pod {pod_id}, whose sandbox container is no VM here"
+            ))
+        };
+        let pod = self.load(pod_id).map_err(|_| no_vm())?;
+        if pod.pod.is_some() {
+            return Err(no_vm());
+        }
+        if !pod.ready
+            || self.exit_record(pod_id).is_some()
+            || !is_alive(pod.relay_pid, pod.relay_start)
+        {
+            return Err(vm_err(format!("the VM of pod {pod_id} is not running")));
+        }
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let (mut guest_spec, mounts) = share::plan(id, &bundle.path, &bundle.spec)?;
+        pod::map_namespaces(&bundle.spec, &mut guest_spec, pod_id, &pod)?;
+        let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
+        pod::add(&pod.run_dir, id, &mounts)?;
+
+        let mut record = VmState {
+            id: id.to_string(),
+            bundle: bundle.path.clone(),
+            rootfs: mounts[0].source.clone(),
+            created: chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            relay_pid: 0,
+            relay_start: 0,
+            run_dir: pod.run_dir.clone(),
+            hypervisor: pod.hypervisor.clone(),
+            ready: false,
+            guest_pid: 0,
+            guest_times: Default::default(),
+            agent_timeout_secs: pod.agent_timeout_secs,
+            pod_network: None,
+            pod: Some(pod_id.to_string()),
+        };
+        let state_file = dir.join(STATE_FILE);
+        let uds = pod.run_dir.join("vsock.sock");
+        let setup = || {
+            let agent = Agent::connect(&uds, pod.agent_timeout())?;
+            let created = agent.create(id, spec_json)?;
+            let stdio =
+                match relay::attach(&agent, id, "", terminal, opts.console_socket.as_deref()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = agent.delete(id, true);
+                        return Err(e);
+                    }
+                };
+            Ok((
+                Relay {
+                    agent,
+                    uds: uds.clone(),
+                    id: id.to_string(),
+                    exec_id: String::new(),
+                    stdio,
+                    exit_file: Some(dir.join(EXIT_FILE)),
+                    vm: None,
+                },
+                format!(
+                    "{} {} {} {} 0",
+                    created.pid,
+                    pod.guest_times.agent_start_us,
+                    pod.guest_times.agent_ready_us,
+                    created.created_us
+                ),
+            ))
+        };
+        let forked = relay::fork(setup, |pid| {
+            record.relay_pid = pid;
+            record.relay_start = ProcStat::of(pid).map_or(0, |s| s.start_time);
+            let _ = state::write_json(&state_file, &record);
+        });
+        let undo = |record: &VmState| {
+            if record.ready {
+                if let Ok(a) = self.agent(record) {
+                    let _ = a.delete(id, true);
+                }
+            }
+            if let Err(e) = pod::remove(&record.run_dir, id) {
+                tracing::warn!("{e}");
+            }
+        };
+        let forked = match forked {
+            Ok(f) => f,
+            Err(e) => {
+                undo(&record);
+                return Err(e);
+            }
+        };
+        self.finish_create(id, record, &forked, bundle, opts, undo)
+    }
+
+    /// What a create does once its relay reported: the record completed and
+    /// written, the pid file, the prestart and createRuntime hooks; on
+    /// error, the relay killed and `undo` run.
+    fn finish_create(
+        &self,
+        id: &str,
+        mut record: VmState,
+        forked: &relay::Forked,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        undo: impl FnOnce(&VmState),
+    ) -> Result<()> {
+        let state_file = self.dir(id).join(STATE_FILE);
         record.relay_pid = forked.pid;
         record.relay_start = ProcStat::of(forked.pid).map_or(0, |s| s.start_time);
         let report: Vec<u64> = forked
@@ -277,12 +438,7 @@ impl VmSandbox {
             .split_whitespace()
             .map(|n| n.parse().unwrap_or(0))
             .collect();
-        if let [pid, agent_start_us, agent_ready_us, created_us, joined] = report[..] {
-            if joined == 1 {
-                if let share::HostNetwork::Join(netns) = share::host_network(&bundle.spec) {
-                    record.pod_network = Some(netns);
-                }
-            }
+        if let [pid, agent_start_us, agent_ready_us, created_us, _joined] = report[..] {
             record.guest_pid = pid as i32;
             record.guest_times = state::GuestTimes {
                 agent_start_us,
@@ -322,10 +478,7 @@ impl VmSandbox {
         });
         if let Err(e) = ran {
             kill_relay(&record);
-            remove_run_dir(&run_dir);
-            if let Some(netns) = &record.pod_network {
-                leave_pod_network(netns);
-            }
+            undo(&record);
             return Err(e);
         }
         Ok(())
@@ -427,6 +580,8 @@ fn container_relay(
         .create(id, spec_json)
         .map_err(|e| vm_err(format!("{}{}", e.message(), vm.console_tail())))?;
     let stdio = relay::attach(&agent, id, "", terminal, console_socket)?;
+    // The pod's other containers join the VM through the relay.
+    pod::serve(run_dir, &share_dir)?;
     let uds = vm.vsock.clone();
     let joined = match pod_network {
         Some((_, mut guard)) => {
@@ -444,10 +599,10 @@ fn container_relay(
             id: id.to_string(),
             exec_id: String::new(),
             stdio,
+            exit_file: Some(exit_file.to_path_buf()),
             vm: Some(OwnedVm {
                 vm,
                 run_dir: run_dir.to_path_buf(),
-                exit_file: exit_file.to_path_buf(),
             }),
         },
         format!(
@@ -632,9 +787,22 @@ impl Sandbox for VmSandbox {
             ));
         }
         kill_relay(&st);
-        remove_run_dir(&st.run_dir);
-        if let Some(netns) = &st.pod_network {
-            leave_pod_network(netns);
+        if st.pod.is_some() {
+            // A member of a pod's VM: its part of the guest and of the
+            // share goes; the VM stays (gone already: nothing to do).
+            if st.run_dir.join("vsock.sock").exists() {
+                if let Err(e) = self.agent(&st).and_then(|a| a.delete(id, true)) {
+                    tracing::warn!("container {id} in its pod's VM: {e}");
+                }
+                if let Err(e) = pod::remove(&st.run_dir, id) {
+                    tracing::warn!("container {id} in its pod's VM: {e}");
+                }
+            }
+        } else {
+            remove_run_dir(&st.run_dir);
+            if let Some(netns) = &st.pod_network {
+                leave_pod_network(netns);
+            }
         }
         self.warn_hooks("poststop", &st, "stopped");
         let dir = self.dir(id);
@@ -727,6 +895,7 @@ impl Sandbox for VmSandbox {
                     id: id.to_string(),
                     exec_id: exec_id.clone(),
                     stdio,
+                    exit_file: None,
                     vm: None,
                 },
                 pid.to_string(),
@@ -763,8 +932,7 @@ impl Sandbox for VmSandbox {
         let agent = self.agent(&st)?;
         let id = id.to_string();
         Ok(Some(Box::new(move || loop {
-            // One VM a container: any other id is a stray of the guest's.
-            if agent.next_oom()? == id {
+            if agent.next_oom(&id)? == id {
                 return Ok(());
             }
         })))

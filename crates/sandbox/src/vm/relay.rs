@@ -54,8 +54,6 @@ pub struct OwnedVm {
     pub vm: Vm,
     /// The VM's run directory, removed when the VM is gone.
     pub run_dir: PathBuf,
-    /// Written when the container has exited.
-    pub exit_file: PathBuf,
 }
 
 /// The process's stdio on the relay's side.
@@ -79,6 +77,8 @@ pub struct Relay {
     /// Empty for the container's init.
     pub exec_id: String,
     pub stdio: Stdio,
+    /// Written when a container's init has exited (none for an exec).
+    pub exit_file: Option<PathBuf>,
     pub vm: Option<OwnedVm>,
 }
 
@@ -321,8 +321,10 @@ impl Relay {
                 reason: Some(e.to_string()),
             },
         };
+        if let Some(f) = &self.exit_file {
+            let _ = super::state::write_json(f, &record);
+        }
         if let Some(owned) = self.vm.take() {
-            let _ = super::state::write_json(&owned.exit_file, &record);
             shut_down(&self.agent, owned);
         }
         record

@@ -118,28 +118,24 @@ fn guest_shm(m: &Mount) -> Result<Mount> {
         .map_err(|e| vm_err(e.to_string()))
 }
 
-/// Makes `share` (a directory) the VM's shared directory holding container
-/// `id` of the bundle at `bundle_dir` with spec `spec`, in the calling
-/// process's mount namespace (see [`private_mount_namespace`]), and
-/// returns the spec for the guest.
-pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result<Spec> {
-    mnt(
-        Some(Path::new("ironcell-share")),
-        share,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=64k"),
-    )?;
-    // Shared, so that the mount namespaces the VM's device processes make
-    // (slaves of this one: crates/vmm/src/jail.rs) receive the binds added
-    // under it later, as a container added to a running VM needs. Nothing
-    // outside this namespace is its peer.
-    mnt(None, share, None, MsFlags::MS_SHARED, None)?;
-    let host_dir = share.join(id);
-    let guest_dir = Path::new(GUEST_SHARE_DIR).join(id);
-    fs::create_dir(&host_dir).map_err(|e| vm_err(format!("{}: {e}", host_dir.display())))?;
+/// A host path a container's share directory holds: bind-mounted at
+/// `<share>/<id>/<name>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareMount {
+    /// `rootfs`, or `m<N>` for the spec's mount N.
+    pub name: String,
+    pub source: PathBuf,
+    pub recursive: bool,
+    pub ro: bool,
+}
 
+/// Container `id` of the bundle at `bundle_dir` with spec `spec` as the
+/// guest sees it: its spec for the guest, and the host paths its share
+/// directory must hold.
+pub fn plan(id: &str, bundle_dir: &Path, spec: &Spec) -> Result<(Spec, Vec<ShareMount>)> {
+    let guest_dir = Path::new(GUEST_SHARE_DIR).join(id);
     let mut guest = spec.clone();
+    let mut shared = Vec::new();
     let root = spec
         .root()
         .as_ref()
@@ -149,8 +145,12 @@ pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result
     } else {
         bundle_dir.join(root.path())
     };
-    let readonly = root.readonly().unwrap_or(false);
-    bind(&rootfs, &host_dir.join("rootfs"), true, readonly)?;
+    shared.push(ShareMount {
+        name: "rootfs".into(),
+        source: rootfs,
+        recursive: true,
+        ro: root.readonly().unwrap_or(false),
+    });
     let mut groot = root.clone();
     groot.set_path(guest_dir.join("rootfs"));
     guest.set_root(Some(groot));
@@ -185,27 +185,88 @@ pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result
             continue;
         }
         let name = format!("m{i}");
-        bind(
-            &source,
-            &host_dir.join(&name),
-            has_option(m, "rbind"),
-            has_option(m, "ro"),
-        )?;
+        shared.push(ShareMount {
+            name: name.clone(),
+            source,
+            recursive: has_option(m, "rbind"),
+            ro: has_option(m, "ro"),
+        });
         let mut gm = m.clone();
         gm.set_source(Some(guest_dir.join(&name)));
         mounts.push(gm);
     }
     guest.set_mounts(Some(mounts));
+    Ok((for_guest(guest), shared))
+}
 
-    // The share itself takes no new files; the binds keep their own flags.
+/// Makes `share` (a directory) the VM's shared directory holding container
+/// `id` of the bundle at `bundle_dir` with spec `spec`, in the calling
+/// process's mount namespace (see [`private_mount_namespace`]), and
+/// returns the spec for the guest.
+pub fn prepare(share: &Path, id: &str, bundle_dir: &Path, spec: &Spec) -> Result<Spec> {
+    let (guest, shared) = plan(id, bundle_dir, spec)?;
+    mnt(
+        Some(Path::new("ironcell-share")),
+        share,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(SHARE_OPTIONS),
+    )?;
+    // Shared, so that the mount namespaces the VM's device processes make
+    // (slaves of this one: crates/vmm/src/jail.rs) receive the binds added
+    // under it later, as a container added to a running VM needs. Nothing
+    // outside this namespace is its peer.
+    mnt(None, share, None, MsFlags::MS_SHARED, None)?;
+    let host_dir = share.join(id);
+    fs::create_dir(&host_dir).map_err(|e| vm_err(format!("{}: {e}", host_dir.display())))?;
+    for m in &shared {
+        bind(&m.source, &host_dir.join(&m.name), m.recursive, m.ro)?;
+    }
+    set_writable(share, false)?;
+    Ok(guest)
+}
+
+/// The share's tmpfs options.
+const SHARE_OPTIONS: &str = "mode=0755,size=64k";
+
+/// Remounts the share read-write (to add or remove a container's
+/// directory) or read-only: the share itself takes no new files; the binds
+/// under it keep their own flags.
+pub fn set_writable(share: &Path, writable: bool) -> Result<()> {
+    let ro = if writable {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
     mnt(
         None,
         share,
         None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=64k"),
-    )?;
-    Ok(for_guest(guest))
+        MsFlags::MS_REMOUNT | ro | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(SHARE_OPTIONS),
+    )
+}
+
+/// Makes `target` (missing) the mount point for a tree of type `dir` or
+/// file.
+pub fn make_mount_point(target: &Path, dir: bool) -> Result<()> {
+    if dir {
+        fs::create_dir(target)
+    } else {
+        fs::write(target, b"")
+    }
+    .map_err(|e| vm_err(format!("cannot create {}: {e}", target.display())))
+}
+
+/// Makes a bind mount at `target` read-only.
+pub fn make_read_only(target: &Path) -> Result<()> {
+    mnt(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
 }
 
 /// What of a host spec means nothing, or something else, in the guest:

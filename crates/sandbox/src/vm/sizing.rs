@@ -48,14 +48,48 @@ impl HostLimits {
     }
 }
 
-/// The size of the VM of a container with `spec`.
-pub fn size(config: &VmConfig, spec: &Spec, host: HostLimits) -> Result<Size> {
+/// What a VM holds: a CPU quota and period, and a memory limit in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Limits {
+    quota: Option<i64>,
+    period: u64,
+    memory: i64,
+}
+
+/// The limits a VM must hold for `spec`: a CRI pod's sandbox container
+/// carries the sum of its containers' limits in annotations (what the
+/// kubelet passes in the PodSandboxConfig); any other container, its own.
+fn limits(spec: &Spec) -> Limits {
+    let annotations = spec.annotations().as_ref();
+    let annotation = |k: &str| annotations.and_then(|a| a.get(k));
+    let is_pod =
+        annotation("io.kubernetes.cri.container-type").map(String::as_str) == Some("sandbox");
+    if is_pod {
+        let number = |k: &str| annotation(k).and_then(|v| v.trim().parse::<i64>().ok());
+        return Limits {
+            quota: number("io.kubernetes.cri.sandbox-cpu-quota"),
+            period: number("io.kubernetes.cri.sandbox-cpu-period")
+                .filter(|p| *p > 0)
+                .map_or(100_000, |p| p as u64),
+            memory: number("io.kubernetes.cri.sandbox-memory").unwrap_or(0),
+        };
+    }
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     let cpu = resources.and_then(|r| r.cpu().as_ref());
-    let extra_vcpus = match (
-        cpu.and_then(|c| c.quota()),
-        cpu.and_then(|c| c.period()).unwrap_or(100_000),
-    ) {
+    Limits {
+        quota: cpu.and_then(|c| c.quota()),
+        period: cpu.and_then(|c| c.period()).unwrap_or(100_000),
+        memory: resources
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .unwrap_or(0),
+    }
+}
+
+/// The size of the VM of a container (or a CRI pod) with `spec`.
+pub fn size(config: &VmConfig, spec: &Spec, host: HostLimits) -> Result<Size> {
+    let asked = limits(spec);
+    let extra_vcpus = match (asked.quota, asked.period) {
         (Some(quota), period) if quota > 0 && period > 0 => {
             (quota as u64).div_ceil(period).min(u32::MAX as u64) as u32
         }
@@ -70,11 +104,7 @@ pub fn size(config: &VmConfig, spec: &Spec, host: HostLimits) -> Result<Size> {
         .saturating_add(extra_vcpus)
         .min(max_vcpus.max(config.vcpus));
 
-    let limit = resources
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .unwrap_or(0);
+    let limit = asked.memory.max(0);
     let extra_mib = (limit + MIB - 1) / MIB;
     let memory = u64::from(config.memory_mib) + extra_mib as u64;
     let max_memory = match config.max_memory_mib {
@@ -188,5 +218,39 @@ mod tests {
             .to_string();
         assert!(e.contains("max_memory_mib"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn a_pods_vm_holds_the_sum_the_kubelet_annotated() {
+        let c = VmConfig::default();
+        let pod = |annotations: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","annotations":{{"io.kubernetes.cri.container-type":"sandbox"{annotations}}},
+                "linux":{{"resources":{{"memory":{{"limit":1073741824}}}}}}}}"#
+            ))
+            .unwrap()
+        };
+        // The pause container's own limit does not count: the pod's does.
+        let s = size(
+            &c,
+            &pod(r#","io.kubernetes.cri.sandbox-memory":"134217728","io.kubernetes.cri.sandbox-cpu-quota":"250000","io.kubernetes.cri.sandbox-cpu-period":"100000""#),
+            HOST,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Size {
+                vcpus: 4,
+                memory_mib: 384
+            }
+        );
+        // A pod without limits gets the base.
+        assert_eq!(
+            size(&c, &pod(""), HOST).unwrap(),
+            Size {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
     }
 }

@@ -47,6 +47,10 @@ pub struct VmState {
     /// has no NIC).
     #[serde(default)]
     pub pod_network: Option<PathBuf>,
+    /// The sandbox container of the pod whose VM this container joined
+    /// (None: the container's relay owns the VM in `run_dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 fn default_agent_timeout() -> u32 {

@@ -1,0 +1,419 @@
+//! VM pods through containerd 1.7's CRI, as the kubelet drives it: the
+//! runtime handler `ironcell-vm` (ironcelld's shim with `Sandbox = "vm"`)
+//! boots one VM for the pod (QEMU with TCG here) when the pause container
+//! is made, and the pod's containers join it. The pod is on a CNI bridge
+//! network (Debian's plugins), tied to the VM by a tap.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ironcell_testutil::cri::{
+    channel, container_config, pod_config, start_containerd_with, vm_handler_config, CniBridge,
+    VM_HANDLER,
+};
+use ironcell_testutil::kubelet::CriGuard;
+use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+use ironcell_testutil::*;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ironcelld"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A pod on the CNI network, with its own IPC and UTS namespaces.
+fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
+    let mut pod = pod_config(name, logs);
+    pod.hostname = name.into();
+    let ns = pod
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    ns.network = NamespaceMode::Pod as i32;
+    ns.ipc = NamespaceMode::Pod as i32;
+    ns.pid = NamespaceMode::Container as i32;
+    pod
+}
+
+async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (i32, String) {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    (
+        out.exit_code,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+async fn wait_state(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    want: ContainerState,
+) -> ContainerStatus {
+    let start = Instant::now();
+    loop {
+        let st = status(rt, id).await;
+        if st.state == want as i32 {
+            return st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "container {id} never {want:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Mounts under `dir` in any mount namespace of the host's processes.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut out: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path().join("mountinfo"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&dir))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A pod of three containers in one VM through containerd 1.7's CRI: the
+/// containers see the same guest (its boot id, not the host's) and share
+/// the pod's IPC and UTS namespaces; ExecSync, the CRI's log files,
+/// ContainerStats from the guest's cgroups, UpdateContainerResources
+/// reaching the guest's cgroup, an OOM kill reported as OOMKilled; a server
+/// in the pod answers the host at the pod's CNI address and the pod reaches
+/// its gateway; a container's removal leaves the VM running; the pod's
+/// stop and removal leave no VM, mount, tap or state.
+#[test]
+fn cri_pod_in_one_vm() {
+    let test = "cri_pod_in_one_vm";
+    let Some(guest) = qemu_guest(test) else {
+        return;
+    };
+    let Some(net) = CniBridge::new(test) else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let _guard = DaemonGuard(root.path().to_path_buf());
+    let vmdir = tempfile::Builder::new()
+        .prefix("icvmpod-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = qemu_config(vmdir.path(), &guest, "memory_mib = 256");
+    let Some((c, logs)) = start_containerd_with(
+        bin_dir(),
+        root.path(),
+        vm_handler_config() + &net.config(),
+        vec![("IRONCELL_CONFIG".into(), config.into())],
+    ) else {
+        return;
+    };
+    let _cri_guard = CriGuard(c.socket());
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        let pod = vm_pod("vmpod", &logs);
+        let pod_id = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: VM_HANDLER.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let pod_status = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod_id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
+        let ip: Ipv4Addr = pod_status
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| panic!("pod IP: {e}: {pod_status:?}"));
+
+        let mut ids = Vec::new();
+        for (name, script, memory) in [
+            (
+                "web",
+                "echo web-started; while true; do echo hello-from-the-pod | nc -l -p 8080; done",
+                0,
+            ),
+            ("side", "echo side-started; exec sleep 1000", 0),
+        ] {
+            let mut config = container_config(name, &["sh", "-c", script]);
+            if memory > 0 {
+                config
+                    .linux
+                    .get_or_insert_with(Default::default)
+                    .resources
+                    .get_or_insert_with(Default::default)
+                    .memory_limit_in_bytes = memory;
+            }
+            let id = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(config),
+                    sandbox_config: Some(pod.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", c.log()))
+                .into_inner()
+                .container_id;
+            rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", c.log()));
+            ids.push(id);
+        }
+        for id in &ids {
+            wait_state(&mut rt, id, ContainerState::ContainerRunning).await;
+        }
+
+        // One guest: the same boot id in both containers, not the host's;
+        // the pod's IPC and UTS namespaces shared.
+        let mut seen = Vec::new();
+        for id in &ids {
+            let (code, out) = exec(
+                &mut rt,
+                id,
+                "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc; hostname",
+            )
+            .await;
+            assert_eq!(code, 0, "{out}");
+            seen.push(out);
+        }
+        assert_eq!(seen[0], seen[1]);
+        assert!(!seen[0].contains(host_boot.trim()), "{seen:?}");
+        assert!(seen[0].ends_with("vmpod\n"), "{seen:?}");
+        let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
+        assert_eq!((code, out.trim()), (3, "exec-sync"));
+
+        // The containers' output reached CRI's log files.
+        let start = Instant::now();
+        loop {
+            let web = std::fs::read_to_string(logs.join("web.log")).unwrap_or_default();
+            let side = std::fs::read_to_string(logs.join("side.log")).unwrap_or_default();
+            if web.contains("web-started") && side.contains("side-started") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "logs: {web:?} {side:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // The pod's server answers at the pod's CNI address, and the pod
+        // reaches a server on its gateway.
+        let start = Instant::now();
+        let answer = loop {
+            let got = TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(5))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut a = String::new();
+                    s.read_to_string(&mut a)?;
+                    Ok(a)
+                });
+            match got {
+                Ok(a) if !a.is_empty() => break a,
+                other => assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the pod's server at {ip}:8080: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(answer.trim(), "hello-from-the-pod");
+        let listener = TcpListener::bind((net.gateway, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, peer) = listener.accept().unwrap();
+            s.write_all(b"hello-from-the-host\n").unwrap();
+            peer
+        });
+        let (code, out) = exec(&mut rt, &ids[1], &format!("nc {} {port}", net.gateway)).await;
+        assert_eq!((code, out.trim()), (0, "hello-from-the-host"));
+        assert_eq!(server.join().unwrap().ip(), ip);
+
+        // Statistics come from the guest's cgroups; an update reaches them.
+        let stats = rt
+            .container_stats(ContainerStatsRequest {
+                container_id: ids[1].clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats: {e}"))
+            .into_inner()
+            .stats
+            .unwrap();
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map(|v| v.value);
+        assert!(memory.is_some_and(|m| m > 0), "{memory:?}");
+        rt.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: ids[1].clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+        let (_, out) = exec(&mut rt, &ids[1], "cat /sys/fs/cgroup/memory.max").await;
+        assert_eq!(out.trim(), (96u64 << 20).to_string());
+
+        // A container over its memory limit in the guest: OOMKilled.
+        let mut hog = container_config("hog", &["sh", "-c", "echo hog-started; tail /dev/zero"]);
+        hog.linux
+            .get_or_insert_with(Default::default)
+            .resources
+            .get_or_insert_with(Default::default)
+            .memory_limit_in_bytes = 24 << 20;
+        let hog_id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(hog),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer hog: {e}\n{}", c.log()))
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: hog_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer hog: {e}"));
+        let st = wait_state(&mut rt, &hog_id, ContainerState::ContainerExited).await;
+        assert_eq!(st.reason, "OOMKilled", "{st:?}");
+
+        // The daemon SIGKILLed under the running pod: the keeper starts the
+        // next, which serves the pod's containers in the same VM.
+        let old = kill_daemon(root.path());
+        wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
+        let (code, out) = exec(
+            &mut rt,
+            &ids[1],
+            "echo after-restart; cat /proc/sys/kernel/random/boot_id",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.starts_with("after-restart\n"), "{out}");
+        assert!(
+            seen[0].starts_with(&out["after-restart\n".len()..]),
+            "{out} {seen:?}"
+        );
+
+        // Each container's rootfs is in the VM's share, in the relay's
+        // mount namespace.
+        let shared = mounts_under(vmdir.path());
+        for id in &ids {
+            assert!(
+                shared.iter().any(|m| m.contains(&format!("/{id}/rootfs"))),
+                "{shared:#?}"
+            );
+        }
+
+        // Removing one container leaves the pod's VM to the others.
+        rt.remove_container(RemoveContainerRequest {
+            container_id: hog_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
+        let (code, out) = exec(&mut rt, &ids[0], "echo still-here").await;
+        assert_eq!((code, out.trim()), (0, "still-here"));
+        let shared = mounts_under(vmdir.path());
+        assert!(
+            !shared.iter().any(|m| m.contains(&hog_id)),
+            "the removed container's share is left: {shared:#?}"
+        );
+
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
+    });
+    // Nothing is left: no VM, no share mount in any namespace, no state.
+    let start = Instant::now();
+    while !ironcell_testutil::vm::run_dirs(vmdir.path()).is_empty()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_no_vm_left(vmdir.path());
+    assert_eq!(mounts_under(vmdir.path()), Vec::<String>::new());
+    let state = root.path().join("containers/k8s.io");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{} left: {left:?}", state.display());
+    drop(c);
+}
