@@ -180,7 +180,10 @@ impl Containers {
         if self.lock().contains_key(id) {
             return Err(AgentError::Exists(format!("container {id}")));
         }
-        let (spec, terminal) = guest_spec(id, spec_json)?;
+        let (mut spec, terminal) = guest_spec(id, spec_json)?;
+        if std::process::id() == 1 {
+            crate::network::take_pod_sysctls(&mut spec)?;
+        }
         // The bundle directory is this create's claim on the id: a create
         // of the same id in flight on another connection fails here, and
         // never removes what is not its own.

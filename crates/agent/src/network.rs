@@ -324,8 +324,88 @@ fn describe(r: &Route) -> String {
     }
 }
 
+/// The `net.*` sysctls of a container that shares the guest's network
+/// namespace (its spec has no network namespace): in a guest, that
+/// namespace is the pod's own, where a pod's network sysctls belong (CRI
+/// sets `net.ipv4.ping_group_range` on every pod). The engine refuses them
+/// there, since on a host the namespace would be the host's; the agent
+/// that is the guest's PID 1 sets them itself, in its own namespace, and
+/// takes them out of the spec.
+pub fn take_pod_sysctls(spec: &mut oci_spec::runtime::Spec) -> Result<(), AgentError> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(());
+    };
+    let own_network = linux
+        .namespaces()
+        .as_ref()
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    let Some(mut sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    if own_network {
+        return Ok(());
+    }
+    let net: Vec<String> = sysctls
+        .keys()
+        .filter(|k| k.replace('/', ".").starts_with("net."))
+        .cloned()
+        .collect();
+    for key in net {
+        let value = sysctls.remove(&key).unwrap_or_default();
+        let path = sysctl_path(&key)?;
+        std::fs::write(&path, value.as_bytes()).map_err(AgentError::io(format!("sysctl {key}")))?;
+    }
+    linux.set_sysctl(Some(sysctls));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// `/proc/sys/<key>` of a checked sysctl name (dots or slashes between
+/// words of letters, digits, `_` and `-`).
+fn sysctl_path(key: &str) -> Result<std::path::PathBuf, AgentError> {
+    let words: Vec<&str> = key.split(['.', '/']).collect();
+    let ok = words.iter().all(|w| {
+        !w.is_empty()
+            && w.len() <= 64
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
+    if !ok || words.len() > 8 {
+        return Err(invalid(format!("invalid sysctl name {key:?}")));
+    }
+    Ok(std::path::Path::new("/proc/sys").join(words.join("/")))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sysctl_names_are_checked() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ping_group_range").unwrap(),
+            std::path::Path::new("/proc/sys/net/ipv4/ping_group_range")
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0/forwarding").unwrap(),
+            std::path::Path::new("/proc/sys/net/ipv4/conf/eth0/forwarding")
+        );
+        for bad in ["net..x", "net.ipv4/../../x", "net.a b", "", "net."] {
+            assert!(sysctl_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_container_with_its_own_network_keeps_its_sysctls() {
+        let mut spec: oci_spec::runtime::Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"}],
+            "sysctl":{"net.ipv4.ping_group_range":"0 1"}}}"#,
+        )
+        .unwrap();
+        let before = spec.clone();
+        take_pod_sysctls(&mut spec).unwrap();
+        assert_eq!(spec, before);
+    }
     use super::*;
 
     fn iface(name: &str, mac: &[u8], mtu: u32, addrs: &[(&str, u32)]) -> agent::Interface {

@@ -1,4 +1,4 @@
-//! VM pods through containerd 1.7's CRI, as the kubelet drives it: the
+//! VM pods through containerd 1.7's and 2.x's CRI, as the kubelet drives it: the
 //! runtime handler `ironcell-vm` (ironcelld's shim with `Sandbox = "vm"`)
 //! boots one VM for the pod (QEMU with TCG here) when the pause container
 //! is made, and the pod's containers join it. The pod is on a CNI bridge
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd_with, vm_handler_config, CniBridge,
-    VM_HANDLER,
+    channel, container_config, pod_config, start_containerd_with, start_controller_with_env,
+    vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
 use ironcell_testutil::kubelet::CriGuard;
 use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
@@ -129,7 +129,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// stop and removal leave no VM, mount, tap or state.
 #[test]
 fn cri_pod_in_one_vm() {
-    let test = "cri_pod_in_one_vm";
+    run_vm_pod("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
+}
+
+/// The same pod through containerd 2.x's CRI, with a pause container (the
+/// handler has no `sandboxer`).
+#[test]
+fn cri_pod_in_one_vm_on_containerd_2() {
+    run_vm_pod("cri_pod_in_one_vm_on_containerd_2", Cri::V2);
+}
+
+fn run_vm_pod(test: &str, cri: Cri) {
     let Some(guest) = qemu_guest(test) else {
         return;
     };
@@ -146,11 +156,13 @@ fn cri_pod_in_one_vm() {
         .tempdir_in("/tmp")
         .unwrap();
     let config = qemu_config(vmdir.path(), &guest, "memory_mib = 256");
+    let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
     let Some((c, logs)) = start_containerd_with(
         bin_dir(),
         root.path(),
-        vm_handler_config() + &net.config(),
-        vec![("IRONCELL_CONFIG".into(), config.into())],
+        cri,
+        vm_handler_config(cri) + &net.config(cri),
+        env.clone(),
     ) else {
         return;
     };
@@ -246,6 +258,16 @@ fn cri_pod_in_one_vm() {
         assert_eq!(seen[0], seen[1]);
         assert!(!seen[0].contains(host_boot.trim()), "{seen:?}");
         assert!(seen[0].ends_with("vmpod\n"), "{seen:?}");
+        if cri == Cri::V2 {
+            // containerd 2.x gives every pod the network sysctl
+            // net.ipv4.ping_group_range: set in the pod's (the guest's)
+            // network namespace.
+            let (_, out) = exec(&mut rt, &ids[0], "cat /proc/sys/net/ipv4/ping_group_range").await;
+            assert_eq!(
+                out.split_whitespace().collect::<Vec<_>>(),
+                ["0", "2147483647"]
+            );
+        }
         let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
         assert_eq!((code, out.trim()), (3, "exec-sync"));
 
@@ -352,7 +374,22 @@ fn cri_pod_in_one_vm() {
         // The daemon SIGKILLed under the running pod: the keeper starts the
         // next, which serves the pod's containers in the same VM.
         let old = kill_daemon(root.path());
-        wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
+        match cri {
+            // Started by hand (containerd 2.x's sandbox controller), so
+            // restarted by hand.
+            Cri::V2 => {
+                let mut d = start_controller_with_env(
+                    Path::new(env!("CARGO_BIN_EXE_ironcelld")),
+                    root.path(),
+                    &c,
+                    &env,
+                );
+                std::thread::spawn(move || d.wait());
+            }
+            Cri::V17 { .. } => {
+                wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
+            }
+        }
         let (code, out) = exec(
             &mut rt,
             &ids[1],

@@ -81,14 +81,18 @@ pub const RUNC_SHIM_HANDLER: &str = "ironcell-runc";
 /// ([`vm_handler_config`]).
 pub const VM_HANDLER: &str = "ironcell-vm";
 
-/// The runtime handler [`VM_HANDLER`] for containerd 1.7's CRI.
-pub fn vm_handler_config() -> String {
+/// The runtime handler [`VM_HANDLER`] for `cri`'s CRI.
+pub fn vm_handler_config(cri: Cri) -> String {
+    let plugin = match cri {
+        Cri::V17 { .. } => r#"plugins."io.containerd.grpc.v1.cri""#,
+        Cri::V2 => r#"plugins."io.containerd.cri.v1.runtime""#,
+    };
     format!(
         r#"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{VM_HANDLER}]
-      runtime_type = "io.containerd.ironcell.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{VM_HANDLER}.options]
-        Sandbox = "vm"
+[{plugin}.containerd.runtimes.{VM_HANDLER}]
+  runtime_type = "io.containerd.ironcell.v2"
+  [{plugin}.containerd.runtimes.{VM_HANDLER}.options]
+    Sandbox = "vm"
 "#
     )
 }
@@ -152,13 +156,23 @@ impl CniBridge {
         })
     }
 
-    /// containerd 1.7's CRI configuration for this network.
-    pub fn config(&self) -> String {
+    /// `cri`'s CRI configuration for this network.
+    pub fn config(&self, cri: Cri) -> String {
+        let (plugin, bin_dir) = match cri {
+            Cri::V17 { .. } => (
+                r#"plugins."io.containerd.grpc.v1.cri""#,
+                r#"bin_dir = "/usr/lib/cni""#,
+            ),
+            Cri::V2 => (
+                r#"plugins."io.containerd.cri.v1.runtime""#,
+                r#"bin_dirs = ["/usr/lib/cni"]"#,
+            ),
+        };
         format!(
             r#"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{}"
+[{plugin}.cni]
+  {bin_dir}
+  conf_dir = "{}"
 "#,
             self.dir.path().join("conf").display()
         )
@@ -280,22 +294,17 @@ pub fn start_containerd(
     start(bins, root, cri, String::new())
 }
 
-/// [`start_containerd`] for containerd 1.7 (without the sandbox API) with
-/// `more_config` appended to its CRI configuration and `env` in its
-/// environment (and so in the shims' and ironcelld's).
+/// [`start_containerd`] with `more_config` appended to containerd's
+/// configuration (in its version's form) and `env` in its environment
+/// (and so in the shims' and ironcelld's).
 pub fn start_containerd_with(
     bins: PathBuf,
     root: &Path,
+    cri: Cri,
     more_config: String,
     env: Vec<(String, std::ffi::OsString)>,
 ) -> Option<(crate::containerd::Containerd, PathBuf)> {
-    start_in(
-        bins,
-        root,
-        Cri::V17 { sandbox_api: false },
-        more_config,
-        env,
-    )
+    start_in(bins, root, cri, more_config, env)
 }
 
 fn start(
@@ -316,7 +325,7 @@ fn start_in(
 ) -> Option<(crate::containerd::Containerd, PathBuf)> {
     let binary = cri.binary()?;
     let mut env = vec![("IRONCELLD_ROOT".into(), root.as_os_str().to_owned())];
-    env.extend(more_env);
+    env.extend(more_env.iter().cloned());
     if cri == (Cri::V17 { sandbox_api: true }) {
         env.push(("ENABLE_CRI_SANDBOXES".into(), "1".into()));
     }
@@ -326,13 +335,13 @@ fn start_in(
         cri: true,
         extra_config: match cri {
             Cri::V17 { .. } => config() + &more_config,
-            Cri::V2 => config_v2(&root.join("sandbox.sock")),
+            Cri::V2 => config_v2(&root.join("sandbox.sock")) + &more_config,
         },
         version3: cri == Cri::V2,
         env,
     })?;
     if cri == Cri::V2 {
-        let mut daemon = start_controller(&bins.join("ironcelld"), root, &c);
+        let mut daemon = start_controller_with_env(&bins.join("ironcelld"), root, &c, &more_env);
         // Reaped whenever it ends (the test's DaemonGuard kills it).
         std::thread::spawn(move || daemon.wait());
     }
@@ -385,10 +394,25 @@ pub fn start_controller(
     root: &Path,
     c: &crate::containerd::Containerd,
 ) -> std::process::Child {
+    start_controller_with_env(bin, root, c, &[])
+}
+
+/// [`start_controller`] with `env` added to the daemon's environment.
+pub fn start_controller_with_env(
+    bin: &Path,
+    root: &Path,
+    c: &crate::containerd::Containerd,
+    env: &[(String, std::ffi::OsString)],
+) -> std::process::Child {
     let socket = root.join("sandbox.sock");
     let _ = std::fs::remove_file(&socket);
     let ttrpc = c.ttrpc_socket();
-    let child = crate::start_daemon_with(bin, root, &["--containerd".as_ref(), ttrpc.as_os_str()]);
+    let child = crate::start_daemon_with_env(
+        bin,
+        root,
+        &["--containerd".as_ref(), ttrpc.as_os_str()],
+        env,
+    );
     let start = std::time::Instant::now();
     while !socket.exists() {
         assert!(

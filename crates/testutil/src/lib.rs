@@ -383,8 +383,19 @@ pub fn start_daemon(bin: &Path, root: &Path) -> std::process::Child {
 
 /// [`start_daemon`] with more arguments.
 pub fn start_daemon_with(bin: &Path, root: &Path, args: &[&OsStr]) -> std::process::Child {
+    start_daemon_with_env(bin, root, args, &[])
+}
+
+/// [`start_daemon_with`] with `env` added to the daemon's environment.
+pub fn start_daemon_with_env(
+    bin: &Path,
+    root: &Path,
+    args: &[&OsStr],
+    env: &[(String, std::ffi::OsString)],
+) -> std::process::Child {
     Command::new(bin)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("--root")
         .arg(root)
         .arg("--log")
