@@ -100,11 +100,14 @@ bench-wasm: build image
 # agent's RSS for one sleeping container, the host processes ironcell adds
 # per VM, and `ironcell run` of /bin/true against the namespace sandbox,
 # under QEMU with TCG (BENCH_VM_ARGS="--hypervisor ironcell-vmm" on a KVM
-# host with VT-x or AMD-V).
+# host with VT-x or AMD-V); then VM pods through containerd 1.7's CRI
+# against namespace pods, and the host memory per VM pod at 1, 5 and 10.
 BENCH_VM_ARGS ?=
 bench-vm: build image guest
 	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcell-sandbox --example guest_details
 	python3 bench/vm_bench.py --ironcell $(IRONCELL) $(BENCH_VM_ARGS)
+	$(STATIC_ENV) $(CARGO) build --release --target $(TARGET) -p ironcelld --example cri_vm_bench
+	target/$(TARGET)/release/examples/cri_vm_bench
 
 # Fuzzes request decoding and handling (fuzz/): ironcelld's (FUZZ_TARGET
 # requests, the default) or the guest agent's (FUZZ_TARGET=agent_requests).

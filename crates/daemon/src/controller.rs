@@ -119,12 +119,39 @@ impl Controller {
 
 type R<T> = Result<Response<T>, Status>;
 
+/// Refuses a pod whose runtime handler asks for VMs (`Sandbox = "vm"`):
+/// the controller makes namespace pods only; a VM pod is booted by its
+/// pause container (a handler without `sandboxer`, docs/daemon.md).
+fn refuse_vm_pods(req: &ControllerCreateRequest) -> Result<(), Status> {
+    let options = req
+        .sandbox
+        .as_ref()
+        .and_then(|s| s.runtime.as_ref())
+        .and_then(|r| r.options.as_ref())
+        .map(
+            |o| containerd_shim_protos::protobuf::well_known_types::any::Any {
+                type_url: o.type_url.clone(),
+                value: o.value.clone(),
+                ..Default::default()
+            },
+        );
+    if crate::runtime_options::sandbox_kind(options.as_ref())? == Some(ironcell_sandbox::Kind::Vm) {
+        return Err(Status::unimplemented(format!(
+            "pod {}: ironcelld's sandbox controller does not make VM pods yet; use a runtime \
+             handler without sandboxer, whose pause container boots the pod's VM",
+            req.sandbox_id
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl ControllerApi for Controller {
     async fn create(&self, req: Request<ControllerCreateRequest>) -> R<ControllerCreateResponse> {
         ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         let req = req.into_inner();
+        refuse_vm_pods(&req)?;
         let options = req
             .options
             .as_ref()

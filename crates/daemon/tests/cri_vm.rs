@@ -125,8 +125,9 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// ContainerStats from the guest's cgroups, UpdateContainerResources
 /// reaching the guest's cgroup, an OOM kill reported as OOMKilled; a server
 /// in the pod answers the host at the pod's CNI address and the pod reaches
-/// its gateway; a container's removal leaves the VM running; the pod's
-/// stop and removal leave no VM, mount, tap or state.
+/// its gateway; ironcelld SIGKILLed and containerd restarted under the
+/// pod; a container's removal leaves the VM running; the pod's stop and
+/// removal leave no VM, mount, tap or state.
 #[test]
 fn cri_pod_in_one_vm() {
     run_vm_pod("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
@@ -137,6 +138,25 @@ fn cri_pod_in_one_vm() {
 #[test]
 fn cri_pod_in_one_vm_on_containerd_2() {
     run_vm_pod("cri_pod_in_one_vm_on_containerd_2", Cri::V2);
+}
+
+/// containerd 2.x's handler asking ironcelld's sandbox controller for VM
+/// pods, which it refuses.
+const SANDBOXER_VM_HANDLER: &str = "ironcell-vm-sandboxer";
+
+fn sandboxer_vm_handler(cri: Cri) -> String {
+    if cri != Cri::V2 {
+        return String::new();
+    }
+    format!(
+        r#"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_VM_HANDLER}]
+  runtime_type = "io.containerd.ironcell.v2"
+  sandboxer = "ironcell"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_VM_HANDLER}.options]
+    Sandbox = "vm"
+"#
+    )
 }
 
 fn run_vm_pod(test: &str, cri: Cri) {
@@ -157,11 +177,11 @@ fn run_vm_pod(test: &str, cri: Cri) {
         .unwrap();
     let config = qemu_config(vmdir.path(), &guest, "memory_mib = 256");
     let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
-    let Some((c, logs)) = start_containerd_with(
+    let Some((mut c, logs)) = start_containerd_with(
         bin_dir(),
         root.path(),
         cri,
-        vm_handler_config(cri) + &net.config(cri),
+        vm_handler_config(cri) + &net.config(cri) + &sandboxer_vm_handler(cri),
         env.clone(),
     ) else {
         return;
@@ -174,6 +194,22 @@ fn run_vm_pod(test: &str, cri: Cri) {
         .unwrap();
     tokio.block_on(async {
         let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        if cri == Cri::V2 {
+            // The sandbox controller makes namespace pods only: a VM pod
+            // asked of it is refused, naming the way out.
+            let e = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(vm_pod("refused", &logs)),
+                    runtime_handler: SANDBOXER_VM_HANDLER.into(),
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                e.message().contains("does not make VM pods yet"),
+                "{e}\n{}",
+                c.log()
+            );
+        }
         let pod = vm_pod("vmpod", &logs);
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
@@ -412,6 +448,23 @@ fn run_vm_pod(test: &str, cri: Cri) {
                 "{shared:#?}"
             );
         }
+
+        // containerd restarted under the pod: it finds the pod and its
+        // containers again, and exec reaches the same guest.
+        c.restart();
+        rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        let start = Instant::now();
+        while let Err(e) = rt.status(StatusRequest::default()).await {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "CRI not back after a containerd restart: {e}\n{}",
+                c.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (code, out) = exec(&mut rt, &ids[0], "cat /proc/sys/kernel/random/boot_id").await;
+        assert_eq!(code, 0, "{out}");
+        assert!(seen[0].starts_with(&out), "{out} {seen:?}");
 
         // Removing one container leaves the pod's VM to the others.
         rt.remove_container(RemoveContainerRequest {

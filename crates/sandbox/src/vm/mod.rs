@@ -185,6 +185,12 @@ impl VmSandbox {
             if self.owns(&pod_id) {
                 return self.create_member(id, dir, bundle, opts, &pod_id);
             }
+            // A VM of its own would take the pod's network from the pod.
+            return Err(vm_err(format!(
+                "container {id} belongs to pod {pod_id}, whose sandbox is no VM here: a pod's \
+                 containers run in the VM its sandbox (pause) container boots, so the pod must \
+                 be made by a handler whose pods are VMs (Sandbox = \"vm\")"
+            )));
         }
         let mut config = self.config()?.clone();
         let kvm = KvmKind::detect();
@@ -936,5 +942,42 @@ impl Sandbox for VmSandbox {
                 return Ok(());
             }
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cri_container_of_a_pod_without_a_vm_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        fs::write(&config, "[vm]\n").unwrap();
+        let bundle = dir.path().join("bundle");
+        fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}},
+            "annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1"},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network"}]}}"#,
+        )
+        .unwrap();
+        let root = dir.path().join("root");
+        let vm = VmSandbox::new(root.clone(), Some(config));
+        let e = vm
+            .create(
+                "c1",
+                &Bundle::load(&bundle).unwrap(),
+                &CreateOptions::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("belongs to pod pod1, whose sandbox is no VM here"),
+            "{e}"
+        );
+        assert!(!root.join("c1").exists());
     }
 }
