@@ -58,25 +58,8 @@ async fn one(
         })
         .await
         .map_err(|e| format!("StartContainer: {e}"))?;
-        loop {
-            let st = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                })
-                .await
-                .map_err(|e| format!("ContainerStatus: {e}"))?
-                .into_inner()
-                .status
-                .ok_or("no status")?;
-            if st.state == ContainerState::ContainerExited as i32 {
-                return Ok(start.elapsed().as_secs_f64() * 1000.0);
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err("the container did not exit within 30 s".to_string());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        ironcell_testutil::cri::wait_exited(rt, &id, Duration::from_secs(30)).await?;
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
     }
     .await;
     let _ = rt
@@ -90,17 +73,6 @@ async fn one(
         })
         .await;
     result
-}
-
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (median, v[0], v[n - 1])
 }
 
 fn main() {
@@ -164,7 +136,7 @@ fn main() {
             println!("| {h} | 0/{} | - | - | - |", ok + failed);
             continue;
         }
-        let (med, min, max) = stats(v);
+        let (med, min, max) = ironcell_testutil::cri::median_min_max(v);
         medians.push(med);
         println!(
             "| {h} | {ok}/{} | {med:.1} | {min:.1} | {max:.1} |",

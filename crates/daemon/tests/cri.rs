@@ -324,19 +324,7 @@ fn run_pod(cri: Cri) {
             // containerd restarted too: it finds the containers again from
             // their bundles and the pod's address from the controller.
             c.restart();
-            let ch = channel(c.socket()).await;
-            rt = RuntimeServiceClient::new(ch);
-            // The CRI plugin answers "not initialized yet" while it
-            // recovers its pods and containers.
-            let start = Instant::now();
-            while let Err(e) = rt.status(StatusRequest::default()).await {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "CRI not back after a containerd restart: {e}\n{}",
-                    c.log()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            rt = ironcell_testutil::cri::runtime_after_restart(&c).await;
             let out = rt
                 .exec_sync(ExecSyncRequest {
                     container_id: ids[0].clone(),

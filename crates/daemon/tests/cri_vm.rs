@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd_with, start_controller_with_env,
-    vm_handler_config, CniBridge, Cri, VM_HANDLER,
+    channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
+    start_controller_with_env, vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
-use ironcell_testutil::kubelet::CriGuard;
+use ironcell_testutil::kubelet::{wait_log, CriGuard};
 use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
 use ironcell_testutil::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -308,19 +308,8 @@ fn run_vm_pod(test: &str, cri: Cri) {
         assert_eq!((code, out.trim()), (3, "exec-sync"));
 
         // The containers' output reached CRI's log files.
-        let start = Instant::now();
-        loop {
-            let web = std::fs::read_to_string(logs.join("web.log")).unwrap_or_default();
-            let side = std::fs::read_to_string(logs.join("side.log")).unwrap_or_default();
-            if web.contains("web-started") && side.contains("side-started") {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "logs: {web:?} {side:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_log(&logs, "web", "web-started").await;
+        wait_log(&logs, "side", "side-started").await;
 
         // The pod's server answers at the pod's CNI address, and the pod
         // reaches a server on its gateway.
@@ -452,16 +441,7 @@ fn run_vm_pod(test: &str, cri: Cri) {
         // containerd restarted under the pod: it finds the pod and its
         // containers again, and exec reaches the same guest.
         c.restart();
-        rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        let start = Instant::now();
-        while let Err(e) = rt.status(StatusRequest::default()).await {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "CRI not back after a containerd restart: {e}\n{}",
-                c.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        rt = runtime_after_restart(&c).await;
         let (code, out) = exec(&mut rt, &ids[0], "cat /proc/sys/kernel/random/boot_id").await;
         assert_eq!(code, 0, "{out}");
         assert!(seen[0].starts_with(&out), "{out} {seen:?}");

@@ -496,3 +496,64 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
         ..Default::default()
     }
 }
+
+/// Polls ContainerStatus until container `id` exited, for at most
+/// `limit`.
+pub async fn wait_exited(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    id: &str,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| format!("ContainerStatus: {e}"))?
+            .into_inner()
+            .status
+            .ok_or("no status")?;
+        if st.state == ContainerState::ContainerExited as i32 {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("the container did not exit within {limit:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// A CRI client of containerd `c` once its CRI answers again after a
+/// restart (it answers "not initialized yet" while it recovers its pods
+/// and containers).
+pub async fn runtime_after_restart(
+    c: &crate::containerd::Containerd,
+) -> k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel> {
+    let mut rt =
+        k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel(c.socket()).await);
+    let start = std::time::Instant::now();
+    while let Err(e) = rt.status(StatusRequest::default()).await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "CRI not back after a containerd restart: {e}\n{}",
+            c.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    rt
+}
+
+/// The median, minimum and maximum of `v` (sorted in place; not empty).
+pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}

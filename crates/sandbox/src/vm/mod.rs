@@ -204,12 +204,7 @@ impl VmSandbox {
                 "--preserve-fds: file descriptors cannot be passed into a VM",
             ));
         }
-        let terminal = bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = wants_terminal(&bundle.spec);
         let run_dir = Self::run_dir(&config, dir);
         fs::DirBuilder::new()
             .recursive(true)
@@ -242,13 +237,7 @@ impl VmSandbox {
             bundle: bundle.path.clone(),
             rootfs,
             created,
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            annotations: annotations_of(&bundle.spec),
             relay_pid: 0,
             relay_start: 0,
             run_dir: run_dir.clone(),
@@ -273,11 +262,7 @@ impl VmSandbox {
                 opts.console_socket.as_deref(),
             )
         };
-        let forked = relay::fork(setup, |pid| {
-            record.relay_pid = pid;
-            record.relay_start = ProcStat::of(pid).map_or(0, |s| s.start_time);
-            let _ = state::write_json(&state_file, &record);
-        });
+        let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
         let undo = |record: &VmState| {
             remove_run_dir(&run_dir);
             if let Some(netns) = &record.pod_network {
@@ -333,12 +318,7 @@ impl VmSandbox {
         {
             return Err(vm_err(format!("the VM of pod {pod_id} is not running")));
         }
-        let terminal = bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = wants_terminal(&bundle.spec);
         let (mut guest_spec, mounts) = share::plan(id, &bundle.path, &bundle.spec)?;
         pod::map_namespaces(&bundle.spec, &mut guest_spec, pod_id, &pod)?;
         let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
@@ -349,13 +329,7 @@ impl VmSandbox {
             bundle: bundle.path.clone(),
             rootfs: mounts[0].source.clone(),
             created: chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            annotations: annotations_of(&bundle.spec),
             relay_pid: 0,
             relay_start: 0,
             run_dir: pod.run_dir.clone(),
@@ -399,11 +373,7 @@ impl VmSandbox {
                 ),
             ))
         };
-        let forked = relay::fork(setup, |pid| {
-            record.relay_pid = pid;
-            record.relay_start = ProcStat::of(pid).map_or(0, |s| s.start_time);
-            let _ = state::write_json(&state_file, &record);
-        });
+        let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
         let undo = |record: &VmState| {
             if record.ready {
                 if let Ok(a) = self.agent(record) {
@@ -616,6 +586,23 @@ fn container_relay(
             created.pid, details.agent_start_us, details.agent_ready_us, created.created_us
         ),
     ))
+}
+
+/// Whether the spec's process has a terminal.
+fn wants_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+/// A spec's annotations, as `vm.json` keeps them.
+fn annotations_of(spec: &Spec) -> std::collections::BTreeMap<String, String> {
+    spec.annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// The tap of a VM joined to a pod's network namespace; one VM per

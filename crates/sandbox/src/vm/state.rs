@@ -58,6 +58,15 @@ fn default_agent_timeout() -> u32 {
 }
 
 impl VmState {
+    /// Records `pid` as the relay (and its start time) in `state_file`,
+    /// before the relay's setup is done: a removal meanwhile finds it.
+    pub fn note_relay(&mut self, pid: i32, state_file: &Path) {
+        self.relay_pid = pid;
+        self.relay_start =
+            ironcell_basics::proc_stat::ProcStat::of(pid).map_or(0, |s| s.start_time);
+        let _ = write_json(state_file, self);
+    }
+
     /// The deadline of calls to this container's agent.
     pub fn agent_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.agent_timeout_secs.into())
