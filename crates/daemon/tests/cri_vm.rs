@@ -14,7 +14,7 @@ use ironcell_testutil::cri::{
     start_controller_with_env, vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
 use ironcell_testutil::kubelet::{wait_log, CriGuard};
-use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
 use ironcell_testutil::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -119,7 +119,8 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A pod of three containers in one VM through containerd 1.7's CRI: the
+/// A pod of three containers in one VM through containerd 1.7's CRI (after
+/// a host-network and a host-PID pod are refused): the
 /// containers see the same guest (its boot id, not the host's) and share
 /// the pod's IPC and UTS namespaces; ExecSync, the CRI's log files,
 /// ContainerStats from the guest's cgroups, UpdateContainerResources
@@ -127,17 +128,32 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// in the pod answers the host at the pod's CNI address and the pod reaches
 /// its gateway; ironcelld SIGKILLed and containerd restarted under the
 /// pod; a container's removal leaves the VM running; the pod's stop and
-/// removal leave no VM, mount, tap or state.
+/// removal leave no VM, mount, tap or state. Then a pod whose hypervisor is
+/// killed: its container exits 137 and its removal leaves nothing either.
 #[test]
 fn cri_pod_in_one_vm() {
-    run_vm_pod("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
+    each_backend("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
 }
 
 /// The same pod through containerd 2.x's CRI, with a pause container (the
 /// handler has no `sandboxer`).
 #[test]
 fn cri_pod_in_one_vm_on_containerd_2() {
-    run_vm_pod("cri_pod_in_one_vm_on_containerd_2", Cri::V2);
+    each_backend("cri_pod_in_one_vm_on_containerd_2", Cri::V2);
+}
+
+/// Runs the pod under QEMU with TCG, and under ironcell-vmm where
+/// /dev/kvm has VT-x or AMD-V (a loud notice elsewhere).
+fn each_backend(test: &str, cri: Cri) {
+    if !need_root(test) {
+        return;
+    }
+    let Some(guest) = guest(test) else {
+        return;
+    };
+    for backend in backends(test) {
+        run_vm_pod(test, cri, &guest, backend);
+    }
 }
 
 /// containerd 2.x's handler asking ironcelld's sandbox controller for VM
@@ -159,10 +175,7 @@ fn sandboxer_vm_handler(cri: Cri) -> String {
     )
 }
 
-fn run_vm_pod(test: &str, cri: Cri) {
-    let Some(guest) = qemu_guest(test) else {
-        return;
-    };
+fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
     let Some(net) = CniBridge::new(test) else {
         return;
     };
@@ -175,7 +188,7 @@ fn run_vm_pod(test: &str, cri: Cri) {
         .prefix("icvmpod-")
         .tempdir_in("/tmp")
         .unwrap();
-    let config = qemu_config(vmdir.path(), &guest, "memory_mib = 256");
+    let config = vm::config(vmdir.path(), guest, backend, "memory_mib = 256");
     let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
     let Some((mut c, logs)) = start_containerd_with(
         bin_dir(),
@@ -209,6 +222,40 @@ fn run_vm_pod(test: &str, cri: Cri) {
                 "{e}\n{}",
                 c.log()
             );
+        }
+        // What a VM cannot give is refused at RunPodSandbox, naming it:
+        // the host's network and the host's PID namespace.
+        for (name, network, pid, want) in [
+            (
+                "hostnet",
+                NamespaceMode::Node,
+                NamespaceMode::Container,
+                "the host's network",
+            ),
+            (
+                "hostpid",
+                NamespaceMode::Pod,
+                NamespaceMode::Node,
+                "the host's PID namespace",
+            ),
+        ] {
+            let mut refused = vm_pod(name, &logs);
+            let ns = refused
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut())
+                .unwrap();
+            ns.network = network as i32;
+            ns.pid = pid as i32;
+            let e = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(refused),
+                    runtime_handler: VM_HANDLER.into(),
+                })
+                .await
+                .unwrap_err();
+            assert!(e.message().contains(want), "{name}: {e}");
         }
         let pod = vm_pod("vmpod", &logs);
         let pod_id = rt
@@ -470,12 +517,93 @@ fn run_vm_pod(test: &str, cri: Cri) {
         })
         .await
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
+
+        if cri == Cri::V2 {
+            return;
+        }
+        // A pod whose hypervisor is killed: its container exits (137, as
+        // killed), the pod is no longer ready, and its removal leaves
+        // nothing (checked below).
+        let pod = vm_pod("vmdies", &logs);
+        let pod_id = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: VM_HANDLER.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(container_config("victim", &["sleep", "1000"])),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer victim: {e}\n{}", c.log()))
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer victim: {e}"));
+        wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+        let hypervisor = match backend {
+            Backend::QemuTcg => "qemu",
+            Backend::IroncellVmm => "ironcell-vmm",
+        };
+        let hypervisors: Vec<i32> = processes_with(&vmdir.path().display().to_string())
+            .into_iter()
+            .filter(|p| {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                // ironcell-vmm's device process (beside QEMU) is not the
+                // hypervisor.
+                comm.starts_with(hypervisor) && !cmd.contains("--vhost-user-fs")
+            })
+            .collect();
+        assert_eq!(hypervisors.len(), 1, "one VM: {hypervisors:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(hypervisors[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let st = wait_state(&mut rt, &id, ContainerState::ContainerExited).await;
+        assert_eq!(st.exit_code, 137, "{st:?}");
+        let start = Instant::now();
+        loop {
+            let st = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if st.state == PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{st:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
     });
     // Nothing is left: no VM, no share mount in any namespace, no state.
     let start = Instant::now();
-    while !ironcell_testutil::vm::run_dirs(vmdir.path()).is_empty()
-        && start.elapsed() < Duration::from_secs(10)
-    {
+    while !vm::run_dirs(vmdir.path()).is_empty() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_no_vm_left(vmdir.path());
