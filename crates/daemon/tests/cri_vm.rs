@@ -120,7 +120,8 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// A pod of three containers in one VM through containerd 1.7's CRI (after
-/// a host-network and a host-PID pod are refused): the
+/// a host-network and a host-PID pod are refused), sized by the pod's
+/// resources: the
 /// containers see the same guest (its boot id, not the host's) and share
 /// the pod's IPC and UTS namespaces; ExecSync, the CRI's log files,
 /// ContainerStats from the guest's cgroups, UpdateContainerResources
@@ -257,7 +258,15 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
                 .unwrap_err();
             assert!(e.message().contains(want), "{name}: {e}");
         }
-        let pod = vm_pod("vmpod", &logs);
+        let mut pod = vm_pod("vmpod", &logs);
+        // The sum of the containers' limits, as the kubelet passes it: the
+        // VM gets it on top of the [vm] base (256 MiB, 1 vCPU).
+        pod.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            cpu_quota: 100_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        });
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -351,6 +360,19 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
                 ["0", "2147483647"]
             );
         }
+        let (_, out) = exec(
+            &mut rt,
+            &ids[0],
+            "nproc; sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo",
+        )
+        .await;
+        let sized: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        assert_eq!(sized.len(), 2, "{out}");
+        assert_eq!(sized[0], 2, "vCPUs: {out}");
+        assert!(sized[1] > 400 << 10, "a 512 MiB VM: {out}");
         let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
         assert_eq!((code, out.trim()), (3, "exec-sync"));
 
