@@ -13,7 +13,7 @@ use ironcell_testutil::cri::{
     channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
     start_controller_with_env, vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
-use ironcell_testutil::kubelet::{wait_log, CriGuard};
+use ironcell_testutil::kubelet::{wait_log, CriGuard, PodCgroup};
 use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
 use ironcell_testutil::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -96,6 +96,25 @@ async fn wait_state(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The hypervisor processes of the VMs whose run directories are under
+/// `dir`.
+fn hypervisor_pids(dir: &Path, backend: Backend) -> Vec<i32> {
+    let hypervisor = match backend {
+        Backend::QemuTcg => "qemu",
+        Backend::IroncellVmm => "ironcell-vmm",
+    };
+    processes_with(&dir.display().to_string())
+        .into_iter()
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            // ironcell-vmm's device process (beside QEMU) is not the
+            // hypervisor.
+            comm.starts_with(hypervisor) && !cmd.contains("--vhost-user-fs")
+        })
+        .collect()
 }
 
 /// Mounts under `dir` in any mount namespace of the host's processes.
@@ -201,6 +220,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         return;
     };
     let _cri_guard = CriGuard(c.socket());
+    let pod_cgroup = PodCgroup::new("vmpod");
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -259,6 +279,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
             assert!(e.message().contains(want), "{name}: {e}");
         }
         let mut pod = vm_pod("vmpod", &logs);
+        pod.linux.as_mut().unwrap().cgroup_parent = pod_cgroup.0.display().to_string();
         // The sum of the containers' limits, as the kubelet passes it: the
         // VM gets it on top of the [vm] base (256 MiB, 1 vCPU).
         pod.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
@@ -333,6 +354,20 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         for id in &ids {
             wait_state(&mut rt, id, ContainerState::ContainerRunning).await;
         }
+
+        // The VM's host processes are in the pod's cgroup, where the
+        // kubelet accounts for them.
+        let pod_path = pod_cgroup.0.display().to_string();
+        let hypervisors = hypervisor_pids(vmdir.path(), backend);
+        assert_eq!(hypervisors.len(), 1, "{hypervisors:?}");
+        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", hypervisors[0])).unwrap();
+        assert!(
+            cgroups
+                .lines()
+                .all(|l| l.ends_with(":/") || l.contains(&format!(":{pod_path}/"))),
+            "{cgroups}"
+        );
+        assert!(cgroups.contains(&format!(":{pod_path}/")), "{cgroups}");
 
         // One guest: the same boot id in both containers, not the host's;
         // the pod's IPC and UTS namespaces shared.
@@ -572,20 +607,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("StartContainer victim: {e}"));
         wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
-        let hypervisor = match backend {
-            Backend::QemuTcg => "qemu",
-            Backend::IroncellVmm => "ironcell-vmm",
-        };
-        let hypervisors: Vec<i32> = processes_with(&vmdir.path().display().to_string())
-            .into_iter()
-            .filter(|p| {
-                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                // ironcell-vmm's device process (beside QEMU) is not the
-                // hypervisor.
-                comm.starts_with(hypervisor) && !cmd.contains("--vhost-user-fs")
-            })
-            .collect();
+        let hypervisors = hypervisor_pids(vmdir.path(), backend);
         assert_eq!(hypervisors.len(), 1, "one VM: {hypervisors:?}");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(hypervisors[0]),
@@ -635,5 +657,6 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{} left: {left:?}", state.display());
+    pod_cgroup.assert_empty_and_remove();
     drop(c);
 }

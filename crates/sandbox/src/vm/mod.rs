@@ -248,6 +248,7 @@ impl VmSandbox {
             agent_timeout_secs: config.agent_timeout_secs,
             pod_network: None,
             pod: None,
+            host_cgroup: pod::host_cgroup(&bundle.spec),
         };
         let state_file = dir.join(STATE_FILE);
         let setup = || {
@@ -267,6 +268,9 @@ impl VmSandbox {
             remove_run_dir(&run_dir);
             if let Some(netns) = &record.pod_network {
                 leave_pod_network(netns);
+            }
+            if let Some(cgroup) = &record.host_cgroup {
+                pod::remove_host_cgroup(cgroup, id);
             }
         };
         let forked = match forked {
@@ -340,10 +344,14 @@ impl VmSandbox {
             agent_timeout_secs: pod.agent_timeout_secs,
             pod_network: None,
             pod: Some(pod_id.to_string()),
+            host_cgroup: pod::host_cgroup(&bundle.spec),
         };
         let state_file = dir.join(STATE_FILE);
         let uds = pod.run_dir.join("vsock.sock");
         let setup = || {
+            if let Some(cgroup) = pod::host_cgroup(&bundle.spec) {
+                pod::join_host_cgroup(&cgroup)?;
+            }
             let agent = Agent::connect(&uds, pod.agent_timeout())?;
             let created = agent.create(id, spec_json)?;
             let stdio =
@@ -382,6 +390,9 @@ impl VmSandbox {
             }
             if let Err(e) = pod::remove(&record.run_dir, id) {
                 tracing::warn!("{e}");
+            }
+            if let Some(cgroup) = &record.host_cgroup {
+                pod::remove_host_cgroup(cgroup, id);
             }
         };
         let forked = match forked {
@@ -496,6 +507,9 @@ fn container_relay(
     terminal: bool,
     console_socket: Option<&Path>,
 ) -> Result<(Relay, String)> {
+    if let Some(cgroup) = pod::host_cgroup(&bundle.spec) {
+        pod::join_host_cgroup(&cgroup)?;
+    }
     let host_network = share::host_network(&bundle.spec);
     share::enter_network(&host_network)?;
     // A namespace CNI (or podman's network backend) set up before create
@@ -796,6 +810,9 @@ impl Sandbox for VmSandbox {
             if let Some(netns) = &st.pod_network {
                 leave_pod_network(netns);
             }
+        }
+        if let Some(cgroup) = &st.host_cgroup {
+            pod::remove_host_cgroup(cgroup, id);
         }
         self.warn_hooks("poststop", &st, "stopped");
         let dir = self.dir(id);

@@ -64,6 +64,43 @@ pub fn pod_of(spec: &Spec) -> Option<String> {
     a.get(SANDBOX_ID).filter(|s| !s.is_empty()).cloned()
 }
 
+/// The host cgroup a CRI container's relay joins: its `cgroupsPath` in
+/// cgroupfs form, below the pod's cgroup the kubelet made, so that the VM's
+/// host processes are the pod's to account and bound (the container's own
+/// limits hold in the guest). None outside a CRI pod, and for the systemd
+/// form (`slice:prefix:name`), whose units only systemd makes.
+pub fn host_cgroup(spec: &Spec) -> Option<PathBuf> {
+    let a = spec.annotations().as_ref()?;
+    a.get(CONTAINER_TYPE)?;
+    let path = spec.linux().as_ref()?.cgroups_path().clone()?;
+    path.is_absolute().then_some(path)
+}
+
+/// Moves the calling process into the host cgroup at `path`.
+pub fn join_host_cgroup(path: &Path) -> Result<()> {
+    ironcell_container::cgroup::join(path, std::process::id() as i32)
+        .map_err(|e| vm_err(e.to_string()))
+}
+
+/// Removes the host cgroup at `path` once the processes in it are gone
+/// (a hypervisor may take a moment to end after its relay).
+pub fn remove_host_cgroup(path: &Path, id: &str) {
+    let Ok(cgroup) = ironcell_container::cgroup::Cgroup::open(path, false, id) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match cgroup.remove() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                tracing::warn!("{e}");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// The name of namespace type `t` under `/proc/<pid>/ns/`.
 fn proc_name(t: LinuxNamespaceType) -> Option<&'static str> {
     Some(match t {
@@ -419,6 +456,7 @@ mod tests {
             agent_timeout_secs: 10,
             pod_network: Some("/var/run/netns/cni-1".into()),
             pod: None,
+            host_cgroup: None,
         }
     }
 

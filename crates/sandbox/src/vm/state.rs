@@ -51,6 +51,11 @@ pub struct VmState {
     /// (None: the container's relay owns the VM in `run_dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The host cgroup (cgroupfs path) the relay, and with it the VM's
+    /// processes, joined: a CRI pod's, where the kubelet accounts and
+    /// bounds the pod's host resources. Removed at delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cgroup: Option<PathBuf>,
 }
 
 fn default_agent_timeout() -> u32 {
