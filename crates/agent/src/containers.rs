@@ -183,6 +183,7 @@ impl Containers {
         let (mut spec, terminal) = guest_spec(id, spec_json)?;
         if std::process::id() == 1 {
             crate::network::take_pod_sysctls(&mut spec)?;
+            crate::pod_shm::prepare(&spec)?;
         }
         // The bundle directory is this create's claim on the id: a create
         // of the same id in flight on another connection fails here, and
@@ -321,6 +322,9 @@ impl Containers {
         self.oom.forget(id);
         self.lock().remove(id);
         let _ = fs::remove_dir_all(self.bundles.join(id));
+        if std::process::id() == 1 {
+            crate::pod_shm::remove(id);
+        }
         Ok(())
     }
 

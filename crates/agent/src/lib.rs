@@ -22,6 +22,7 @@ pub mod init;
 pub mod listen;
 pub mod network;
 pub mod oom;
+pub mod pod_shm;
 pub mod process;
 pub mod reaper;
 pub mod service;

@@ -408,6 +408,11 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         assert_eq!(sized.len(), 2, "{out}");
         assert_eq!(sized[0], 2, "vCPUs: {out}");
         assert!(sized[1] > 400 << 10, "a 512 MiB VM: {out}");
+        // The pod's /dev/shm is one for its containers.
+        let (code, out) = exec(&mut rt, &ids[0], "echo pod-shm > /dev/shm/seen").await;
+        assert_eq!(code, 0, "{out}");
+        let (_, out) = exec(&mut rt, &ids[1], "cat /dev/shm/seen").await;
+        assert_eq!(out.trim(), "pod-shm");
         let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
         assert_eq!((code, out.trim()), (3, "exec-sync"));
 

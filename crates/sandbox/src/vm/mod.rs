@@ -325,6 +325,7 @@ impl VmSandbox {
         let terminal = wants_terminal(&bundle.spec);
         let (mut guest_spec, mounts) = share::plan(id, &bundle.path, &bundle.spec)?;
         pod::map_namespaces(&bundle.spec, &mut guest_spec, pod_id, &pod)?;
+        pod::use_pod_shm(&bundle.spec, &mut guest_spec, pod_id)?;
         let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
         pod::add(&pod.run_dir, id, &mounts)?;
 
@@ -530,6 +531,9 @@ fn container_relay(
     let share_dir = run_dir.join("share");
     fs::create_dir(&share_dir).map_err(|e| vm_err(format!("{}: {e}", share_dir.display())))?;
     let mut guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;
+    if let Some(pod_id) = pod::shm_pod(&bundle.spec) {
+        pod::use_pod_shm(&bundle.spec, &mut guest_spec, &pod_id)?;
+    }
     if pod_network.is_some() {
         share::use_guest_network(&mut guest_spec);
     }

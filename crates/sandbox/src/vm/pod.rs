@@ -64,6 +64,57 @@ pub fn pod_of(spec: &Spec) -> Option<String> {
     a.get(SANDBOX_ID).filter(|s| !s.is_empty()).cloned()
 }
 
+/// Where the guest agent makes each pod's shm (`crates/agent/src/pod_shm.rs`).
+const GUEST_POD_SHM: &str = "/run/ironcell/pods";
+
+/// The pod whose `/dev/shm` a CRI container shares: the sandbox id of its
+/// pod (a sandbox container's own).
+pub fn shm_pod(spec: &Spec) -> Option<String> {
+    let a = spec.annotations().as_ref()?;
+    match a.get(CONTAINER_TYPE).map(String::as_str) {
+        Some("sandbox" | "container") => a.get(SANDBOX_ID).filter(|s| !s.is_empty()).cloned(),
+        _ => None,
+    }
+}
+
+/// Gives `guest` the pod's shm at `/dev/shm` when `host` binds one there
+/// (CRI binds the pod's shm into each of its containers): a bind of the
+/// pod's tmpfs the agent makes, in place of a tmpfs of the container's own.
+pub fn use_pod_shm(host: &Spec, guest: &mut Spec, pod_id: &str) -> Result<()> {
+    let binds_shm = host.mounts().iter().flatten().any(|m| {
+        m.destination() == Path::new("/dev/shm")
+            && (m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
+    });
+    if !binds_shm {
+        return Ok(());
+    }
+    let shm = oci_spec::runtime::MountBuilder::default()
+        .destination("/dev/shm")
+        .typ("bind")
+        .source(Path::new(GUEST_POD_SHM).join(pod_id).join("shm"))
+        .options(vec![
+            "rbind".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+            "noexec".to_string(),
+        ])
+        .build()
+        .map_err(|e| vm_err(e.to_string()))?;
+    let mut mounts = guest.mounts().clone().unwrap_or_default();
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.destination() == Path::new("/dev/shm"))
+    {
+        *m = shm.clone();
+    }
+    guest.set_mounts(Some(mounts));
+    Ok(())
+}
+
 /// The host cgroup a CRI container's relay joins: its `cgroupsPath` in
 /// cgroupfs form, below the pod's cgroup the kubelet made, so that the VM's
 /// host processes are the pod's to account and bound (the container's own
@@ -530,6 +581,30 @@ mod tests {
                 .to_string();
             assert!(e.contains("is not one of pod pod's"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_pods_containers_share_its_shm() {
+        let host = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"bind","source":"/run/c/shm","options":["rbind","ro"]}]}"#,
+        );
+        let mut guest = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"tmpfs","source":"shm"}]}"#,
+        );
+        use_pod_shm(&host, &mut guest, "pod1").unwrap();
+        let m = &guest.mounts().as_ref().unwrap()[0];
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new("/run/ironcell/pods/pod1/shm"))
+        );
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        // A container with a tmpfs of its own keeps it.
+        let own = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"tmpfs","source":"shm"}]}"#,
+        );
+        let mut g = own.clone();
+        use_pod_shm(&own, &mut g, "pod1").unwrap();
+        assert_eq!(g, own);
     }
 
     #[test]
