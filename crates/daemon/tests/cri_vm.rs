@@ -138,18 +138,19 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A pod of three containers in one VM through containerd 1.7's CRI (after
-/// a host-network and a host-PID pod are refused), sized by the pod's
-/// resources: the
+/// A pod of three containers in one VM through containerd 1.7's CRI,
+/// after a host-network and a host-PID pod are refused. The VM is sized by
+/// the pod's resources and its hypervisor is in the pod's host cgroup. The
 /// containers see the same guest (its boot id, not the host's) and share
-/// the pod's IPC and UTS namespaces; ExecSync, the CRI's log files,
-/// ContainerStats from the guest's cgroups, UpdateContainerResources
+/// the pod's IPC and UTS namespaces and /dev/shm; ExecSync, the CRI's log
+/// files, ContainerStats from the guest's cgroups, UpdateContainerResources
 /// reaching the guest's cgroup, an OOM kill reported as OOMKilled; a server
 /// in the pod answers the host at the pod's CNI address and the pod reaches
-/// its gateway; ironcelld SIGKILLed and containerd restarted under the
-/// pod; a container's removal leaves the VM running; the pod's stop and
-/// removal leave no VM, mount, tap or state. Then a pod whose hypervisor is
-/// killed: its container exits 137 and its removal leaves nothing either.
+/// its gateway; ironcelld SIGKILLed and containerd restarted under the pod;
+/// a privileged container refused; a container's removal leaves the VM
+/// running; the pod's stop and removal leave no VM, mount, cgroup or state.
+/// Then a pod whose hypervisor is killed: its container exits 137 and its
+/// removal leaves nothing either.
 #[test]
 fn cri_pod_in_one_vm() {
     each_backend("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
@@ -278,6 +279,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
                 .unwrap_err();
             assert!(e.message().contains(want), "{name}: {e}");
         }
+
         let mut pod = vm_pod("vmpod", &logs);
         pod.linux.as_mut().unwrap().cgroup_parent = pod_cgroup.0.display().to_string();
         // The sum of the containers' limits, as the kubelet passes it: the
@@ -554,6 +556,46 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         let (code, out) = exec(&mut rt, &ids[0], "cat /proc/sys/kernel/random/boot_id").await;
         assert_eq!(code, 0, "{out}");
         assert!(seen[0].starts_with(&out), "{out} {seen:?}");
+
+        // A privileged container gets every host device, which no guest
+        // has: refused, and the pod carries on.
+        let mut privileged = container_config("privileged", &["sleep", "1000"]);
+        privileged
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+        let mut privileged_pod = pod.clone();
+        privileged_pod
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .unwrap()
+            .privileged = true;
+        let privileged_id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(privileged),
+                sandbox_config: Some(privileged_pod),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer privileged: {e}"))
+            .into_inner()
+            .container_id;
+        // CRI makes the task, and so the container in the VM, at start.
+        let e = rt
+            .start_container(StartContainerRequest {
+                container_id: privileged_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("host devices ("), "privileged: {e}");
+        rt.remove_container(RemoveContainerRequest {
+            container_id: privileged_id,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer privileged: {e}"));
 
         // Removing one container leaves the pod's VM to the others.
         rt.remove_container(RemoveContainerRequest {

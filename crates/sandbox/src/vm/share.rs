@@ -321,6 +321,20 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
             }
         }
     }
+    // Device nodes the spec lists are the host's (a privileged pod gets
+    // every one of them); a guest has none of the host's devices.
+    if let Some(d) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .and_then(|d| d.first())
+    {
+        return Err(vm_err(format!(
+            "host devices ({} and any others the spec lists; a privileged pod gets them all) \
+             cannot be given to a container in a VM; use the namespace sandbox",
+            d.path().display()
+        )));
+    }
     let ns = spec
         .linux()
         .as_ref()
@@ -465,6 +479,16 @@ mod tests {
             "linux":{"namespaces":[{"type":"user","path":"/proc/1/ns/user"}]}}"#,
         );
         assert!(check_spec(&s).is_err());
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","root":{"path":"r"},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network"}],
+            "devices":[{"path":"/dev/kvm","type":"c","major":10,"minor":232}]}}"#,
+        );
+        let e = check_spec(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("host devices (/dev/kvm") && e.contains("privileged"),
+            "{e}"
+        );
         let s = spec(
             r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]},
             "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/p"}]}}"#,
