@@ -67,6 +67,36 @@ async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) ->
     )
 }
 
+/// CreateContainer and StartContainer of `config` in pod `pod_id`.
+async fn run_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    id
+}
+
 async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
     rt.container_status(ContainerStatusRequest {
         container_id: id.into(),
@@ -336,22 +366,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
                     .get_or_insert_with(Default::default)
                     .memory_limit_in_bytes = memory;
             }
-            let id = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                    config: Some(config),
-                    sandbox_config: Some(pod.clone()),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", c.log()))
-                .into_inner()
-                .container_id;
-            rt.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", c.log()));
-            ids.push(id);
+            ids.push(run_container(&mut rt, &pod_id, &pod, config).await);
         }
         for id in &ids {
             wait_state(&mut rt, id, ContainerState::ContainerRunning).await;
@@ -489,21 +504,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
             .resources
             .get_or_insert_with(Default::default)
             .memory_limit_in_bytes = 24 << 20;
-        let hog_id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(hog),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer hog: {e}\n{}", c.log()))
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: hog_id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer hog: {e}"));
+        let hog_id = run_container(&mut rt, &pod_id, &pod, hog).await;
         let st = wait_state(&mut rt, &hog_id, ContainerState::ContainerExited).await;
         assert_eq!(st.reason, "OOMKilled", "{st:?}");
 
@@ -638,21 +639,8 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
             .into_inner()
             .pod_sandbox_id;
-        let id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config("victim", &["sleep", "1000"])),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer victim: {e}\n{}", c.log()))
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer victim: {e}"));
+        let victim = container_config("victim", &["sleep", "1000"]);
+        let id = run_container(&mut rt, &pod_id, &pod, victim).await;
         wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
         let hypervisors = hypervisor_pids(vmdir.path(), backend);
         assert_eq!(hypervisors.len(), 1, "one VM: {hypervisors:?}");

@@ -273,20 +273,7 @@ impl VmSandbox {
                 pod::remove_host_cgroup(cgroup, id);
             }
         };
-        let forked = match forked {
-            Ok(f) => f,
-            Err(e) => {
-                undo(&record);
-                return Err(e);
-            }
-        };
-        let joined = forked.report.split_whitespace().nth(4) == Some("1");
-        if joined {
-            if let share::HostNetwork::Join(netns) = share::host_network(&bundle.spec) {
-                record.pod_network = Some(netns);
-            }
-        }
-        self.finish_create(id, record, &forked, bundle, opts, undo)
+        self.finish_create(id, record, forked, bundle, opts, undo)
     }
 
     /// Creates container `id` in the running VM of pod `pod_id` (its
@@ -396,6 +383,21 @@ impl VmSandbox {
                 pod::remove_host_cgroup(cgroup, id);
             }
         };
+        self.finish_create(id, record, forked, bundle, opts, undo)
+    }
+
+    /// What a create does once its relay reported: the record completed and
+    /// written, the pid file, the prestart and createRuntime hooks; on
+    /// error (the relay's included), the relay killed and `undo` run.
+    fn finish_create(
+        &self,
+        id: &str,
+        mut record: VmState,
+        forked: Result<relay::Forked>,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        undo: impl FnOnce(&VmState),
+    ) -> Result<()> {
         let forked = match forked {
             Ok(f) => f,
             Err(e) => {
@@ -403,21 +405,6 @@ impl VmSandbox {
                 return Err(e);
             }
         };
-        self.finish_create(id, record, &forked, bundle, opts, undo)
-    }
-
-    /// What a create does once its relay reported: the record completed and
-    /// written, the pid file, the prestart and createRuntime hooks; on
-    /// error, the relay killed and `undo` run.
-    fn finish_create(
-        &self,
-        id: &str,
-        mut record: VmState,
-        forked: &relay::Forked,
-        bundle: &Bundle,
-        opts: &CreateOptions,
-        undo: impl FnOnce(&VmState),
-    ) -> Result<()> {
         let state_file = self.dir(id).join(STATE_FILE);
         record.relay_pid = forked.pid;
         record.relay_start = ProcStat::of(forked.pid).map_or(0, |s| s.start_time);
@@ -426,7 +413,13 @@ impl VmSandbox {
             .split_whitespace()
             .map(|n| n.parse().unwrap_or(0))
             .collect();
-        if let [pid, agent_start_us, agent_ready_us, created_us, _joined] = report[..] {
+        if let [pid, agent_start_us, agent_ready_us, created_us, joined] = report[..] {
+            // The relay tied the VM to the pod network the spec names.
+            if joined == 1 {
+                if let share::HostNetwork::Join(netns) = share::host_network(&bundle.spec) {
+                    record.pod_network = Some(netns);
+                }
+            }
             record.guest_pid = pid as i32;
             record.guest_times = state::GuestTimes {
                 agent_start_us,
