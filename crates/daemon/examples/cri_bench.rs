@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd, Cri, SANDBOX_API_HANDLER,
+    channel, container_config, interleave, pod_config, print_latency_table, start_containerd, Cri,
+    SANDBOX_API_HANDLER,
 };
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -101,48 +102,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut results: Vec<(Vec<f64>, usize)> = vec![(Vec::new(), 0); HANDLERS.len()];
-    tokio.block_on(async {
+    let mut results = tokio.block_on(async {
         let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        // One untimed warm-up each.
-        for h in HANDLERS {
-            if let Err(e) = one(&mut rt, h, usize::MAX, &logs).await {
-                eprintln!("cri_bench: {h} warm-up failed: {e}");
-            }
-        }
-        for i in 0..runs {
-            for k in 0..HANDLERS.len() {
-                let k = (k + i) % HANDLERS.len();
-                match one(&mut rt, HANDLERS[k], i, &logs).await {
-                    Ok(ms) => results[k].0.push(ms),
-                    Err(e) => {
-                        results[k].1 += 1;
-                        eprintln!("cri_bench: {} run {i} failed: {e}", HANDLERS[k]);
-                    }
-                }
-            }
-        }
+        interleave("cri_bench", &HANDLERS, runs, async |h: &str, n: usize| {
+            one(&mut rt, h, n, &logs).await
+        })
+        .await
     });
-    println!(
-        "\nCRI pod + container (/bin/true) through containerd 1.7, start to exit, interleaved\n"
+    let medians = print_latency_table(
+        "CRI pod + container (/bin/true) through containerd 1.7, start to exit, interleaved",
+        &HANDLERS,
+        &mut results,
     );
-    println!("| handler | runs ok | median ms | min | max |");
-    println!("|---|---:|---:|---:|---:|");
-    let mut medians = Vec::new();
-    for (k, h) in HANDLERS.iter().enumerate() {
-        let (ref mut v, failed) = results[k];
-        let ok = v.len();
-        if ok == 0 {
-            println!("| {h} | 0/{} | - | - | - |", ok + failed);
-            continue;
-        }
-        let (med, min, max) = ironcell_testutil::cri::median_min_max(v);
-        medians.push(med);
-        println!(
-            "| {h} | {ok}/{} | {med:.1} | {min:.1} | {max:.1} |",
-            ok + failed
-        );
-    }
     if medians.len() == HANDLERS.len() {
         let runc = medians[HANDLERS.len() - 1];
         for (h, m) in HANDLERS.iter().zip(&medians).take(HANDLERS.len() - 1) {

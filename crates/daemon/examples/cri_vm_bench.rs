@@ -19,8 +19,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd_with, vm_handler_config, CniBridge,
-    Cri, VM_HANDLER,
+    channel, container_config, interleave, pod_config, print_latency_table, start_containerd_with,
+    vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
 use ironcell_testutil::vm::{qemu_config, qemu_guest};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -230,27 +230,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut results: Vec<(Vec<f64>, usize)> = vec![(Vec::new(), 0); HANDLERS.len()];
     let mut memory = Vec::new();
-    tokio.block_on(async {
+    let mut results = tokio.block_on(async {
         let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        for h in HANDLERS {
-            if let Err(e) = one(&mut rt, h, usize::MAX, &logs).await {
-                eprintln!("cri_vm_bench: {h} warm-up failed: {e}");
-            }
-        }
-        for i in 0..runs {
-            for k in 0..HANDLERS.len() {
-                let k = (k + i) % HANDLERS.len();
-                match one(&mut rt, HANDLERS[k], i, &logs).await {
-                    Ok(ms) => results[k].0.push(ms),
-                    Err(e) => {
-                        results[k].1 += 1;
-                        eprintln!("cri_vm_bench: {} run {i} failed: {e}", HANDLERS[k]);
-                    }
-                }
-            }
-        }
+        let results = interleave(
+            "cri_vm_bench",
+            &HANDLERS,
+            runs,
+            async |h: &str, n: usize| one(&mut rt, h, n, &logs).await,
+        )
+        .await;
         let mut pods = Vec::new();
         for &count in &counts {
             while pods.len() < count {
@@ -272,27 +261,13 @@ fn main() {
         for p in pods {
             remove(&mut rt, &p).await;
         }
+        results
     });
-    println!(
-        "\nCRI pod + container (/bin/true) through containerd 1.7 on a CNI bridge, start to exit, interleaved\n"
+    let medians = print_latency_table(
+        "CRI pod + container (/bin/true) through containerd 1.7 on a CNI bridge, start to exit, interleaved",
+        &HANDLERS,
+        &mut results,
     );
-    println!("| handler | runs ok | median ms | min | max |");
-    println!("|---|---:|---:|---:|---:|");
-    let mut medians = Vec::new();
-    for (k, h) in HANDLERS.iter().enumerate() {
-        let (ref mut v, failed) = results[k];
-        let ok = v.len();
-        if ok == 0 {
-            println!("| {h} | 0/{failed} | - | - | - |");
-            continue;
-        }
-        let (med, min, max) = ironcell_testutil::cri::median_min_max(v);
-        medians.push(med);
-        println!(
-            "| {h} | {ok}/{} | {med:.1} | {min:.1} | {max:.1} |",
-            ok + failed
-        );
-    }
     if medians.len() == 2 {
         println!(
             "ratio of medians {VM_HANDLER}/ironcell: {:.1}x",

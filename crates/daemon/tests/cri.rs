@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd, start_controller, Cri, IMAGE,
-    SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, start_containerd, start_controller, wait_for_state, Cri,
+    IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -82,26 +82,9 @@ fn ironcelld_pod_holders(root: &Path) -> Vec<i32> {
 }
 
 async fn wait_state(rt: &mut RuntimeServiceClient<Channel>, id: &str, want: ContainerState) {
-    let start = Instant::now();
-    loop {
-        let st = rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if st.state == want as i32 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "container {id} never {want:?}: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let (limit, poll) = (Duration::from_secs(20), Duration::from_millis(100));
+    if let Err(e) = wait_for_state(rt, id, want, limit, poll).await {
+        panic!("{e}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
     channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
-    start_controller_with_env, vm_handler_config, CniBridge, Cri, VM_HANDLER,
+    start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri, VM_HANDLER,
 };
 use ironcell_testutil::kubelet::{wait_log, CriGuard, PodCgroup};
 use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
@@ -97,16 +97,16 @@ async fn run_container(
     id
 }
 
-async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
+async fn sandbox_status(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> PodSandboxStatus {
+    rt.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.into(),
         verbose: false,
     })
     .await
-    .unwrap()
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {pod_id}: {e}"))
     .into_inner()
     .status
-    .unwrap()
+    .unwrap_or_else(|| panic!("PodSandboxStatus {pod_id}: no status"))
 }
 
 async fn wait_state(
@@ -114,18 +114,10 @@ async fn wait_state(
     id: &str,
     want: ContainerState,
 ) -> ContainerStatus {
-    let start = Instant::now();
-    loop {
-        let st = status(rt, id).await;
-        if st.state == want as i32 {
-            return st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "container {id} never {want:?}: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (limit, poll) = (Duration::from_secs(60), Duration::from_millis(100));
+    wait_for_state(rt, id, want, limit, poll)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The hypervisor processes of the VMs whose run directories are under
@@ -329,16 +321,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
             .into_inner()
             .pod_sandbox_id;
-        let pod_status = rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod_id.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let pod_status = sandbox_status(&mut rt, &pod_id).await;
         assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
         let ip: Ipv4Addr = pod_status
             .network
@@ -653,16 +636,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         assert_eq!(st.exit_code, 137, "{st:?}");
         let start = Instant::now();
         loop {
-            let st = rt
-                .pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
+            let st = sandbox_status(&mut rt, &pod_id).await;
             if st.state == PodSandboxState::SandboxNotready as i32 {
                 break;
             }

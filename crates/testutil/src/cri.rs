@@ -497,13 +497,15 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
-/// Polls ContainerStatus until container `id` exited, for at most
-/// `limit`.
-pub async fn wait_exited(
+/// Polls ContainerStatus every `poll` until container `id` is in
+/// `want`, for at most `limit`; returns its status.
+pub async fn wait_for_state(
     rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
     id: &str,
+    want: ContainerState,
     limit: std::time::Duration,
-) -> Result<(), String> {
+    poll: std::time::Duration,
+) -> Result<ContainerStatus, String> {
     let start = std::time::Instant::now();
     loop {
         let st = rt
@@ -512,18 +514,33 @@ pub async fn wait_exited(
                 verbose: false,
             })
             .await
-            .map_err(|e| format!("ContainerStatus: {e}"))?
+            .map_err(|e| format!("ContainerStatus {id}: {e}"))?
             .into_inner()
             .status
-            .ok_or("no status")?;
-        if st.state == ContainerState::ContainerExited as i32 {
-            return Ok(());
+            .ok_or_else(|| format!("ContainerStatus {id}: no status"))?;
+        if st.state == want as i32 {
+            return Ok(st);
         }
         if start.elapsed() > limit {
-            return Err(format!("the container did not exit within {limit:?}"));
+            return Err(format!(
+                "container {id} never {want:?} within {limit:?}: {st:?}"
+            ));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        tokio::time::sleep(poll).await;
     }
+}
+
+/// Polls ContainerStatus closely (a benchmark's timing depends on it)
+/// until container `id` exited, for at most `limit`.
+pub async fn wait_exited(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    id: &str,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let poll = std::time::Duration::from_millis(2);
+    wait_for_state(rt, id, ContainerState::ContainerExited, limit, poll)
+        .await
+        .map(|_| ())
 }
 
 /// A CRI client of containerd `c` once its CRI answers again after a
@@ -556,4 +573,63 @@ pub fn median_min_max(v: &mut [f64]) -> (f64, f64, f64) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
     (median, v[0], v[n - 1])
+}
+
+/// A benchmark's latency runs: an untimed warm-up of each handler, then
+/// `runs` rounds in which every handler runs `one(handler, n)` once, the
+/// first of the round rotating so that drift hits them alike. Returns,
+/// per handler, the times (ms) of the runs that succeeded and how many
+/// failed (each failure on stderr, after `prog`).
+pub async fn interleave(
+    prog: &str,
+    handlers: &[&str],
+    runs: usize,
+    mut one: impl AsyncFnMut(&str, usize) -> Result<f64, String>,
+) -> Vec<(Vec<f64>, usize)> {
+    let mut results = vec![(Vec::new(), 0); handlers.len()];
+    for h in handlers {
+        if let Err(e) = one(h, usize::MAX).await {
+            eprintln!("{prog}: {h} warm-up failed: {e}");
+        }
+    }
+    for i in 0..runs {
+        for k in 0..handlers.len() {
+            let k = (k + i) % handlers.len();
+            match one(handlers[k], i).await {
+                Ok(ms) => results[k].0.push(ms),
+                Err(e) => {
+                    results[k].1 += 1;
+                    eprintln!("{prog}: {} run {i} failed: {e}", handlers[k]);
+                }
+            }
+        }
+    }
+    results
+}
+
+/// Prints [`interleave`]'s results as a table under `title`; returns the
+/// medians of the handlers with a run that succeeded.
+pub fn print_latency_table(
+    title: &str,
+    handlers: &[&str],
+    results: &mut [(Vec<f64>, usize)],
+) -> Vec<f64> {
+    println!("\n{title}\n");
+    println!("| handler | runs ok | median ms | min | max |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for (h, (v, failed)) in handlers.iter().zip(results.iter_mut()) {
+        let ok = v.len();
+        if ok == 0 {
+            println!("| {h} | 0/{failed} | - | - | - |");
+            continue;
+        }
+        let (med, min, max) = median_min_max(v);
+        medians.push(med);
+        println!(
+            "| {h} | {ok}/{} | {med:.1} | {min:.1} | {max:.1} |",
+            ok + *failed
+        );
+    }
+    medians
 }
