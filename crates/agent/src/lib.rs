@@ -10,7 +10,8 @@
 //!   child; [`oom`]: OOM kills seen in the containers' cgroups;
 //! - [`init`]: what PID 1 mounts; [`guest`]: facts about the guest;
 //!   [`listen`]: the addresses the agent listens on; [`network`]: the
-//!   guest's eth0 and routes, copied from the pod's network.
+//!   guest's eth0 and routes, copied from the pod's network;
+//! - [`pause`]: the binary run as a pod's namespace holder (`pause`).
 //!
 //! Every request is input to be checked: ids, sizes and JSON documents are
 //! validated before use, and a bad request gets an error, never a panic.
@@ -22,6 +23,7 @@ pub mod init;
 pub mod listen;
 pub mod network;
 pub mod oom;
+pub mod pause;
 pub mod pod_shm;
 pub mod process;
 pub mod reaper;

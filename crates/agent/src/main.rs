@@ -5,6 +5,7 @@
 //! ```text
 //! ironcell-agent [--control vsock:1024|unix:PATH] [--streams vsock:1025|unix:PATH]
 //!                [--root DIR] [--log-level error|warn|info|debug]
+//! ironcell-agent pause      (a pod's namespace holder, `pause.rs`)
 //! ```
 
 use std::path::PathBuf;
@@ -106,6 +107,10 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "helper") {
         return ironcell_agent::helper::main(&args[1..]);
+    }
+    // (PID 1 gets the kernel's unknown command-line words: never a mode.)
+    if args.len() == 1 && args[0] == "pause" && std::process::id() != 1 {
+        return ironcell_agent::pause::main();
     }
     let started_us = guest::boottime_us();
     let pid1 = std::process::id() == 1;
