@@ -15,7 +15,9 @@
 //! container, and Start answers with the Task API address of the pod's
 //! namespace (`ttrpc+unix://`, version 3): containerd sends the pod's
 //! containers there itself, without running any shim. A pod is the same
-//! namespace holder as through 1.7's shim-side sandbox API (`pod.rs`).
+//! as through 1.7's shim-side sandbox API (`pod.rs`): a namespace holder,
+//! or, when the handler's options say `Sandbox = "vm"` or the pod's
+//! annotation `io.ironcell.sandbox` is `vm`, a VM (`pod_vm.rs`).
 //!
 //! The containerd this socket serves is a daemon setting (`--containerd`):
 //! the controller's requests name their namespace but not which containerd
@@ -68,6 +70,8 @@ const NAMESPACE_HEADER: &str = "containerd-namespace";
 const TASK_API_VERSION: u32 = 3;
 
 pub struct Controller {
+    /// Every pod this controller makes is a VM pod (the `-vm` socket).
+    vm: bool,
     tasks: Arc<Tasks>,
     endpoints: Arc<Endpoints>,
     /// containerd's ttrpc address, where the pods' task events go.
@@ -94,8 +98,14 @@ fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
 }
 
 impl Controller {
-    pub fn new(tasks: Arc<Tasks>, endpoints: Arc<Endpoints>, containerd: String) -> Controller {
+    pub fn new(
+        tasks: Arc<Tasks>,
+        endpoints: Arc<Endpoints>,
+        containerd: String,
+        vm: bool,
+    ) -> Controller {
         Controller {
+            vm,
             tasks,
             endpoints,
             containerd,
@@ -119,10 +129,12 @@ impl Controller {
 
 type R<T> = Result<Response<T>, Status>;
 
-/// Refuses a pod whose runtime handler asks for VMs (`Sandbox = "vm"`):
-/// the controller makes namespace pods only; a VM pod is booted by its
-/// pause container (a handler without `sandboxer`, docs/daemon.md).
-fn refuse_vm_pods(req: &ControllerCreateRequest) -> Result<(), Status> {
+/// Refuses a pod whose runtime handler asks for a VM with its `options`
+/// table (`Sandbox = "vm"`): containerd 2.x's CRI then fails every
+/// container of the pod at StartContainer (it hands a sandboxer's tasks
+/// runc's options type only), so the pod is refused at once, naming the
+/// way that works.
+fn refuse_handler_options(req: &ControllerCreateRequest) -> Result<(), Status> {
     let options = req
         .sandbox
         .as_ref()
@@ -136,9 +148,10 @@ fn refuse_vm_pods(req: &ControllerCreateRequest) -> Result<(), Status> {
             },
         );
     if crate::runtime_options::sandbox_kind(options.as_ref())? == Some(ironcell_sandbox::Kind::Vm) {
-        return Err(Status::unimplemented(format!(
-            "pod {}: ironcelld's sandbox controller does not make VM pods yet; use a runtime \
-             handler without sandboxer, whose pause container boots the pod's VM",
+        return Err(Status::invalid_argument(format!(
+            "pod {}: containerd cannot start the containers of a sandboxer's pod whose handler \
+             has an options table; select VM pods with sandboxer = \"ironcell-vm\" (the \
+             controller at sandbox-vm.sock) and no options",
             req.sandbox_id
         )));
     }
@@ -151,15 +164,26 @@ impl ControllerApi for Controller {
         ironcell_basics::process_memory::note_activity();
         let ns = namespace(&req)?;
         let req = req.into_inner();
-        refuse_vm_pods(&req)?;
+        refuse_handler_options(&req)?;
+        let kind = self.vm.then_some(ironcell_sandbox::Kind::Vm);
         let options = req
             .options
             .as_ref()
-            .filter(|o| crate::pod::is_pod_config(&o.type_url))
+            .filter(|o| crate::pod_config::is_pod_config(&o.type_url))
             .map(|o| o.value.as_slice());
-        self.tasks
-            .pods
-            .create(&ns, &req.sandbox_id, &req.netns_path, options)?;
+        let (pods, ns_name, id, netns) = (
+            self.tasks.pods.clone(),
+            ns.clone(),
+            req.sandbox_id.clone(),
+            req.netns_path.clone(),
+        );
+        let options = options.map(<[u8]>::to_vec);
+        // A VM pod's bundle is written here: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            pods.create(&ns_name, &id, &netns, options.as_deref(), kind)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(namespace = %ns, id = %req.sandbox_id, "pod created");
         Ok(Response::new(ControllerCreateResponse {
             sandbox_id: req.sandbox_id,
@@ -243,7 +267,7 @@ impl ControllerApi for Controller {
         let ns = namespace(&req)?;
         let id = &req.get_ref().sandbox_id;
         self.tasks.pods.status(&ns, id)?;
-        self.tasks.pods.remove(&ns, id);
+        self.tasks.pods.remove(&ns, id).await;
         tracing::info!(namespace = %ns, %id, "pod removed");
         Ok(Response::new(ControllerShutdownResponse {}))
     }

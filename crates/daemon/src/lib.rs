@@ -14,6 +14,8 @@ pub mod metrics;
 pub mod mount;
 pub mod oom;
 pub mod pod;
+pub mod pod_config;
+pub mod pod_vm;
 pub mod reaper;
 pub mod runtime_options;
 pub mod server;

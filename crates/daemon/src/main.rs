@@ -15,7 +15,9 @@ daemon, every pod). containerd reaches it through containerd-shim-ironcell-v2.
   --root DIR          state and sockets (default /run/ironcell/ironcelld)
   --sandbox-socket PATH
                       containerd 2.x's sandbox controller (a proxy plugin of
-                      type \"sandbox\") listens here (default ROOT/sandbox.sock)
+                      type \"sandbox\") listens here (default ROOT/sandbox.sock);
+                      its controller of VM pods beside it, -vm added to the
+                      name (ROOT/sandbox-vm.sock)
   --containerd PATH   the ttrpc address of the containerd that socket serves
                       (default /run/containerd/containerd.sock.ttrpc)
   --log PATH          log file (default stderr)

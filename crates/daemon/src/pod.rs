@@ -24,6 +24,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::sandbox_api::*;
 use containerd_shim_protos::sandbox_async::Sandbox as SandboxService;
 use containerd_shim_protos::types::platform::Platform;
+use ironcell_sandbox::Kind;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ use ttrpc::asynchronous::TtrpcContext;
 
 use crate::error::TaskError;
 use crate::keeper::Keeper;
+use crate::pod_config::{is_pod_config, PodConfig};
+use crate::pod_vm::VmHolder;
 use crate::reaper::Exit;
 use crate::reaper::Reaper;
 use crate::time::{from_nanos, nanos, timestamp};
@@ -76,6 +79,8 @@ pub fn holder_main(args: &[OsString]) -> ExitCode {
 /// One pod.
 pub struct Pod {
     netns: String,
+    /// The pod's VM holder, for a VM pod (`pod_vm.rs`).
+    vm: Option<VmHolder>,
     /// The cgroup the pod's containers share (the CRI's `cgroup_parent`,
     /// cgroupfs driver), or empty: the holder goes there, and the pod's
     /// metrics come from there.
@@ -101,6 +106,9 @@ struct PodRecord {
     /// [`Pod::keeper`] (absent from older records).
     #[serde(default)]
     keeper: Option<String>,
+    /// A VM pod (its holder is a relay; absent from older records).
+    #[serde(default)]
+    vm: bool,
 }
 
 /// The pods of every namespace, each a holder process the keeper runs;
@@ -144,6 +152,7 @@ impl Pods {
             created_nanos: nanos(pod.created),
             pid: *pod.pid.lock().unwrap(),
             keeper: pod.keeper.lock().unwrap().clone(),
+            vm: pod.vm.is_some(),
         };
         let r = path
             .parent()
@@ -198,6 +207,7 @@ impl Pods {
                     continue;
                 };
                 let pod = Arc::new(Pod {
+                    vm: r.vm.then(|| VmHolder::new(&self.root, &ns_name, &id)),
                     netns: r.netns,
                     cgroup: r.cgroup,
                     created: from_nanos(r.created_nanos),
@@ -224,30 +234,56 @@ impl Pods {
     }
 
     /// Records a pod; `options` is the CRI's PodSandboxConfig (protobuf),
-    /// when containerd sends it.
+    /// when containerd sends it. The pod is a VM pod when its runtime
+    /// handler asks for one (`kind`) or its annotation
+    /// `io.ironcell.sandbox` does: its holder's bundle is written now.
     pub fn create(
         &self,
         ns: &str,
         id: &str,
         netns: &str,
         options: Option<&[u8]>,
+        kind: Option<Kind>,
     ) -> Result<(), TaskError> {
         crate::error::validate_namespace(ns)?;
         crate::error::validate_id("sandbox id", id)?;
-        let cgroup = match options {
-            Some(bytes) => cgroup_parent(bytes)?,
-            None => String::new(),
+        let config = match options {
+            Some(bytes) => PodConfig::decode(bytes)?,
+            None => PodConfig::default(),
+        };
+        let vm = match (kind, config.annotations.get(SANDBOX_ANNOTATION)) {
+            (Some(k), _) => k,
+            (None, Some(k)) => k.parse::<Kind>().map_err(|e| {
+                TaskError::InvalidArgument(format!(
+                    "sandbox {id}: annotation {SANDBOX_ANNOTATION}: {e}"
+                ))
+            })?,
+            (None, None) => Kind::Namespace,
+        };
+        let vm = match vm {
+            Kind::Vm => true,
+            Kind::Namespace => false,
+            other => {
+                return Err(TaskError::InvalidArgument(format!(
+                    "sandbox {id}: a pod runs in the namespace or the vm sandbox, not in {other}"
+                )))
+            }
         };
         let mut pods = self.pods.lock().unwrap();
         let key = (ns.to_string(), id.to_string());
         if pods.contains_key(&key) {
             return Ok(()); // the keeper may re-send a Create
         }
+        let holder = vm.then(|| VmHolder::new(&self.root, ns, id));
+        if let Some(h) = &holder {
+            h.write_bundle(id, netns, &config)?;
+        }
         pods.insert(
             key,
             Arc::new(Pod {
                 netns: netns.to_string(),
-                cgroup,
+                vm: holder,
+                cgroup: config.cgroup_parent,
                 created: SystemTime::now(),
                 pid: Mutex::new(0),
                 exit: watch::channel(None).0,
@@ -267,6 +303,23 @@ impl Pods {
             .keeper
             .as_ref()
             .ok_or_else(|| TaskError::Internal("no keeper to spawn processes".into()))?;
+        if let Some(holder) = &pod.vm {
+            let pid = match holder.start(id, keeper, &self.reaper, &self.exe).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    // containerd does not remove a pod whose start failed:
+                    // nothing of it is left.
+                    self.remove(ns, id).await;
+                    return Err(e);
+                }
+            };
+            *pod.pid.lock().unwrap() = pid;
+            *pod.keeper.lock().unwrap() = Some(keeper.identity());
+            self.save(ns, id, &pod);
+            self.watch(&pod, pid);
+            tracing::info!(namespace = ns, id, pid, "VM pod started");
+            return Ok((pid, pod.created));
+        }
         let mut argv = vec![
             self.exe.to_string_lossy().into_owned(),
             "helper".into(),
@@ -326,12 +379,7 @@ impl Pods {
 
     pub async fn stop(&self, ns: &str, id: &str) -> Result<(), TaskError> {
         let pod = self.get(ns, id)?;
-        let pid = *pod.pid.lock().unwrap();
-        if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            let mut rx = pod.exit.subscribe();
-            let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
-        }
+        stop_pod(&pod, ns, id).await;
         Ok(())
     }
 
@@ -381,7 +429,7 @@ impl Pods {
     /// Removes the pods whose holder a lost keeper spawned: containerd,
     /// whose connection to them closed with that keeper, counts them as
     /// ended and never stops them (the kubelet makes new ones).
-    pub fn remove_lost(&self) {
+    pub async fn remove_lost(&self) {
         let Some(current) = self.keeper.as_ref().map(|k| k.identity()) else {
             return;
         };
@@ -401,11 +449,12 @@ impl Pods {
             .collect();
         for (ns, id) in lost {
             tracing::warn!(namespace = %ns, %id, "containerd gave the pod up with the lost keeper: removing it");
-            self.remove(&ns, &id);
+            self.remove(&ns, &id).await;
         }
     }
 
-    pub fn remove(&self, ns: &str, id: &str) {
+    /// Ends the pod's holder and removes what the pod made.
+    pub async fn remove(&self, ns: &str, id: &str) {
         let removed = self
             .pods
             .lock()
@@ -413,12 +462,31 @@ impl Pods {
             .remove(&(ns.to_string(), id.to_string()));
         let _ = std::fs::remove_file(self.file(ns, id));
         if let Some(pod) = removed {
-            let pid = *pod.pid.lock().unwrap();
-            if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            stop_pod(&pod, ns, id).await;
+            if let Some(holder) = &pod.vm {
+                holder.delete(id).await;
             }
         }
     }
+}
+
+/// Ends a pod's holder, if it runs, and waits a while for its exit. A VM
+/// pod's holder is asked through the guest; its relay is killed when the
+/// guest cannot be asked.
+async fn stop_pod(pod: &Pod, ns: &str, id: &str) {
+    let pid = *pod.pid.lock().unwrap();
+    if pid <= 0 || pod.exit.borrow().is_some() {
+        return;
+    }
+    let ours = match &pod.vm {
+        Some(holder) => holder.is_relay(pid) && !holder.kill(id).await,
+        None => is_holder(pid, ns, id),
+    };
+    if ours {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let mut rx = pod.exit.subscribe();
+    let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
 }
 
 /// Whether `pid` is the holder of pod `ns/id` (by its command line): a
@@ -449,49 +517,6 @@ impl PodStatus {
     }
 }
 
-/// The two fields of the CRI's `runtime.v1.PodSandboxConfig` the daemon
-/// reads (`linux.cgroup_parent`). Declared here rather than taken from the
-/// `k8s-cri` crate, which would bring a whole CRI client into the daemon;
-/// protobuf skips the fields not declared.
-#[derive(Clone, PartialEq, prost::Message)]
-struct PodSandboxConfig {
-    #[prost(message, optional, tag = "8")]
-    linux: Option<LinuxPodSandboxConfig>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct LinuxPodSandboxConfig {
-    #[prost(string, tag = "1")]
-    cgroup_parent: String,
-}
-
-/// Whether an `Any`'s type is the CRI's PodSandboxConfig (containerd sends
-/// it as a sandbox's options).
-pub(crate) fn is_pod_config(type_url: &str) -> bool {
-    type_url.rsplit('/').next() == Some("runtime.v1.PodSandboxConfig")
-}
-
-/// The pod's cgroup from a PodSandboxConfig: empty when it names none or
-/// names a systemd slice (the systemd driver's pods are left where they
-/// are; see docs/daemon.md).
-fn cgroup_parent(options: &[u8]) -> Result<String, TaskError> {
-    use prost::Message;
-    let config = PodSandboxConfig::decode(options).map_err(|e| {
-        TaskError::InvalidArgument(format!("sandbox options: not a PodSandboxConfig: {e}"))
-    })?;
-    let parent = config.linux.map(|l| l.cgroup_parent).unwrap_or_default();
-    if parent.starts_with('/') {
-        if parent.split('/').any(|c| c == "..") {
-            return Err(TaskError::InvalidArgument(format!(
-                "sandbox options: cgroup_parent {parent:?} escapes the cgroup root"
-            )));
-        }
-        Ok(parent)
-    } else {
-        Ok(String::new())
-    }
-}
-
 /// The platform every pod of this daemon runs on.
 pub(crate) fn platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
@@ -501,6 +526,9 @@ pub(crate) fn platform() -> (&'static str, &'static str) {
     };
     ("linux", arch)
 }
+
+/// The pod annotation that chooses the pod's sandbox (`vm`).
+const SANDBOX_ANNOTATION: &str = "io.ironcell.sandbox";
 
 /// The CRI annotation that names a container's pod.
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -514,6 +542,12 @@ const POD_FILES: [(&str, &str); 3] = [
 ];
 
 impl Pods {
+    /// The sandbox of a container whose pod is a VM pod made here: vm.
+    pub fn member_kind(&self, ns: &str, spec: &oci_spec::runtime::Spec) -> Option<Kind> {
+        let pod = spec.annotations().as_ref()?.get(SANDBOX_ID_ANNOTATION)?;
+        self.get(ns, pod).ok()?.vm.as_ref().map(|_| Kind::Vm)
+    }
+
     /// containerd 1.7's CRI, in sandbox-API mode, leaves the pod's
     /// `hosts`, `resolv.conf` and `hostname` to the sandbox (its pause
     /// container path writes them, its shim path does not), yet mounts them
@@ -580,8 +614,13 @@ impl SandboxService for PodService {
             .as_ref()
             .filter(|o| is_pod_config(&o.type_url))
             .map(|o| o.value.as_slice());
-        self.pods
-            .create(&self.namespace, &req.sandbox_id, &req.netns_path, options)?;
+        self.pods.create(
+            &self.namespace,
+            &req.sandbox_id,
+            &req.netns_path,
+            options,
+            None,
+        )?;
         Ok(CreateSandboxResponse::default())
     }
 
@@ -666,7 +705,7 @@ impl SandboxService for PodService {
         req: ShutdownSandboxRequest,
     ) -> R<ShutdownSandboxResponse> {
         ironcell_basics::process_memory::note_activity();
-        self.pods.remove(&self.namespace, &req.sandbox_id);
+        self.pods.remove(&self.namespace, &req.sandbox_id).await;
         Ok(ShutdownSandboxResponse::default())
     }
 

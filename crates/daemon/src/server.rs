@@ -74,6 +74,20 @@ pub fn controller_socket(root: &Path) -> PathBuf {
     root.join("sandbox.sock")
 }
 
+/// Where the controller of VM pods listens: beside the controller's
+/// socket, `-vm` added to its name (`sandbox.sock`: `sandbox-vm.sock`).
+pub fn vm_controller_socket(socket: &Path) -> PathBuf {
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let vm_name = match name.strip_suffix(".sock") {
+        Some(stem) => format!("{stem}-vm.sock"),
+        None => format!("{name}-vm"),
+    };
+    socket.with_file_name(vm_name)
+}
+
 /// How the keeper starts this daemon again when it dies: the command line
 /// it was started with.
 pub struct Supervision {
@@ -149,10 +163,19 @@ pub async fn serve(
         tasks.clone(),
         endpoints.clone(),
     ));
-    crate::controller::serve(
-        &controller.socket,
-        crate::controller::Controller::new(tasks.clone(), endpoints.clone(), controller.containerd),
-    )?;
+    for vm in [false, true] {
+        let socket = match vm {
+            false => controller.socket.clone(),
+            true => vm_controller_socket(&controller.socket),
+        };
+        let made = crate::controller::Controller::new(
+            tasks.clone(),
+            endpoints.clone(),
+            controller.containerd.clone(),
+            vm,
+        );
+        crate::controller::serve(&socket, made)?;
+    }
     let control = UnixListener::bind(&control_path)
         .with_context(|| format!("cannot listen on {}", control_path.display()))?;
     ironcell_basics::owner_only(&control_path)?;
@@ -202,6 +225,24 @@ async fn follow_keeper(
         let generation = *generations.borrow_and_update();
         endpoints.front_again(generation).await;
         tasks.remove_after_keeper_loss();
-        tasks.pods.remove_lost();
+        tasks.pods.remove_lost().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_pods_controller_listens_beside_the_controller() {
+        for (socket, vm) in [
+            (
+                "/run/ironcell/ironcelld/sandbox.sock",
+                "/run/ironcell/ironcelld/sandbox-vm.sock",
+            ),
+            ("/run/x/controller", "/run/x/controller-vm"),
+        ] {
+            assert_eq!(vm_controller_socket(Path::new(socket)), Path::new(vm));
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
     channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
-    start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri, VM_HANDLER,
+    start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri,
+    SANDBOX_API_HANDLER, VM_HANDLER,
 };
 use ironcell_testutil::kubelet::{wait_log, CriGuard, PodCgroup};
 use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
@@ -27,9 +28,12 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A pod on the CNI network, with its own IPC and UTS namespaces.
+/// A pod on the CNI network, with its own IPC and UTS namespaces, asking
+/// for a VM by its annotation (which only the handlers that read it heed).
 fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
     let mut pod = pod_config(name, logs);
+    pod.annotations
+        .insert("io.ironcell.sandbox".into(), "vm".into());
     pod.hostname = name.into();
     let ns = pod
         .linux
@@ -175,19 +179,35 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// removal leaves nothing either.
 #[test]
 fn cri_pod_in_one_vm() {
-    each_backend("cri_pod_in_one_vm", Cri::V17 { sandbox_api: false });
+    each_backend(
+        "cri_pod_in_one_vm",
+        Cri::V17 { sandbox_api: false },
+        VM_HANDLER,
+    );
 }
 
 /// The same pod through containerd 2.x's CRI, with a pause container (the
 /// handler has no `sandboxer`).
 #[test]
 fn cri_pod_in_one_vm_on_containerd_2() {
-    each_backend("cri_pod_in_one_vm_on_containerd_2", Cri::V2);
+    each_backend("cri_pod_in_one_vm_on_containerd_2", Cri::V2, VM_HANDLER);
+}
+
+/// The same pod through containerd 2.x's sandbox API: ironcelld's sandbox
+/// controller boots the pod's VM, with the agent's `pause` as the holder of
+/// the pod's namespaces, and no pause container.
+#[test]
+fn cri_pod_in_one_vm_through_the_sandboxer() {
+    each_backend(
+        "cri_pod_in_one_vm_through_the_sandboxer",
+        Cri::V2,
+        SANDBOXER_VM_HANDLER,
+    );
 }
 
 /// Runs the pod under QEMU with TCG, and under ironcell-vmm where
 /// /dev/kvm has VT-x or AMD-V (a loud notice elsewhere).
-fn each_backend(test: &str, cri: Cri) {
+fn each_backend(test: &str, cri: Cri, handler: &str) {
     if !need_root(test) {
         return;
     }
@@ -195,13 +215,47 @@ fn each_backend(test: &str, cri: Cri) {
         return;
     };
     for backend in backends(test) {
-        run_vm_pod(test, cri, &guest, backend);
+        run_vm_pod(test, cri, handler, &guest, backend);
     }
 }
 
-/// containerd 2.x's handler asking ironcelld's sandbox controller for VM
-/// pods, which it refuses.
+/// The same pod through containerd 1.7's shim-side sandbox API, without a
+/// pause container: the pod's annotation `io.ironcell.sandbox=vm` asks
+/// ironcelld for the VM (the handler has no options).
+#[test]
+fn cri_pod_in_one_vm_through_the_sandbox_api_by_its_annotation() {
+    each_backend(
+        "cri_pod_in_one_vm_through_the_sandbox_api_by_its_annotation",
+        Cri::V17 { sandbox_api: true },
+        SANDBOX_API_HANDLER,
+    );
+}
+
+/// containerd 1.7's handler that passes a pod's `io.ironcell.*`
+/// annotations to its pause container and containers, and has no options:
+/// a pod's annotation chooses its sandbox.
+const ANNOTATED_HANDLER: &str = "ironcell-annotated";
+
+fn annotated_handler(cri: Cri) -> String {
+    if cri == Cri::V2 {
+        return String::new();
+    }
+    format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{ANNOTATED_HANDLER}]
+  runtime_type = "io.containerd.ironcell.v2"
+  pod_annotations = ["io.ironcell.*"]
+"#
+    )
+}
+
+/// containerd 2.x's handler whose pods ironcelld's controller of VM pods
+/// makes (`sandboxer = "ironcell-vm"`, no options).
 const SANDBOXER_VM_HANDLER: &str = "ironcell-vm-sandboxer";
+
+/// A sandboxer's handler asking for VMs with an options table, which
+/// containerd 2.x cannot pass to the pod's tasks: refused.
+const SANDBOXER_OPTIONS_HANDLER: &str = "ironcell-vm-options";
 
 fn sandboxer_vm_handler(cri: Cri) -> String {
     if cri != Cri::V2 {
@@ -211,14 +265,17 @@ fn sandboxer_vm_handler(cri: Cri) -> String {
         r#"
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_VM_HANDLER}]
   runtime_type = "io.containerd.ironcell.v2"
+  sandboxer = "ironcell-vm"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_OPTIONS_HANDLER}]
+  runtime_type = "io.containerd.ironcell.v2"
   sandboxer = "ironcell"
-  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_VM_HANDLER}.options]
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOXER_OPTIONS_HANDLER}.options]
     Sandbox = "vm"
 "#
     )
 }
 
-fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
+fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backend) {
     let Some(net) = CniBridge::new(test) else {
         return;
     };
@@ -237,7 +294,10 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         bin_dir(),
         root.path(),
         cri,
-        vm_handler_config(cri) + &net.config(cri) + &sandboxer_vm_handler(cri),
+        vm_handler_config(cri)
+            + &net.config(cri)
+            + &sandboxer_vm_handler(cri)
+            + &annotated_handler(cri),
         env.clone(),
     ) else {
         return;
@@ -251,18 +311,16 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         .unwrap();
     tokio.block_on(async {
         let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
-        if cri == Cri::V2 {
-            // The sandbox controller makes namespace pods only: a VM pod
-            // asked of it is refused, naming the way out.
+        if handler == SANDBOXER_VM_HANDLER {
             let e = rt
                 .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(vm_pod("refused", &logs)),
-                    runtime_handler: SANDBOXER_VM_HANDLER.into(),
+                    config: Some(vm_pod("options", &logs)),
+                    runtime_handler: SANDBOXER_OPTIONS_HANDLER.into(),
                 })
                 .await
                 .unwrap_err();
             assert!(
-                e.message().contains("does not make VM pods yet"),
+                e.message().contains("sandboxer = \"ironcell-vm\""),
                 "{e}\n{}",
                 c.log()
             );
@@ -295,7 +353,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
             let e = rt
                 .run_pod_sandbox(RunPodSandboxRequest {
                     config: Some(refused),
-                    runtime_handler: VM_HANDLER.into(),
+                    runtime_handler: handler.into(),
                 })
                 .await
                 .unwrap_err();
@@ -315,7 +373,7 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
-                runtime_handler: VM_HANDLER.into(),
+                runtime_handler: handler.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
@@ -385,8 +443,8 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         assert_eq!(seen[0], seen[1]);
         assert!(!seen[0].contains(host_boot.trim()), "{seen:?}");
         assert!(seen[0].ends_with("vmpod\n"), "{seen:?}");
-        if cri == Cri::V2 {
-            // containerd 2.x gives every pod the network sysctl
+        if cri == Cri::V2 && handler == VM_HANDLER {
+            // containerd 2.x gives every pause container the network sysctl
             // net.ipv4.ping_group_range: set in the pod's (the guest's)
             // network namespace.
             let (_, out) = exec(&mut rt, &ids[0], "cat /proc/sys/net/ipv4/ping_group_range").await;
@@ -606,17 +664,18 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         .await
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
 
-        if cri == Cri::V2 {
+        if cri == Cri::V2 || handler != VM_HANDLER {
             return;
         }
         // A pod whose hypervisor is killed: its container exits (137, as
         // killed), the pod is no longer ready, and its removal leaves
-        // nothing (checked below).
+        // nothing (checked below). Its VM is asked for by the pod's
+        // annotation, on a handler without options.
         let pod = vm_pod("vmdies", &logs);
         let pod_id = rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod.clone()),
-                runtime_handler: VM_HANDLER.into(),
+                runtime_handler: ANNOTATED_HANDLER.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
@@ -666,6 +725,11 @@ fn run_vm_pod(test: &str, cri: Cri, guest: &Guest, backend: Backend) {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{} left: {left:?}", state.display());
+    let bundles = root.path().join("vm-pods/k8s.io");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{} left: {left:?}", bundles.display());
     pod_cgroup.assert_empty_and_remove();
     drop(c);
 }

@@ -223,8 +223,10 @@ fn bad_requests_get_errors_and_leak_nothing() {
 /// containerd 2.x's sandbox controller (gRPC) gets errors for what it
 /// cannot do: requests without a namespace or with an invalid one, unknown
 /// or invalid pod ids, options that are not a PodSandboxConfig, a cgroup
-/// that escapes the hierarchy. A pod it makes reports the Task API address
-/// with version 3, and goes on Shutdown.
+/// that escapes the hierarchy, a pod annotation naming a sandbox no pod
+/// runs in. A pod it makes reports the Task API address
+/// with version 3, and goes on Shutdown. The controller of VM pods writes
+/// a pod's bundle at Create, and Shutdown removes it.
 #[test]
 fn sandbox_controller_errors() {
     use ironcelld::controller::api::containerd::services::sandbox::v1::controller_client::ControllerClient;
@@ -310,6 +312,36 @@ fn sandbox_controller_errors() {
             fails!(c2.create(req(Some("default"), create("p1", config(bytes))))),
             Code::InvalidArgument
         );
+        // A pod annotation naming a sandbox a pod cannot be, or none.
+        for kind in ["wasm", "bogus"] {
+            let (k, v) = ("io.ironcell.sandbox".as_bytes(), kind.as_bytes());
+            let mut entry = vec![0x0a, k.len() as u8];
+            entry.extend_from_slice(k);
+            entry.extend_from_slice(&[0x12, v.len() as u8]);
+            entry.extend_from_slice(v);
+            let mut bytes = vec![0x3a, entry.len() as u8];
+            bytes.extend_from_slice(&entry);
+            let status = c2
+                .create(req(Some("default"), create("p1", config(bytes))))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{kind}: {status}");
+            assert!(status.message().contains(kind), "{status}");
+        }
+        // The controller of VM pods writes a pod's bundle at Create, and
+        // Shutdown removes it, with the VM never started.
+        let vm_socket = d.root.path().join("sandbox-vm.sock");
+        let mut vm = ControllerClient::new(ironcell_testutil::cri::channel(vm_socket).await);
+        vm.create(req(Some("default"), create("vmp", None)))
+            .await
+            .unwrap_or_else(|e| panic!("Create on the VM controller: {e}"));
+        let bundle = d.root.path().join("vm-pods/default/vmp");
+        let spec = std::fs::read_to_string(bundle.join("config.json")).unwrap();
+        assert!(spec.contains(r#""io.ironcell.sandbox": "vm""#), "{spec}");
+        vm.shutdown(pod!(ControllerShutdownRequest, "vmp"))
+            .await
+            .unwrap();
+        assert!(!bundle.exists(), "the VM pod's bundle is left");
         // Unknown pods.
         let no = "nosuch";
         assert_eq!(

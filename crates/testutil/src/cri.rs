@@ -192,7 +192,8 @@ impl Drop for CniBridge {
 pub const SANDBOXER_HANDLER: &str = "ironcell-sandboxer";
 
 /// containerd 2.x's CRI configuration (version 3): the sandbox controller
-/// at `controller` as the proxy plugin `ironcell`, the runtime handlers
+/// at `controller` as the proxy plugin `ironcell` (and its controller of
+/// VM pods, beside it, as `ironcell-vm`), the runtime handlers
 /// `runc`, `ironcell` (a pause container per pod) and
 /// [`SANDBOXER_HANDLER`], and the pause image.
 pub fn config_v2(controller: &Path) -> String {
@@ -201,6 +202,9 @@ pub fn config_v2(controller: &Path) -> String {
 [proxy_plugins.ironcell]
   type = "sandbox"
   address = "{controller}"
+[proxy_plugins.ironcell-vm]
+  type = "sandbox"
+  address = "{vm_controller}"
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{PAUSE}"
 [plugins."io.containerd.cri.v1.runtime"]
@@ -213,7 +217,8 @@ pub fn config_v2(controller: &Path) -> String {
   runtime_type = "io.containerd.ironcell.v2"
   sandboxer = "ironcell"
 "#,
-        controller = controller.display()
+        controller = controller.display(),
+        vm_controller = controller.with_file_name("sandbox-vm.sock").display(),
     )
 }
 

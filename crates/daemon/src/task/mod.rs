@@ -47,10 +47,10 @@ use crate::reaper::{Exit, Reaper};
 use crate::stdio;
 use crate::time::timestamp;
 
+use backend::blocking;
 pub use backend::{Backends, Host, Place, Spawned, TaskBackend, TaskKind};
 pub use process::{IoSpec, ProcStatus, ProcView};
 
-use backend::blocking;
 use process::{Phase, Proc};
 use record::{CreatingRecord, ProcRecord, TaskRecord};
 
@@ -323,6 +323,12 @@ impl Tasks {
         let bundle =
             Bundle::load(&req.bundle).map_err(|e| TaskError::InvalidArgument(format!("{e}")))?;
         self.pods.prepare_files(&req.namespace, &bundle.spec);
+        // A container of a VM pod made here runs in its VM, whatever its
+        // handler's options (containerd 2.x sends a sandboxer's pods'
+        // containers none).
+        let sandbox = req
+            .sandbox
+            .or_else(|| self.pods.member_kind(&req.namespace, &bundle.spec));
         let place = self.place(&req.namespace, &req.id, req.bundle.clone());
         std::fs::create_dir_all(&place.dir).map_err(|e| {
             TaskError::Internal(format!("cannot create {}: {e}", place.dir.display()))
@@ -365,7 +371,7 @@ impl Tasks {
         }
         let (backend, spawned) = match self
             .backends
-            .create(&place, &bundle, &req.io, req.sandbox)
+            .create(&place, &bundle, &req.io, sandbox)
             .await
         {
             Ok(made) => made,

@@ -35,7 +35,7 @@ impl Tasks {
     /// without a record is a create that never finished: it is removed.
     pub async fn recover(self: &Arc<Self>) {
         self.pods.recover();
-        self.pods.remove_lost();
+        self.pods.remove_lost().await;
         let Ok(namespaces) = std::fs::read_dir(self.host.root.join("tasks")) else {
             return;
         };

@@ -78,17 +78,29 @@ pub fn shm_pod(spec: &Spec) -> Option<String> {
 }
 
 /// Gives `guest` the pod's shm at `/dev/shm` when `host` binds one there
-/// (CRI binds the pod's shm into each of its containers): a bind of the
-/// pod's tmpfs the agent makes, in place of a tmpfs of the container's own.
+/// (CRI binds the pod's shm into each of its containers) or joins the
+/// pod's IPC namespace (containerd 2.x's CRI gives the containers of a
+/// sandboxer's pod a tmpfs each, though they share the pod's IPC): a bind
+/// of the pod's tmpfs the agent makes, in place of a tmpfs of the
+/// container's own.
 pub fn use_pod_shm(host: &Spec, guest: &mut Spec, pod_id: &str) -> Result<()> {
-    let binds_shm = host.mounts().iter().flatten().any(|m| {
-        m.destination() == Path::new("/dev/shm")
-            && (m.typ().as_deref() == Some("bind")
-                || m.options()
-                    .iter()
-                    .flatten()
-                    .any(|o| o == "bind" || o == "rbind"))
-    });
+    let joins_ipc = host
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_some())
+        });
+    let binds_shm = joins_ipc
+        || host.mounts().iter().flatten().any(|m| {
+            m.destination() == Path::new("/dev/shm")
+                && (m.typ().as_deref() == Some("bind")
+                    || m.options()
+                        .iter()
+                        .flatten()
+                        .any(|o| o == "bind" || o == "rbind"))
+        });
     if !binds_shm {
         return Ok(());
     }
@@ -605,6 +617,17 @@ mod tests {
         let mut g = own.clone();
         use_pod_shm(&own, &mut g, "pod1").unwrap();
         assert_eq!(g, own);
+        // One in the pod's IPC namespace shares the pod's, tmpfs or not.
+        let joined = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/dev/shm","type":"tmpfs","source":"shm"}],
+                "linux":{"namespaces":[{"type":"ipc","path":"/proc/7/ns/ipc"}]}}"#,
+        );
+        let mut g = joined.clone();
+        use_pod_shm(&joined, &mut g, "pod1").unwrap();
+        assert_eq!(
+            g.mounts().as_ref().unwrap()[0].source().as_deref(),
+            Some(Path::new("/run/ironcell/pods/pod1/shm"))
+        );
     }
 
     #[test]

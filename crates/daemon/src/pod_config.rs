@@ -1,0 +1,184 @@
+//! What the daemon reads of the CRI's `runtime.v1.PodSandboxConfig`, which
+//! containerd sends as a pod's options through the sandbox API.
+//!
+//! The messages are declared here, with only the fields read, rather than
+//! taken from the `k8s-cri` crate, which would bring a whole CRI client
+//! into the daemon; protobuf skips the fields not declared.
+
+use std::collections::HashMap;
+
+use crate::error::TaskError;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PodSandboxConfig {
+    #[prost(string, tag = "2")]
+    hostname: String,
+    #[prost(map = "string, string", tag = "7")]
+    annotations: HashMap<String, String>,
+    #[prost(message, optional, tag = "8")]
+    linux: Option<LinuxPodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LinuxPodSandboxConfig {
+    #[prost(string, tag = "1")]
+    cgroup_parent: String,
+    #[prost(message, optional, tag = "2")]
+    security_context: Option<LinuxSandboxSecurityContext>,
+    #[prost(map = "string, string", tag = "3")]
+    sysctls: HashMap<String, String>,
+    #[prost(message, optional, tag = "5")]
+    resources: Option<LinuxContainerResources>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LinuxSandboxSecurityContext {
+    #[prost(message, optional, tag = "1")]
+    namespace_options: Option<NamespaceOption>,
+}
+
+/// The modes are the CRI's `NamespaceMode`: 0 POD, 1 CONTAINER, 2 NODE.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NamespaceOption {
+    #[prost(int32, tag = "1")]
+    network: i32,
+    #[prost(int32, tag = "2")]
+    pid: i32,
+    #[prost(int32, tag = "3")]
+    ipc: i32,
+}
+
+const NODE: i32 = 2;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LinuxContainerResources {
+    #[prost(int64, tag = "1")]
+    cpu_period: i64,
+    #[prost(int64, tag = "2")]
+    cpu_quota: i64,
+    #[prost(int64, tag = "4")]
+    memory_limit_in_bytes: i64,
+}
+
+/// A pod's configuration, as far as the daemon uses it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodConfig {
+    /// The pod's cgroup (cgroupfs form), or empty when it names none or a
+    /// systemd slice (the systemd driver's pods are left where they are;
+    /// see docs/daemon.md).
+    pub cgroup_parent: String,
+    pub hostname: String,
+    pub annotations: HashMap<String, String>,
+    pub sysctls: HashMap<String, String>,
+    /// The pod's resources (the sum of its containers' limits, from the
+    /// kubelet): CPU quota and period, memory in bytes; 0 when unset.
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
+    pub memory: i64,
+    /// hostNetwork, hostPID, hostIPC.
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+}
+
+/// Whether an `Any`'s type is the CRI's PodSandboxConfig (containerd sends
+/// it as a sandbox's options).
+pub(crate) fn is_pod_config(type_url: &str) -> bool {
+    type_url.rsplit('/').next() == Some("runtime.v1.PodSandboxConfig")
+}
+
+impl PodConfig {
+    /// Decodes and checks a PodSandboxConfig.
+    pub fn decode(options: &[u8]) -> Result<PodConfig, TaskError> {
+        use prost::Message;
+        let config = PodSandboxConfig::decode(options).map_err(|e| {
+            TaskError::InvalidArgument(format!("sandbox options: not a PodSandboxConfig: {e}"))
+        })?;
+        let linux = config.linux.unwrap_or_default();
+        let parent = linux.cgroup_parent;
+        if parent.starts_with('/') && parent.split('/').any(|c| c == "..") {
+            return Err(TaskError::InvalidArgument(format!(
+                "sandbox options: cgroup_parent {parent:?} escapes the cgroup root"
+            )));
+        }
+        let ns = linux
+            .security_context
+            .and_then(|s| s.namespace_options)
+            .unwrap_or_default();
+        let resources = linux.resources.unwrap_or_default();
+        Ok(PodConfig {
+            cgroup_parent: if parent.starts_with('/') {
+                parent
+            } else {
+                String::new()
+            },
+            hostname: config.hostname,
+            annotations: config.annotations,
+            sysctls: linux.sysctls,
+            cpu_quota: resources.cpu_quota,
+            cpu_period: resources.cpu_period,
+            memory: resources.memory_limit_in_bytes,
+            host_network: ns.network == NODE,
+            host_pid: ns.pid == NODE,
+            host_ipc: ns.ipc == NODE,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn the_fields_read_are_decoded_and_checked() {
+        let mut linux = LinuxPodSandboxConfig {
+            cgroup_parent: "/kubepods/pod1".into(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: 0,
+                    pid: NODE,
+                    ipc: 1,
+                }),
+            }),
+            sysctls: HashMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
+            resources: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 250_000,
+                memory_limit_in_bytes: 1 << 30,
+            }),
+        };
+        let encode = |linux: &LinuxPodSandboxConfig| {
+            PodSandboxConfig {
+                hostname: "web".into(),
+                annotations: HashMap::from([("io.ironcell.sandbox".into(), "vm".into())]),
+                linux: Some(linux.clone()),
+            }
+            .encode_to_vec()
+        };
+        let c = PodConfig::decode(&encode(&linux)).unwrap();
+        assert_eq!(c.cgroup_parent, "/kubepods/pod1");
+        assert_eq!(c.hostname, "web");
+        assert_eq!(c.annotations["io.ironcell.sandbox"], "vm");
+        assert_eq!(c.sysctls["net.ipv4.ip_forward"], "1");
+        assert_eq!(
+            (c.cpu_quota, c.cpu_period, c.memory),
+            (250_000, 100_000, 1 << 30)
+        );
+        assert_eq!(
+            (c.host_network, c.host_pid, c.host_ipc),
+            (false, true, false)
+        );
+
+        linux.cgroup_parent = "kubepods.slice".into();
+        assert_eq!(
+            PodConfig::decode(&encode(&linux)).unwrap().cgroup_parent,
+            ""
+        );
+        linux.cgroup_parent = "/kubepods/../../etc".into();
+        let e = PodConfig::decode(&encode(&linux)).unwrap_err().to_string();
+        assert!(e.contains("escapes the cgroup root"), "{e}");
+        let e = PodConfig::decode(b"\xff\xff\xff").unwrap_err().to_string();
+        assert!(e.contains("not a PodSandboxConfig"), "{e}");
+    }
+}
