@@ -124,7 +124,11 @@ impl CniBridge {
             .prefix("iccni-")
             .tempdir_in("/tmp")
             .unwrap();
-        let n = std::process::id() % 200 + 20;
+        // A subnet and bridge of its own, also beside the other bridges of
+        // this test process (its tests run in parallel).
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = (std::process::id() + k * 37) % 200 + 20;
         let bridge = format!("iccni{n}");
         let gateway = std::net::Ipv4Addr::new(10, 213, n as u8, 1);
         let conf = serde_json::json!({
