@@ -71,11 +71,7 @@ fn idle_trimmer() {
         if now == trimmed_at || idle < IDLE_TRIM_SECONDS {
             continue;
         }
-        // SAFETY: malloc_trim takes an integer and only touches the
-        // allocator's own state.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        trim_heap();
         // Found before anything is dropped, kept on the stack: nothing
         // after the drop allocates or frees.
         let mut ranges = [(0usize, 0usize); MAX_TRIMMED];
@@ -106,6 +102,18 @@ pub fn limit_malloc_arenas() {
     // exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Gives the allocator's free pages back (`malloc_trim`), once, for a
+/// process that is done with a burst of work. Inlined: the idle trimmer's
+/// loop must not call into code its trim drops.
+#[inline(always)]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes an integer and only touches the allocator's
+    // own state.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

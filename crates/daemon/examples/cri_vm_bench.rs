@@ -10,6 +10,9 @@
 //!    container each): the PSS (`/proc/PID/smaps_rollup`) of what ironcell
 //!    runs on the host (ironcelld and its keeper, the relays, the device
 //!    process serving each VM's virtio-fs and vsock), and of QEMU apart.
+//!    The guest memory a device process maps (vhost-user shares the VM's
+//!    RAM, a memfd, with it) is reported beside: those are the VM's pages,
+//!    whose PSS is split between QEMU and the device process.
 //!
 //!     cargo run --release -p ironcelld --example cri_vm_bench -- [--runs N] [--pods 1,5,10]
 //!
@@ -135,13 +138,39 @@ fn pss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The PSS (KiB) of process `pid`: its own mappings, and the shared memfd
+/// mappings (a device process's view of the guest's RAM).
+fn pss_split_kib(pid: i32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut own, mut guest, mut in_guest) = (0, 0, false);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 5 && fields[0].contains('-') && fields[1].len() == 4 {
+            in_guest =
+                fields[1].ends_with('s') && fields.get(5).is_some_and(|n| n.starts_with("/memfd:"));
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Pss:") {
+            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if in_guest {
+                guest += kib;
+            } else {
+                own += kib;
+            }
+        }
+    }
+    (own, guest)
+}
+
 /// The PSS (KiB) of ironcell's host processes for the daemon at `root`
 /// whose VMs run under `vm_dir`.
 struct HostMemory {
     daemon: u64,
     relays: u64,
     relay_count: usize,
+    /// The device processes' own memory, and the guest memory they map.
     devices: u64,
+    devices_guest: u64,
     qemu: u64,
 }
 
@@ -161,13 +190,15 @@ fn host_memory(root: &Path, vm_dir: &Path) -> HostMemory {
         })
         .collect();
     let marker = vm_dir.display().to_string();
-    let (mut devices, mut qemu) = (0, 0);
+    let (mut devices, mut devices_guest, mut qemu) = (0, 0, 0);
     for p in ironcell_testutil::processes_with(&marker) {
         let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
         if comm.starts_with("qemu") {
             qemu += pss_kib(p);
         } else if !relays.contains(&p) {
-            devices += pss_kib(p);
+            let (own, guest) = pss_split_kib(p);
+            devices += own;
+            devices_guest += guest;
         }
     }
     HostMemory {
@@ -175,6 +206,7 @@ fn host_memory(root: &Path, vm_dir: &Path) -> HostMemory {
         relays: relays.iter().map(|p| pss_kib(*p)).sum(),
         relay_count: relays.len(),
         devices,
+        devices_guest,
         qemu,
     }
 }
@@ -278,18 +310,19 @@ fn main() {
         "\nHost memory of running VM pods (one `sleep` container each), PSS after {settle} s idle\n"
     );
     println!(
-        "| VM pods | ironcell per pod KiB | ironcelld + keeper | relays (count) | device processes | QEMU per pod KiB |"
+        "| VM pods | ironcell per pod KiB | ironcelld + keeper | relays (count) | device processes | guest memory they map | QEMU per pod KiB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for (count, m) in &memory {
         let n = *count as u64;
         println!(
-            "| {count} | {} | {} | {} ({}) | {} | {} |",
+            "| {count} | {} | {} | {} ({}) | {} | {} | {} |",
             (m.daemon + m.relays + m.devices) / n,
             m.daemon,
             m.relays,
             m.relay_count,
             m.devices,
+            m.devices_guest,
             m.qemu / n
         );
     }

@@ -215,8 +215,51 @@ impl Job {
     }
 }
 
-/// `ironcelld helper ...`: runs in the re-executed binary.
+/// `ironcelld helper ...` (or `ironcelld-helper helper ...`).
 pub fn main(args: &[OsString]) -> ExitCode {
+    match args.first() {
+        Some(a) if a == "pod" => pod_holder_main(&args[1..]),
+        _ => job_main(args),
+    }
+}
+
+/// `ironcelld helper pod --sandbox NS/ID [--netns PATH]`: new IPC and UTS
+/// namespaces (and the given network namespace), then sleep until killed.
+/// The pod's name only marks the process (a holder whose spawn was not
+/// answered is found by it).
+fn pod_holder_main(args: &[OsString]) -> ExitCode {
+    let netns = match args {
+        [flag, _] if flag == "--sandbox" => None,
+        [flag, _, netns, path] if flag == "--sandbox" && netns == "--netns" => Some(path.clone()),
+        _ => {
+            eprintln!("usage: ironcelld helper pod --sandbox NS/ID [--netns PATH]");
+            return ExitCode::FAILURE;
+        }
+    };
+    use nix::sched::{setns, unshare, CloneFlags};
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS) {
+        eprintln!("ironcelld pod: unshare: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = netns {
+        let joined = std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+        if let Err(e) = joined {
+            eprintln!("ironcelld pod: network namespace {path:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    loop {
+        // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
+        unsafe {
+            libc::pause();
+        }
+    }
+}
+
+/// A create or exec job: runs in the re-executed binary.
+fn job_main(args: &[OsString]) -> ExitCode {
     // The helper forks the container's processes: it runs from a sealed
     // copy of this binary, out of their reach (CVE-2019-5736). This comes
     // before the error fd is made close-on-exec, so that the re-executed

@@ -139,9 +139,6 @@ fn run(args: Args) -> Result<()> {
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "helper") {
-        if args.get(1).is_some_and(|a| a == "pod") {
-            return ironcelld::pod::holder_main(&args[2..]);
-        }
         return ironcelld::helper::main(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "keeper") {

@@ -8,14 +8,13 @@
 //! address. For the namespace sandbox, a pod is a tiny holder process that
 //! owns the pod's IPC and UTS namespaces (and joins the pod's network
 //! namespace when there is one): the pid containerd builds the containers'
-//! namespace paths from (`/proc/<pid>/ns/...`). It is `ironcelld helper pod`,
+//! namespace paths from (`/proc/<pid>/ns/...`). It is `ironcelld helper pod`
+//! (`helper.rs`),
 //! a child of the keeper like every container process: no image, no rootfs,
 //! no container set-up.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,41 +39,6 @@ use crate::time::{from_nanos, nanos, timestamp};
 
 /// How long Stop waits for the holder to go.
 const STOP_WAIT: Duration = Duration::from_secs(10);
-
-/// `ironcelld helper pod --sandbox NS/ID [--netns PATH]`: new IPC and UTS
-/// namespaces (and the given network namespace), then sleep until killed.
-/// The pod's name only marks the process (a holder whose spawn was not
-/// answered is found by it).
-pub fn holder_main(args: &[OsString]) -> ExitCode {
-    let netns = match args {
-        [flag, _] if flag == "--sandbox" => None,
-        [flag, _, netns, path] if flag == "--sandbox" && netns == "--netns" => Some(path.clone()),
-        _ => {
-            eprintln!("usage: ironcelld helper pod --sandbox NS/ID [--netns PATH]");
-            return ExitCode::FAILURE;
-        }
-    };
-    use nix::sched::{setns, unshare, CloneFlags};
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS) {
-        eprintln!("ironcelld pod: unshare: {e}");
-        return ExitCode::FAILURE;
-    }
-    if let Some(path) = netns {
-        let joined = std::fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
-        if let Err(e) = joined {
-            eprintln!("ironcelld pod: network namespace {path:?}: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    loop {
-        // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
-        unsafe {
-            libc::pause();
-        }
-    }
-}
 
 /// One pod.
 pub struct Pod {
@@ -115,7 +79,7 @@ struct PodRecord {
 /// recorded under `<root>/pods/<ns>/<id>.json` for a restarted daemon.
 pub struct Pods {
     root: PathBuf,
-    /// The daemon's binary, run as `helper pod`.
+    /// The binary the helpers run (`helper pod`, `helper create`).
     exe: PathBuf,
     reaper: Arc<Reaper>,
     keeper: Option<Arc<Keeper>>,
@@ -453,7 +417,8 @@ impl Pods {
         }
     }
 
-    /// Ends the pod's holder and removes what the pod made.
+    /// Ends the pod's holder, without waiting for its exit (a holder a lost
+    /// keeper spawned reports none), and removes what the pod made.
     pub async fn remove(&self, ns: &str, id: &str) {
         let removed = self
             .pods
@@ -461,10 +426,15 @@ impl Pods {
             .unwrap()
             .remove(&(ns.to_string(), id.to_string()));
         let _ = std::fs::remove_file(self.file(ns, id));
-        if let Some(pod) = removed {
-            stop_pod(&pod, ns, id).await;
-            if let Some(holder) = &pod.vm {
-                holder.delete(id).await;
+        let Some(pod) = removed else { return };
+        match &pod.vm {
+            // With force: the VM goes whatever runs in it.
+            Some(holder) => holder.delete(id).await,
+            None => {
+                let pid = *pod.pid.lock().unwrap();
+                if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
     }

@@ -74,6 +74,17 @@ pub fn controller_socket(root: &Path) -> PathBuf {
     root.join("sandbox.sock")
 }
 
+/// The binary the helper jobs run: `ironcelld-helper` beside the daemon,
+/// else the daemon itself (`ironcelld helper`).
+fn helper_binary(exe: &Path) -> PathBuf {
+    let own = exe.with_file_name("ironcelld-helper");
+    if own.is_file() {
+        own
+    } else {
+        exe.to_path_buf()
+    }
+}
+
 /// Where the controller of VM pods listens: beside the controller's
 /// socket, `-vm` added to its name (`sandbox.sock`: `sandbox-vm.sock`).
 pub fn vm_controller_socket(socket: &Path) -> PathBuf {
@@ -122,6 +133,7 @@ pub async fn serve(
 ) -> Result<()> {
     let reaper = Arc::new(Reaper::default());
     let exe = std::env::current_exe().context("cannot find ironcelld's own binary")?;
+    let helper = helper_binary(&exe);
     let keeper = {
         let (root, exe, reaper) = (root.clone(), exe.clone(), reaper.clone());
         tokio::task::spawn_blocking(move || Keeper::start(&root, &exe, reaper))
@@ -140,7 +152,7 @@ pub async fn serve(
     let events = Publisher::start();
     let tasks = Arc::new(Tasks::new(
         root.clone(),
-        exe,
+        helper,
         reaper.clone(),
         Some(keeper.clone()),
         events,

@@ -246,7 +246,8 @@ impl Relay {
 
         // From here the relay waits: what it ran to get here (the CLI's
         // parsing, the VM's start, the container's creation) leaves the
-        // resident set.
+        // resident set, its code and its freed heap.
+        ironcell_basics::process_memory::trim_heap();
         ironcell_basics::text_pages::TextMappings::of_this_process().trim();
         let outcome = loop {
             match rx.recv() {
@@ -401,6 +402,8 @@ pub fn fork(
     match unsafe { nix::unistd::fork() }.map_err(|e| vm_err(format!("fork: {e}")))? {
         ForkResult::Child => {
             drop(r);
+            // Before the relay's threads exist: they share one arena.
+            ironcell_basics::process_memory::limit_malloc_arenas();
             let _ = nix::sys::signal::pthread_sigmask(
                 SigmaskHow::SIG_SETMASK,
                 Some(&SigSet::empty()),
