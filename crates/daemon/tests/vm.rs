@@ -36,7 +36,8 @@ fn start(test: &str, extra: &str) -> Option<(Setup, tempfile::TempDir)> {
 /// `io.ironcell.sandbox=vm` annotation runs the container in a guest of
 /// its own (QEMU with TCG, configured by `IRONCELL_CONFIG` in the daemon's
 /// environment): the guest's kernel and boot id, the exit status, stdin,
-/// a terminal, exec, metrics, pause and resume. The daemon is SIGKILLed
+/// a terminal, exec (with a terminal sized as the caller's), metrics,
+/// pause and resume. The daemon is SIGKILLed
 /// while the VM runs, and the keeper's next daemon serves it: exec works,
 /// the exit comes back, and deleting it leaves no VM. An OOM kill in a
 /// guest is a TaskOOM.
@@ -131,6 +132,41 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let guest_boot = stdout(&out).trim().to_string();
     assert_ne!(guest_boot, host_boot.trim());
+    // An exec with a terminal of the guest, sized as the caller's: 33 rows,
+    // 101 columns (ctr resizes it once the process started, so the
+    // process waits for a size).
+    let ctr = c.ctr(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "etty",
+        "vmsvc",
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo is-a-tty; for i in $(seq 100); do s=$(stty size 2>/dev/null); \
+         [ -n \"$s\" ] && break; sleep 0.1; done; echo \"size:$s\"; exit 4",
+    ]);
+    let line = std::iter::once(ctr.get_program())
+        .chain(ctr.get_args())
+        .map(|a| shell_quote(a.to_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut sized = std::process::Command::new("sh");
+    sized.args(["-c", &format!("stty rows 33 cols 101; exec {line}")]);
+    for (k, v) in ctr.get_envs() {
+        if let Some(v) = v {
+            sized.env(k, v);
+        }
+    }
+    let out = in_terminal(&sized);
+    let text = stdout(&out);
+    assert!(
+        text.contains("is-a-tty") && text.contains("size:33 101"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
     // Statistics from the guest's cgroups, in the host's metrics type.
     let metrics = c.ok(&["task", "metrics", "vmsvc"]);
     let value = |name: &str| {

@@ -185,6 +185,20 @@ impl Relay {
     /// Stands in for the process until it exits; returns how it ended.
     pub fn run(mut self) -> ExitRecord {
         let (tx, rx) = mpsc::channel::<Event>();
+        // Watched before the terminal's size is first read: a resize from
+        // then on is a SIGWINCH seen, one before it is in the size read.
+        let mut watched: Vec<i32> = FORWARDED.to_vec();
+        watched.extend([libc::SIGCHLD, libc::SIGWINCH]);
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new(&watched) {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for s in signals.forever() {
+                    if tx.send(Event::Signal(s)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let mut outputs = Vec::new();
         let tty_fd = match &self.stdio {
             Stdio::Pipes {
@@ -230,18 +244,6 @@ impl Relay {
             Err(e) => {
                 let _ = tx.send(Event::Exited(Err(e)));
             }
-        }
-        let mut watched: Vec<i32> = FORWARDED.to_vec();
-        watched.extend([libc::SIGCHLD, libc::SIGWINCH]);
-        if let Ok(mut signals) = signal_hook::iterator::Signals::new(&watched) {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for s in signals.forever() {
-                    if tx.send(Event::Signal(s)).is_err() {
-                        break;
-                    }
-                }
-            });
         }
 
         // From here the relay waits: what it ran to get here (the CLI's
