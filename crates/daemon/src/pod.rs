@@ -583,14 +583,20 @@ impl SandboxService for PodService {
             .options
             .as_ref()
             .filter(|o| is_pod_config(&o.type_url))
-            .map(|o| o.value.as_slice());
-        self.pods.create(
-            &self.namespace,
-            &req.sandbox_id,
-            &req.netns_path,
-            options,
-            None,
-        )?;
+            .map(|o| o.value.clone());
+        let (pods, ns) = (self.pods.clone(), self.namespace.clone());
+        // A VM pod's bundle is written here: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            pods.create(
+                &ns,
+                &req.sandbox_id,
+                &req.netns_path,
+                options.as_deref(),
+                None,
+            )
+        })
+        .await
+        .map_err(|e| TaskError::Internal(e.to_string()))??;
         Ok(CreateSandboxResponse::default())
     }
 

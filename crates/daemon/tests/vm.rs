@@ -147,19 +147,7 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
         "[ -t 0 ] && echo is-a-tty; for i in $(seq 100); do s=$(stty size 2>/dev/null); \
          [ -n \"$s\" ] && break; sleep 0.1; done; echo \"size:$s\"; exit 4",
     ]);
-    let line = std::iter::once(ctr.get_program())
-        .chain(ctr.get_args())
-        .map(|a| shell_quote(a.to_str().unwrap()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut sized = std::process::Command::new("sh");
-    sized.args(["-c", &format!("stty rows 33 cols 101; exec {line}")]);
-    for (k, v) in ctr.get_envs() {
-        if let Some(v) = v {
-            sized.env(k, v);
-        }
-    }
-    let out = in_terminal(&sized);
+    let out = in_sized_terminal(&ctr, 33, 101);
     let text = stdout(&out);
     assert!(
         text.contains("is-a-tty") && text.contains("size:33 101"),

@@ -186,14 +186,29 @@ pub fn terminate(child: &mut std::process::Child) {
 /// runs it: `script` allocates a pty and runs the command line in it. The
 /// command's environment settings are passed on.
 pub fn in_terminal(cmd: &Command) -> Output {
-    let line = std::iter::once(cmd.get_program())
+    run_in_terminal(cmd, &command_line(cmd))
+}
+
+/// [`in_terminal`], the terminal sized `rows` by `cols` before `cmd` runs.
+pub fn in_sized_terminal(cmd: &Command, rows: u16, cols: u16) -> Output {
+    let line = format!("stty rows {rows} cols {cols}; exec {}", command_line(cmd));
+    run_in_terminal(cmd, &line)
+}
+
+/// `cmd`'s program and arguments as a shell command line.
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| shell_quote(a.to_str().unwrap()))
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// Runs the shell command `line` under script(1), in `cmd`'s environment.
+fn run_in_terminal(cmd: &Command, line: &str) -> Output {
     let mut script = Command::new("script");
     script
-        .args(["-qefc", &line, "/dev/null"])
+        .args(["-qefc", line, "/dev/null"])
         .stdin(Stdio::null());
     for (k, v) in cmd.get_envs() {
         match v {
