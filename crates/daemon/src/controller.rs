@@ -170,20 +170,17 @@ impl ControllerApi for Controller {
             .options
             .as_ref()
             .filter(|o| crate::pod_config::is_pod_config(&o.type_url))
-            .map(|o| o.value.as_slice());
-        let (pods, ns_name, id, netns) = (
-            self.tasks.pods.clone(),
-            ns.clone(),
-            req.sandbox_id.clone(),
-            req.netns_path.clone(),
-        );
-        let options = options.map(<[u8]>::to_vec);
-        // A VM pod's bundle is written here: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            pods.create(&ns_name, &id, &netns, options.as_deref(), kind)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+            .map(|o| o.value.clone());
+        self.tasks
+            .pods
+            .create_blocking(
+                ns.clone(),
+                req.sandbox_id.clone(),
+                req.netns_path.clone(),
+                options,
+                kind,
+            )
+            .await?;
         tracing::info!(namespace = %ns, id = %req.sandbox_id, "pod created");
         Ok(Response::new(ControllerCreateResponse {
             sandbox_id: req.sandbox_id,

@@ -257,6 +257,22 @@ impl Pods {
         Ok(())
     }
 
+    /// [`Pods::create`] on the blocking pool, off the async threads (a VM
+    /// pod's bundle is written).
+    pub async fn create_blocking(
+        self: &Arc<Self>,
+        ns: String,
+        id: String,
+        netns: String,
+        options: Option<Vec<u8>>,
+        kind: Option<Kind>,
+    ) -> Result<(), TaskError> {
+        let pods = self.clone();
+        tokio::task::spawn_blocking(move || pods.create(&ns, &id, &netns, options.as_deref(), kind))
+            .await
+            .map_err(|e| TaskError::Internal(e.to_string()))?
+    }
+
     pub async fn start(&self, ns: &str, id: &str) -> Result<(i32, SystemTime), TaskError> {
         let pod = self.get(ns, id)?;
         let running = *pod.pid.lock().unwrap();
@@ -584,19 +600,15 @@ impl SandboxService for PodService {
             .as_ref()
             .filter(|o| is_pod_config(&o.type_url))
             .map(|o| o.value.clone());
-        let (pods, ns) = (self.pods.clone(), self.namespace.clone());
-        // A VM pod's bundle is written here: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            pods.create(
-                &ns,
-                &req.sandbox_id,
-                &req.netns_path,
-                options.as_deref(),
+        self.pods
+            .create_blocking(
+                self.namespace.clone(),
+                req.sandbox_id,
+                req.netns_path,
+                options,
                 None,
             )
-        })
-        .await
-        .map_err(|e| TaskError::Internal(e.to_string()))??;
+            .await?;
         Ok(CreateSandboxResponse::default())
     }
 

@@ -169,18 +169,8 @@ impl VmHolder {
     /// bundle.
     pub async fn delete(&self, id: &str) {
         let owned = id.to_string();
-        let deleted = on_sandboxes(&self.state_root, move |sandboxes| {
-            match sandboxes.owner(&owned) {
-                Ok(s) => s.delete(&owned, true).map_err(TaskError::from),
-                // Never made, or a delete cut short left its directory.
-                Err(ironcell_sandbox::SandboxError::Container(
-                    ironcell_container::ContainerError::NotFound(_),
-                )) => sandboxes
-                    .remove_stale(&owned)
-                    .map(|_| ())
-                    .map_err(TaskError::from),
-                Err(e) => Err(e.into()),
-            }
+        let deleted = on_sandboxes(&self.state_root, move |s| {
+            s.remove(&owned).map_err(TaskError::from)
         })
         .await;
         if let Err(e) = deleted {

@@ -260,6 +260,20 @@ impl Sandboxes {
     pub fn remove_stale(&self, id: &str) -> Result<bool> {
         Ok(Engine::new(self.root.clone(), false).remove_stale(id)?)
     }
+
+    /// Removes container `id`, whatever is left of it: deleted with force
+    /// (its processes killed, its state removed) when it exists; its
+    /// directory alone removed when a create or delete cut short left it
+    /// without state; nothing when it was never made.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        match self.owner(id) {
+            Ok(s) => s.delete(id, true),
+            Err(SandboxError::Container(ContainerError::NotFound(_))) => {
+                self.remove_stale(id).map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ironcell_container::stats::Stats;
-use ironcell_container::{ConsoleSocket, ContainerError};
+use ironcell_container::ConsoleSocket;
 use ironcell_oci::Bundle;
-use ironcell_sandbox::{SandboxError, Sandboxes};
+use ironcell_sandbox::Sandboxes;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
@@ -115,20 +115,7 @@ impl Backends for NativeBackends {
 /// state directory.
 async fn remove_container(place: &Place) -> Result<()> {
     let (root, id) = (place.state_root.clone(), place.id.clone());
-    blocking(move || {
-        match Sandboxes::new(&root, false).owner(&id) {
-            Ok(b) => b.delete(&id, true)?,
-            // Already gone, or never made; or a delete cut short (its
-            // daemon killed) left the container's directory without its
-            // state: that goes too.
-            Err(SandboxError::Container(ContainerError::NotFound(_))) => {
-                Sandboxes::new(&root, false).remove_stale(&id)?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
-    })
-    .await
+    blocking(move || Ok(Sandboxes::new(&root, false).remove(&id)?)).await
 }
 
 impl NativeTask {

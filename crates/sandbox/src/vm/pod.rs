@@ -92,7 +92,7 @@ pub fn use_pod_shm(host: &Spec, guest: &mut Spec, pod_id: &str) -> Result<()> {
             ns.iter()
                 .any(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_some())
         });
-    let binds_shm = joins_ipc
+    let shares_pod_shm = joins_ipc
         || host.mounts().iter().flatten().any(|m| {
             m.destination() == Path::new("/dev/shm")
                 && (m.typ().as_deref() == Some("bind")
@@ -101,7 +101,7 @@ pub fn use_pod_shm(host: &Spec, guest: &mut Spec, pod_id: &str) -> Result<()> {
                         .flatten()
                         .any(|o| o == "bind" || o == "rbind"))
         });
-    if !binds_shm {
+    if !shares_pod_shm {
         return Ok(());
     }
     let shm = oci_spec::runtime::MountBuilder::default()
