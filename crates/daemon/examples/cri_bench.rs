@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, interleave, pod_config, print_latency_table, start_containerd, Cri,
-    SANDBOX_API_HANDLER,
+    channel, container_config, interleave, pod_config, print_latency_table, run_container,
+    start_containerd, Cri, SANDBOX_API_HANDLER,
 };
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -44,21 +44,8 @@ async fn one(
         .into_inner()
         .pod_sandbox_id;
     let result = async {
-        let id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config("true", &["/bin/true"])),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await
-            .map_err(|e| format!("CreateContainer: {e}"))?
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .map_err(|e| format!("StartContainer: {e}"))?;
+        let config = container_config("true", &["/bin/true"]);
+        let id = run_container(rt, &pod_id, &pod, config).await?;
         ironcell_testutil::cri::wait_exited(rt, &id, Duration::from_secs(30)).await?;
         Ok(start.elapsed().as_secs_f64() * 1000.0)
     }

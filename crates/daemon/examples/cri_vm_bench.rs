@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, interleave, pod_config, print_latency_table, start_containerd_with,
-    vm_handler_config, CniBridge, Cri, VM_HANDLER,
+    channel, container_config, interleave, pod_config, print_latency_table, run_container,
+    start_containerd_with, vm_handler_config, CniBridge, Cri, VM_HANDLER,
 };
 use ironcell_testutil::vm::{qemu_config, qemu_guest};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -64,25 +64,7 @@ async fn start(
         .map_err(|e| format!("RunPodSandbox: {e}"))?
         .into_inner()
         .pod_sandbox_id;
-    let made = async {
-        let id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config("c", command)),
-                sandbox_config: Some(pod.clone()),
-            })
-            .await
-            .map_err(|e| format!("CreateContainer: {e}"))?
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .map_err(|e| format!("StartContainer: {e}"))?;
-        Ok(id)
-    }
-    .await;
+    let made = run_container(rt, &pod_id, &pod, container_config("c", command)).await;
     match made {
         Ok(id) => Ok((pod_id, id)),
         Err(e) => {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, start_containerd, start_controller, wait_for_state, Cri,
-    IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, run_container, start_containerd, start_controller,
+    wait_for_state, Cri, IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -189,21 +189,10 @@ fn run_pod(cri: Cri) {
             ("web", "echo web-started; while true; do sleep 0.2; done"),
             ("side", "echo side-started; sleep 1000"),
         ] {
-            let id = rt
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                    config: Some(container_config(name, &["sh", "-c", script])),
-                    sandbox_config: Some(pod.clone()),
-                })
+            let config = container_config(name, &["sh", "-c", script]);
+            let id = run_container(&mut rt, &pod_id, &pod, config)
                 .await
-                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-                .into_inner()
-                .container_id;
-            rt.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+                .unwrap_or_else(|e| panic!("{e}"));
             ids.push(id);
         }
         for id in &ids {

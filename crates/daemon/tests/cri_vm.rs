@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
+    self, channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
     start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri,
     SANDBOX_API_HANDLER, VM_HANDLER,
 };
@@ -71,34 +71,16 @@ async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) ->
     )
 }
 
-/// CreateContainer and StartContainer of `config` in pod `pod_id`.
+/// [`ironcell_testutil::cri::run_container`], which must succeed.
 async fn run_container(
     rt: &mut RuntimeServiceClient<Channel>,
     pod_id: &str,
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    let name = config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
+    cri::run_container(rt, pod_id, pod, config)
         .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn sandbox_status(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> PodSandboxStatus {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, start_containerd, Cri, SANDBOX_API_HANDLER,
+    channel, container_config, run_container, start_containerd, Cri, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{assert_nothing_left, pod, CriGuard, PodCgroup};
 use ironcell_testutil::*;
@@ -58,19 +58,8 @@ async fn start_pod(
         .into_inner()
         .pod_sandbox_id;
     let script = format!("sleep 3600; : {marker}");
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id,
-            config: Some(container_config("c", &["sh", "-c", &script])),
-            sandbox_config: Some(config),
-        })
-        .await
-        .map_err(|e| format!("CreateContainer: {}", e.message()))?
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest { container_id: id })
-        .await
-        .map_err(|e| format!("StartContainer: {}", e.message()))?;
+    let container = container_config("c", &["sh", "-c", &script]);
+    run_container(rt, &pod_id, &config, container).await?;
     Ok(())
 }
 

@@ -506,6 +506,37 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
+/// CreateContainer and StartContainer of `config` in pod `pod_id`, as the
+/// kubelet runs a container; returns its id, or which call failed and why.
+pub async fn run_container(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, String> {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .map_err(|e| format!("CreateContainer {name}: {}", e.message()))?
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .map_err(|e| format!("StartContainer {name}: {}", e.message()))?;
+    Ok(id)
+}
+
 /// Polls ContainerStatus every `poll` until container `id` is in
 /// `want`, for at most `limit`; returns its status.
 pub async fn wait_for_state(
