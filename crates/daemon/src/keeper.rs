@@ -193,6 +193,16 @@ impl Keeper {
         self.identity.lock().unwrap().clone()
     }
 
+    /// The pid of the keeper now serving.
+    pub fn pid(&self) -> i32 {
+        let identity = self.identity();
+        identity
+            .split(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Changes each time a lost keeper has been replaced: the new one must
     /// be told the task addresses again, and the processes the old one was
     /// the parent of must be watched some other way.
@@ -269,10 +279,12 @@ impl Keeper {
             proto::send(sock.as_raw_fd(), msg, &[]).context("supervise")?;
         }
         *conn = Arc::new(sock);
-        *self.identity.lock().unwrap() = identity_of(pid);
         // Before any message of the new keeper is read: what it spawns is
         // of the new generation, and what the old one left is swept.
         self.reaper.set_keeper(pid, self.runtime.clone());
+        // After the generation: who reads the new identity reads the new
+        // generation too (see `Pods::start`).
+        *self.identity.lock().unwrap() = identity_of(pid);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 pub mod claim;
 pub mod control;
 pub mod controller;
+pub mod detach;
 pub mod endpoint;
 pub mod error;
 pub mod events;

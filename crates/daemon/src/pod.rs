@@ -29,6 +29,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use ttrpc::asynchronous::TtrpcContext;
 
+use crate::detach::detached;
 use crate::error::TaskError;
 use crate::keeper::Keeper;
 use crate::pod_config::{is_pod_config, PodConfig};
@@ -52,6 +53,8 @@ pub struct Pod {
     created: SystemTime,
     pid: Mutex<i32>,
     exit: watch::Sender<Option<Exit>>,
+    /// One start at a time (containerd, or the keeper, may send it twice).
+    starting: tokio::sync::Mutex<()>,
     /// The keeper the holder was spawned by ([`Keeper::identity`]).
     /// containerd reaches the pod through that keeper: once it is lost,
     /// containerd counts the pod as ended and never stops it.
@@ -145,11 +148,15 @@ impl Pods {
         });
     }
 
-    /// A restarted daemon takes back the pods a previous one made.
-    pub fn recover(&self) {
+    /// A restarted daemon takes back the pods a previous one made. A pod
+    /// recorded while its start ran (pid 0) was cut off by the previous
+    /// daemon's death, and containerd saw that start fail: it is removed,
+    /// with any holder the start made.
+    pub async fn recover(&self) {
         let Ok(namespaces) = std::fs::read_dir(self.root.join("pods")) else {
             return;
         };
+        let mut cut_off = Vec::new();
         for ns in namespaces.flatten() {
             let ns_name = ns.file_name().to_string_lossy().into_owned();
             let Ok(files) = std::fs::read_dir(ns.path()) else {
@@ -177,14 +184,21 @@ impl Pods {
                     created: from_nanos(r.created_nanos),
                     pid: Mutex::new(r.pid),
                     exit: watch::channel(None).0,
+                    starting: Default::default(),
                     keeper: Mutex::new(r.keeper),
                 });
                 if r.pid > 0 {
                     self.watch(&pod, r.pid);
+                    tracing::info!(namespace = %ns_name, %id, "pod re-attached");
+                } else {
+                    cut_off.push((ns_name.clone(), id.clone()));
                 }
-                tracing::info!(namespace = %ns_name, %id, "pod re-attached");
                 self.pods.lock().unwrap().insert((ns_name.clone(), id), pod);
             }
+        }
+        for (ns, id) in cut_off {
+            tracing::warn!(namespace = %ns, %id, "the previous daemon died while it started the pod: removing it");
+            self.remove(&ns, &id).await;
         }
     }
 
@@ -251,6 +265,7 @@ impl Pods {
                 created: SystemTime::now(),
                 pid: Mutex::new(0),
                 exit: watch::channel(None).0,
+                starting: Default::default(),
                 keeper: Mutex::new(None),
             }),
         );
@@ -273,8 +288,20 @@ impl Pods {
             .map_err(|e| TaskError::Internal(e.to_string()))?
     }
 
-    pub async fn start(&self, ns: &str, id: &str) -> Result<(i32, SystemTime), TaskError> {
+    /// Starts pod `id`'s holder; returns its pid. Detached from the request
+    /// (`detach.rs`): a holder made must be recorded or ended.
+    pub async fn start(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+    ) -> Result<(i32, SystemTime), TaskError> {
+        let (me, ns, id) = (self.clone(), ns.to_string(), id.to_string());
+        detached(async move { me.start_now(&ns, &id).await }).await
+    }
+
+    async fn start_now(&self, ns: &str, id: &str) -> Result<(i32, SystemTime), TaskError> {
         let pod = self.get(ns, id)?;
+        let _one_start = pod.starting.lock().await;
         let running = *pod.pid.lock().unwrap();
         if running > 0 {
             return Ok((running, pod.created));
@@ -283,9 +310,10 @@ impl Pods {
             .keeper
             .as_ref()
             .ok_or_else(|| TaskError::Internal("no keeper to spawn processes".into()))?;
+        self.record_starting(ns, id, &pod, keeper)?;
         if let Some(holder) = &pod.vm {
-            let pid = match holder.start(id, keeper, &self.reaper, &self.exe).await {
-                Ok(pid) => pid,
+            let (pid, generation) = match holder.start(id, keeper, &self.reaper, &self.exe).await {
+                Ok(made) => made,
                 Err(e) => {
                     // containerd does not remove a pod whose start failed:
                     // nothing of it is left.
@@ -293,10 +321,8 @@ impl Pods {
                     return Err(e);
                 }
             };
-            *pod.pid.lock().unwrap() = pid;
-            *pod.keeper.lock().unwrap() = Some(keeper.identity());
-            self.save(ns, id, &pod);
-            self.watch(&pod, pid);
+            self.record_start(ns, id, &pod, pid, generation, keeper)
+                .await?;
             tracing::info!(namespace = ns, id, pid, "VM pod started");
             return Ok((pid, pod.created));
         }
@@ -311,24 +337,24 @@ impl Pods {
             argv.push("--netns".into());
             argv.push(pod.netns.clone());
         }
-        let pid = match keeper.spawn(argv.clone(), vec![], "/".into(), vec![]).await {
-            Ok(made) => made.pid,
+        let made = match keeper.spawn(argv.clone(), vec![], "/".into(), vec![]).await {
+            Ok(made) => made,
             Err(e) => {
                 // The keeper may have spawned it and died before saying
                 // so: that holder would be no one's.
-                if let Some(pid) = crate::helper::find_running(&argv) {
+                if let Some(pid) = find_spawned(&argv).await {
                     tracing::warn!(pid, id, "killing a pod holder its lost keeper spawned");
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
+                self.remove(ns, id).await;
                 return Err(TaskError::Internal(format!(
                     "cannot start sandbox {id}: {e:#}"
                 )));
             }
         };
-        *pod.pid.lock().unwrap() = pid;
-        *pod.keeper.lock().unwrap() = Some(keeper.identity());
-        self.save(ns, id, &pod);
-        self.watch(&pod, pid);
+        let pid = made.pid;
+        self.record_start(ns, id, &pod, pid, made.generation, keeper)
+            .await?;
         if !pod.cgroup.is_empty() {
             let cgroup = std::path::PathBuf::from(&pod.cgroup);
             let joined =
@@ -355,6 +381,81 @@ impl Pods {
         }
         tracing::info!(namespace = ns, id, pid, "pod started");
         Ok((pid, pod.created))
+    }
+
+    /// Records that pod `id` starts, with pid 0, before its holder is made:
+    /// a daemon that dies before the start ends leaves that record, and the
+    /// next one removes the pod and what the start made ([`Pods::recover`]).
+    fn record_starting(
+        &self,
+        ns: &str,
+        id: &str,
+        pod: &Arc<Pod>,
+        keeper: &Keeper,
+    ) -> Result<(), TaskError> {
+        *pod.keeper.lock().unwrap() = Some(keeper.identity());
+        let pods = self.pods.lock().unwrap();
+        let ours = pods
+            .get(&(ns.to_string(), id.to_string()))
+            .is_some_and(|p| Arc::ptr_eq(p, pod));
+        if !ours {
+            return Err(TaskError::NotFound(format!(
+                "sandbox {id} was removed before it started"
+            )));
+        }
+        self.save(ns, id, pod);
+        Ok(())
+    }
+
+    /// Records holder `pid`, made under the keeper of `generation`, as
+    /// pod `id`'s, and watches it. A holder is no one's, and is ended with
+    /// an error, when the pod was removed while it was made, or when the
+    /// keeper that made it is lost (containerd gave the pod up with it).
+    async fn record_start(
+        &self,
+        ns: &str,
+        id: &str,
+        pod: &Arc<Pod>,
+        pid: i32,
+        generation: u64,
+        keeper: &Keeper,
+    ) -> Result<(), TaskError> {
+        *pod.pid.lock().unwrap() = pid;
+        self.watch(pod, pid);
+        // The identity first: a keeper replaced since has its generation
+        // counted before its identity is set (`Keeper::replace`), so either
+        // the check below sees the loss, or the identity recorded is the
+        // lost keeper's and `remove_lost`, which follows every loss, sees it.
+        *pod.keeper.lock().unwrap() = Some(keeper.identity());
+        let lost = generation != self.reaper.generation();
+        let ours = {
+            let pods = self.pods.lock().unwrap();
+            let ours = pods
+                .get(&(ns.to_string(), id.to_string()))
+                .is_some_and(|p| Arc::ptr_eq(p, pod));
+            if ours && !lost {
+                // Under the table's lock: a removal after this deletes the
+                // record; one before it leaves the pod out of the table.
+                self.save(ns, id, pod);
+                return Ok(());
+            }
+            ours
+        };
+        if ours {
+            self.remove(ns, id).await;
+        } else {
+            // Removed while the holder was made: the remover may have
+            // found no pid to end.
+            end_holder(pod, ns, id).await;
+        }
+        Err(TaskError::Internal(format!(
+            "sandbox {id}: {}",
+            if lost {
+                "the keeper that started it was lost (containerd gave the pod up with it)"
+            } else {
+                "removed while it started"
+            }
+        )))
     }
 
     pub async fn stop(&self, ns: &str, id: &str) -> Result<(), TaskError> {
@@ -435,25 +536,67 @@ impl Pods {
 
     /// Ends the pod's holder, without waiting for its exit (a holder a lost
     /// keeper spawned reports none), and removes what the pod made.
+    /// Detached from the request (`detach.rs`).
     pub async fn remove(&self, ns: &str, id: &str) {
         let removed = self
             .pods
             .lock()
             .unwrap()
             .remove(&(ns.to_string(), id.to_string()));
-        let _ = std::fs::remove_file(self.file(ns, id));
-        let Some(pod) = removed else { return };
-        match &pod.vm {
-            // With force: the VM goes whatever runs in it.
-            Some(holder) => holder.delete(id).await,
-            None => {
-                let pid = *pod.pid.lock().unwrap();
-                if pid > 0 && pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
+        let file = self.file(ns, id);
+        let Some(pod) = removed else {
+            let _ = std::fs::remove_file(&file);
+            return;
+        };
+        let id = id.to_string();
+        let ns = ns.to_string();
+        let _ = detached(async move {
+            end_holder(&pod, &ns, &id).await;
+            // Last: a daemon that dies before the holder ends leaves the
+            // record, and the next one removes the pod again.
+            let _ = std::fs::remove_file(&file);
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// Ends a removed pod's holder without waiting for its exit: a VM pod's VM
+/// goes with force, whatever runs in it.
+async fn end_holder(pod: &Pod, ns: &str, id: &str) {
+    match &pod.vm {
+        Some(holder) => holder.delete(id).await,
+        None => {
+            let pid = *pod.pid.lock().unwrap();
+            if pid > 0 {
+                if pod.exit.borrow().is_none() && is_holder(pid, ns, id) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                return;
+            }
+            // No pid recorded: a start cut off may have made the holder.
+            let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+            for pid in pids.filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+                if is_holder(pid, ns, id) {
+                    tracing::warn!(pid, id, "ending a pod holder whose start was cut off");
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
     }
+}
+
+/// Finds a holder a lost keeper spawned with `argv`, if it runs. The
+/// keeper may have died between its fork and the exec, so a child that
+/// still has the keeper's command line is looked for again a little later.
+async fn find_spawned(argv: &[String]) -> Option<i32> {
+    for _ in 0..5 {
+        if let Some(pid) = crate::helper::find_running(argv) {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Ends a pod's holder, if it runs, and waits a while for its exit. A VM
@@ -479,7 +622,7 @@ async fn stop_pod(pod: &Pod, ns: &str, id: &str) {
 /// recorded pid whose holder ended while no daemon watched may have been
 /// reused by an unrelated process.
 fn is_holder(pid: i32, ns: &str, id: &str) -> bool {
-    let mark = format!("\0pod\0--sandbox\0{ns}/{id}\0");
+    let mark = format!("\0helper\0pod\0--sandbox\0{ns}/{id}\0");
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark.as_bytes()))
 }
@@ -710,5 +853,82 @@ impl SandboxService for PodService {
         metric.id = req.sandbox_id;
         metric.data = MessageField::some(data);
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written while a start ran (pid 0) and a holder that start
+    /// made: the next daemon's recovery ends the holder and removes the
+    /// pod, and leaves a started pod's record alone.
+    #[tokio::test]
+    async fn recovery_removes_a_pod_whose_start_was_cut_off() {
+        let root = tempfile::tempdir().unwrap();
+        let id = format!("cut-off-{}", std::process::id());
+        // Stands for the holder: a process with a holder's command line.
+        let mut holder = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "while :; do sleep 1; done",
+                "helper",
+                "pod",
+                "--sandbox",
+            ])
+            .arg(format!("k8s.io/{id}"))
+            .spawn()
+            .unwrap();
+        let pods = Pods::new(
+            root.path().to_path_buf(),
+            "/nonexistent".into(),
+            Arc::new(Reaper::default()),
+            None,
+        );
+        let record = |pid: i32| PodRecord {
+            netns: String::new(),
+            cgroup: String::new(),
+            created_nanos: 1,
+            pid,
+            keeper: None,
+            vm: false,
+        };
+        let dir = root.path().join("pods/k8s.io");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, r: PodRecord| {
+            std::fs::write(
+                dir.join(format!("{name}.json")),
+                serde_json::to_vec(&r).unwrap(),
+            )
+            .unwrap()
+        };
+        write(&id, record(0));
+        let started = std::process::id() as i32;
+        write("started", record(started));
+
+        pods.recover().await;
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = holder.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = holder.kill();
+                panic!("the cut-off start's holder was not ended");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(pods.get("k8s.io", &id).is_err());
+        assert!(!dir.join(format!("{id}.json")).exists());
+        assert_eq!(
+            pods.status("k8s.io", "started").unwrap().pid,
+            started as u32
+        );
+        assert!(dir.join("started.json").exists());
     }
 }

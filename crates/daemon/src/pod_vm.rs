@@ -99,14 +99,15 @@ impl VmHolder {
     }
 
     /// Boots the pod's VM with the holder running in it; returns the
-    /// relay's pid (the keeper's child), watched through `reaper`.
+    /// relay's pid (the keeper's child), watched through `reaper`, and the
+    /// keeper generation it was made under.
     pub async fn start(
         &self,
         id: &str,
         keeper: &Keeper,
         reaper: &Arc<Reaper>,
         exe: &Path,
-    ) -> Result<i32, TaskError> {
+    ) -> Result<(i32, u64), TaskError> {
         let pid_file = self.bundle.join(PID_FILE);
         let job = Job::Create {
             root: self.state_root.clone(),
@@ -149,7 +150,7 @@ impl VmHolder {
             self.delete(id).await;
             return Err(e);
         }
-        Ok(pid)
+        Ok((pid, generation))
     }
 
     /// Asks the holder to end (the relay then shuts the VM down); false

@@ -36,6 +36,7 @@ use ironcell_container::stats::Stats;
 use ironcell_oci::Bundle;
 use oci_spec::runtime::{LinuxResources, Process};
 
+use crate::detach::detached;
 use crate::error::{validate_id, validate_namespace};
 use crate::error::{Result, TaskError};
 use crate::events::Publisher;
@@ -152,15 +153,6 @@ pub struct Tasks {
     creating: Mutex<HashSet<Key>>,
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
     paused: Mutex<HashSet<Key>>,
-}
-
-/// Runs `op` on its own task, to its end whatever happens to the caller.
-async fn detached<T: Send + 'static>(
-    op: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    tokio::spawn(op)
-        .await
-        .map_err(|e| TaskError::Internal(format!("a task operation failed: {e}")))?
 }
 
 fn not_found(ns: &str, id: &str) -> TaskError {
@@ -496,10 +488,7 @@ impl Tasks {
 
     /// Starts the init or exec process `exec_id` of task `id`. Like every
     /// operation that changes a task in several steps, it runs to its end
-    /// detached from the request: ttrpc and gRPC drop a request's handler
-    /// when containerd's connection closes (a keeper that dies closes them
-    /// all) or its deadline passes, and a step cut off there would leave a
-    /// process made but not recorded.
+    /// detached from the request (`detach.rs`).
     pub async fn start(self: &Arc<Self>, ns: &str, id: &str, exec_id: &str) -> Result<i32> {
         let (me, ns, id, exec_id) = (
             self.clone(),

@@ -34,7 +34,7 @@ impl Tasks {
     /// including those that happened while no daemon ran. A task directory
     /// without a record is a create that never finished: it is removed.
     pub async fn recover(self: &Arc<Self>) {
-        self.pods.recover();
+        self.pods.recover().await;
         self.pods.remove_lost().await;
         let Ok(namespaces) = std::fs::read_dir(self.host.root.join("tasks")) else {
             return;
