@@ -340,6 +340,15 @@ pub(crate) fn find_running(argv: &[String]) -> Option<i32> {
     })
 }
 
+/// The pid a helper job wrote to `pid_file` (a create's or an exec's
+/// process), if it wrote one.
+pub fn read_pid_file(pid_file: &Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
+}
+
 /// Runs `job` in a helper process, a child of the keeper, and waits for
 /// it. The error is the helper's one-line report. Returns the keeper
 /// generation the helper ran under: the processes it forked were made

@@ -127,11 +127,7 @@ impl VmHolder {
         let generation = helper::run(keeper, reaper, exe, &job, none)
             .await
             .map_err(|e| internal(format!("sandbox {id}: {e:#}")))?;
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0);
-        let Some(pid) = pid else {
+        let Some(pid) = helper::read_pid_file(&pid_file) else {
             self.delete(id).await;
             return Err(internal(format!(
                 "sandbox {id}: no pid in {} after the VM was made",

@@ -308,19 +308,28 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             );
         }
         // What a VM cannot give is refused at RunPodSandbox, naming it:
-        // the host's network and the host's PID namespace.
-        for (name, network, pid, want) in [
+        // the host's network, PID namespace and IPC namespace.
+        for (name, network, pid, ipc, want) in [
             (
                 "hostnet",
                 NamespaceMode::Node,
                 NamespaceMode::Container,
+                NamespaceMode::Pod,
                 "the host's network",
             ),
             (
                 "hostpid",
                 NamespaceMode::Pod,
                 NamespaceMode::Node,
+                NamespaceMode::Pod,
                 "the host's PID namespace",
+            ),
+            (
+                "hostipc",
+                NamespaceMode::Pod,
+                NamespaceMode::Container,
+                NamespaceMode::Node,
+                "the host's IPC namespace",
             ),
         ] {
             let mut refused = vm_pod(name, &logs);
@@ -332,6 +341,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
                 .unwrap();
             ns.network = network as i32;
             ns.pid = pid as i32;
+            ns.ipc = ipc as i32;
             let e = rt
                 .run_pod_sandbox(RunPodSandboxRequest {
                     config: Some(refused),

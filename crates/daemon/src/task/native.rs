@@ -326,12 +326,9 @@ async fn spawn_process(
         Ok(g) => g,
         Err(e) => return Err(fail(TaskError::Internal(format!("{e:#}")), stdin_relay)),
     };
-    let pid = match std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
-        Some(pid) if pid > 0 => pid,
-        _ => {
+    let pid = match helper::read_pid_file(pid_file) {
+        Some(pid) => pid,
+        None => {
             return Err(fail(
                 TaskError::Internal(format!(
                     "no pid in {} after the process was created",

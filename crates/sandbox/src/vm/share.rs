@@ -359,6 +359,10 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
             LinuxNamespaceType::Network,
             "the host's network (--network=host, a hostNetwork pod)",
         ),
+        (
+            LinuxNamespaceType::Ipc,
+            "the host's IPC namespace (--ipc=host, a hostIPC pod)",
+        ),
     ] {
         if !ns.iter().any(|n| n.typ() == typ) {
             return Err(vm_err(format!(
@@ -366,6 +370,7 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
                  use the namespace sandbox",
                 match typ {
                     LinuxNamespaceType::Pid => "pid",
+                    LinuxNamespaceType::Ipc => "ipc",
                     _ => "network",
                 }
             )));
@@ -481,7 +486,7 @@ mod tests {
         assert!(check_spec(&s).is_err());
         let s = spec(
             r#"{"ociVersion":"1.0.2","root":{"path":"r"},
-            "linux":{"namespaces":[{"type":"pid"},{"type":"network"}],
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network"},{"type":"ipc"}],
             "devices":[{"path":"/dev/kvm","type":"c","major":10,"minor":232}]}}"#,
         );
         let e = check_spec(&s).unwrap_err().to_string();
@@ -491,12 +496,19 @@ mod tests {
         );
         let s = spec(
             r#"{"ociVersion":"1.0.2","root":{"path":"r"},"hooks":{"prestart":[{"path":"/x"}]},
-            "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/p"}]}}"#,
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/p"},{"type":"ipc"}]}}"#,
         );
         assert!(check_spec(&s).is_ok());
         for (namespaces, want) in [
-            (r#"[{"type":"network"}]"#, "host's PID namespace"),
-            (r#"[{"type":"pid"}]"#, "host's network"),
+            (
+                r#"[{"type":"network"},{"type":"ipc"}]"#,
+                "host's PID namespace",
+            ),
+            (r#"[{"type":"pid"},{"type":"ipc"}]"#, "host's network"),
+            (
+                r#"[{"type":"pid"},{"type":"network"}]"#,
+                "host's IPC namespace",
+            ),
         ] {
             let s = spec(&format!(
                 r#"{{"ociVersion":"1.0.2","root":{{"path":"r"}},"linux":{{"namespaces":{namespaces}}}}}"#
