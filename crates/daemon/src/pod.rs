@@ -860,9 +860,9 @@ impl SandboxService for PodService {
 mod tests {
     use super::*;
 
-    /// A record written while a start ran (pid 0) and a holder that start
-    /// made: the next daemon's recovery ends the holder and removes the
-    /// pod, and leaves a started pod's record alone.
+    /// Records written while a start ran (pid 0), a holder that start made
+    /// and a VM pod's bundle: the next daemon's recovery ends the holder and
+    /// removes both pods, and leaves a started pod's record alone.
     #[tokio::test]
     async fn recovery_removes_a_pod_whose_start_was_cut_off() {
         let root = tempfile::tempdir().unwrap();
@@ -885,13 +885,13 @@ mod tests {
             Arc::new(Reaper::default()),
             None,
         );
-        let record = |pid: i32| PodRecord {
+        let record = |pid: i32, vm: bool| PodRecord {
             netns: String::new(),
             cgroup: String::new(),
             created_nanos: 1,
             pid,
             keeper: None,
-            vm: false,
+            vm,
         };
         let dir = root.path().join("pods/k8s.io");
         std::fs::create_dir_all(&dir).unwrap();
@@ -902,9 +902,14 @@ mod tests {
             )
             .unwrap()
         };
-        write(&id, record(0));
+        write(&id, record(0, false));
         let started = std::process::id() as i32;
-        write("started", record(started));
+        write("started", record(started, false));
+        // A VM pod's start cut off: its bundle (with the start's claim).
+        write("cut-vm", record(0, true));
+        let bundle = VmHolder::new(root.path(), "k8s.io", "cut-vm").bundle;
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("creating.json"), b"{}").unwrap();
 
         pods.recover().await;
 
@@ -930,5 +935,7 @@ mod tests {
             started as u32
         );
         assert!(dir.join("started.json").exists());
+        assert!(pods.get("k8s.io", "cut-vm").is_err());
+        assert!(!bundle.exists() && !dir.join("cut-vm.json").exists());
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use ironcell_sandbox::{Kind, Sandboxes};
 use serde_json::json;
 
+use crate::claim;
 use crate::error::TaskError;
 use crate::helper::{self, HelperStdio, Job};
 use crate::keeper::Keeper;
@@ -35,6 +36,9 @@ const HOLDER_PATH: &str = "/ironcell-agent";
 /// The holder's pid file and claim in its bundle.
 const PID_FILE: &str = "holder.pid";
 const CLAIM: &str = "creating.json";
+const ABANDONED: &str = "abandoned.json";
+/// How long a removal waits for a helper still booting the pod's VM.
+const HELPER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs a call of the sandbox library (which blocks) on the blocking pool.
 async fn on_sandboxes<T: Send + 'static>(
@@ -165,6 +169,17 @@ impl VmHolder {
     /// Removes the holder's container (its VM, share and state) and its
     /// bundle.
     pub async fn delete(&self, id: &str) {
+        // A start cut short may have left its helper booting the VM: what
+        // it makes is removed once it is done (`claim.rs`).
+        let claim = self.bundle.join(CLAIM);
+        let taken = claim::take_over(&claim, &self.bundle.join(ABANDONED), HELPER_WAIT).await;
+        match &taken {
+            Ok(t) if t.timed_out => {
+                tracing::warn!(id, "a helper still boots the VM of the pod being removed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(id, error = %e, "cannot take over the pod's claim"),
+        }
         let owned = id.to_string();
         let deleted = on_sandboxes(&self.state_root, move |s| {
             s.remove(&owned).map_err(TaskError::from)
