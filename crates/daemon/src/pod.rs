@@ -149,9 +149,10 @@ impl Pods {
     }
 
     /// A restarted daemon takes back the pods a previous one made. A pod
-    /// recorded while its start ran (pid 0) was cut off by the previous
-    /// daemon's death, and containerd saw that start fail: it is removed,
-    /// with any holder the start made.
+    /// recorded without a holder (pid 0) was created, and maybe being
+    /// started when the previous daemon died: what such a start made is
+    /// ended, and the pod is created again, for the Start the keeper
+    /// re-sends.
     pub async fn recover(&self) {
         let Ok(namespaces) = std::fs::read_dir(self.root.join("pods")) else {
             return;
@@ -197,8 +198,25 @@ impl Pods {
             }
         }
         for (ns, id) in cut_off {
-            tracing::warn!(namespace = %ns, %id, "the previous daemon died while it started the pod: removing it");
-            self.remove(&ns, &id).await;
+            let Ok(pod) = self.get(&ns, &id) else {
+                continue;
+            };
+            tracing::info!(namespace = %ns, %id, "pod re-attached, not started");
+            let reset = match &pod.vm {
+                Some(holder) => holder.discard_start(&id).await,
+                None => {
+                    end_holder(&pod, &ns, &id).await;
+                    Ok(())
+                }
+            };
+            *pod.keeper.lock().unwrap() = None;
+            match reset {
+                Ok(()) => self.save(&ns, &id, &pod),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, %id, error = %e, "cannot make the pod's VM again: removing the pod");
+                    self.remove(&ns, &id).await;
+                }
+            }
         }
     }
 
@@ -256,19 +274,20 @@ impl Pods {
         if let Some(h) = &holder {
             h.write_bundle(id, netns, &config)?;
         }
-        pods.insert(
-            key,
-            Arc::new(Pod {
-                netns: netns.to_string(),
-                vm: holder,
-                cgroup: config.cgroup_parent,
-                created: SystemTime::now(),
-                pid: Mutex::new(0),
-                exit: watch::channel(None).0,
-                starting: Default::default(),
-                keeper: Mutex::new(None),
-            }),
-        );
+        let pod = Arc::new(Pod {
+            netns: netns.to_string(),
+            vm: holder,
+            cgroup: config.cgroup_parent,
+            created: SystemTime::now(),
+            pid: Mutex::new(0),
+            exit: watch::channel(None).0,
+            starting: Default::default(),
+            keeper: Mutex::new(None),
+        });
+        // Recorded now: a Start the keeper re-sends to the next daemon
+        // finds the pod.
+        self.save(ns, id, &pod);
+        pods.insert(key, pod);
         Ok(())
     }
 
@@ -860,11 +879,12 @@ impl SandboxService for PodService {
 mod tests {
     use super::*;
 
-    /// Records written while a start ran (pid 0), a holder that start made
-    /// and a VM pod's bundle: the next daemon's recovery ends the holder and
-    /// removes both pods, and leaves a started pod's record alone.
+    /// Records of pods not started (pid 0), a holder a start cut off made,
+    /// and a VM pod's bundle with that start's claim: the next daemon's
+    /// recovery ends the holder and keeps both pods, ready to start, and
+    /// leaves a started pod's record alone.
     #[tokio::test]
-    async fn recovery_removes_a_pod_whose_start_was_cut_off() {
+    async fn recovery_undoes_a_pods_start_that_was_cut_off() {
         let root = tempfile::tempdir().unwrap();
         let id = format!("cut-off-{}", std::process::id());
         // Stands for the holder: a process with a holder's command line.
@@ -928,14 +948,19 @@ mod tests {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL)
         );
-        assert!(pods.get("k8s.io", &id).is_err());
-        assert!(!dir.join(format!("{id}.json")).exists());
+        // Both pods are there to be started again, the VM pod's bundle
+        // with a claim for its next start.
+        for id in [id.as_str(), "cut-vm"] {
+            let status = pods.status("k8s.io", id).unwrap();
+            assert!(status.pid == 0 && !status.ready);
+            assert!(dir.join(format!("{id}.json")).exists());
+        }
+        assert!(bundle.join("creating.json").exists());
+        assert!(!bundle.join("abandoned.json").exists());
         assert_eq!(
             pods.status("k8s.io", "started").unwrap().pid,
             started as u32
         );
         assert!(dir.join("started.json").exists());
-        assert!(pods.get("k8s.io", "cut-vm").is_err());
-        assert!(!bundle.exists() && !dir.join("cut-vm.json").exists());
     }
 }

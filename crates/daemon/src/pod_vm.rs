@@ -169,17 +169,51 @@ impl VmHolder {
     /// Removes the holder's container (its VM, share and state) and its
     /// bundle.
     pub async fn delete(&self, id: &str) {
-        // A start cut short may have left its helper booting the VM: what
-        // it makes is removed once it is done (`claim.rs`).
+        let _claim = self.remove_vm(id).await;
+        self.remove_bundle();
+    }
+
+    /// Removes what a start cut off by a daemon's death made (the holder's
+    /// container, its VM), and renews the start's claim: the bundle is
+    /// ready for the next start.
+    pub async fn discard_start(&self, id: &str) -> Result<(), TaskError> {
+        let claim = self.remove_vm(id).await;
+        std::fs::write(self.bundle.join(CLAIM), b"{}")
+            .and_then(
+                |()| match std::fs::remove_file(self.bundle.join(ABANDONED)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            )
+            .map_err(|e| {
+                internal(format!(
+                    "sandbox {id}: cannot renew the claim in {}: {e}",
+                    self.bundle.display()
+                ))
+            })?;
+        drop(claim);
+        Ok(())
+    }
+
+    /// Removes the holder's container (its VM, share and state), if it
+    /// exists. A start cut short may have left its helper booting the VM:
+    /// what it makes is removed once it is done (`claim.rs`). Returns the
+    /// claim taken over, locked until dropped.
+    async fn remove_vm(&self, id: &str) -> Option<claim::TakenOver> {
         let claim = self.bundle.join(CLAIM);
         let taken = claim::take_over(&claim, &self.bundle.join(ABANDONED), HELPER_WAIT).await;
-        match &taken {
-            Ok(t) if t.timed_out => {
-                tracing::warn!(id, "a helper still boots the VM of the pod being removed")
+        let taken = match taken {
+            Ok(t) => {
+                if t.timed_out {
+                    tracing::warn!(id, "a helper still boots the VM of the pod being removed");
+                }
+                Some(t)
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(id, error = %e, "cannot take over the pod's claim"),
-        }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot take over the pod's claim");
+                None
+            }
+        };
         let owned = id.to_string();
         let deleted = on_sandboxes(&self.state_root, move |s| {
             s.remove(&owned).map_err(TaskError::from)
@@ -188,7 +222,7 @@ impl VmHolder {
         if let Err(e) = deleted {
             tracing::warn!(id, error = %e, "cannot remove the pod's VM");
         }
-        self.remove_bundle();
+        taken
     }
 
     /// Whether `pid` is this holder's relay (by its command line, which

@@ -14,7 +14,7 @@ use ironcell_testutil::cri::{
     start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri,
     SANDBOX_API_HANDLER, VM_HANDLER,
 };
-use ironcell_testutil::kubelet::{wait_log, CriGuard, PodCgroup};
+use ironcell_testutil::kubelet::{remove_all_pods, wait_log, CriGuard, PodCgroup};
 use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
 use ironcell_testutil::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -211,6 +211,111 @@ fn cri_pod_in_one_vm_through_the_sandbox_api_by_its_annotation() {
         Cri::V17 { sandbox_api: true },
         SANDBOX_API_HANDLER,
     );
+}
+
+/// VM pod starts through containerd 1.7's shim-side sandbox API with
+/// ironcelld SIGKILLed while each boots its VM (the keeper starts the
+/// daemon again and re-sends the start): each pod starts all the same, and
+/// once the pods are stopped and removed, no VM, share mount, container
+/// state, bundle or pod record is left.
+#[test]
+fn vm_pod_starts_cut_off_by_the_daemons_death_leave_nothing() {
+    let test = "vm_pod_starts_cut_off_by_the_daemons_death_leave_nothing";
+    if !need_root(test) {
+        return;
+    }
+    let Some(guest) = guest(test) else {
+        return;
+    };
+    for backend in backends(test) {
+        cut_off_vm_pod_starts(test, &guest, backend);
+    }
+}
+
+fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
+    let cri = Cri::V17 { sandbox_api: true };
+    let Some(net) = CniBridge::new(test) else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let _guard = DaemonGuard(root.path().to_path_buf());
+    let vmdir = tempfile::Builder::new()
+        .prefix("icvmpod-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = vm::config(vmdir.path(), guest, backend, "memory_mib = 256");
+    let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
+    let Some((c, logs)) = start_containerd_with(bin_dir(), root.path(), cri, net.config(cri), env)
+    else {
+        return;
+    };
+    let _cri_guard = CriGuard(c.socket());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        // The first kill lands while the helper boots the VM; the second
+        // most likely while the holder starts in the guest.
+        for (round, delay) in [(0, 300), (1, 1200)] {
+            let mut client = rt.clone();
+            let config = vm_pod(&format!("cut{round}"), &logs);
+            let started = tokio::spawn(async move {
+                client
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: SANDBOX_API_HANDLER.into(),
+                    })
+                    .await
+            });
+            let root_path = root.path().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                wait_for_new_daemon(&root_path, &[], Duration::from_secs(20));
+                std::thread::sleep(Duration::from_millis(delay));
+                let old = kill_daemon(&root_path);
+                wait_for_new_daemon(&root_path, &old, Duration::from_secs(20));
+            })
+            .await
+            .unwrap();
+            // The keeper re-sends the start to the next daemon, which
+            // undoes what the cut-off one made and starts the pod again.
+            let pod_id = started
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: RunPodSandbox: {e}\n{}", c.log()))
+                .into_inner()
+                .pod_sandbox_id;
+            let mut client = rt.clone();
+            let st = sandbox_status(&mut client, &pod_id).await;
+            assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{st:?}");
+            eprintln!("round {round}: daemon killed after {delay} ms; the pod started");
+        }
+        let mut rt = rt;
+        remove_all_pods(&mut rt, Duration::from_secs(90)).await;
+    });
+    let start = Instant::now();
+    let left = |dir: &str| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(root.path().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    let state = ["containers/k8s.io", "vm-pods/k8s.io", "pods/k8s.io"];
+    while (state.iter().any(|d| !left(d).is_empty()) || !vm::run_dirs(vmdir.path()).is_empty())
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for dir in state {
+        assert!(left(dir).is_empty(), "{dir} left: {:?}", left(dir));
+    }
+    assert_no_vm_left(vmdir.path());
+    assert_eq!(mounts_under(vmdir.path()), Vec::<String>::new());
+    drop(c);
 }
 
 /// containerd 1.7's handler that passes a pod's `io.ironcell.*`

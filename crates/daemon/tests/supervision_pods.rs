@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ironcell_testutil::cri::{
     channel, container_config, run_container, start_containerd, Cri, SANDBOX_API_HANDLER,
 };
-use ironcell_testutil::kubelet::{assert_nothing_left, pod, CriGuard, PodCgroup};
+use ironcell_testutil::kubelet::{assert_nothing_left, pod, remove_all_pods, CriGuard, PodCgroup};
 use ironcell_testutil::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -61,48 +61,6 @@ async fn start_pod(
     let container = container_config("c", &["sh", "-c", &script]);
     run_container(rt, &pod_id, &config, container).await?;
     Ok(())
-}
-
-/// Stops and removes every pod, retrying as the kubelet does while a
-/// daemon comes back, within `limit`.
-async fn remove_all_pods(rt: &mut RuntimeServiceClient<Channel>, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
-        if pods.is_empty() {
-            return;
-        }
-        let mut errors = Vec::new();
-        for p in pods {
-            let stopped = rt
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: p.id.clone(),
-                })
-                .await;
-            let removed = match stopped {
-                Ok(_) => rt
-                    .remove_pod_sandbox(RemovePodSandboxRequest {
-                        pod_sandbox_id: p.id.clone(),
-                    })
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = removed {
-                errors.push(format!("{}: {}", p.id, e.message()));
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods not removed within {limit:?}: {errors:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Three rounds of three concurrent pod starts (RunPodSandbox,

@@ -422,6 +422,48 @@ fn config(name: &str, script: &str) -> ContainerConfig {
     c
 }
 
+/// Stops and removes every pod, retrying as the kubelet does while a
+/// daemon comes back, within `limit`.
+pub async fn remove_all_pods(rt: &mut RuntimeServiceClient<Channel>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let pods = rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if pods.is_empty() {
+            return;
+        }
+        let mut errors = Vec::new();
+        for p in pods {
+            let stopped = rt
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await;
+            let removed = match stopped {
+                Ok(_) => rt
+                    .remove_pod_sandbox(RemovePodSandboxRequest {
+                        pod_sandbox_id: p.id.clone(),
+                    })
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                errors.push(format!("{}: {}", p.id, e.message()));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not removed within {limit:?}: {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until CRI's log file `<logs>/<name>.log` holds `want` (a line
 /// `<time> <stream> F <text>`); returns it.
 pub async fn wait_log(logs: &Path, name: &str, want: &str) -> String {
