@@ -146,6 +146,61 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// A daemon's state root and a directory for its VMs, with the config
+/// file that puts them there; the daemon of the root is killed when it
+/// goes.
+struct VmPodHost {
+    _guard: DaemonGuard,
+    root: tempfile::TempDir,
+    vmdir: tempfile::TempDir,
+    /// The environment that makes ironcelld read the config file.
+    env: Vec<(String, std::ffi::OsString)>,
+}
+
+impl VmPodHost {
+    fn new(guest: &Guest, backend: Backend) -> VmPodHost {
+        let root = tempfile::Builder::new()
+            .prefix("icdvm-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let vmdir = tempfile::Builder::new()
+            .prefix("icvmpod-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let config = vm::config(vmdir.path(), guest, backend, "memory_mib = 256");
+        VmPodHost {
+            _guard: DaemonGuard(root.path().to_path_buf()),
+            env: vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())],
+            root,
+            vmdir,
+        }
+    }
+
+    /// Asserts, after waiting a while for the removals under way, that no
+    /// VM, share mount in any namespace, container state, VM pod bundle or
+    /// pod record is left.
+    fn assert_nothing_left(&self) {
+        let left = |dir: &str| -> Vec<std::ffi::OsString> {
+            std::fs::read_dir(self.root.path().join(dir))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        let state = ["containers/k8s.io", "vm-pods/k8s.io", "pods/k8s.io"];
+        let start = Instant::now();
+        while (state.iter().any(|d| !left(d).is_empty())
+            || !vm::run_dirs(self.vmdir.path()).is_empty())
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for dir in state {
+            assert!(left(dir).is_empty(), "{dir} left: {:?}", left(dir));
+        }
+        assert_no_vm_left(self.vmdir.path());
+        assert_eq!(mounts_under(self.vmdir.path()), Vec::<String>::new());
+    }
+}
+
 /// A pod of three containers in one VM through containerd 1.7's CRI,
 /// after a host-network and a host-PID pod are refused. The VM is sized by
 /// the pod's resources and its hypervisor is in the pod's host cgroup. The
@@ -237,17 +292,9 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
     let Some(net) = CniBridge::new(test) else {
         return;
     };
-    let root = tempfile::Builder::new()
-        .prefix("icdvm-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let _guard = DaemonGuard(root.path().to_path_buf());
-    let vmdir = tempfile::Builder::new()
-        .prefix("icvmpod-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let config = vm::config(vmdir.path(), guest, backend, "memory_mib = 256");
-    let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
+    let host = VmPodHost::new(guest, backend);
+    let root = &host.root;
+    let env = host.env.clone();
     let Some((c, logs)) = start_containerd_with(bin_dir(), root.path(), cri, net.config(cri), env)
     else {
         return;
@@ -298,23 +345,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
         let mut rt = rt;
         remove_all_pods(&mut rt, Duration::from_secs(90)).await;
     });
-    let start = Instant::now();
-    let left = |dir: &str| -> Vec<std::ffi::OsString> {
-        std::fs::read_dir(root.path().join(dir))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default()
-    };
-    let state = ["containers/k8s.io", "vm-pods/k8s.io", "pods/k8s.io"];
-    while (state.iter().any(|d| !left(d).is_empty()) || !vm::run_dirs(vmdir.path()).is_empty())
-        && start.elapsed() < Duration::from_secs(60)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for dir in state {
-        assert!(left(dir).is_empty(), "{dir} left: {:?}", left(dir));
-    }
-    assert_no_vm_left(vmdir.path());
-    assert_eq!(mounts_under(vmdir.path()), Vec::<String>::new());
+    host.assert_nothing_left();
     drop(c);
 }
 
@@ -366,17 +397,9 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
     let Some(net) = CniBridge::new(test) else {
         return;
     };
-    let root = tempfile::Builder::new()
-        .prefix("icdvm-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let _guard = DaemonGuard(root.path().to_path_buf());
-    let vmdir = tempfile::Builder::new()
-        .prefix("icvmpod-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let config = vm::config(vmdir.path(), guest, backend, "memory_mib = 256");
-    let env = vec![("IRONCELL_CONFIG".to_string(), config.into_os_string())];
+    let host = VmPodHost::new(guest, backend);
+    let (root, vmdir) = (&host.root, &host.vmdir);
+    let env = host.env.clone();
     let Some((mut c, logs)) = start_containerd_with(
         bin_dir(),
         root.path(),
@@ -810,23 +833,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         .await
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
     });
-    // Nothing is left: no VM, no share mount in any namespace, no state.
-    let start = Instant::now();
-    while !vm::run_dirs(vmdir.path()).is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_no_vm_left(vmdir.path());
-    assert_eq!(mounts_under(vmdir.path()), Vec::<String>::new());
-    let state = root.path().join("containers/k8s.io");
-    let left: Vec<_> = std::fs::read_dir(&state)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{} left: {left:?}", state.display());
-    let bundles = root.path().join("vm-pods/k8s.io");
-    let left: Vec<_> = std::fs::read_dir(&bundles)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{} left: {left:?}", bundles.display());
+    host.assert_nothing_left();
     pod_cgroup.assert_empty_and_remove();
     drop(c);
 }
