@@ -14,6 +14,7 @@ use ironcell_testutil::cri::{
     start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri,
     SANDBOX_API_HANDLER, VM_HANDLER,
 };
+use ironcell_testutil::cri_stream;
 use ironcell_testutil::kubelet::{remove_all_pods, wait_log, CriGuard, PodCgroup};
 use ironcell_testutil::vm::{self, assert_no_vm_left, backends, guest, Backend, Guest};
 use ironcell_testutil::*;
@@ -593,6 +594,36 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         assert_eq!(out.trim(), "pod-shm");
         let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
         assert_eq!((code, out.trim()), (3, "exec-sync"));
+        // kubectl exec -it: CRI's streaming exec with a terminal, resized
+        // and typed into from the stream, ends with its status.
+        let script = "i=0; while [ \"$(stty size)\" != '33 101' ] && [ $i -lt 100 ]; do \
+                      sleep 0.1; i=$((i+1)); done; echo SIZE=$(stty size); \
+                      read line; echo GOT=$line";
+        let url = rt
+            .exec(ExecRequest {
+                container_id: ids[0].clone(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                tty: true,
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Exec: {e}"))
+            .into_inner()
+            .url;
+        let streamed = tokio::task::spawn_blocking(move || {
+            cri_stream::exec_in_terminal(&url, 33, 101, b"typed\n", Duration::from_secs(60))
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("streaming exec: {e}"));
+        assert!(
+            streamed.output.contains("SIZE=33 101") && streamed.output.contains("GOT=typed"),
+            "{:?}",
+            streamed.output
+        );
+        assert!(streamed.status.contains("Success"), "{}", streamed.status);
 
         // The containers' output reached CRI's log files.
         wait_log(&logs, "web", "web-started").await;

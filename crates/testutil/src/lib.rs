@@ -15,6 +15,7 @@ use ironcell_basics::proc_stat::ProcStat;
 
 pub mod containerd;
 pub mod cri;
+pub mod cri_stream;
 pub mod kubelet;
 pub mod netns;
 pub mod vm;
