@@ -477,10 +477,16 @@ impl Pods {
         )))
     }
 
-    pub async fn stop(&self, ns: &str, id: &str) -> Result<(), TaskError> {
+    /// Stops pod `id`: its holder ends, and a VM pod's VM goes. Detached
+    /// from the request (`detach.rs`).
+    pub async fn stop(self: &Arc<Self>, ns: &str, id: &str) -> Result<(), TaskError> {
         let pod = self.get(ns, id)?;
-        stop_pod(&pod, ns, id).await;
-        Ok(())
+        let (ns, id) = (ns.to_string(), id.to_string());
+        detached(async move {
+            stop_pod(&pod, &ns, &id).await;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn wait(&self, ns: &str, id: &str) -> Result<Exit, TaskError> {
@@ -623,18 +629,23 @@ async fn find_spawned(argv: &[String]) -> Option<i32> {
 /// guest cannot be asked.
 async fn stop_pod(pod: &Pod, ns: &str, id: &str) {
     let pid = *pod.pid.lock().unwrap();
-    if pid <= 0 || pod.exit.borrow().is_some() {
-        return;
+    if pid > 0 && pod.exit.borrow().is_none() {
+        let ours = match &pod.vm {
+            Some(holder) => holder.is_relay(pid) && !holder.kill(id).await,
+            None => is_holder(pid, ns, id),
+        };
+        if ours {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut rx = pod.exit.subscribe();
+        let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
     }
-    let ours = match &pod.vm {
-        Some(holder) => holder.is_relay(pid) && !holder.kill(id).await,
-        None => is_holder(pid, ns, id),
-    };
-    if ours {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    // A VM pod's VM goes with its stop, its tap and tc filters with it,
+    // before containerd tears the pod's network down (as a pause
+    // container's delete takes them).
+    if let (Some(holder), true) = (&pod.vm, pid > 0) {
+        holder.remove_vm(id).await;
     }
-    let mut rx = pod.exit.subscribe();
-    let _ = tokio::time::timeout(STOP_WAIT, rx.wait_for(|e| e.is_some())).await;
 }
 
 /// Whether `pid` is the holder of pod `ns/id` (by its command line): a

@@ -195,11 +195,11 @@ impl VmHolder {
         Ok(())
     }
 
-    /// Removes the holder's container (its VM, share and state), if it
-    /// exists. A start cut short may have left its helper booting the VM:
-    /// what it makes is removed once it is done (`claim.rs`). Returns the
-    /// claim taken over, locked until dropped.
-    async fn remove_vm(&self, id: &str) -> Option<claim::TakenOver> {
+    /// Removes the holder's container (its VM, share, tap and state), if
+    /// it exists. A start cut short may have left its helper booting the
+    /// VM: what it makes is removed once it is done (`claim.rs`). Returns
+    /// the claim taken over, locked until dropped.
+    pub async fn remove_vm(&self, id: &str) -> Option<claim::TakenOver> {
         let claim = self.bundle.join(CLAIM);
         let taken = claim::take_over(&claim, &self.bundle.join(ABANDONED), HELPER_WAIT).await;
         let taken = match taken {

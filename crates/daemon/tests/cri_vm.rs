@@ -804,11 +804,38 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             "the removed container's share is left: {shared:#?}"
         );
 
+        // The pod's network namespace (the hypervisor's), held open so
+        // that what the pod's stop leaves in it can be seen after
+        // containerd unmounts it.
+        let hypervisor = hypervisor_pids(vmdir.path(), backend)[0];
+        let pod_netns = std::fs::File::open(format!("/proc/{hypervisor}/ns/net")).unwrap();
         rt.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod_id.clone(),
         })
         .await
         .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+        let in_netns = |cmd: &[&str]| {
+            let netns = format!(
+                "--net=/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&pod_netns)
+            );
+            let out = std::process::Command::new("nsenter")
+                .arg(netns)
+                .args(cmd)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let links = in_netns(&["ip", "-br", "link"]);
+        assert!(!links.contains("tap0_ironcell"), "the tap is left: {links}");
+        let qdiscs = in_netns(&["tc", "qdisc", "show"]);
+        assert!(
+            !qdiscs.contains("ingress"),
+            "a tc ingress is left: {qdiscs}"
+        );
+        drop(pod_netns);
         rt.remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: pod_id.clone(),
         })
