@@ -223,39 +223,80 @@ pub fn main(args: &[OsString]) -> ExitCode {
     }
 }
 
-/// `ironcelld helper pod --sandbox NS/ID [--netns PATH]`: new IPC and UTS
-/// namespaces (and the given network namespace), then sleep until killed.
-/// The pod's name only marks the process (a holder whose spawn was not
-/// answered is found by it).
+/// `ironcelld helper pod --sandbox NS/ID [--netns PATH] [--hostname NAME]
+/// [--sysctl PATH=VALUE]...`: new IPC and UTS namespaces (and the given
+/// network namespace), the pod's hostname and sysctls set in them (each
+/// PATH under `/proc/sys`, checked by the daemon: `PodConfig::holder_sysctls`),
+/// then sleep until killed. The pod's name only marks the process (a
+/// holder whose spawn was not answered is found by it).
 fn pod_holder_main(args: &[OsString]) -> ExitCode {
-    let netns = match args {
-        [flag, _] if flag == "--sandbox" => None,
-        [flag, _, netns, path] if flag == "--sandbox" && netns == "--netns" => Some(path.clone()),
-        _ => {
-            eprintln!("usage: ironcelld helper pod --sandbox NS/ID [--netns PATH]");
-            return ExitCode::FAILURE;
-        }
+    let usage = || {
+        eprintln!(
+            "usage: ironcelld helper pod --sandbox NS/ID [--netns PATH] [--hostname NAME] \
+             [--sysctl PATH=VALUE]..."
+        );
+        ExitCode::FAILURE
     };
+    let (mut netns, mut hostname, mut sysctls) = (None, None, Vec::new());
+    let [flag, _, rest @ ..] = args else {
+        return usage();
+    };
+    if flag != "--sandbox" || rest.len() % 2 != 0 {
+        return usage();
+    }
+    for pair in rest.chunks(2) {
+        let value = pair[1].to_string_lossy().into_owned();
+        match pair[0].to_str() {
+            Some("--netns") => netns = Some(value),
+            Some("--hostname") => hostname = Some(value),
+            Some("--sysctl") => match value.split_once('=') {
+                Some((path, v))
+                    if !path.starts_with('/') && !path.split('/').any(|p| p == "..") =>
+                {
+                    sysctls.push((path.to_string(), v.to_string()))
+                }
+                _ => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    match set_up_pod_namespaces(netns, hostname, &sysctls) {
+        Ok(()) => loop {
+            // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
+            unsafe {
+                libc::pause();
+            }
+        },
+        Err(e) => {
+            eprintln!("ironcelld pod: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The pod holder's namespaces, with its hostname and sysctls set in them.
+fn set_up_pod_namespaces(
+    netns: Option<String>,
+    hostname: Option<String>,
+    sysctls: &[(String, String)],
+) -> Result<()> {
     use nix::sched::{setns, unshare, CloneFlags};
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS) {
-        eprintln!("ironcelld pod: unshare: {e}");
-        return ExitCode::FAILURE;
-    }
+    unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS).context("unshare")?;
     if let Some(path) = netns {
-        let joined = std::fs::File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
-        if let Err(e) = joined {
-            eprintln!("ironcelld pod: network namespace {path:?}: {e}");
-            return ExitCode::FAILURE;
-        }
+        let f = File::open(&path).with_context(|| format!("network namespace {path:?}"))?;
+        setns(f, CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("network namespace {path:?}"))?;
     }
-    loop {
-        // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
-        unsafe {
-            libc::pause();
-        }
+    if let Some(name) = hostname {
+        nix::unistd::sethostname(&name).with_context(|| format!("hostname {name:?}"))?;
     }
+    // /proc/sys/net and the IPC sysctls are those of the namespaces of the
+    // process that writes them: this one's, now.
+    for (path, value) in sysctls {
+        std::fs::write(Path::new("/proc/sys").join(path), value)
+            .with_context(|| format!("sysctl {path} = {value:?}"))?;
+    }
+    Ok(())
 }
 
 /// A create or exec job: runs in the re-executed binary.

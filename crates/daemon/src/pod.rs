@@ -44,6 +44,12 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 /// One pod.
 pub struct Pod {
     netns: String,
+    /// The pod's hostname (a namespace pod's holder sets it in the pod's
+    /// UTS namespace; a VM pod's holder spec has it), and the sysctls a
+    /// namespace pod's holder sets in its namespaces (checked; paths under
+    /// `/proc/sys`; a VM pod's go in its holder's spec).
+    hostname: String,
+    sysctls: Vec<(String, String)>,
     /// The pod's VM holder, for a VM pod (`pod_vm.rs`).
     vm: Option<VmHolder>,
     /// The cgroup the pod's containers share (the CRI's `cgroup_parent`,
@@ -66,6 +72,10 @@ pub struct Pod {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PodRecord {
     netns: String,
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    sysctls: Vec<(String, String)>,
     #[serde(default)]
     cgroup: String,
     created_nanos: u64,
@@ -115,6 +125,8 @@ impl Pods {
         let path = self.file(ns, id);
         let record = PodRecord {
             netns: pod.netns.clone(),
+            hostname: pod.hostname.clone(),
+            sysctls: pod.sysctls.clone(),
             cgroup: pod.cgroup.clone(),
             created_nanos: nanos(pod.created),
             pid: *pod.pid.lock().unwrap(),
@@ -181,6 +193,8 @@ impl Pods {
                 let pod = Arc::new(Pod {
                     vm: r.vm.then(|| VmHolder::new(&self.root, &ns_name, &id)),
                     netns: r.netns,
+                    hostname: r.hostname,
+                    sysctls: r.sysctls,
                     cgroup: r.cgroup,
                     created: from_nanos(r.created_nanos),
                     pid: Mutex::new(r.pid),
@@ -271,11 +285,18 @@ impl Pods {
             return Ok(()); // the keeper may re-send a Create
         }
         let holder = vm.then(|| VmHolder::new(&self.root, ns, id));
-        if let Some(h) = &holder {
-            h.write_bundle(id, netns, &config)?;
-        }
+        // A VM pod's hostname and sysctls go in its holder's spec.
+        let sysctls = match &holder {
+            Some(h) => {
+                h.write_bundle(id, netns, &config)?;
+                Vec::new()
+            }
+            None => config.holder_sysctls(!netns.is_empty() && !config.host_network)?,
+        };
         let pod = Arc::new(Pod {
             netns: netns.to_string(),
+            hostname: config.hostname.clone(),
+            sysctls,
             vm: holder,
             cgroup: config.cgroup_parent,
             created: SystemTime::now(),
@@ -355,6 +376,14 @@ impl Pods {
         if !pod.netns.is_empty() {
             argv.push("--netns".into());
             argv.push(pod.netns.clone());
+        }
+        if !pod.hostname.is_empty() {
+            argv.push("--hostname".into());
+            argv.push(pod.hostname.clone());
+        }
+        for (path, value) in &pod.sysctls {
+            argv.push("--sysctl".into());
+            argv.push(format!("{path}={value}"));
         }
         let made = match keeper.spawn(argv.clone(), vec![], "/".into(), vec![]).await {
             Ok(made) => made,
@@ -918,6 +947,8 @@ mod tests {
         );
         let record = |pid: i32, vm: bool| PodRecord {
             netns: String::new(),
+            hostname: String::new(),
+            sysctls: Vec::new(),
             cgroup: String::new(),
             created_nanos: 1,
             pid,

@@ -81,6 +81,18 @@ pub struct PodConfig {
     pub host_ipc: bool,
 }
 
+/// The sysctls of an IPC namespace (beside `fs.mqueue.*`).
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
 /// Whether an `Any`'s type is the CRI's PodSandboxConfig (containerd sends
 /// it as a sandbox's options).
 pub(crate) fn is_pod_config(type_url: &str) -> bool {
@@ -99,6 +111,12 @@ impl PodConfig {
         if parent.starts_with('/') && parent.split('/').any(|c| c == "..") {
             return Err(TaskError::InvalidArgument(format!(
                 "sandbox options: cgroup_parent {parent:?} escapes the cgroup root"
+            )));
+        }
+        if config.hostname.len() > 64 {
+            return Err(TaskError::InvalidArgument(format!(
+                "sandbox options: hostname {:?} is longer than 64 bytes",
+                config.hostname
             )));
         }
         let ns = linux
@@ -123,12 +141,103 @@ impl PodConfig {
             host_ipc: ns.ipc == NODE,
         })
     }
+
+    /// The pod's sysctls as paths under `/proc/sys` with their values,
+    /// sorted, for a namespace pod's holder to set in the pod's
+    /// namespaces. Each must be one the pod's own namespaces hold: `net.*`
+    /// with a network namespace of its own (`own_netns`), the IPC
+    /// namespace's without hostIPC. A name is dotted (`net.ipv4.ip_forward`)
+    /// or, as the kernel's sysctl(8) also reads it, slashed
+    /// (`net/ipv4/conf/eth0.100/forwarding`).
+    pub fn holder_sysctls(&self, own_netns: bool) -> Result<Vec<(String, String)>, TaskError> {
+        let refuse = |name: &str, why: &str| {
+            TaskError::InvalidArgument(format!("sandbox options: sysctl {name:?} {why}"))
+        };
+        let mut out = Vec::new();
+        for (name, value) in &self.sysctls {
+            let parts: Vec<&str> = if name.contains('/') {
+                name.split('/').collect()
+            } else {
+                name.split('.').collect()
+            };
+            let good = |p: &&str| {
+                !p.is_empty()
+                    && *p != "."
+                    && *p != ".."
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            };
+            if !parts.iter().all(good) {
+                return Err(refuse(name, "is not a sysctl name"));
+            }
+            let dotted = parts.join(".");
+            let ipc = IPC_SYSCTLS.contains(&dotted.as_str()) || dotted.starts_with("fs.mqueue.");
+            if parts[0] == "net" {
+                if !own_netns {
+                    return Err(refuse(name, "needs a network namespace of the pod's own"));
+                }
+            } else if !ipc {
+                return Err(refuse(
+                    name,
+                    "is not held by the pod's namespaces: it would change the host",
+                ));
+            } else if self.host_ipc {
+                return Err(refuse(
+                    name,
+                    "would change the host's IPC namespace (hostIPC)",
+                ));
+            }
+            out.push((parts.join("/"), value.clone()));
+        }
+        out.sort();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn a_holders_sysctls_are_the_pods_namespaces_own() {
+        let with = |name: &str, host_ipc: bool| PodConfig {
+            sysctls: HashMap::from([(name.to_string(), "1".to_string())]),
+            host_ipc,
+            ..Default::default()
+        };
+        let paths = |c: PodConfig, netns: bool| {
+            c.holder_sysctls(netns)
+                .map(|v| v.into_iter().map(|(p, _)| p).collect::<Vec<_>>())
+        };
+        for (name, path) in [
+            ("net.ipv4.ping_group_range", "net/ipv4/ping_group_range"),
+            (
+                "net/ipv4/conf/eth0.100/forwarding",
+                "net/ipv4/conf/eth0.100/forwarding",
+            ),
+            ("kernel.shm_rmid_forced", "kernel/shm_rmid_forced"),
+            ("fs.mqueue.msg_max", "fs/mqueue/msg_max"),
+        ] {
+            assert_eq!(
+                paths(with(name, false), true).unwrap(),
+                vec![path],
+                "{name}"
+            );
+        }
+        for (name, netns, host_ipc, why) in [
+            ("kernel.hostname", true, false, "would change the host"),
+            ("vm.swappiness", true, false, "would change the host"),
+            ("net.ipv4.ip_forward", false, false, "network namespace"),
+            ("kernel.msgmax", true, true, "hostIPC"),
+            ("net.ipv4..x", true, false, "not a sysctl name"),
+            ("net/../../kernel/x", true, false, "not a sysctl name"),
+            ("net.ipv4.a b", true, false, "not a sysctl name"),
+        ] {
+            let e = paths(with(name, host_ipc), netns).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(name), "{name}: {e}");
+        }
+    }
 
     #[test]
     fn the_fields_read_are_decoded_and_checked() {
@@ -161,6 +270,10 @@ mod tests {
         assert_eq!(c.hostname, "web");
         assert_eq!(c.annotations["io.ironcell.sandbox"], "vm");
         assert_eq!(c.sysctls["net.ipv4.ip_forward"], "1");
+        assert_eq!(
+            c.holder_sysctls(true).unwrap(),
+            vec![("net/ipv4/ip_forward".to_string(), "1".to_string())]
+        );
         assert_eq!(
             (c.cpu_quota, c.cpu_period, c.memory),
             (250_000, 100_000, 1 << 30)

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, run_container, start_containerd, start_controller,
-    wait_for_state, Cri, IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, run_container, start_containerd, start_containerd_with,
+    start_controller, wait_for_state, CniBridge, Cri, IMAGE, SANDBOXER_HANDLER,
+    SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -473,5 +474,128 @@ fn cri_update_container_resources_through_ironcelld() {
     through_ironcelld(
         "cri_update_container_resources_through_ironcelld",
         KubeletPod::Update,
+    );
+}
+
+/// A pod on a CNI network with a hostname and sysctls, three ways: the
+/// pause container of the `ironcell` handler (containerd 1.7) as the
+/// reference, 1.7's shim-side sandbox API and 2.1's sandbox controller,
+/// where the daemon's pod holder owns the pod's namespaces. Each pod's
+/// container sees the pod's hostname (uname's), the pod's network sysctl
+/// in its
+/// network namespace and its IPC sysctl in its IPC namespace (not the
+/// host's), and an address on the bridge.
+#[test]
+fn cri_pod_hostname_and_sysctls() {
+    let test = "cri_pod_hostname_and_sysctls";
+    if !need_root(test) {
+        return;
+    }
+    let host_ping = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap();
+    let host_shm = std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap();
+    for (cri, handler) in [
+        (Cri::V17 { sandbox_api: false }, "ironcell"),
+        (Cri::V17 { sandbox_api: true }, SANDBOX_API_HANDLER),
+        (Cri::V2, SANDBOXER_HANDLER),
+    ] {
+        let Some(net) = CniBridge::new(test) else {
+            return;
+        };
+        let root = tempfile::Builder::new()
+            .prefix("icd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let _guard = DaemonGuard(root.path().to_path_buf());
+        let Some((c, logs)) =
+            start_containerd_with(bin_dir(), root.path(), cri, net.config(cri), vec![])
+        else {
+            return;
+        };
+        let _cri_guard = CriGuard(c.socket());
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
+            let mut pod = pod_config("named", &logs);
+            pod.hostname = "named-pod".into();
+            let linux = pod.linux.as_mut().unwrap();
+            linux.sysctls = [
+                ("net.ipv4.ping_group_range", "0 4242"),
+                ("kernel.shm_rmid_forced", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let ns = linux
+                .security_context
+                .as_mut()
+                .and_then(|s| s.namespace_options.as_mut())
+                .unwrap();
+            ns.network = NamespaceMode::Pod as i32;
+            let pod_id = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(pod.clone()),
+                    runtime_handler: handler.into(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()))
+                .into_inner()
+                .pod_sandbox_id;
+            let config = container_config("c", &["sleep", "1000"]);
+            let id = run_container(&mut rt, &pod_id, &pod, config)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
+            wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
+            let script = "hostname; cat /proc/sys/net/ipv4/ping_group_range \
+                          /proc/sys/kernel/shm_rmid_forced; ip -4 -o addr show eth0";
+            let out = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: id.clone(),
+                    cmd: vec!["sh".into(), "-c".into(), script.into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: ExecSync: {e}"))
+                .into_inner();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.first(), Some(&"named-pod"), "{handler}: {text}");
+            assert_eq!(
+                lines
+                    .get(1)
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+                Some(vec!["0", "4242"]),
+                "{handler}: {text}"
+            );
+            assert_eq!(lines.get(2), Some(&"1"), "{handler}: {text}");
+            assert!(
+                lines.get(3).is_some_and(|l| l.contains("inet ")),
+                "{handler}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{handler}: StopPodSandbox: {e}"));
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{handler}: RemovePodSandbox: {e}"));
+        });
+        // Dropped in reverse: the CRI guard first, then containerd, the
+        // daemon and the bridge.
+    }
+    // The host's own values are untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap(),
+        host_ping
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap(),
+        host_shm
     );
 }
