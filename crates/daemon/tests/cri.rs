@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, run_container, start_containerd, start_containerd_with,
-    start_controller, wait_for_state, CniBridge, Cri, IMAGE, SANDBOXER_HANDLER,
-    SANDBOX_API_HANDLER,
+    channel, container_config, pod_config, run_container, run_pod_sandbox, start_containerd,
+    start_containerd_with, start_controller, stop_and_remove_pod, wait_for_state, CniBridge, Cri,
+    IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -175,15 +175,9 @@ fn run_pod(cri: Cri) {
                 linux.cgroup_parent = pod_cgroup.display().to_string();
             }
         }
-        let pod_id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: handler.into(),
-            })
+        let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
             .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
-            .into_inner()
-            .pod_sandbox_id;
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
 
         let mut ids = Vec::new();
         for (name, script) in [
@@ -534,15 +528,9 @@ fn cri_pod_hostname_and_sysctls() {
                 .and_then(|s| s.namespace_options.as_mut())
                 .unwrap();
             ns.network = NamespaceMode::Pod as i32;
-            let pod_id = rt
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(pod.clone()),
-                    runtime_handler: handler.into(),
-                })
+            let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
                 .await
-                .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()))
-                .into_inner()
-                .pod_sandbox_id;
+                .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()));
             let config = container_config("c", &["sleep", "1000"]);
             let id = run_container(&mut rt, &pod_id, &pod, config)
                 .await
@@ -575,16 +563,9 @@ fn cri_pod_hostname_and_sysctls() {
                 "{handler}: {text}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            rt.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler}: StopPodSandbox: {e}"));
-            rt.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod_id,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{handler}: RemovePodSandbox: {e}"));
+            stop_and_remove_pod(&mut rt, &pod_id)
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
         });
         // Dropped in reverse: the CRI guard first, then containerd, the
         // daemon and the bridge.

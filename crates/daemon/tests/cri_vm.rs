@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    self, channel, container_config, pod_config, runtime_after_restart, start_containerd_with,
-    start_controller_with_env, vm_handler_config, wait_for_state, CniBridge, Cri,
-    SANDBOX_API_HANDLER, VM_HANDLER,
+    self, channel, container_config, pod_config, run_pod_sandbox, runtime_after_restart,
+    start_containerd_with, start_controller_with_env, stop_and_remove_pod, vm_handler_config,
+    wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER, VM_HANDLER,
 };
 use ironcell_testutil::cri_stream;
 use ironcell_testutil::kubelet::{remove_all_pods, wait_log, CriGuard, PodCgroup};
@@ -347,7 +347,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
         remove_all_pods(&mut rt, Duration::from_secs(90)).await;
     });
     host.assert_nothing_left();
-    drop(c);
+    // Dropped in reverse: the CRI guard, then containerd.
 }
 
 /// containerd 1.7's handler that passes a pod's `io.ironcell.*`
@@ -491,15 +491,9 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             cpu_period: 100_000,
             ..Default::default()
         });
-        let pod_id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: handler.into(),
-            })
+        let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
             .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
-            .into_inner()
-            .pod_sandbox_id;
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
         let pod_status = sandbox_status(&mut rt, &pod_id).await;
         assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
         let ip: Ipv4Addr = pod_status
@@ -850,15 +844,9 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         // nothing (checked below). Its VM is asked for by the pod's
         // annotation, on a handler without options.
         let pod = vm_pod("vmdies", &logs);
-        let pod_id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: ANNOTATED_HANDLER.into(),
-            })
+        let pod_id = run_pod_sandbox(&mut rt, &pod, ANNOTATED_HANDLER)
             .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
-            .into_inner()
-            .pod_sandbox_id;
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
         let victim = container_config("victim", &["sleep", "1000"]);
         let id = run_container(&mut rt, &pod_id, &pod, victim).await;
         wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
@@ -880,18 +868,11 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             assert!(start.elapsed() < Duration::from_secs(20), "{st:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
+        stop_and_remove_pod(&mut rt, &pod_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     });
     host.assert_nothing_left();
     pod_cgroup.assert_empty_and_remove();
-    drop(c);
+    // Dropped in reverse: the CRI guard, then containerd.
 }

@@ -506,6 +506,42 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
+/// RunPodSandbox of `config` with runtime handler `handler`; returns the
+/// pod's id.
+pub async fn run_pod_sandbox(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    Ok(rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+/// StopPodSandbox, then RemovePodSandbox, of pod `id`, as the kubelet
+/// removes a pod; which call failed and why.
+pub async fn stop_and_remove_pod(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(), String> {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map_err(|e| format!("StopPodSandbox: {e}"))?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map_err(|e| format!("RemovePodSandbox: {e}"))?;
+    Ok(())
+}
+
 /// CreateContainer and StartContainer of `config` in pod `pod_id`, as the
 /// kubelet runs a container; returns its id, or which call failed and why.
 pub async fn run_container(
