@@ -223,7 +223,6 @@ impl Pods {
                     Ok(())
                 }
             };
-            *pod.keeper.lock().unwrap() = None;
             match reset {
                 Ok(()) => self.save(&ns, &id, &pod),
                 Err(e) => {
@@ -303,7 +302,9 @@ impl Pods {
             pid: Mutex::new(0),
             exit: watch::channel(None).0,
             starting: Default::default(),
-            keeper: Mutex::new(None),
+            // The keeper containerd reached the pod through: if it is lost
+            // before the pod starts, containerd gave the pod up with it.
+            keeper: Mutex::new(self.keeper.as_ref().map(|k| k.identity())),
         });
         // Recorded now: a Start the keeper re-sends to the next daemon
         // finds the pod.
