@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, pod_config, run_container, run_pod_sandbox, start_containerd,
-    start_containerd_with, start_controller, stop_and_remove_pod, wait_for_state, CniBridge, Cri,
-    IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
+    channel, container_config, exec_script, pod_config, run_container, run_pod_sandbox,
+    start_containerd, start_containerd_with, start_controller, stop_and_remove_pod, wait_for_state,
+    CniBridge, Cri, IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -538,16 +538,7 @@ fn cri_pod_hostname_and_sysctls() {
             wait_state(&mut rt, &id, ContainerState::ContainerRunning).await;
             let script = "hostname; cat /proc/sys/net/ipv4/ping_group_range \
                           /proc/sys/kernel/shm_rmid_forced; ip -4 -o addr show eth0";
-            let out = rt
-                .exec_sync(ExecSyncRequest {
-                    container_id: id.clone(),
-                    cmd: vec!["sh".into(), "-c".into(), script.into()],
-                    timeout: 10,
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{handler}: ExecSync: {e}"))
-                .into_inner();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (_, text) = exec_script(&mut rt, &id, script).await;
             let lines: Vec<&str> = text.lines().collect();
             assert_eq!(lines.first(), Some(&"named-pod"), "{handler}: {text}");
             assert_eq!(
@@ -560,8 +551,7 @@ fn cri_pod_hostname_and_sysctls() {
             assert_eq!(lines.get(2), Some(&"1"), "{handler}: {text}");
             assert!(
                 lines.get(3).is_some_and(|l| l.contains("inet ")),
-                "{handler}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
+                "{handler}: {text}"
             );
             stop_and_remove_pod(&mut rt, &pod_id)
                 .await

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    self, channel, container_config, pod_config, run_pod_sandbox, runtime_after_restart,
-    start_containerd_with, start_controller_with_env, stop_and_remove_pod, vm_handler_config,
-    wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER, VM_HANDLER,
+    self, channel, container_config, exec_script, pod_config, run_pod_sandbox,
+    runtime_after_restart, start_containerd_with, start_controller_with_env, stop_and_remove_pod,
+    vm_handler_config, wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER, VM_HANDLER,
 };
 use ironcell_testutil::cri_stream;
 use ironcell_testutil::kubelet::{remove_all_pods, wait_log, CriGuard, PodCgroup};
@@ -50,26 +50,6 @@ fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
     ns.ipc = NamespaceMode::Pod as i32;
     ns.pid = NamespaceMode::Container as i32;
     pod
-}
-
-async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (i32, String) {
-    let out = rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 30,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    (
-        out.exit_code,
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// [`ironcell_testutil::cri::run_container`], which must succeed.
@@ -546,7 +526,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         // the pod's IPC and UTS namespaces shared.
         let mut seen = Vec::new();
         for id in &ids {
-            let (code, out) = exec(
+            let (code, out) = exec_script(
                 &mut rt,
                 id,
                 "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc; hostname",
@@ -562,13 +542,14 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             // containerd 2.x gives every pause container the network sysctl
             // net.ipv4.ping_group_range: set in the pod's (the guest's)
             // network namespace.
-            let (_, out) = exec(&mut rt, &ids[0], "cat /proc/sys/net/ipv4/ping_group_range").await;
+            let (_, out) =
+                exec_script(&mut rt, &ids[0], "cat /proc/sys/net/ipv4/ping_group_range").await;
             assert_eq!(
                 out.split_whitespace().collect::<Vec<_>>(),
                 ["0", "2147483647"]
             );
         }
-        let (_, out) = exec(
+        let (_, out) = exec_script(
             &mut rt,
             &ids[0],
             "nproc; sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo",
@@ -582,11 +563,11 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         assert_eq!(sized[0], 2, "vCPUs: {out}");
         assert!(sized[1] > 400 << 10, "a 512 MiB VM: {out}");
         // The pod's /dev/shm is one for its containers.
-        let (code, out) = exec(&mut rt, &ids[0], "echo pod-shm > /dev/shm/seen").await;
+        let (code, out) = exec_script(&mut rt, &ids[0], "echo pod-shm > /dev/shm/seen").await;
         assert_eq!(code, 0, "{out}");
-        let (_, out) = exec(&mut rt, &ids[1], "cat /dev/shm/seen").await;
+        let (_, out) = exec_script(&mut rt, &ids[1], "cat /dev/shm/seen").await;
         assert_eq!(out.trim(), "pod-shm");
-        let (code, out) = exec(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
+        let (code, out) = exec_script(&mut rt, &ids[0], "echo exec-sync; exit 3").await;
         assert_eq!((code, out.trim()), (3, "exec-sync"));
         // kubectl exec -it: CRI's streaming exec with a terminal, resized
         // and typed into from the stream, ends with its status.
@@ -651,7 +632,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             s.write_all(b"hello-from-the-host\n").unwrap();
             peer
         });
-        let (code, out) = exec(&mut rt, &ids[1], &format!("nc {} {port}", net.gateway)).await;
+        let (code, out) =
+            exec_script(&mut rt, &ids[1], &format!("nc {} {port}", net.gateway)).await;
         assert_eq!((code, out.trim()), (0, "hello-from-the-host"));
         assert_eq!(server.join().unwrap().ip(), ip);
 
@@ -680,7 +662,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         })
         .await
         .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
-        let (_, out) = exec(&mut rt, &ids[1], "cat /sys/fs/cgroup/memory.max").await;
+        let (_, out) = exec_script(&mut rt, &ids[1], "cat /sys/fs/cgroup/memory.max").await;
         assert_eq!(out.trim(), (96u64 << 20).to_string());
 
         // A container over its memory limit in the guest: OOMKilled.
@@ -713,7 +695,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
                 wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
             }
         }
-        let (code, out) = exec(
+        let (code, out) = exec_script(
             &mut rt,
             &ids[1],
             "echo after-restart; cat /proc/sys/kernel/random/boot_id",
@@ -740,7 +722,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         // containers again, and exec reaches the same guest.
         c.restart();
         rt = runtime_after_restart(&c).await;
-        let (code, out) = exec(&mut rt, &ids[0], "cat /proc/sys/kernel/random/boot_id").await;
+        let (code, out) =
+            exec_script(&mut rt, &ids[0], "cat /proc/sys/kernel/random/boot_id").await;
         assert_eq!(code, 0, "{out}");
         assert!(seen[0].starts_with(&out), "{out} {seen:?}");
 
@@ -790,7 +773,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         })
         .await
         .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
-        let (code, out) = exec(&mut rt, &ids[0], "echo still-here").await;
+        let (code, out) = exec_script(&mut rt, &ids[0], "echo still-here").await;
         assert_eq!((code, out.trim()), (0, "still-here"));
         let shared = mounts_under(vmdir.path());
         assert!(

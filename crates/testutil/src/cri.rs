@@ -506,6 +506,32 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
+/// ExecSync of `sh -c script` in container `id`: its exit code and its
+/// stdout followed by its stderr.
+pub async fn exec_script(
+    rt: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<Channel>,
+    id: &str,
+    script: &str,
+) -> (i32, String) {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    (
+        out.exit_code,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// RunPodSandbox of `config` with runtime handler `handler`; returns the
 /// pod's id.
 pub async fn run_pod_sandbox(
