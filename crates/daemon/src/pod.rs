@@ -223,12 +223,9 @@ impl Pods {
                     Ok(())
                 }
             };
-            match reset {
-                Ok(()) => self.save(&ns, &id, &pod),
-                Err(e) => {
-                    tracing::warn!(namespace = %ns, %id, error = %e, "cannot make the pod's VM again: removing the pod");
-                    self.remove(&ns, &id).await;
-                }
+            if let Err(e) = reset {
+                tracing::warn!(namespace = %ns, %id, error = %e, "cannot make the pod's VM again: removing the pod");
+                self.remove(&ns, &id).await;
             }
         }
     }
