@@ -937,6 +937,18 @@ mod tests {
             .arg(format!("k8s.io/{id}"))
             .spawn()
             .unwrap();
+        // Its command line is there once it runs sh, which may come after
+        // spawn returns while other tests fork.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read(format!("/proc/{}/cmdline", holder.id()))
+            .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in holder did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let pods = Pods::new(
             root.path().to_path_buf(),
             "/nonexistent".into(),
