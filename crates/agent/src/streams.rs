@@ -65,6 +65,7 @@ fn handle(conn: OwnedFd, containers: &Containers) {
             let p = containers.process(&h.container_id, &h.exec_id)?;
             p.attach(
                 h.kind,
+                h.resumable,
                 file.try_clone().map_err(crate::AgentError::io("dup"))?,
                 |conn| (&*conn).write_all(b"OK\n"),
             )

@@ -402,10 +402,29 @@ impl Agent {
     }
 
     fn attach(&self, id: &str, exec: &str, kind: StreamKind) -> Result<UnixStream, String> {
+        self.attach_as(id, exec, kind, false)
+    }
+
+    /// Attaches a stream resumably: it outlives the connection, and a
+    /// later resumable attach takes it over.
+    fn attach_resumable(&self, id: &str, exec: &str, kind: StreamKind) -> UnixStream {
+        let s = self.attach_as(id, exec, kind, true).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    }
+
+    fn attach_as(
+        &self,
+        id: &str,
+        exec: &str,
+        kind: StreamKind,
+        resumable: bool,
+    ) -> Result<UnixStream, String> {
         let h = StreamHeader {
             kind,
             container_id: id.into(),
             exec_id: exec.into(),
+            resumable,
         };
         self.stream_raw(h.to_line().as_bytes())
     }
@@ -776,6 +795,107 @@ fn stdin_and_close_stdin() {
     assert_eq!((exit.exit_code, exit.signal), (137, 9));
     assert_eq!(init_out.collect(), (String::new(), String::new()));
     agent.delete(&id, false).unwrap();
+    agent.finish();
+}
+
+/// A host process that attached resumably can die and be replaced (as
+/// ironcelld is after a SIGKILL): its successor takes the streams over and
+/// carries on where it stopped, and the guest process sees nothing of it.
+#[test]
+fn resumable_streams_are_taken_over_by_the_next_host() {
+    let Some(mut agent) = Agent::start("resumable_streams_are_taken_over_by_the_next_host") else {
+        return;
+    };
+    let id = agent.id("agent-resume");
+    let script = "read l; echo out $l; echo err $l >&2; sleep 0.5; \
+                  echo later; echo later-err >&2; read l; echo out $l; cat; echo end";
+    agent
+        .create(&id, spec(&["sh", "-c", script], |_| {}))
+        .unwrap();
+    let attach_all = |agent: &Agent| {
+        (
+            agent.attach_resumable(&id, "", StreamKind::Stdin),
+            agent.attach_resumable(&id, "", StreamKind::Stdout),
+            agent.attach_resumable(&id, "", StreamKind::Stderr),
+        )
+    };
+    let (mut stdin, mut stdout, mut stderr) = attach_all(&agent);
+    assert!(agent
+        .attach(&id, "", StreamKind::Stdout)
+        .unwrap_err()
+        .contains("only a resumable header takes it over"));
+    agent.start_container(&id).unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    assert_eq!(read_until(&mut stdout, "out 1\n"), "out 1\n");
+    assert_eq!(read_until(&mut stderr, "err 1\n"), "err 1\n");
+    // The host dies; the process writes while no host is there.
+    drop((stdin, stdout, stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(agent.state(&id).unwrap().0, ContainerStatus::RUNNING);
+    let (mut stdin, mut stdout, mut stderr) = attach_all(&agent);
+    assert_eq!(read_until(&mut stdout, "later\n"), "later\n");
+    assert_eq!(read_until(&mut stderr, "later-err\n"), "later-err\n");
+    // The dead host's connection did not end the input.
+    stdin.write_all(b"2\n").unwrap();
+    assert_eq!(read_until(&mut stdout, "out 2\n"), "out 2\n");
+    // A take-over while the connection is alive closes the old one.
+    let mut next = agent.attach_resumable(&id, "", StreamKind::Stdout);
+    assert_eq!(read_all(stdout).join().unwrap(), b"");
+    stdin.write_all(b"echoed\n").unwrap();
+    assert_eq!(read_until(&mut next, "echoed\n"), "echoed\n");
+    // The input ends with CloseStdin only.
+    drop(stdin);
+    agent
+        .client
+        .close_stdin(ctx(), &Agent::preq(&id, ""))
+        .unwrap();
+    assert_eq!(read_all(next).join().unwrap(), b"end\n");
+    assert_eq!(read_all(stderr).join().unwrap(), b"");
+    assert_eq!(agent.wait(&id, "").unwrap().exit_code, 0);
+    // An ended output taken over ends at once; a closed input is refused.
+    let ended = agent.attach_resumable(&id, "", StreamKind::Stdout);
+    assert_eq!(read_all(ended).join().unwrap(), b"");
+    assert!(agent
+        .attach_as(&id, "", StreamKind::Stdin, true)
+        .unwrap_err()
+        .contains("stdin is closed"));
+    agent.delete(&id, false).unwrap();
+
+    // An exec'd process's terminal, taken over by the next host.
+    let id = agent.id("agent-resume-tty");
+    agent.create(&id, spec(&["sleep", "1000"], |_| {})).unwrap();
+    let init_out = agent.output(&id, "");
+    agent.start_container(&id).unwrap();
+    let script = "read x; echo first:$x; sleep 0.5; echo meanwhile; read y; echo second:$y";
+    agent
+        .exec(&id, "t", process(&["sh", "-c", script], true))
+        .unwrap();
+    let mut tty = agent.attach_resumable(&id, "t", StreamKind::Tty);
+    tty.write_all(b"a\n").unwrap();
+    read_until(&mut tty, "first:a");
+    drop(tty);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut tty = agent.attach_resumable(&id, "t", StreamKind::Tty);
+    read_until(&mut tty, "meanwhile");
+    tty.write_all(b"b\n").unwrap();
+    let rest = String::from_utf8(read_all(tty).join().unwrap()).unwrap();
+    assert!(rest.contains("second:b"), "{rest:?}");
+    assert_eq!(agent.wait(&id, "t").unwrap().exit_code, 0);
+
+    // A resumable output nobody takes over any more does not hold the
+    // container's deletion.
+    agent
+        .exec(
+            &id,
+            "gone",
+            process(&["sh", "-c", "echo lost; exit 3"], false),
+        )
+        .unwrap();
+    let out = agent.attach_resumable(&id, "gone", StreamKind::Stdout);
+    let err = agent.attach_resumable(&id, "gone", StreamKind::Stderr);
+    drop((out, err));
+    agent.delete(&id, true).unwrap();
+    assert_eq!(init_out.collect(), (String::new(), String::new()));
     agent.finish();
 }
 

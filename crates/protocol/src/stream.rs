@@ -10,6 +10,22 @@
 //! host (its end of input is the process's), `stdout` and `stderr` to the
 //! host (closed by the agent once the process's end is closed and every
 //! byte is sent), `tty` both ways.
+//!
+//! A header may end with the word `resumable`: the stream then outlives
+//! its connection, for a host process that can die and be replaced (the
+//! daemon) while the guest process runs on.
+//!
+//! - A later resumable header for the same stream takes over: the agent
+//!   closes the connection it had and carries on with the new one.
+//! - Output that a connection could not take waits in the process's pipe
+//!   for the next one; bytes already handed to a connection's socket when
+//!   it broke are that connection's (lost with it).
+//! - The end of a resumable `stdin` or `tty` connection is not the end of
+//!   the process's input: only `CloseStdin` is.
+//! - Taking over an output stream that has ended gives a connection that
+//!   ends at once.
+//!
+//! A stream is attached either once or resumably, never both.
 
 use std::io::{self, Read};
 
@@ -53,7 +69,12 @@ pub struct StreamHeader {
     pub container_id: String,
     /// Empty for the container's init.
     pub exec_id: String,
+    /// Whether the stream outlives this connection (see the module's text).
+    pub resumable: bool,
 }
+
+/// The word that ends a resumable stream's header.
+const RESUMABLE: &str = "resumable";
 
 impl StreamHeader {
     pub fn to_line(&self) -> String {
@@ -62,8 +83,13 @@ impl StreamHeader {
         } else {
             &self.exec_id
         };
+        let mode = if self.resumable {
+            format!(" {RESUMABLE}")
+        } else {
+            String::new()
+        };
         format!(
-            "{MAGIC} {VERSION} {} {} {exec}\n",
+            "{MAGIC} {VERSION} {} {} {exec}{mode}\n",
             self.kind.as_str(),
             self.container_id
         )
@@ -101,6 +127,11 @@ impl StreamHeader {
             }
             None => return Err(bad("no exec id")),
         };
+        let resumable = match f.next() {
+            None => false,
+            Some(RESUMABLE) => true,
+            Some(_) => return Err(bad("unknown stream mode")),
+        };
         if f.next().is_some() {
             return Err(bad("trailing fields"));
         }
@@ -108,6 +139,7 @@ impl StreamHeader {
             kind,
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
+            resumable,
         })
     }
 }
@@ -172,20 +204,24 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        for (kind, exec) in [(StreamKind::Stdout, ""), (StreamKind::Tty, "exec-1")] {
+        for (kind, exec, resumable) in [
+            (StreamKind::Stdout, "", false),
+            (StreamKind::Tty, "exec-1", false),
+            (StreamKind::Stdin, "", true),
+            (StreamKind::Stderr, "exec-2", true),
+        ] {
             let h = StreamHeader {
                 kind,
                 container_id: "web".into(),
                 exec_id: exec.into(),
+                resumable,
             };
             assert_eq!(StreamHeader::parse(&h.to_line()).unwrap(), h);
         }
-        assert_eq!(
-            StreamHeader::parse("IRONCELL-STREAM 1 stdin c1 -")
-                .unwrap()
-                .kind,
-            StreamKind::Stdin
-        );
+        let h = StreamHeader::parse("IRONCELL-STREAM 1 stdin c1 -").unwrap();
+        assert_eq!((h.kind, h.resumable), (StreamKind::Stdin, false));
+        let h = StreamHeader::parse("IRONCELL-STREAM 1 stdout c1 e resumable").unwrap();
+        assert_eq!((h.exec_id.as_str(), h.resumable), ("e", true));
     }
 
     #[test]
@@ -199,6 +235,9 @@ mod tests {
             "IRONCELL-STREAM 1 stdin c ../x",
             "IRONCELL-STREAM 1 stdin c",
             "IRONCELL-STREAM 1 stdin c - extra",
+            "IRONCELL-STREAM 1 stdin c - resumable extra",
+            "IRONCELL-STREAM 1 stdin c - RESUMABLE",
+            "IRONCELL-STREAM 1 stdin c - resumable ",
             "IRONCELL-STREAM  1 stdin c -",
         ] {
             assert!(StreamHeader::parse(bad).is_err(), "{bad:?}");

@@ -330,6 +330,7 @@ pub fn open_stream(
         kind,
         container_id: id.into(),
         exec_id: exec_id.into(),
+        resumable: false,
     };
     s.set_read_timeout(Some(timeout))
         .and_then(|()| s.write_all(header.to_line().as_bytes()))
