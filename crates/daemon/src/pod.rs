@@ -33,6 +33,7 @@ use crate::detach::detached;
 use crate::error::TaskError;
 use crate::keeper::Keeper;
 use crate::pod_config::{is_pod_config, PodConfig};
+use crate::pod_files::PodFiles;
 use crate::pod_vm::VmHolder;
 use crate::reaper::Exit;
 use crate::reaper::Reaper;
@@ -50,6 +51,9 @@ pub struct Pod {
     /// `/proc/sys`; a VM pod's go in its holder's spec).
     hostname: String,
     sysctls: Vec<(String, String)>,
+    /// The pod's `/etc/resolv.conf` from its DNS config, or empty: the
+    /// host's (see [`Pods::prepare_files`]).
+    resolv_conf: String,
     /// The pod's VM holder, for a VM pod (`pod_vm.rs`).
     vm: Option<VmHolder>,
     /// The cgroup the pod's containers share (the CRI's `cgroup_parent`,
@@ -76,6 +80,8 @@ struct PodRecord {
     hostname: String,
     #[serde(default)]
     sysctls: Vec<(String, String)>,
+    #[serde(default)]
+    resolv_conf: String,
     #[serde(default)]
     cgroup: String,
     created_nanos: u64,
@@ -126,6 +132,7 @@ impl Pods {
         let record = PodRecord {
             netns: pod.netns.clone(),
             hostname: pod.hostname.clone(),
+            resolv_conf: pod.resolv_conf.clone(),
             sysctls: pod.sysctls.clone(),
             cgroup: pod.cgroup.clone(),
             created_nanos: nanos(pod.created),
@@ -194,6 +201,7 @@ impl Pods {
                     vm: r.vm.then(|| VmHolder::new(&self.root, &ns_name, &id)),
                     netns: r.netns,
                     hostname: r.hostname,
+                    resolv_conf: r.resolv_conf,
                     sysctls: r.sysctls,
                     cgroup: r.cgroup,
                     created: from_nanos(r.created_nanos),
@@ -293,6 +301,7 @@ impl Pods {
             netns: netns.to_string(),
             hostname: config.hostname.clone(),
             sysctls,
+            resolv_conf: config.resolv_conf.clone(),
             vm: holder,
             cgroup: config.cgroup_parent,
             created: SystemTime::now(),
@@ -597,13 +606,16 @@ impl Pods {
             .remove(&(ns.to_string(), id.to_string()));
         let file = self.file(ns, id);
         let Some(pod) = removed else {
+            let _ = std::fs::remove_dir_all(PodFiles::dir(&self.root, ns, id));
             let _ = std::fs::remove_file(&file);
             return;
         };
+        let files = PodFiles::dir(&self.root, ns, id);
         let id = id.to_string();
         let ns = ns.to_string();
         let _ = detached(async move {
             end_holder(&pod, &ns, &id).await;
+            let _ = std::fs::remove_dir_all(&files);
             // Last: a daemon that dies before the holder ends leaves the
             // record, and the next one removes the pod again.
             let _ = std::fs::remove_file(&file);
@@ -719,14 +731,6 @@ const SANDBOX_ANNOTATION: &str = "io.ironcell.sandbox";
 /// The CRI annotation that names a container's pod.
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// The pod files a container bind-mounts, and what they hold for a
-/// host-network pod: the host's own.
-const POD_FILES: [(&str, &str); 3] = [
-    ("/etc/hosts", "/etc/hosts"),
-    ("/etc/resolv.conf", "/etc/resolv.conf"),
-    ("/etc/hostname", "/etc/hostname"),
-];
-
 impl Pods {
     /// The sandbox of a container whose pod is a VM pod made here: vm.
     pub fn member_kind(&self, ns: &str, spec: &oci_spec::runtime::Spec) -> Option<Kind> {
@@ -734,48 +738,31 @@ impl Pods {
         self.get(ns, pod).ok()?.vm.as_ref().map(|_| Kind::Vm)
     }
 
-    /// containerd 1.7's CRI, in sandbox-API mode, leaves the pod's
-    /// `hosts`, `resolv.conf` and `hostname` to the sandbox (its pause
-    /// container path writes them, its shim path does not), yet mounts them
-    /// into every container. For a container of a pod made here, each such
-    /// bind source that is missing (or an empty directory left by an earlier
-    /// attempt) becomes a copy of the host's file: the pod shares the
-    /// host's network.
-    pub fn prepare_files(&self, ns: &str, spec: &oci_spec::runtime::Spec) {
-        let pod = spec
+    /// Gives a container of a pod made here the pod's files (`pod_files.rs`);
+    /// nothing for any other container.
+    pub fn give_files(&self, ns: &str, bundle: &mut ironcell_oci::Bundle) -> Result<(), TaskError> {
+        let pod_id = bundle
+            .spec
             .annotations()
             .as_ref()
             .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
             .cloned();
-        let Some(pod) = pod else { return };
-        if self.get(ns, &pod).is_err() {
-            return;
-        }
-        for m in spec.mounts().iter().flatten() {
-            let Some((_, host)) = POD_FILES
-                .iter()
-                .find(|(dest, _)| m.destination() == std::path::Path::new(dest))
-            else {
-                continue;
-            };
-            let Some(source) = m.source() else { continue };
-            if source.is_file() {
-                continue;
-            }
-            if source.is_dir() {
-                // Empty, or remove_dir refuses: then leave it.
-                if std::fs::remove_dir(source).is_err() {
-                    continue;
-                }
-            }
-            if let Some(dir) = source.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let content = std::fs::read(host).unwrap_or_default();
-            if let Err(e) = std::fs::write(source, content) {
-                tracing::warn!(pod = %pod, file = %source.display(), error = %e, "cannot write a pod file");
-            }
-        }
+        let Some(pod_id) = pod_id else {
+            return Ok(());
+        };
+        let Ok(pod) = self.get(ns, &pod_id) else {
+            return Ok(());
+        };
+        let files = PodFiles {
+            dir: PodFiles::dir(&self.root, ns, &pod_id),
+            resolv_conf: &pod.resolv_conf,
+            hostname: &pod.hostname,
+        };
+        files.give(bundle).map_err(|e| {
+            TaskError::Internal(format!(
+                "cannot give the container pod {pod_id}'s hosts, resolv.conf and hostname: {e}"
+            ))
+        })
     }
 }
 
@@ -958,6 +945,7 @@ mod tests {
         let record = |pid: i32, vm: bool| PodRecord {
             netns: String::new(),
             hostname: String::new(),
+            resolv_conf: String::new(),
             sysctls: Vec::new(),
             cgroup: String::new(),
             created_nanos: 1,

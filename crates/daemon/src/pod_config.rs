@@ -13,10 +13,22 @@ use crate::error::TaskError;
 struct PodSandboxConfig {
     #[prost(string, tag = "2")]
     hostname: String,
+    #[prost(message, optional, tag = "4")]
+    dns_config: Option<DnsConfig>,
     #[prost(map = "string, string", tag = "7")]
     annotations: HashMap<String, String>,
     #[prost(message, optional, tag = "8")]
     linux: Option<LinuxPodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DnsConfig {
+    #[prost(string, repeated, tag = "1")]
+    servers: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    searches: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    options: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -68,6 +80,9 @@ pub struct PodConfig {
     /// see docs/daemon.md).
     pub cgroup_parent: String,
     pub hostname: String,
+    /// The pod's `/etc/resolv.conf` from its DNS config (the kubelet's
+    /// cluster DNS), or empty when it has none: the host's is copied.
+    pub resolv_conf: String,
     pub annotations: HashMap<String, String>,
     pub sysctls: HashMap<String, String>,
     /// The pod's resources (the sum of its containers' limits, from the
@@ -119,6 +134,10 @@ impl PodConfig {
                 config.hostname
             )));
         }
+        let resolv_conf = match &config.dns_config {
+            Some(dns) => resolv_conf(dns)?,
+            None => String::new(),
+        };
         let ns = linux
             .security_context
             .and_then(|s| s.namespace_options)
@@ -131,6 +150,7 @@ impl PodConfig {
                 String::new()
             },
             hostname: config.hostname,
+            resolv_conf,
             annotations: config.annotations,
             sysctls: linux.sysctls,
             cpu_quota: resources.cpu_quota,
@@ -192,6 +212,58 @@ impl PodConfig {
         out.sort();
         Ok(out)
     }
+}
+
+/// The resolv.conf(5) of a pod's DNS config: its search domains, one line
+/// per name server, its options. Each word is checked, as it becomes a
+/// word of the file: a server is an IP address (an IPv6 one may name its
+/// zone), and no word is empty or holds a blank or a control character,
+/// which could add a line of its own.
+fn resolv_conf(dns: &DnsConfig) -> Result<String, TaskError> {
+    let refuse = |what: &str, word: &str, why: &str| {
+        TaskError::InvalidArgument(format!("sandbox options: DNS {what} {word:?} {why}"))
+    };
+    let plain = |what: &str, word: &str| {
+        if word.is_empty() || word.len() > 255 {
+            return Err(refuse(what, word, "is empty or longer than 255 bytes"));
+        }
+        if word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(refuse(what, word, "holds a blank or a control character"));
+        }
+        Ok(())
+    };
+    for server in &dns.servers {
+        let (addr, zone) = server.split_once('%').unwrap_or((server, ""));
+        let is_v6 = addr.parse::<std::net::Ipv6Addr>().is_ok();
+        let good_zone = zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let good = if server.contains('%') {
+            is_v6 && !zone.is_empty() && good_zone
+        } else {
+            addr.parse::<std::net::IpAddr>().is_ok()
+        };
+        if !good {
+            return Err(refuse("server", server, "is not an IP address"));
+        }
+    }
+    for search in &dns.searches {
+        plain("search domain", search)?;
+    }
+    for option in &dns.options {
+        plain("option", option)?;
+    }
+    let mut text = String::new();
+    if !dns.searches.is_empty() {
+        text += &format!("search {}\n", dns.searches.join(" "));
+    }
+    for server in &dns.servers {
+        text += &format!("nameserver {server}\n");
+    }
+    if !dns.options.is_empty() {
+        text += &format!("options {}\n", dns.options.join(" "));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -260,6 +332,7 @@ mod tests {
         let encode = |linux: &LinuxPodSandboxConfig| {
             PodSandboxConfig {
                 hostname: "web".into(),
+                dns_config: None,
                 annotations: HashMap::from([("io.ironcell.sandbox".into(), "vm".into())]),
                 linux: Some(linux.clone()),
             }
@@ -293,5 +366,69 @@ mod tests {
         assert!(e.contains("escapes the cgroup root"), "{e}");
         let e = PodConfig::decode(b"\xff\xff\xff").unwrap_err().to_string();
         assert!(e.contains("not a PodSandboxConfig"), "{e}");
+    }
+
+    #[test]
+    fn a_pods_dns_config_becomes_its_resolv_conf() {
+        let encode = |servers: &[&str], searches: &[&str], options: &[&str]| {
+            let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+            PodSandboxConfig {
+                dns_config: Some(DnsConfig {
+                    servers: words(servers),
+                    searches: words(searches),
+                    options: words(options),
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let c = PodConfig::decode(&encode(
+            &["10.96.0.10", "fd00::a", "fe80::1%eth0"],
+            &["default.svc.cluster.local", "svc.cluster.local"],
+            &["ndots:5", "edns0"],
+        ))
+        .unwrap();
+        assert_eq!(
+            c.resolv_conf,
+            "search default.svc.cluster.local svc.cluster.local\n\
+             nameserver 10.96.0.10\nnameserver fd00::a\nnameserver fe80::1%eth0\n\
+             options ndots:5 edns0\n"
+        );
+        // None, or an empty one: the host's file is copied.
+        assert_eq!(PodConfig::decode(&[]).unwrap().resolv_conf, "");
+        assert_eq!(
+            PodConfig::decode(&encode(&[], &[], &[]))
+                .unwrap()
+                .resolv_conf,
+            ""
+        );
+        for (servers, searches, options, why) in [
+            (
+                &["10.0.0.1\nnameserver 6.6.6.6"][..],
+                &[][..],
+                &[][..],
+                "not an IP address",
+            ),
+            (&["dns.example"], &[], &[], "not an IP address"),
+            (&["10.0.0.1%eth0"], &[], &[], "not an IP address"),
+            (&["fe80::1%"], &[], &[], "not an IP address"),
+            (
+                &[],
+                &["a.example\nnameserver 6.6.6.6"],
+                &[],
+                "blank or a control",
+            ),
+            (&[], &["a example"], &[], "blank or a control"),
+            (&[], &[""], &[], "empty"),
+            (&[], &[], &["ndots:5\roptions x"], "blank or a control"),
+        ] {
+            let e = PodConfig::decode(&encode(servers, searches, options))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(why) && e.contains("DNS") && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, container_config, exec_script, pod_config, run_container, run_pod_sandbox,
-    start_containerd, start_containerd_with, start_controller, stop_and_remove_pod, wait_for_state,
-    CniBridge, Cri, IMAGE, SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
+    channel, cluster_dns, container_config, exec_script, pod_config, run_container,
+    run_pod_sandbox, start_containerd, start_containerd_with, start_controller,
+    stop_and_remove_pod, wait_for_state, CniBridge, Cri, IMAGE, SANDBOXER_HANDLER,
+    SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -514,6 +515,8 @@ fn cri_pod_hostname_and_sysctls() {
             let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
             let mut pod = pod_config("named", &logs);
             pod.hostname = "named-pod".into();
+            let (dns, resolv_conf) = cluster_dns();
+            pod.dns_config = Some(dns);
             let linux = pod.linux.as_mut().unwrap();
             linux.sysctls = [
                 ("net.ipv4.ping_group_range", "0 4242"),
@@ -553,10 +556,19 @@ fn cri_pod_hostname_and_sysctls() {
                 lines.get(3).is_some_and(|l| l.contains("inet ")),
                 "{handler}: {text}"
             );
+            // The pod's files, as containerd's pause path writes them: its
+            // DNS config (the cluster's) and its hostname.
+            let (_, text) = exec_script(&mut rt, &id, "cat /etc/resolv.conf /etc/hostname").await;
+            assert_eq!(text, format!("{resolv_conf}named-pod\n"), "{handler}");
             stop_and_remove_pod(&mut rt, &pod_id)
                 .await
                 .unwrap_or_else(|e| panic!("{handler}: {e}"));
         });
+        let files = root.path().join("pod-files/k8s.io");
+        let left: Vec<_> = std::fs::read_dir(&files)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{handler}: pod files left: {left:?}");
         // Dropped in reverse: the CRI guard first, then containerd, the
         // daemon and the bridge.
     }

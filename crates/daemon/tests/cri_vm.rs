@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    self, channel, container_config, exec_script, pod_config, run_pod_sandbox,
+    self, channel, cluster_dns, container_config, exec_script, pod_config, run_pod_sandbox,
     runtime_after_restart, start_containerd_with, start_controller_with_env, stop_and_remove_pod,
     vm_handler_config, wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER, VM_HANDLER,
 };
@@ -36,6 +36,7 @@ fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
     pod.annotations
         .insert("io.ironcell.sandbox".into(), "vm".into());
     pod.hostname = name.into();
+    pod.dns_config = Some(cluster_dns().0);
     let ns = pod
         .linux
         .as_mut()
@@ -166,7 +167,12 @@ impl VmPodHost {
                 .map(|d| d.flatten().map(|e| e.file_name()).collect())
                 .unwrap_or_default()
         };
-        let state = ["containers/k8s.io", "vm-pods/k8s.io", "pods/k8s.io"];
+        let state = [
+            "containers/k8s.io",
+            "vm-pods/k8s.io",
+            "pods/k8s.io",
+            "pod-files/k8s.io",
+        ];
         let start = Instant::now();
         while (state.iter().any(|d| !left(d).is_empty())
             || !vm::run_dirs(self.vmdir.path()).is_empty())
@@ -529,7 +535,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             let (code, out) = exec_script(
                 &mut rt,
                 id,
-                "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc; hostname",
+                "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc; \
+                 cat /etc/resolv.conf; hostname",
             )
             .await;
             assert_eq!(code, 0, "{out}");
@@ -538,6 +545,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         assert_eq!(seen[0], seen[1]);
         assert!(!seen[0].contains(host_boot.trim()), "{seen:?}");
         assert!(seen[0].ends_with("vmpod\n"), "{seen:?}");
+        // The pod's DNS config is the guest's resolv.conf.
+        assert!(seen[0].contains(cluster_dns().1), "{seen:?}");
         if cri == Cri::V2 && handler == VM_HANDLER {
             // containerd 2.x gives every pause container the network sysctl
             // net.ipv4.ping_group_range: set in the pod's (the guest's)

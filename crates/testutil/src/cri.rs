@@ -481,6 +481,23 @@ pub fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
+/// A cluster's DNS config, as the kubelet gives a pod (servers, search
+/// domains, options), and the `/etc/resolv.conf` its containers must see
+/// (resolv.conf(5): one line for the search domains, one a server, one for
+/// the options).
+pub fn cluster_dns() -> (DnsConfig, &'static str) {
+    let words = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    (
+        DnsConfig {
+            servers: words(&["10.96.0.10", "fd00:10:96::a"]),
+            searches: words(&["default.svc.cluster.local", "svc.cluster.local"]),
+            options: words(&["ndots:5"]),
+        },
+        "search default.svc.cluster.local svc.cluster.local\n\
+         nameserver 10.96.0.10\nnameserver fd00:10:96::a\noptions ndots:5\n",
+    )
+}
+
 /// A container of the test image running `command`, logging to
 /// `<pod log dir>/<name>.log`.
 pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {

@@ -312,9 +312,9 @@ impl Tasks {
         // containerd's bundle directory (on /run, a tmpfs) is read in
         // microseconds, and a hop to the pool and back costs more
         // (sequential wasm tasks: bench/README.md).
-        let bundle =
+        let mut bundle =
             Bundle::load(&req.bundle).map_err(|e| TaskError::InvalidArgument(format!("{e}")))?;
-        self.pods.prepare_files(&req.namespace, &bundle.spec);
+        self.pods.give_files(&req.namespace, &mut bundle)?;
         // A container of a VM pod made here runs in its VM, whatever its
         // handler's options (containerd 2.x sends a sandboxer's pods'
         // containers none).
