@@ -606,16 +606,16 @@ impl Pods {
             .remove(&(ns.to_string(), id.to_string()));
         let file = self.file(ns, id);
         let Some(pod) = removed else {
-            let _ = std::fs::remove_dir_all(PodFiles::dir(&self.root, ns, id));
+            PodFiles::remove(&self.root, ns, id);
             let _ = std::fs::remove_file(&file);
             return;
         };
-        let files = PodFiles::dir(&self.root, ns, id);
+        let root = self.root.clone();
         let id = id.to_string();
         let ns = ns.to_string();
         let _ = detached(async move {
             end_holder(&pod, &ns, &id).await;
-            let _ = std::fs::remove_dir_all(&files);
+            PodFiles::remove(&root, &ns, &id);
             // Last: a daemon that dies before the holder ends leaves the
             // record, and the next one removes the pod again.
             let _ = std::fs::remove_file(&file);
@@ -757,6 +757,7 @@ impl Pods {
             dir: PodFiles::dir(&self.root, ns, &pod_id),
             resolv_conf: &pod.resolv_conf,
             hostname: &pod.hostname,
+            shm: pod.vm.is_none(),
         };
         files.give(bundle).map_err(|e| {
             TaskError::Internal(format!(

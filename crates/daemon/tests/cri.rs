@@ -556,6 +556,28 @@ fn cri_pod_hostname_and_sysctls() {
                 lines.get(3).is_some_and(|l| l.contains("inet ")),
                 "{handler}: {text}"
             );
+            // The pod's /dev/shm is one for its containers.
+            let other = run_container(
+                &mut rt,
+                &pod_id,
+                &pod,
+                container_config("d", &["sleep", "1000"]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{handler}: {e}"));
+            wait_state(&mut rt, &other, ContainerState::ContainerRunning).await;
+            let (code, _) = exec_script(&mut rt, &id, "echo pod-shm > /dev/shm/seen").await;
+            assert_eq!(code, 0, "{handler}");
+            let script = "cat /dev/shm/seen; stat -f -c %T /dev/shm; df -k /dev/shm | tail -1";
+            let (_, text) = exec_script(&mut rt, &other, script).await;
+            let lines: Vec<&str> = text.lines().collect();
+            // A tmpfs of containerd's default size (64 MiB), not the disk.
+            assert_eq!(lines[..2], ["pod-shm", "tmpfs"], "{handler}: {text}");
+            assert_eq!(
+                lines.get(2).and_then(|l| l.split_whitespace().nth(1)),
+                Some("65536"),
+                "{handler}: {text}"
+            );
             // The pod's files, as containerd's pause path writes them: its
             // DNS config (the cluster's) and its hostname.
             let (_, text) = exec_script(&mut rt, &id, "cat /etc/resolv.conf /etc/hostname").await;
