@@ -155,15 +155,7 @@ impl PodFiles<'_> {
     /// disk (1.7's, which only containerd's pause path mounts a tmpfs on),
     /// by a bind of the pod's tmpfs; whether it did.
     fn give_shm(&self, spec: &mut Spec) -> std::io::Result<bool> {
-        let joins_ipc = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_some())
-            });
-        if !joins_ipc {
+        if !ironcell_oci::joins_namespace(spec, LinuxNamespaceType::Ipc) {
             return Ok(false);
         }
         let mut mounts = spec.mounts().clone().unwrap_or_default();

@@ -99,6 +99,18 @@ impl Bundle {
     }
 }
 
+/// Whether `spec` joins an existing namespace of type `typ` (one with a
+/// path), as a pod's containers join the pod's.
+pub fn joins_namespace(
+    spec: &oci_spec::runtime::Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_some()))
+}
+
 /// config-linux.md "Namespaces": `path` MUST be a namespace of `typ`.
 /// Says why not: it cannot be opened, or it is another kind (a mistyped
 /// path would otherwise fail as EINVAL from setns, naming nothing).

@@ -84,15 +84,7 @@ pub fn shm_pod(spec: &Spec) -> Option<String> {
 /// of the pod's tmpfs the agent makes, in place of a tmpfs of the
 /// container's own.
 pub fn use_pod_shm(host: &Spec, guest: &mut Spec, pod_id: &str) -> Result<()> {
-    let joins_ipc = host
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_some())
-        });
-    let shares_pod_shm = joins_ipc
+    let shares_pod_shm = ironcell_oci::joins_namespace(host, LinuxNamespaceType::Ipc)
         || host.mounts().iter().flatten().any(|m| {
             m.destination() == Path::new("/dev/shm")
                 && (m.typ().as_deref() == Some("bind")
