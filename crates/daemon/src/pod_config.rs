@@ -58,7 +58,19 @@ struct NamespaceOption {
     pid: i32,
     #[prost(int32, tag = "3")]
     ipc: i32,
+    #[prost(message, optional, tag = "5")]
+    userns_options: Option<UserNamespace>,
 }
+
+/// Only the mode is read: a pod of its own user namespace is refused.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UserNamespace {
+    #[prost(int32, tag = "1")]
+    mode: i32,
+}
+
+/// The CRI's `NamespaceMode` POD.
+const POD: i32 = 0;
 
 const NODE: i32 = 2;
 
@@ -142,6 +154,16 @@ impl PodConfig {
             .security_context
             .and_then(|s| s.namespace_options)
             .unwrap_or_default();
+        // The kubelet's hostUsers: false. Neither a pod's holder nor its VM
+        // makes a user namespace: its containers would fail to join one,
+        // or run without the isolation asked for.
+        if ns.userns_options.as_ref().is_some_and(|u| u.mode == POD) {
+            return Err(TaskError::InvalidArgument(
+                "sandbox options: a user namespace of the pod's own (hostUsers: false) is not \
+                 supported by ironcelld's pods: their holder makes none"
+                    .into(),
+            ));
+        }
         let resources = linux.resources.unwrap_or_default();
         Ok(PodConfig {
             cgroup_parent: if parent.starts_with('/') {
@@ -320,6 +342,7 @@ mod tests {
                     network: 0,
                     pid: NODE,
                     ipc: 1,
+                    userns_options: Some(UserNamespace { mode: NODE }),
                 }),
             }),
             sysctls: HashMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
@@ -364,6 +387,11 @@ mod tests {
         linux.cgroup_parent = "/kubepods/../../etc".into();
         let e = PodConfig::decode(&encode(&linux)).unwrap_err().to_string();
         assert!(e.contains("escapes the cgroup root"), "{e}");
+        linux.cgroup_parent = String::new();
+        let ns = linux.security_context.as_mut().unwrap();
+        ns.namespace_options.as_mut().unwrap().userns_options = Some(UserNamespace { mode: POD });
+        let e = PodConfig::decode(&encode(&linux)).unwrap_err().to_string();
+        assert!(e.contains("hostUsers: false"), "{e}");
         let e = PodConfig::decode(b"\xff\xff\xff").unwrap_err().to_string();
         assert!(e.contains("not a PodSandboxConfig"), "{e}");
     }

@@ -531,6 +531,33 @@ fn cri_pod_hostname_and_sysctls() {
                 .and_then(|s| s.namespace_options.as_mut())
                 .unwrap();
             ns.network = NamespaceMode::Pod as i32;
+            if handler != "ironcell" {
+                // hostUsers: false, which a pod made here cannot give.
+                let mut own_users = pod.clone();
+                let ns = own_users
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                    .and_then(|s| s.namespace_options.as_mut())
+                    .unwrap();
+                ns.userns_options = Some(UserNamespace {
+                    mode: NamespaceMode::Pod as i32,
+                    uids: vec![IdMapping {
+                        host_id: 100_000,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                    gids: vec![IdMapping {
+                        host_id: 100_000,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                });
+                let e = run_pod_sandbox(&mut rt, &own_users, handler)
+                    .await
+                    .expect_err("a pod of its own user namespace");
+                assert!(e.message().contains("hostUsers: false"), "{handler}: {e}");
+            }
             let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
                 .await
                 .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()));
