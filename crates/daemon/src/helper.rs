@@ -224,20 +224,28 @@ pub fn main(args: &[OsString]) -> ExitCode {
 }
 
 /// `ironcelld helper pod --sandbox NS/ID [--netns PATH] [--hostname NAME]
-/// [--sysctl PATH=VALUE]...`: new IPC and UTS namespaces (and the given
-/// network namespace), the pod's hostname and sysctls set in them (each
-/// PATH under `/proc/sys`, checked by the daemon: `PodConfig::holder_sysctls`),
-/// then sleep until killed. The pod's name only marks the process (a
-/// holder whose spawn was not answered is found by it).
+/// [--sysctl PATH=VALUE]... [--pid-namespace yes]`: new IPC and UTS
+/// namespaces (and the given network namespace), the pod's hostname and
+/// sysctls set in them (each PATH under `/proc/sys`, checked by the daemon:
+/// `PodConfig::holder_sysctls`), then sleep until killed. The pod's name
+/// only marks the process (a holder whose spawn was not answered is found
+/// by it).
+///
+/// With `--pid-namespace yes` (the pod shares one PID namespace among its
+/// containers), the holder forks the init of a new PID namespace, which
+/// has its other namespaces, reaps what is orphaned in the pod and dies
+/// with the holder; the holder waits for it. The pod's pid is that init's,
+/// the holder's only child (`/proc/<holder>/task/<holder>/children`).
 fn pod_holder_main(args: &[OsString]) -> ExitCode {
     let usage = || {
         eprintln!(
             "usage: ironcelld helper pod --sandbox NS/ID [--netns PATH] [--hostname NAME] \
-             [--sysctl PATH=VALUE]..."
+             [--sysctl PATH=VALUE]... [--pid-namespace yes]"
         );
         ExitCode::FAILURE
     };
     let (mut netns, mut hostname, mut sysctls) = (None, None, Vec::new());
+    let mut pid_namespace = false;
     let [flag, _, rest @ ..] = args else {
         return usage();
     };
@@ -249,6 +257,7 @@ fn pod_holder_main(args: &[OsString]) -> ExitCode {
         match pair[0].to_str() {
             Some("--netns") => netns = Some(value),
             Some("--hostname") => hostname = Some(value),
+            Some("--pid-namespace") if value == "yes" => pid_namespace = true,
             Some("--sysctl") => match value.split_once('=') {
                 Some((path, v))
                     if !path.starts_with('/') && !path.split('/').any(|p| p == "..") =>
@@ -260,7 +269,14 @@ fn pod_holder_main(args: &[OsString]) -> ExitCode {
             _ => return usage(),
         }
     }
-    match set_up_pod_namespaces(netns, hostname, &sysctls) {
+    let set_up = set_up_pod_namespaces(netns, hostname, &sysctls).and_then(|()| {
+        if pid_namespace {
+            fork_pid_namespace_init()
+        } else {
+            Ok(())
+        }
+    });
+    match set_up {
         Ok(()) => loop {
             // SAFETY: pause(2) takes no arguments; SIGTERM and SIGKILL end it.
             unsafe {
@@ -271,6 +287,84 @@ fn pod_holder_main(args: &[OsString]) -> ExitCode {
             eprintln!("ironcelld pod: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Forks the init of a new PID namespace and, in the holder, waits for it:
+/// returns only in that init. The holder is single-threaded here, so the
+/// child may go on with anything.
+fn fork_pid_namespace_init() -> Result<()> {
+    use nix::sched::{unshare, CloneFlags};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    // The holder keeps the write end open for its life: the init sees the
+    // pipe hang up if the holder died before the init asked to die with it.
+    let (alive_r, alive_w) = nix::unistd::pipe().context("pipe")?;
+    unshare(CloneFlags::CLONE_NEWPID).context("unshare the PID namespace")?;
+    // SAFETY: the holder has one thread (it runs no runtime), so the child
+    // is a whole copy of it.
+    match unsafe { fork() }.context("fork the pod's PID namespace init")? {
+        ForkResult::Parent { child } => {
+            drop(alive_r);
+            loop {
+                // The holder ends with its init; killing the holder kills
+                // the init (its parent-death signal), and with it the whole
+                // namespace.
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => {
+                        drop(alive_w);
+                        std::process::exit(1)
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        ForkResult::Child => {
+            drop(alive_w);
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&alive_r),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+            let hung_up = fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
+            if hung_up {
+                std::process::exit(1);
+            }
+            drop(alive_r);
+            reap_orphans()
+        }
+    }
+}
+
+/// The pod's PID namespace init: reaps every process orphaned in the
+/// namespace, forever. SIGCHLD is blocked and waited for with sigsuspend,
+/// so that none is lost between a reap and the wait.
+fn reap_orphans() -> ! {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: the handler does nothing; it only makes SIGCHLD interrupt
+    // sigsuspend (an ignored SIGCHLD would not).
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::Handler(nothing),
+        );
+    }
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None);
+    loop {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let _ = SigSet::empty().suspend();
     }
 }
 

@@ -56,6 +56,12 @@ pub struct Pod {
     resolv_conf: String,
     /// The pod's VM holder, for a VM pod (`pod_vm.rs`).
     vm: Option<VmHolder>,
+    /// A namespace pod whose containers share one PID namespace: its
+    /// holder forks that namespace's init, whose pid is the pod's
+    /// (containerd makes the containers' namespace paths from it), found
+    /// once ([`Pod::namespace_pid`]).
+    pid_namespace: bool,
+    namespace_pid: Mutex<i32>,
     /// The cgroup the pod's containers share (the CRI's `cgroup_parent`,
     /// cgroupfs driver), or empty: the holder goes there, and the pod's
     /// metrics come from there.
@@ -69,6 +75,26 @@ pub struct Pod {
     /// containerd reaches the pod through that keeper: once it is lost,
     /// containerd counts the pod as ended and never stops it.
     keeper: Mutex<Option<String>>,
+}
+
+impl Pod {
+    /// The pid whose namespaces are the pod's: the holder's, or the init
+    /// of the PID namespace it made (its only child), 0 while neither is
+    /// known.
+    fn namespace_pid(&self) -> i32 {
+        let holder = *self.pid.lock().unwrap();
+        if !self.pid_namespace || holder <= 0 {
+            return holder;
+        }
+        let mut known = self.namespace_pid.lock().unwrap();
+        if *known == 0 {
+            *known = std::fs::read_to_string(format!("/proc/{holder}/task/{holder}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+        }
+        *known
+    }
 }
 
 /// What is kept on disk of a pod (`<root>/pods/<ns>/<id>.json`), for a
@@ -92,6 +118,8 @@ struct PodRecord {
     /// A VM pod (its holder is a relay; absent from older records).
     #[serde(default)]
     vm: bool,
+    #[serde(default)]
+    pid_namespace: bool,
 }
 
 /// The pods of every namespace, each a holder process the keeper runs;
@@ -139,6 +167,7 @@ impl Pods {
             pid: *pod.pid.lock().unwrap(),
             keeper: pod.keeper.lock().unwrap().clone(),
             vm: pod.vm.is_some(),
+            pid_namespace: pod.pid_namespace,
         };
         let r = path
             .parent()
@@ -199,6 +228,8 @@ impl Pods {
                 };
                 let pod = Arc::new(Pod {
                     vm: r.vm.then(|| VmHolder::new(&self.root, &ns_name, &id)),
+                    pid_namespace: r.pid_namespace,
+                    namespace_pid: Mutex::new(0),
                     netns: r.netns,
                     hostname: r.hostname,
                     resolv_conf: r.resolv_conf,
@@ -302,6 +333,8 @@ impl Pods {
             hostname: config.hostname.clone(),
             sysctls,
             resolv_conf: config.resolv_conf.clone(),
+            pid_namespace: !vm && config.shared_pid && !config.host_pid,
+            namespace_pid: Mutex::new(0),
             vm: holder,
             cgroup: config.cgroup_parent,
             created: SystemTime::now(),
@@ -349,9 +382,8 @@ impl Pods {
     async fn start_now(&self, ns: &str, id: &str) -> Result<(i32, SystemTime), TaskError> {
         let pod = self.get(ns, id)?;
         let _one_start = pod.starting.lock().await;
-        let running = *pod.pid.lock().unwrap();
-        if running > 0 {
-            return Ok((running, pod.created));
+        if *pod.pid.lock().unwrap() > 0 {
+            return Ok((pod.namespace_pid(), pod.created));
         }
         let keeper = self
             .keeper
@@ -391,6 +423,9 @@ impl Pods {
         for (path, value) in &pod.sysctls {
             argv.push("--sysctl".into());
             argv.push(format!("{path}={value}"));
+        }
+        if pod.pid_namespace {
+            argv.extend(["--pid-namespace".into(), "yes".into()]);
         }
         let made = match keeper.spawn(argv.clone(), vec![], "/".into(), vec![]).await {
             Ok(made) => made,
@@ -433,6 +468,30 @@ impl Pods {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let host_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
+        while pod.pid_namespace
+            && std::fs::read_link(format!("/proc/{}/ns/pid", pod.namespace_pid())).ok()
+                == host_pid_ns
+        {
+            if start.elapsed() > Duration::from_secs(5) || pod.exit.borrow().is_some() {
+                return Err(TaskError::Internal(format!(
+                    "sandbox {id}: the pod process did not make its PID namespace"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let pid = pod.namespace_pid();
+        if pod.pid_namespace && !pod.cgroup.is_empty() {
+            // Forked before the holder joined the pod's cgroup.
+            let cgroup = std::path::PathBuf::from(&pod.cgroup);
+            let joined =
+                tokio::task::spawn_blocking(move || ironcell_container::cgroup::join(&cgroup, pid))
+                    .await
+                    .map_err(|e| TaskError::Internal(e.to_string()))?;
+            if let Err(e) = joined {
+                tracing::warn!(id, error = %e, "the pod's PID namespace init is not in its cgroup");
+            }
         }
         tracing::info!(namespace = ns, id, pid, "pod started");
         Ok((pid, pod.created))
@@ -538,7 +597,7 @@ impl Pods {
     /// Whether the pod runs, its pid, when it was made and how it ended.
     pub fn status(&self, ns: &str, id: &str) -> Result<PodStatus, TaskError> {
         let pod = self.get(ns, id)?;
-        let pid = *pod.pid.lock().unwrap();
+        let pid = pod.namespace_pid();
         let exit = *pod.exit.borrow();
         Ok(PodStatus {
             pid: pid.max(0) as u32,
@@ -953,6 +1012,7 @@ mod tests {
             pid,
             keeper: None,
             vm,
+            pid_namespace: false,
         };
         let dir = root.path().join("pods/k8s.io");
         std::fs::create_dir_all(&dir).unwrap();
@@ -1003,5 +1063,45 @@ mod tests {
             started as u32
         );
         assert!(dir.join("started.json").exists());
+    }
+
+    /// A pod sharing one PID namespace reports its holder's child, found
+    /// again by a restarted daemon that knows only the holder.
+    #[test]
+    fn a_pid_namespace_pods_pid_is_its_holders_child() {
+        let mut holder = std::process::Command::new("sh")
+            .args(["-c", "sleep 100 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = holder.id() as i32;
+        let pod = |pid_namespace: bool| Pod {
+            netns: String::new(),
+            hostname: String::new(),
+            sysctls: Vec::new(),
+            resolv_conf: String::new(),
+            vm: None,
+            pid_namespace,
+            namespace_pid: Mutex::new(0),
+            cgroup: String::new(),
+            created: SystemTime::now(),
+            pid: Mutex::new(pid),
+            exit: watch::channel(None).0,
+            starting: Default::default(),
+            keeper: Mutex::new(None),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let child = loop {
+            let p = pod(true).namespace_pid();
+            if p > 0 || std::time::Instant::now() > deadline {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        assert!(cmdline.starts_with(b"sleep\x00100"), "{child}: {cmdline:?}");
+        assert_eq!(pod(false).namespace_pid(), pid);
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+        let _ = holder.kill();
+        let _ = holder.wait();
     }
 }

@@ -106,6 +106,9 @@ pub struct PodConfig {
     pub host_network: bool,
     pub host_pid: bool,
     pub host_ipc: bool,
+    /// One PID namespace for the pod's containers (the kubelet's
+    /// shareProcessNamespace: the CRI's POD mode).
+    pub shared_pid: bool,
 }
 
 /// The sysctls of an IPC namespace (beside `fs.mqueue.*`).
@@ -181,6 +184,7 @@ impl PodConfig {
             host_network: ns.network == NODE,
             host_pid: ns.pid == NODE,
             host_ipc: ns.ipc == NODE,
+            shared_pid: ns.pid == POD,
         })
     }
 

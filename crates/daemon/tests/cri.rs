@@ -531,6 +531,8 @@ fn cri_pod_hostname_and_sysctls() {
                 .and_then(|s| s.namespace_options.as_mut())
                 .unwrap();
             ns.network = NamespaceMode::Pod as i32;
+            // shareProcessNamespace: one PID namespace for the pod.
+            ns.pid = NamespaceMode::Pod as i32;
             if handler != "ironcell" {
                 // hostUsers: false, which a pod made here cannot give.
                 let mut own_users = pod.clone();
@@ -561,7 +563,18 @@ fn cri_pod_hostname_and_sysctls() {
             let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
                 .await
                 .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()));
-            let config = container_config("c", &["sleep", "1000"]);
+            let in_pod_pid = |name: &str| {
+                let mut config = container_config(name, &["sleep", "1000"]);
+                let ns = config
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                    .and_then(|s| s.namespace_options.as_mut())
+                    .unwrap();
+                (ns.pid, ns.network) = (NamespaceMode::Pod as i32, NamespaceMode::Pod as i32);
+                config
+            };
+            let config = in_pod_pid("c");
             let id = run_container(&mut rt, &pod_id, &pod, config)
                 .await
                 .unwrap_or_else(|e| panic!("{handler}: {e}"));
@@ -584,14 +597,9 @@ fn cri_pod_hostname_and_sysctls() {
                 "{handler}: {text}"
             );
             // The pod's /dev/shm is one for its containers.
-            let other = run_container(
-                &mut rt,
-                &pod_id,
-                &pod,
-                container_config("d", &["sleep", "1000"]),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{handler}: {e}"));
+            let other = run_container(&mut rt, &pod_id, &pod, in_pod_pid("d"))
+                .await
+                .unwrap_or_else(|e| panic!("{handler}: {e}"));
             wait_state(&mut rt, &other, ContainerState::ContainerRunning).await;
             let (code, _) = exec_script(&mut rt, &id, "echo pod-shm > /dev/shm/seen").await;
             assert_eq!(code, 0, "{handler}");
@@ -605,6 +613,23 @@ fn cri_pod_hostname_and_sysctls() {
                 Some("65536"),
                 "{handler}: {text}"
             );
+            // The pod's PID namespace: both containers' processes, none of
+            // the host's.
+            let script = "grep -l ^sleep /proc/[0-9]*/cmdline | wc -l; \
+                          ls -d /proc/[0-9]* | wc -l; cat /proc/1/cmdline";
+            let (_, text) = exec_script(&mut rt, &other, script).await;
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.first(), Some(&"2"), "{handler}: {text:?}");
+            let count: usize = lines
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            assert!(count < 10, "{handler}: {count} processes seen: {text:?}");
+            let host_init = std::fs::read("/proc/1/cmdline").unwrap();
+            assert!(
+                !text.as_bytes().ends_with(&host_init),
+                "{handler}: the host's init is the pod's: {text:?}"
+            );
             // The pod's files, as containerd's pause path writes them: its
             // DNS config (the cluster's) and its hostname.
             let (_, text) = exec_script(&mut rt, &id, "cat /etc/resolv.conf /etc/hostname").await;
@@ -612,6 +637,21 @@ fn cri_pod_hostname_and_sysctls() {
             stop_and_remove_pod(&mut rt, &pod_id)
                 .await
                 .unwrap_or_else(|e| panic!("{handler}: {e}"));
+            // The holder and its PID namespace's init are gone.
+            let mark = format!("\0pod\0--sandbox\0k8s.io/{pod_id}\0");
+            let holders: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark.as_bytes()))
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                holders.is_empty(),
+                "{handler}: pod processes left: {holders:?}"
+            );
         });
         let files = root.path().join("pod-files/k8s.io");
         let left: Vec<_> = std::fs::read_dir(&files)
