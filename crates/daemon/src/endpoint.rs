@@ -25,7 +25,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::error::validate_namespace;
 use crate::keeper::Keeper;
-use crate::pod::PodService;
+use crate::pod_service::PodService;
 use crate::service::Service;
 use crate::task::Tasks;
 

@@ -17,6 +17,7 @@ pub mod oom;
 pub mod pod;
 pub mod pod_config;
 pub mod pod_files;
+pub mod pod_service;
 pub mod pod_vm;
 pub mod reaper;
 pub mod runtime_options;
