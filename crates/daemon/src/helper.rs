@@ -321,6 +321,11 @@ fn fork_pid_namespace_init() -> Result<()> {
         }
         ForkResult::Child => {
             drop(alive_w);
+            if let Err(e) = contain_init(&alive_r) {
+                eprintln!("ironcelld pod: the PID namespace's init: {e}");
+                std::process::exit(1);
+            }
+            // After the change of user, which clears it.
             // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let mut fds = [nix::poll::PollFd::new(
@@ -338,6 +343,75 @@ fn fork_pid_namespace_init() -> Result<()> {
             reap_orphans()
         }
     }
+}
+
+/// The user the pod's PID namespace init runs as (nobody).
+const INIT_ID: u32 = 65534;
+
+/// Takes from the pod's PID namespace init everything a process of the
+/// pod could reach through it: the containers see it as their pid 1, and
+/// one allowed to ptrace (CAP_SYS_PTRACE) reads `/proc/1/root`, `/proc/1/fd`
+/// and runs code in it. So it gets a mount namespace whose root is an empty
+/// read-only tmpfs, keeps no fd but `keep`, and runs as nobody without
+/// capabilities or a way to gain any: as little as a pause container.
+fn contain_init(keep: &std::os::fd::OwnedFd) -> nix::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    use nix::unistd::{Gid, Uid};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("init"),
+        "/tmp",
+        Some("tmpfs"),
+        flags,
+        Some("size=4k,nr_inodes=8,mode=0555"),
+    )?;
+    nix::unistd::mkdir("/tmp/old", nix::sys::stat::Mode::S_IRWXU)?;
+    nix::unistd::pivot_root("/tmp", "/tmp/old")?;
+    nix::unistd::chdir("/")?;
+    umount2("/old", MntFlags::MNT_DETACH)?;
+    std::fs::remove_dir("/old")
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )?;
+    let keep = std::os::fd::AsRawFd::as_raw_fd(keep) as u32;
+    // SAFETY: close_range(2) closes the fds of this process in the ranges
+    // given; nothing in this single-threaded process uses them any more.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(
+        Gid::from_raw(INIT_ID),
+        Gid::from_raw(INIT_ID),
+        Gid::from_raw(INIT_ID),
+    )?;
+    // Leaving uid 0 clears every capability.
+    nix::unistd::setresuid(
+        Uid::from_raw(INIT_ID),
+        Uid::from_raw(INIT_ID),
+        Uid::from_raw(INIT_ID),
+    )?;
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
 }
 
 /// The pod's PID namespace init: reaps every process orphaned in the

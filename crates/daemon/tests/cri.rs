@@ -565,12 +565,18 @@ fn cri_pod_hostname_and_sysctls() {
                 .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", c.log()));
             let in_pod_pid = |name: &str| {
                 let mut config = container_config(name, &["sleep", "1000"]);
-                let ns = config
+                let security = config
                     .linux
                     .as_mut()
                     .and_then(|l| l.security_context.as_mut())
-                    .and_then(|s| s.namespace_options.as_mut())
                     .unwrap();
+                // A debugging sidecar's capability: it may ptrace what it
+                // sees, pid 1 included.
+                security.capabilities = Some(Capability {
+                    add_capabilities: vec!["SYS_PTRACE".into()],
+                    ..Default::default()
+                });
+                let ns = security.namespace_options.as_mut().unwrap();
                 (ns.pid, ns.network) = (NamespaceMode::Pod as i32, NamespaceMode::Pod as i32);
                 config
             };
@@ -630,6 +636,30 @@ fn cri_pod_hostname_and_sysctls() {
                 !text.as_bytes().ends_with(&host_init),
                 "{handler}: the host's init is the pod's: {text:?}"
             );
+            if handler != "ironcell" {
+                // The holder's init is pid 1: it gives a container that
+                // may ptrace it nothing of the host (its root is empty, it
+                // is nobody without capabilities), as a pause container.
+                let script = "ls -A /proc/1/root/ | wc -l; ls /proc/1/fd | wc -l; \
+                              grep -E '^(Uid|CapEff)' /proc/1/status";
+                let (_, text) = exec_script(&mut rt, &other, script).await;
+                let words: Vec<&str> = text.split_whitespace().collect();
+                assert_eq!(
+                    words,
+                    [
+                        "0",
+                        "0",
+                        "Uid:",
+                        "65534",
+                        "65534",
+                        "65534",
+                        "65534",
+                        "CapEff:",
+                        "0000000000000000"
+                    ],
+                    "{handler}: {text:?}"
+                );
+            }
             // The pod's files, as containerd's pause path writes them: its
             // DNS config (the cluster's) and its hostname.
             let (_, text) = exec_script(&mut rt, &id, "cat /etc/resolv.conf /etc/hostname").await;
