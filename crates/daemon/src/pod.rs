@@ -946,16 +946,23 @@ mod tests {
             starting: Default::default(),
             keeper: Mutex::new(None),
         };
+        // The child is forked by sh before it runs sleep.
+        let runs_sleep = |p: i32| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"sleep\x00100"))
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let child = loop {
             let p = pod(true).namespace_pid();
-            if p > 0 || std::time::Instant::now() > deadline {
+            if (p > 0 && runs_sleep(p)) || std::time::Instant::now() > deadline {
                 break p;
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-        assert!(cmdline.starts_with(b"sleep\x00100"), "{child}: {cmdline:?}");
+        assert!(
+            child > 0 && runs_sleep(child),
+            "holder {pid}'s child: {child}"
+        );
         assert_eq!(pod(false).namespace_pid(), pid);
         let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
         let _ = holder.kill();
