@@ -169,6 +169,17 @@ fn run_pod(cri: Cri) {
         );
 
         let mut pod = pod_config(if sandbox_api { "sb-pod" } else { "cri-pod" }, &logs);
+        // shareProcessNamespace: the holder's PID namespace init is found
+        // again by the restarted daemon.
+        let shared_pid = |ns: Option<&mut NamespaceOption>| {
+            ns.unwrap().pid = NamespaceMode::Pod as i32;
+        };
+        shared_pid(
+            pod.linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut()),
+        );
         if cri == Cri::V2 {
             // A pod cgroup, as the kubelet gives each pod: the pod's process
             // joins it, and the pod's statistics come from it.
@@ -185,7 +196,14 @@ fn run_pod(cri: Cri) {
             ("web", "echo web-started; while true; do sleep 0.2; done"),
             ("side", "echo side-started; sleep 1000"),
         ] {
-            let config = container_config(name, &["sh", "-c", script]);
+            let mut config = container_config(name, &["sh", "-c", script]);
+            shared_pid(
+                config
+                    .linux
+                    .as_mut()
+                    .and_then(|l| l.security_context.as_mut())
+                    .and_then(|s| s.namespace_options.as_mut()),
+            );
             let id = run_container(&mut rt, &pod_id, &pod, config)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -287,6 +305,17 @@ fn run_pod(cri: Cri) {
                 .unwrap()
                 .into_inner();
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "after-restart");
+            // The pod's PID namespace: web's loop seen from side, and no
+            // host process; the pid the pod reports is still its init's.
+            // (The bracket keeps the pattern from matching this script.)
+            let script = "grep -l 'web-s[t]arted' /proc/[0-9]*/cmdline | wc -l; \
+                          ls -d /proc/[0-9]* | wc -l";
+            let (_, text) = exec_script(&mut rt, &ids[1], script).await;
+            let counts: Vec<usize> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            assert!(
+                counts.len() == 2 && counts[0] == 1 && counts[1] < 10,
+                "the pod's PID namespace after the restart: {text:?}"
+            );
         }
         if cri == Cri::V2 {
             // containerd restarted too: it finds the containers again from
