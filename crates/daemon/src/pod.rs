@@ -437,12 +437,7 @@ impl Pods {
         self.record_start(ns, id, &pod, pid, made.generation, keeper)
             .await?;
         if !pod.cgroup.is_empty() {
-            let cgroup = std::path::PathBuf::from(&pod.cgroup);
-            let joined =
-                tokio::task::spawn_blocking(move || ironcell_container::cgroup::join(&cgroup, pid))
-                    .await
-                    .map_err(|e| TaskError::Internal(e.to_string()))?;
-            if let Err(e) = joined {
+            if let Err(e) = join_cgroup(&pod.cgroup, pid).await {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 return Err(TaskError::Internal(format!(
                     "cannot start sandbox {id}: {e}"
@@ -451,36 +446,20 @@ impl Pods {
         }
         // The holder must have its namespaces before containers join them.
         let start = std::time::Instant::now();
-        let host_ipc = std::fs::read_link("/proc/self/ns/ipc").ok();
-        while std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok() == host_ipc {
-            if start.elapsed() > Duration::from_secs(5) || pod.exit.borrow().is_some() {
-                return Err(TaskError::Internal(format!(
-                    "sandbox {id}: the pod process did not set up its namespaces"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if !made_namespace(&pod, "ipc", || pid, start).await {
+            return Err(TaskError::Internal(format!(
+                "sandbox {id}: the pod process did not set up its namespaces"
+            )));
         }
-        let host_pid_ns = std::fs::read_link("/proc/self/ns/pid").ok();
-        while pod.pid_namespace
-            && std::fs::read_link(format!("/proc/{}/ns/pid", pod.namespace_pid())).ok()
-                == host_pid_ns
-        {
-            if start.elapsed() > Duration::from_secs(5) || pod.exit.borrow().is_some() {
-                return Err(TaskError::Internal(format!(
-                    "sandbox {id}: the pod process did not make its PID namespace"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if pod.pid_namespace && !made_namespace(&pod, "pid", || pod.namespace_pid(), start).await {
+            return Err(TaskError::Internal(format!(
+                "sandbox {id}: the pod process did not make its PID namespace"
+            )));
         }
         let pid = pod.namespace_pid();
         if pod.pid_namespace && !pod.cgroup.is_empty() {
             // Forked before the holder joined the pod's cgroup.
-            let cgroup = std::path::PathBuf::from(&pod.cgroup);
-            let joined =
-                tokio::task::spawn_blocking(move || ironcell_container::cgroup::join(&cgroup, pid))
-                    .await
-                    .map_err(|e| TaskError::Internal(e.to_string()))?;
-            if let Err(e) = joined {
+            if let Err(e) = join_cgroup(&pod.cgroup, pid).await {
                 tracing::warn!(id, error = %e, "the pod's PID namespace init is not in its cgroup");
             }
         }
@@ -672,6 +651,40 @@ impl Pods {
             Ok(())
         })
         .await;
+    }
+}
+
+/// Moves `pid` into the pod's cgroup at `cgroup` (cgroupfs form).
+async fn join_cgroup(cgroup: &str, pid: i32) -> Result<(), String> {
+    let cgroup = std::path::PathBuf::from(cgroup);
+    tokio::task::spawn_blocking(move || ironcell_container::cgroup::join(&cgroup, pid))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until the process `pid()` names (0: not known yet) exists and its
+/// namespace `kind` (`/proc/<pid>/ns/<kind>`) is not the daemon's; false
+/// if that is not so 5 s after `start`, or the holder ended.
+async fn made_namespace(
+    pod: &Pod,
+    kind: &str,
+    pid: impl Fn() -> i32,
+    start: std::time::Instant,
+) -> bool {
+    let daemons = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
+    loop {
+        let p = pid();
+        let ns = (p > 0)
+            .then(|| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).ok())
+            .flatten();
+        if ns.is_some() && ns != daemons {
+            return true;
+        }
+        if start.elapsed() > Duration::from_secs(5) || pod.exit.borrow().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
