@@ -233,9 +233,18 @@ pub struct Vcpu {
 impl Vcpu {
     /// Registers this thread for kicks, installs `filter`, and runs until the
     /// guest stops. Never returns an error: the reason goes to `exit`.
-    pub fn run(mut self, filter: Option<&seccompiler::BpfProgram>) {
+    pub fn run(self, filter: Option<&seccompiler::BpfProgram>) {
         let control = self.control.clone();
         let _registered = control.enter();
+        // `self`, with its references to the devices, goes before the
+        // registration does: once this thread counts as ended, the VMM
+        // thread drops the devices, and it must hold the last reference. A
+        // device's Drop may remove files (the vsock socket), which the vCPU
+        // filter does not allow.
+        self.run_registered(filter);
+    }
+
+    fn run_registered(mut self, filter: Option<&seccompiler::BpfProgram>) {
         if let Err(e) = filter.map_or(Ok(()), |f| seccompiler::apply_filter(f)) {
             self.exit.report(ExitReason::VcpuError {
                 vcpu: self.id,
