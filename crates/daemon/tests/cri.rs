@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    channel, cluster_dns, container_config, exec_script, pod_config, run_container,
-    run_pod_sandbox, start_containerd, start_containerd_with, start_controller,
-    stop_and_remove_pod, wait_for_state, CniBridge, Cri, IMAGE, SANDBOXER_HANDLER,
-    SANDBOX_API_HANDLER,
+    channel, cluster_dns, container_config, container_namespaces, exec_script, pod_config,
+    pod_namespaces, run_container, run_pod_sandbox, start_containerd, start_containerd_with,
+    start_controller, stop_and_remove_pod, wait_for_state, CniBridge, Cri, IMAGE,
+    SANDBOXER_HANDLER, SANDBOX_API_HANDLER,
 };
 use ironcell_testutil::kubelet::{
     assert_nothing_left, drive, CriGuard, Pod as KubeletPod, PodCgroup,
@@ -171,15 +171,7 @@ fn run_pod(cri: Cri) {
         let mut pod = pod_config(if sandbox_api { "sb-pod" } else { "cri-pod" }, &logs);
         // shareProcessNamespace: the holder's PID namespace init is found
         // again by the restarted daemon.
-        let shared_pid = |ns: Option<&mut NamespaceOption>| {
-            ns.unwrap().pid = NamespaceMode::Pod as i32;
-        };
-        shared_pid(
-            pod.linux
-                .as_mut()
-                .and_then(|l| l.security_context.as_mut())
-                .and_then(|s| s.namespace_options.as_mut()),
-        );
+        pod_namespaces(&mut pod).pid = NamespaceMode::Pod as i32;
         if cri == Cri::V2 {
             // A pod cgroup, as the kubelet gives each pod: the pod's process
             // joins it, and the pod's statistics come from it.
@@ -197,13 +189,7 @@ fn run_pod(cri: Cri) {
             ("side", "echo side-started; sleep 1000"),
         ] {
             let mut config = container_config(name, &["sh", "-c", script]);
-            shared_pid(
-                config
-                    .linux
-                    .as_mut()
-                    .and_then(|l| l.security_context.as_mut())
-                    .and_then(|s| s.namespace_options.as_mut()),
-            );
+            container_namespaces(&mut config).pid = NamespaceMode::Pod as i32;
             let id = run_container(&mut rt, &pod_id, &pod, config)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -554,24 +540,14 @@ fn cri_pod_hostname_and_sysctls() {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-            let ns = linux
-                .security_context
-                .as_mut()
-                .and_then(|s| s.namespace_options.as_mut())
-                .unwrap();
+            let ns = pod_namespaces(&mut pod);
             ns.network = NamespaceMode::Pod as i32;
             // shareProcessNamespace: one PID namespace for the pod.
             ns.pid = NamespaceMode::Pod as i32;
             if handler != "ironcell" {
                 // hostUsers: false, which a pod made here cannot give.
                 let mut own_users = pod.clone();
-                let ns = own_users
-                    .linux
-                    .as_mut()
-                    .and_then(|l| l.security_context.as_mut())
-                    .and_then(|s| s.namespace_options.as_mut())
-                    .unwrap();
-                ns.userns_options = Some(UserNamespace {
+                pod_namespaces(&mut own_users).userns_options = Some(UserNamespace {
                     mode: NamespaceMode::Pod as i32,
                     uids: vec![IdMapping {
                         host_id: 100_000,

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ironcell_testutil::cri::{
-    self, channel, cluster_dns, container_config, exec_script, pod_config, run_pod_sandbox,
-    runtime_after_restart, start_containerd_with, start_controller_with_env, stop_and_remove_pod,
-    vm_handler_config, wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER, VM_HANDLER,
+    self, channel, cluster_dns, container_config, exec_script, pod_config, pod_namespaces,
+    run_pod_sandbox, runtime_after_restart, start_containerd_with, start_controller_with_env,
+    stop_and_remove_pod, vm_handler_config, wait_for_state, CniBridge, Cri, SANDBOX_API_HANDLER,
+    VM_HANDLER,
 };
 use ironcell_testutil::cri_stream;
 use ironcell_testutil::kubelet::{remove_all_pods, wait_log, CriGuard, PodCgroup};
@@ -37,16 +38,7 @@ fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
         .insert("io.ironcell.sandbox".into(), "vm".into());
     pod.hostname = name.into();
     pod.dns_config = Some(cluster_dns().0);
-    let ns = pod
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let ns = pod_namespaces(&mut pod);
     ns.network = NamespaceMode::Pod as i32;
     ns.ipc = NamespaceMode::Pod as i32;
     ns.pid = NamespaceMode::Container as i32;
@@ -448,12 +440,7 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             ),
         ] {
             let mut refused = vm_pod(name, &logs);
-            let ns = refused
-                .linux
-                .as_mut()
-                .and_then(|l| l.security_context.as_mut())
-                .and_then(|s| s.namespace_options.as_mut())
-                .unwrap();
+            let ns = pod_namespaces(&mut refused);
             ns.network = network as i32;
             ns.pid = pid as i32;
             ns.ipc = ipc as i32;

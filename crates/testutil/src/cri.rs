@@ -481,6 +481,26 @@ pub fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
+/// The namespace options of a pod made by [`pod_config`], to change.
+pub fn pod_namespaces(pod: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    pod.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod_config gives every pod namespace options")
+}
+
+/// The namespace options of a container made by [`container_config`], to
+/// change.
+pub fn container_namespaces(config: &mut ContainerConfig) -> &mut NamespaceOption {
+    config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("container_config gives every container namespace options")
+}
+
 /// A cluster's DNS config, as the kubelet gives a pod (servers, search
 /// domains, options), and the `/etc/resolv.conf` its containers must see
 /// (resolv.conf(5): one line for the search domains, one a server, one for
