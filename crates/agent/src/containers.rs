@@ -45,6 +45,33 @@ fn lock_execs(entry: &Entry) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
     entry.execs.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How many exited exec'd processes a container keeps the status of (for
+/// a host that waits again, after its own restart). Beyond it the oldest
+/// go: a liveness probe execs every few seconds for the pod's lifetime.
+const EXITED_EXECS_KEPT: usize = 64;
+
+/// Whether exec id `exec_id` names a process that has not exited. The id
+/// of an exited one may be used again (containerd's clients reuse an exec
+/// id once they deleted its process).
+fn exec_id_taken(execs: &HashMap<String, Arc<Process>>, exec_id: &str) -> bool {
+    execs.get(exec_id).is_some_and(|p| p.exit().is_none())
+}
+
+/// Forgets the oldest exited processes beyond [`EXITED_EXECS_KEPT`].
+fn prune_exited(execs: &mut HashMap<String, Arc<Process>>) {
+    let mut exited: Vec<(std::time::SystemTime, String)> = execs
+        .iter()
+        .filter_map(|(id, p)| p.exit().map(|e| (e.at, id.clone())))
+        .collect();
+    if exited.len() <= EXITED_EXECS_KEPT {
+        return;
+    }
+    exited.sort();
+    for (_, id) in &exited[..exited.len() - EXITED_EXECS_KEPT] {
+        execs.remove(id);
+    }
+}
+
 /// What the host learns of a container's state.
 pub struct State {
     pub status: Status,
@@ -372,7 +399,7 @@ impl Containers {
     pub fn exec(&self, id: &str, exec_id: &str, process_json: &[u8]) -> Result<i32, AgentError> {
         let entry = self.entry(id)?;
         check_id("exec id", exec_id)?;
-        if lock_execs(&entry).contains_key(exec_id) {
+        if exec_id_taken(&lock_execs(&entry), exec_id) {
             return Err(AgentError::Exists(format!(
                 "process {exec_id} of container {id}"
             )));
@@ -423,7 +450,7 @@ impl Containers {
         let spawning = self.reaper.spawn_lock();
         // Checked again under the spawn lock, which is held until the
         // process is recorded: of two requests for one exec id, one runs.
-        if lock_execs(entry).contains_key(exec_id) {
+        if exec_id_taken(&lock_execs(entry), exec_id) {
             return Err(AgentError::Exists(format!(
                 "process {exec_id} of container {id}"
             )));
@@ -449,7 +476,10 @@ impl Containers {
         };
         let process = Arc::new(Process::new(pid, pipes, tty));
         self.reaper.watch(pid, process.clone());
-        lock_execs(entry).insert(exec_id.to_string(), process);
+        let mut execs = lock_execs(entry);
+        execs.insert(exec_id.to_string(), process);
+        prune_exited(&mut execs);
+        drop(execs);
         drop(spawning);
         Ok(pid)
     }
@@ -513,5 +543,53 @@ impl Containers {
                 let _ = c.kill(libc::SIGKILL, true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{Exit, Pipes};
+    use std::time::{Duration, SystemTime};
+
+    /// A process record without stdio, exited `age` ago (None: running).
+    fn process(age: Option<u64>) -> Arc<Process> {
+        let (_, pipes) = Pipes::new(true).unwrap();
+        let p = Arc::new(Process::new(1, pipes, None));
+        if let Some(age) = age {
+            p.exited(Exit {
+                code: 0,
+                signal: 0,
+                at: SystemTime::now() - Duration::from_secs(age),
+            });
+        }
+        p
+    }
+
+    #[test]
+    fn an_exited_execs_id_may_be_used_again_a_running_ones_may_not() {
+        let mut execs = HashMap::new();
+        execs.insert("running".to_string(), process(None));
+        execs.insert("done".to_string(), process(Some(1)));
+        assert!(exec_id_taken(&execs, "running"));
+        assert!(!exec_id_taken(&execs, "done"));
+        assert!(!exec_id_taken(&execs, "new"));
+    }
+
+    #[test]
+    fn only_the_newest_exited_execs_are_kept() {
+        let mut execs = HashMap::new();
+        execs.insert("running".to_string(), process(None));
+        for age in 0..EXITED_EXECS_KEPT as u64 + 10 {
+            execs.insert(format!("e{age}"), process(Some(age)));
+        }
+        prune_exited(&mut execs);
+        assert_eq!(execs.len(), EXITED_EXECS_KEPT + 1);
+        assert!(execs.contains_key("running"));
+        assert!(execs.contains_key("e0"), "the newest stays");
+        let oldest = format!("e{}", EXITED_EXECS_KEPT + 9);
+        assert!(!execs.contains_key(&oldest), "the oldest goes");
+        assert!(execs.contains_key(&format!("e{}", EXITED_EXECS_KEPT - 1)));
+        assert!(!execs.contains_key(&format!("e{EXITED_EXECS_KEPT}")));
     }
 }

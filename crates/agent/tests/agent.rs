@@ -1039,17 +1039,24 @@ fn exec_signals_and_processes() {
     assert_eq!(out.collect(), ("out\n".into(), "err\n".into()));
     let exit = agent.wait(&id, "e1").unwrap();
     assert_eq!((exit.exit_code, exit.signal), (7, 0));
-    // An exec id is used once, even after its process ended.
-    assert_code(
-        agent.exec(&id, "e1", process(&["true"], false)),
-        Code::ALREADY_EXISTS,
-        "e1",
-    );
+    // The id of a process that ended names the next one given it
+    // (containerd reuses an exec id once its process was deleted).
+    agent
+        .exec(&id, "e1", process(&["sh", "-c", "exit 5"], false))
+        .unwrap();
+    let _ = agent.output(&id, "e1").collect();
+    assert_eq!(agent.wait(&id, "e1").unwrap().exit_code, 5);
 
     let e2 = agent
         .exec(&id, "e2", process(&["sleep", "1000"], false))
         .unwrap()
         .pid;
+    // A running process's id is not given again.
+    assert_code(
+        agent.exec(&id, "e2", process(&["true"], false)),
+        Code::ALREADY_EXISTS,
+        "e2",
+    );
     let e2_out = agent.output(&id, "e2");
     let pids = agent
         .client
@@ -1644,11 +1651,12 @@ fn racing_requests_for_one_id() {
     let init_out = agent.output(&id, "");
     agent.start_container(&id).unwrap();
 
+    // The process outlives the race: an exited one's id may be used again.
     let execs = race(&|c| {
         let req = ExecProcessRequest {
             container_id: id.clone(),
             exec_id: "same".into(),
-            process_json: process(&["sh", "-c", "echo $$"], false),
+            process_json: process(&["sh", "-c", "echo $$; exec sleep 1000"], false),
             ..Default::default()
         };
         c.exec_process(ctx(), &req).map(|r| r.pid)
@@ -1661,9 +1669,18 @@ fn racing_requests_for_one_id() {
     for r in execs.into_iter().filter(|r| r.is_err()) {
         assert_code(r, Code::ALREADY_EXISTS, "exists already");
     }
-    let (out, _) = agent.output(&id, "same").collect();
+    let output = agent.output(&id, "same");
+    agent.signal(&id, "same", 9, false).unwrap();
+    let (out, _) = output.collect();
     assert!(!out.trim().is_empty(), "{out:?}");
-    assert_eq!(agent.wait(&id, "same").unwrap().exit_code, 0);
+    assert_eq!(agent.wait(&id, "same").unwrap().signal, 9);
+    // Exited: its id is free again (containerd's clients reuse an exec id
+    // once they deleted its process), for a process of its own.
+    agent
+        .exec(&id, "same", process(&["sh", "-c", "exit 4"], false))
+        .unwrap();
+    let _ = agent.output(&id, "same").collect();
+    assert_eq!(agent.wait(&id, "same").unwrap().exit_code, 4);
     agent.delete(&id, true).unwrap();
     assert_eq!(init_out.collect(), (String::new(), String::new()));
     agent.finish();
