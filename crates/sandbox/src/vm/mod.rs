@@ -6,6 +6,7 @@
 //! - [`share`]: the directory the guest mounts, and the spec it gets;
 //! - [`agent`]: the agent protocol's client;
 //! - [`relay`]: the host process that stands in for a guest process;
+//! - [`guest_exec`]: an exec'd process without a relay, for ironcelld;
 //! - [`state`]: a vm container's records on disk;
 //! - [`podnet`]: a VM joined to a pod's network namespace (a tap tied to
 //!   the CNI interface by tc);
@@ -20,6 +21,7 @@
 //! the 108 bytes unix sockets allow.
 
 pub mod agent;
+pub mod guest_exec;
 pub mod hooks;
 pub mod hypervisor;
 pub mod pod;
@@ -78,6 +80,13 @@ pub fn remove_run_dir(dir: &Path) {
         }
     }
     let _ = fs::remove_dir(dir);
+}
+
+/// An exec checked on the host, before the agent is asked.
+struct PreparedExec {
+    state: VmState,
+    process_json: Vec<u8>,
+    terminal: bool,
 }
 
 impl VmSandbox {
@@ -150,6 +159,89 @@ impl VmSandbox {
 
     fn agent(&self, st: &VmState) -> Result<Agent> {
         Agent::connect(&st.run_dir.join("vsock.sock"), st.agent_timeout())
+    }
+
+    /// What an exec in container `id` needs before the agent is asked: the
+    /// container running (as far as the host knows), its process.
+    fn prepare_exec(&self, id: &str, opts: &ExecOptions) -> Result<PreparedExec> {
+        let st = self.load(id)?;
+        if self.exit_record(id).is_some() || !is_alive(st.relay_pid, st.relay_start) {
+            return Err(Self::wrong(id, "exec in", Status::Stopped, ", not running"));
+        }
+        if opts.preserve_fds > 0 {
+            return Err(vm_err(
+                "--preserve-fds: file descriptors cannot be passed into a VM",
+            ));
+        }
+        let bundle = Bundle::load(&st.bundle).map_err(ContainerError::from)?;
+        let process = ironcell_container::exec_process(&bundle.spec, opts)?;
+        let terminal = process.terminal().unwrap_or(false);
+        let process_json = serde_json::to_vec(&process).map_err(|e| vm_err(e.to_string()))?;
+        Ok(PreparedExec {
+            state: st,
+            process_json,
+            terminal,
+        })
+    }
+
+    /// Starts the prepared process as `exec_id` in the guest, if the
+    /// container runs there (or is paused, with `--ignore-paused`);
+    /// returns its pid in the guest.
+    fn exec_in(
+        agent: &Agent,
+        id: &str,
+        exec_id: &str,
+        opts: &ExecOptions,
+        prepared: &PreparedExec,
+    ) -> Result<i32> {
+        let status = agent.state(id)?.status.enum_value_or_default();
+        match status {
+            ContainerStatus::RUNNING => {}
+            ContainerStatus::PAUSED if opts.ignore_paused => {}
+            s => {
+                let status = match s {
+                    ContainerStatus::CREATED => Status::Created,
+                    ContainerStatus::PAUSED => Status::Paused,
+                    _ => Status::Stopped,
+                };
+                return Err(Self::wrong(id, "exec in", status, ", not running"));
+            }
+        }
+        agent.exec(id, exec_id, prepared.process_json.clone())
+    }
+
+    /// Execs a process named `exec_id` in container `id` without a relay:
+    /// the caller (ironcelld) carries its stdio and waits for it through
+    /// the returned streams and link (`guest_exec`).
+    pub fn exec_attached(
+        &self,
+        id: &str,
+        exec_id: &str,
+        opts: &ExecOptions,
+    ) -> Result<guest_exec::GuestExec> {
+        let prepared = self.prepare_exec(id, opts)?;
+        let link = guest_exec::GuestLink::of(&prepared.state, id, exec_id);
+        let agent = link.connect()?;
+        Self::exec_in(&agent, id, exec_id, opts, &prepared)?;
+        let attached = guest_exec::GuestStdio::open(&agent, id, exec_id, prepared.terminal);
+        match attached {
+            Ok(stdio) => Ok(guest_exec::GuestExec {
+                host_pid: prepared.state.relay_pid,
+                link,
+                stdio,
+            }),
+            Err(e) => {
+                // Nobody would ever wait for it.
+                let _ = agent.signal(id, exec_id, libc::SIGKILL, false);
+                Err(e)
+            }
+        }
+    }
+
+    /// The link to exec'd process `exec_id` of container `id` (for a
+    /// daemon that finds it again after a restart).
+    pub fn guest_link(&self, id: &str, exec_id: &str) -> Result<guest_exec::GuestLink> {
+        Ok(guest_exec::GuestLink::of(&self.load(id)?, id, exec_id))
     }
 
     fn wrong(id: &str, op: &'static str, status: Status, hint: &'static str) -> SandboxError {
@@ -851,48 +943,23 @@ impl Sandbox for VmSandbox {
     }
 
     fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32> {
-        let st = self.load(id)?;
         // The relay is forked from a single-threaded process: the agent
         // (whose client has a thread) is asked only in the child.
-        if self.exit_record(id).is_some() || !is_alive(st.relay_pid, st.relay_start) {
-            return Err(Self::wrong(id, "exec in", Status::Stopped, ", not running"));
-        }
-        if opts.preserve_fds > 0 {
-            return Err(vm_err(
-                "--preserve-fds: file descriptors cannot be passed into a VM",
-            ));
-        }
-        let bundle = Bundle::load(&st.bundle).map_err(ContainerError::from)?;
-        let process = ironcell_container::exec_process(&bundle.spec, opts)?;
-        let terminal = process.terminal().unwrap_or(false);
-        let process_json = serde_json::to_vec(&process).map_err(|e| vm_err(e.to_string()))?;
+        let prepared = self.prepare_exec(id, opts)?;
         let exec_id = format!(
             "exec-{}-{}",
             std::process::id(),
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
         );
-        let uds = st.run_dir.join("vsock.sock");
+        let uds = prepared.state.run_dir.join("vsock.sock");
         let setup = || {
-            let agent = Agent::connect(&uds, st.agent_timeout())?;
-            let status = agent.state(id)?.status.enum_value_or_default();
-            match status {
-                ContainerStatus::RUNNING => {}
-                ContainerStatus::PAUSED if opts.ignore_paused => {}
-                s => {
-                    let status = match s {
-                        ContainerStatus::CREATED => Status::Created,
-                        ContainerStatus::PAUSED => Status::Paused,
-                        _ => Status::Stopped,
-                    };
-                    return Err(Self::wrong(id, "exec in", status, ", not running"));
-                }
-            }
-            let pid = agent.exec(id, &exec_id, process_json)?;
+            let agent = Agent::connect(&uds, prepared.state.agent_timeout())?;
+            let pid = Self::exec_in(&agent, id, &exec_id, opts, &prepared)?;
             let stdio = relay::attach(
                 &agent,
                 id,
                 &exec_id,
-                terminal,
+                prepared.terminal,
                 opts.console_socket.as_deref(),
             )?;
             Ok((
