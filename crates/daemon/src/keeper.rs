@@ -53,6 +53,16 @@ pub enum Slot {
     /// containerd's stdout FIFO of a terminal, open so that its reader sees
     /// no end of file while no daemon relays.
     TtyOut,
+    /// Where the daemon copies a process's stdout from (a VM exec's agent
+    /// stream): unread output waits in it while no daemon runs.
+    Stdout,
+    /// containerd's stdout FIFO that `Stdout` is copied into, held as
+    /// `TtyOut` is.
+    StdoutFifo,
+    /// As `Stdout`, for stderr.
+    Stderr,
+    /// As `StdoutFifo`, for stderr.
+    StderrFifo,
 }
 
 impl Slot {
@@ -62,6 +72,10 @@ impl Slot {
             Slot::StdinFifo => "stdin-fifo",
             Slot::Tty => "tty",
             Slot::TtyOut => "tty-out",
+            Slot::Stdout => "stdout",
+            Slot::StdoutFifo => "stdout-fifo",
+            Slot::Stderr => "stderr",
+            Slot::StderrFifo => "stderr-fifo",
         }
     }
 }

@@ -221,7 +221,8 @@ impl TaskService for Service {
     async fn resize_pty(&self, ctx: &TtrpcContext, req: ResizePtyRequest) -> R<Empty> {
         let ns = self.namespace(ctx)?;
         self.tasks
-            .resize(&ns, &req.id, &req.exec_id, req.width, req.height)?;
+            .resize(&ns, &req.id, &req.exec_id, req.width, req.height)
+            .await?;
         Ok(Empty::new())
     }
 

@@ -182,14 +182,22 @@ pub fn stdin_pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
 /// closes (EIO once every process holding its other side has exited).
 /// `master` stays the caller's (for resizing); the relay uses a duplicate.
 pub fn relay_output(master: &File, stdout: Option<OwnedFd>) -> io::Result<()> {
-    let from = register(master.try_clone()?.into())?;
+    copy_output(master.try_clone()?.into(), stdout).map(drop)
+}
+
+/// Copies `from` (a pty master, a stream) to the task's `stdout` (or
+/// stderr) until `from` ends; the copy's task is returned, to wait for.
+pub fn copy_output(
+    from: OwnedFd,
+    stdout: Option<OwnedFd>,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    let from = register(from)?;
     let to = match stdout {
         Some(fd) => register(fd)?,
-        // Nobody reads the terminal: drain it so the process never blocks.
+        // Nobody reads it: drained so the process never blocks.
         None => register(File::options().write(true).open("/dev/null")?.into())?,
     };
-    tokio::spawn(copy(from, to));
-    Ok(())
+    Ok(tokio::spawn(copy(from, to)))
 }
 
 /// Sets a pty's window size.

@@ -100,6 +100,20 @@ fn hypervisor_pids(dir: &Path, backend: Backend) -> Vec<i32> {
 }
 
 /// Mounts under `dir` in any mount namespace of the host's processes.
+/// The command lines of the host processes that stand for an exec'd
+/// process of a container under `root` (a relay forked by a helper job).
+fn exec_relays(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains("\0helper\0exec\0") && c.contains(&root))
+        .map(|c| c.replace('\0', " "))
+        .collect()
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
     let mut out: Vec<String> = std::fs::read_dir("/proc")
@@ -672,6 +686,33 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         let st = wait_state(&mut rt, &hog_id, ContainerState::ContainerExited).await;
         assert_eq!(st.reason, "OOMKilled", "{st:?}");
 
+        // An exec has no process on the host: the daemon runs it through
+        // the agent. One running while the daemon is SIGKILLed is carried
+        // on by the next daemon, its output and status intact.
+        let (mut exec_rt, exec_in) = (rt.clone(), ids[1].clone());
+        let in_flight = tokio::spawn(async move {
+            exec_script(
+                &mut exec_rt,
+                &exec_in,
+                "echo before; touch /tmp/in-flight; \
+                 while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after >&2; exit 4",
+            )
+            .await
+        });
+        let start = Instant::now();
+        while exec_script(&mut rt, &ids[1], "test -e /tmp/in-flight")
+            .await
+            .0
+            != 0
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the exec did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(exec_relays(root.path()), Vec::<String>::new());
+
         // The daemon SIGKILLed under the running pod: the keeper starts the
         // next, which serves the pod's containers in the same VM.
         let old = kill_daemon(root.path());
@@ -691,6 +732,10 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
                 wait_for_new_daemon(root.path(), &old, Duration::from_secs(10));
             }
         }
+        let (code, out) = exec_script(&mut rt, &ids[1], "touch /tmp/go").await;
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = in_flight.await.unwrap();
+        assert_eq!((code, out.as_str()), (4, "before\nafter\n"));
         let (code, out) = exec_script(
             &mut rt,
             &ids[1],

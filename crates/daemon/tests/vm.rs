@@ -132,6 +132,22 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let guest_boot = stdout(&out).trim().to_string();
     assert_ne!(guest_boot, host_boot.trim());
+    // An exec's stdin, stdout and stderr, each to its own end: the end of
+    // the caller's input is the process's.
+    let mut piped = exec_with_stdin(
+        c,
+        "epipe",
+        "while read l; do echo out:$l; echo err:$l >&2; done; exit 5",
+    );
+    std::io::Write::write_all(piped.stdin.as_mut().unwrap(), b"a\nb\n").unwrap();
+    let out = output_within(piped, "epipe");
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(5), "out:a\nout:b\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("err:a\nerr:b\n"), "{}", stderr(&out));
     // An exec with a terminal of the guest, sized as the caller's: 33 rows,
     // 101 columns (ctr resizes it once the process started, so the
     // process waits for a size).
@@ -176,9 +192,44 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     c.ok(&["task", "resume", "vmsvc"]);
     c.wait_task("vmsvc", "RUNNING");
 
-    // The daemon dies; the VM does not, and the next daemon serves it.
+    // The daemon dies; the VM does not, and the next daemon serves it. An
+    // exec running meanwhile (no host process stands for it) keeps its
+    // stdin and its output through the keeper.
+    let mut running = exec_with_stdin(c, "elong", "touch /tmp/elong; read l; echo got:$l; exit 6");
+    let start = std::time::Instant::now();
+    loop {
+        let probe = c.run(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "eprobe",
+            "vmsvc",
+            "test",
+            "-e",
+            "/tmp/elong",
+        ]);
+        if probe.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "elong did not start: {:?} {}",
+            probe.status,
+            stderr(&probe)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let old = kill_daemon(&s.root);
     wait_for_new_daemon(&s.root, &old, Duration::from_secs(20));
+    std::io::Write::write_all(running.stdin.as_mut().unwrap(), b"late\n").unwrap();
+    let out = output_within(running, "elong");
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(6), "got:late\n"),
+        "{}\n{}",
+        stderr(&out),
+        s.daemon_log()
+    );
     let out = exec("e2");
     assert_eq!(
         (out.status.code(), stdout(&out).trim()),
@@ -355,4 +406,44 @@ fn containerd_restart_keeps_vm_tasks() {
     c.ok(&["task", "delete", "vmkeep"]);
     c.ok(&["container", "rm", "vmkeep"]);
     assert_no_vm_left(vmdir.path());
+}
+
+/// `ctr task exec` of `sh -c script` in task vmsvc as `exec_id`, its stdio
+/// piped.
+fn exec_with_stdin(
+    c: &ironcell_testutil::containerd::Containerd,
+    exec_id: &str,
+    script: &str,
+) -> std::process::Child {
+    c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        exec_id,
+        "vmsvc",
+        "sh",
+        "-c",
+        script,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// The output of `ctr`, once it ended (within a minute: an exec whose
+/// output is never closed would hang the test).
+fn output_within(child: std::process::Child, what: &str) -> std::process::Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{what}: ctr did not end within a minute")
+        })
 }

@@ -32,6 +32,9 @@ pub enum TaskKind {
     Native,
     /// A WASI module run in the daemon itself.
     Wasm,
+    /// A container in a VM: its init as a native task's (its relay owns
+    /// the VM), its exec'd processes run through the agent by the daemon.
+    Vm,
     /// A fake, for the registry's unit tests.
     #[cfg(test)]
     Test,
@@ -130,6 +133,26 @@ pub trait TaskBackend: Send + Sync {
     /// Makes and starts exec process `exec_id` from its process spec file.
     async fn exec(&self, key: &ProcKey, exec_id: &str, io: &IoSpec, spec: &Path)
         -> Result<Spawned>;
+
+    /// A restarted daemon's take-back of exec `exec_id`'s stdio from the
+    /// keeper, for a backend that connects its execs' stdio itself: the
+    /// stdin relay (if any) it started again. None: the registry takes the
+    /// stdio back (a stdin pipe, a pty master).
+    async fn reattach_stdio(
+        &self,
+        _key: &ProcKey,
+        _exec_id: &str,
+        _io: &IoSpec,
+    ) -> Option<Option<StdinRelay>> {
+        None
+    }
+
+    /// Resizes the terminal of exec `exec_id` when the backend does it
+    /// (the daemon holds no pty of it); None: the daemon resizes the
+    /// process's pty master.
+    async fn resize(&self, _exec_id: &str, _width: u32, _height: u32) -> Option<Result<()>> {
+        None
+    }
 
     /// Sends `signal` to the init (`exec` None; `all`: to every process of
     /// the task) or to the started exec (its id and pid).

@@ -13,12 +13,14 @@ use crate::wasm_host::WasmHost;
 
 use super::backend::{Backends, Host, Place, Spawned, TaskBackend, TaskKind};
 use super::native::NativeBackends;
+use super::vm::VmBackends;
 use super::wasm::WasmBackends;
 use super::IoSpec;
 
 /// Every kind of task ironcelld runs.
 pub struct ByKind {
     native: NativeBackends,
+    vm: VmBackends,
     wasm: WasmBackends,
 }
 
@@ -27,6 +29,7 @@ impl ByKind {
         let wasm = Arc::new(WasmHost::new(host.root.join("wasm-cache")));
         ByKind {
             native: NativeBackends { host: host.clone() },
+            vm: VmBackends { host: host.clone() },
             wasm: WasmBackends { host, wasm },
         }
     }
@@ -43,9 +46,8 @@ impl Backends for ByKind {
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         match Sandboxes::select(sandbox, bundle)? {
             Kind::Wasm => self.wasm.create(place, bundle, io, sandbox).await,
-            // A vm container is the sandbox library's, as the CLI makes it:
-            // its relay is the process the keeper holds.
-            Kind::Namespace | Kind::Vm | Kind::AppKernel => {
+            Kind::Vm => self.vm.create(place, bundle, io, sandbox).await,
+            Kind::Namespace | Kind::AppKernel => {
                 self.native.create(place, bundle, io, sandbox).await
             }
         }
@@ -61,6 +63,7 @@ impl Backends for ByKind {
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
         match kind {
             TaskKind::Native => self.native.recover(kind, place),
+            TaskKind::Vm => self.vm.recover(kind, place),
             TaskKind::Wasm => self.wasm.recover(kind, place),
             #[cfg(test)]
             TaskKind::Test => Err(crate::error::TaskError::Internal(

@@ -7,7 +7,8 @@
 //!   stdio the keeper holds, recovery after a restart;
 //! - `backend.rs`: the [`TaskBackend`] trait through which the registry
 //!   runs a task's processes, and what backends share ([`Host`]);
-//! - `native.rs`, `wasm.rs`: the backends (namespace-sandbox containers;
+//! - `native.rs`, `vm.rs`, `wasm.rs`: the backends (namespace-sandbox
+//!   containers; vm-sandbox containers, whose execs run through the agent;
 //!   WASI modules in the daemon), `kinds.rs` choosing one per bundle;
 //! - `process.rs`: a process's state; `record.rs`: `task.json`.
 
@@ -19,6 +20,7 @@ mod record;
 mod recover;
 #[cfg(test)]
 mod tests;
+mod vm;
 mod wasm;
 
 use std::collections::{HashMap, HashSet};
@@ -869,8 +871,21 @@ impl Tasks {
         task.backend.update(resources).await
     }
 
-    pub fn resize(&self, ns: &str, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+    pub async fn resize(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
         let task = self.get(ns, id)?;
+        if !exec_id.is_empty() {
+            task.inner.lock().unwrap().proc(id, exec_id)?;
+            if let Some(done) = task.backend.resize(exec_id, width, height).await {
+                return done;
+            }
+        }
         let inner = task.inner.lock().unwrap();
         let p = inner.proc(id, exec_id)?;
         match &p.master {

@@ -68,24 +68,7 @@ impl Backends for NativeBackends {
         io: &IoSpec,
         sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
-        let pid_file = place.dir.join(INIT_PID);
-        let systemd_cgroup = systemd_cgroup(bundle);
-        let job = |console_socket| Job::Create {
-            root: place.state_root.clone(),
-            id: place.id.clone(),
-            bundle: place.bundle.clone(),
-            claim: place.claim(),
-            pid_file: pid_file.clone(),
-            console_socket,
-            systemd_cgroup,
-            sandbox,
-        };
-        let key = ProcKey::new(&place.namespace, &place.id, "");
-        let spawned = spawn_process(&self.host, &key, io, job, &pid_file).await?;
-        let task = NativeTask {
-            host: self.host.clone(),
-            place: place.clone(),
-        };
+        let (task, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
         Ok((Box::new(task), spawned))
     }
 
@@ -103,10 +86,7 @@ impl Backends for NativeBackends {
 
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
         debug_assert_eq!(kind, TaskKind::Native);
-        Ok(Box::new(NativeTask {
-            host: self.host.clone(),
-            place: place.clone(),
-        }))
+        Ok(Box::new(NativeTask::of(&self.host, place)))
     }
 }
 
@@ -119,6 +99,40 @@ async fn remove_container(place: &Place) -> Result<()> {
 }
 
 impl NativeTask {
+    /// Makes `place`'s container from `bundle`; its init is created, not
+    /// started.
+    pub async fn create(
+        host: &Arc<Host>,
+        place: &Place,
+        bundle: &Bundle,
+        io: &IoSpec,
+        sandbox: Option<ironcell_sandbox::Kind>,
+    ) -> Result<(NativeTask, Spawned)> {
+        let pid_file = place.dir.join(INIT_PID);
+        let systemd_cgroup = systemd_cgroup(bundle);
+        let job = |console_socket| Job::Create {
+            root: place.state_root.clone(),
+            id: place.id.clone(),
+            bundle: place.bundle.clone(),
+            claim: place.claim(),
+            pid_file: pid_file.clone(),
+            console_socket,
+            systemd_cgroup,
+            sandbox,
+        };
+        let key = ProcKey::new(&place.namespace, &place.id, "");
+        let spawned = spawn_process(host, &key, io, job, &pid_file).await?;
+        Ok((NativeTask::of(host, place), spawned))
+    }
+
+    /// The task of a container that exists.
+    pub fn of(host: &Arc<Host>, place: &Place) -> NativeTask {
+        NativeTask {
+            host: host.clone(),
+            place: place.clone(),
+        }
+    }
+
     /// Runs `f` on the sandbox that owns the task's container, on the
     /// blocking pool.
     async fn on_sandbox<T, F>(&self, f: F) -> Result<T>

@@ -162,13 +162,16 @@ impl Tasks {
         }
         self.tasks.lock().unwrap().insert(key, task.clone());
         let init_alive = live.iter().any(|(e, _)| e.is_none());
+        // Before the exits are watched: an exit releases what the keeper
+        // holds of the process's stdio, and output that waits there (a
+        // process that ended while no daemon ran) must be taken first.
+        self.reattach_io(&task).await;
         for (exec_id, pid) in live {
             self.watch_exit(&task, exec_id, pid);
         }
         if init_alive {
             self.watch_oom(&task).await;
         }
-        self.reattach_io(&task).await;
         tracing::info!(namespace = %task.namespace, id = %task.id, "task re-attached");
         if !task.bundle.exists() {
             // containerd removes a task's bundle only once it has given the
@@ -190,7 +193,8 @@ impl Tasks {
     }
 
     /// A restarted daemon takes the stdio of `task`'s live processes back
-    /// from the keeper: the stdin relays and the terminals.
+    /// from the keeper: the stdin relays and the terminals (or the backend
+    /// takes back what it connected itself).
     async fn reattach_io(&self, task: &Task) {
         let Some(keeper) = self.keeper() else { return };
         let procs: Vec<(String, IoSpec, ProcKey)> = {
@@ -206,6 +210,15 @@ impl Tasks {
                 .collect()
         };
         for (exec_id, io, key) in procs {
+            if !exec_id.is_empty() {
+                if let Some(relay) = task.backend.reattach_stdio(&key, &exec_id, &io).await {
+                    let mut inner = task.inner.lock().unwrap();
+                    if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
+                        p.stdin = relay;
+                    }
+                    continue;
+                }
+            }
             let (mut relay, mut master) = (None, None);
             let sink = if io.terminal {
                 let Some(m) = keeper.fetch(&key, Slot::Tty).await else {

@@ -227,6 +227,12 @@ impl TaskBackend for FakeTask {
     async fn memory_cgroup(&self) -> Option<PathBuf> {
         None
     }
+
+    async fn resize(&self, exec_id: &str, width: u32, height: u32) -> Option<Result<()>> {
+        self.world
+            .call(format!("resize {exec_id} {width}x{height}"));
+        Some(Ok(()))
+    }
 }
 
 const CONTAINERD: &str = "/run/fake-containerd.sock";
@@ -383,6 +389,34 @@ async fn lifecycle_create_start_exec_kill_wait_delete() {
             format!("signal {pid} 9"),
             "delete a None".into(),
         ]
+    );
+}
+
+#[tokio::test]
+async fn an_execs_terminal_is_resized_by_a_backend_that_resizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::new(false);
+    let (tasks, _events) = registry(&dir.path().join("root"), &world);
+    let pid = tasks
+        .create(request("a", bundle(dir.path(), "a", "/bin/sleep")))
+        .await
+        .unwrap();
+    tasks.start("ns", "a", "").await.unwrap();
+    tasks
+        .exec("ns", "a", "e1", IoSpec::default(), EXEC_SPEC)
+        .unwrap();
+    tasks.start("ns", "a", "e1").await.unwrap();
+    tasks.resize("ns", "a", "e1", 101, 33).await.unwrap();
+    // An unknown exec is not the backend's to answer, nor the init's
+    // terminal (none here: its relay's pty master would be resized).
+    let e = tasks.resize("ns", "a", "nope", 1, 1).await.unwrap_err();
+    assert!(matches!(e, TaskError::NotFound(_)), "{e}");
+    let e = tasks.resize("ns", "a", "", 1, 1).await.unwrap_err();
+    assert!(e.to_string().contains("has no terminal"), "{e}");
+    let calls = world.calls();
+    assert_eq!(
+        calls[calls.len() - 2..],
+        [format!("exec a e1 {}", pid + 1), "resize e1 101x33".into()]
     );
 }
 

@@ -1,0 +1,426 @@
+//! VM tasks: containers of the vm sandbox. The init is a native task's (its
+//! relay stands for it on the host and owns the VM, or joins the pod's).
+//! An exec'd process has no host process: the daemon starts it through the
+//! VM's agent, copies its stdio streams into containerd's FIFOs, and waits
+//! for it through the agent (`ironcell_sandbox::vm::guest_exec`).
+//!
+//! Across a restart of the daemon, the keeper holds what a relay would
+//! have: the streams' connections (output the process writes meanwhile
+//! waits in them) and containerd's FIFOs (whose readers see no end). The
+//! next daemon copies from them again (`recover.rs`) and waits again.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use ironcell_basics::exit_status;
+use ironcell_container::stats::Stats;
+use ironcell_container::ExecOptions;
+use ironcell_oci::Bundle;
+use ironcell_sandbox::vm::guest_exec::{GuestExec, GuestLink, GuestStdio};
+use ironcell_sandbox::VmSandbox;
+use oci_spec::runtime::LinuxResources;
+use tokio::task::JoinHandle;
+
+use crate::error::{Result, TaskError};
+use crate::keeper::{Keeper, ProcKey, Slot};
+use crate::reaper::Exit;
+use crate::stdio::{self, StdinRelay};
+
+use super::backend::{
+    blocking, Announce, Backends, ExitSink, Host, Place, Spawned, TaskBackend, TaskKind,
+};
+use super::native::{NativeBackends, NativeTask};
+use super::IoSpec;
+
+/// After an exec's exit, how long its output copies get to reach their end
+/// before the exit is reported (a guest cannot hold an exit back).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The slots the keeper holds an exec's copied output in: (the stream,
+/// containerd's FIFO), for stdout and for stderr, or a terminal's.
+const OUTPUT_SLOTS: [(Slot, Slot); 3] = [
+    (Slot::Stdout, Slot::StdoutFifo),
+    (Slot::Stderr, Slot::StderrFifo),
+    (Slot::Tty, Slot::TtyOut),
+];
+
+/// Makes VM tasks.
+pub struct VmBackends {
+    pub host: Arc<Host>,
+}
+
+/// Each exec's output copies still running, by exec id.
+type Copies = Arc<Mutex<HashMap<String, Outputs>>>;
+
+/// An exec's output copies, and the slots the backend itself has the keeper
+/// drop once they are done (a terminal's are the registry's to drop).
+#[derive(Default)]
+struct Outputs {
+    copies: Vec<JoinHandle<()>>,
+    slots: Vec<Slot>,
+}
+
+impl Outputs {
+    fn release(&self, keeper: Option<&Keeper>, key: &ProcKey) {
+        if let Some(k) = keeper {
+            for slot in &self.slots {
+                k.release(key, *slot);
+            }
+        }
+    }
+}
+
+/// One VM task.
+pub struct VmTask {
+    host: Arc<Host>,
+    place: Place,
+    init: NativeTask,
+    copies: Copies,
+}
+
+impl VmTask {
+    fn new(host: &Arc<Host>, place: &Place, init: NativeTask) -> VmTask {
+        VmTask {
+            host: host.clone(),
+            place: place.clone(),
+            init,
+            copies: Arc::default(),
+        }
+    }
+
+    fn sandbox(&self) -> VmSandbox {
+        VmSandbox::new(self.place.state_root.clone(), None)
+    }
+
+    /// The link to exec `exec_id`, from the container's state.
+    async fn link(&self, exec_id: &str) -> Result<GuestLink> {
+        let (sandbox, id, exec_id) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
+        blocking(move || Ok(sandbox.guest_link(&id, &exec_id)?)).await
+    }
+
+    /// Has the keeper hold exec `exec_id`'s output `from` and its `fifo`
+    /// as `slots`; the backend drops them once the process ended (a
+    /// terminal's are the registry's to drop).
+    fn hold(
+        &self,
+        key: &ProcKey,
+        exec_id: &str,
+        slots: (Slot, Slot),
+        from: &OwnedFd,
+        fifo: Option<&OwnedFd>,
+    ) {
+        let Some(k) = &self.host.keeper else { return };
+        k.hold(key, slots.0, from);
+        if let Some(f) = fifo {
+            k.hold(key, slots.1, f);
+        }
+        if slots.0 != Slot::Tty {
+            let mut copies = self.copies.lock().unwrap();
+            let outputs = copies.entry(exec_id.to_string()).or_default();
+            outputs.slots.extend([slots.0, slots.1]);
+        }
+    }
+
+    /// Copies exec `exec_id`'s output `from` into `fifo`.
+    fn copy_output(&self, exec_id: &str, from: OwnedFd, fifo: Option<OwnedFd>) -> Result<()> {
+        let copy = stdio::copy_output(from, fifo)
+            .map_err(|e| TaskError::Internal(format!("cannot copy an exec's output: {e}")))?;
+        let mut copies = self.copies.lock().unwrap();
+        copies
+            .entry(exec_id.to_string())
+            .or_default()
+            .copies
+            .push(copy);
+        Ok(())
+    }
+
+    /// Connects a new exec's streams to containerd's stdio `io`: output
+    /// copied into the FIFOs, stdin (if any) relayed into the process's
+    /// input. Returns the stdin relay.
+    fn connect(
+        &self,
+        key: &ProcKey,
+        exec_id: &str,
+        io: &IoSpec,
+        streams: GuestStdio,
+    ) -> Result<Option<StdinRelay>> {
+        let bad = |e: stdio::StdioError| TaskError::InvalidArgument(e.to_string());
+        let sink = match streams {
+            GuestStdio::Tty(conn) => {
+                let conn = OwnedFd::from(conn);
+                let sink = conn
+                    .try_clone()
+                    .map_err(|e| TaskError::Internal(format!("terminal: {e}")))?;
+                let out = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+                self.hold(key, exec_id, OUTPUT_SLOTS[2], &conn, out.as_ref());
+                self.copy_output(exec_id, conn, out)?;
+                sink
+            }
+            GuestStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let out = stdio::open_output("stdout", &io.stdout).map_err(bad)?;
+                let err = stdio::open_output("stderr", &io.stderr).map_err(bad)?;
+                for (slots, from, fifo) in [
+                    (OUTPUT_SLOTS[0], OwnedFd::from(stdout), out),
+                    (OUTPUT_SLOTS[1], OwnedFd::from(stderr), err),
+                ] {
+                    self.hold(key, exec_id, slots, &from, fifo.as_ref());
+                    self.copy_output(exec_id, from, fifo)?;
+                }
+                if io.stdin.is_empty() {
+                    // No input: the process reads an end of file.
+                    let _ = stdin.shutdown(std::net::Shutdown::Write);
+                }
+                stdin.into()
+            }
+        };
+        if io.stdin.is_empty() {
+            return Ok(None);
+        }
+        let relay = self
+            .host
+            .start_stdin(key, &io.stdin, None, sink)
+            .map_err(bad)?;
+        Ok(Some(relay))
+    }
+}
+
+#[async_trait]
+impl Backends for VmBackends {
+    async fn create(
+        &self,
+        place: &Place,
+        bundle: &Bundle,
+        io: &IoSpec,
+        sandbox: Option<ironcell_sandbox::Kind>,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
+        let (init, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
+        Ok((Box::new(VmTask::new(&self.host, place, init)), spawned))
+    }
+
+    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
+        debug_assert_eq!(kind, TaskKind::Vm);
+        let init = NativeTask::of(&self.host, place);
+        Ok(Box::new(VmTask::new(&self.host, place, init)))
+    }
+
+    async fn discard(&self, place: &Place) -> Result<()> {
+        NativeBackends {
+            host: self.host.clone(),
+        }
+        .discard(place)
+        .await
+    }
+}
+
+#[async_trait]
+impl TaskBackend for VmTask {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Vm
+    }
+
+    fn watch(&self, exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
+        let Some(exec_id) = exec_id else {
+            return self.init.watch(None, pid, on_exit);
+        };
+        let (sandbox, id, exec_id) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
+        let (copies, runtime) = (self.copies.clone(), tokio::runtime::Handle::current());
+        let key = ProcKey::new(&self.place.namespace, &id, &exec_id);
+        let keeper = self.host.keeper.clone();
+        // A thread of its own, not the blocking pool's: the wait lasts as
+        // long as the process runs.
+        let waiter = std::thread::Builder::new()
+            .name("vm-exec-wait".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let status = match sandbox.guest_link(&id, &exec_id).and_then(|l| l.wait()) {
+                    Ok(status) => status,
+                    Err(e) => {
+                        // Its VM ended (or its container is gone): it can
+                        // no longer be asked, and is reported killed.
+                        tracing::warn!(%id, %exec_id, error = %e, "an exec's wait in the guest failed");
+                        exit_status::KILLED
+                    }
+                };
+                let at = SystemTime::now();
+                // Everything the process wrote, before its status.
+                let mut outputs = copies.lock().unwrap().remove(&exec_id).unwrap_or_default();
+                let pending = std::mem::take(&mut outputs.copies);
+                runtime.block_on(async {
+                    let drained = async {
+                        for copy in pending {
+                            let _ = copy.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
+                });
+                outputs.release(keeper.as_deref(), &key);
+                on_exit(Exit { pid, status, at });
+            });
+        if let Err(e) = waiter {
+            tracing::error!(id = %self.place.id, error = %e, "cannot wait for an exec");
+        }
+    }
+
+    async fn start(&self, announce: Announce<'_>) -> Result<()> {
+        self.init.start(announce).await
+    }
+
+    async fn exec(
+        &self,
+        key: &ProcKey,
+        exec_id: &str,
+        io: &IoSpec,
+        spec: &Path,
+    ) -> Result<Spawned> {
+        let opts = ExecOptions {
+            process: Some(spec.to_path_buf()),
+            tty: io.terminal,
+            detach: true,
+            ..Default::default()
+        };
+        let (sandbox, id, exec) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
+        let guest: GuestExec =
+            blocking(move || Ok(sandbox.exec_attached(&id, &exec, &opts)?)).await?;
+        match self.connect(key, exec_id, io, guest.stdio) {
+            Ok(stdin) => Ok(Spawned {
+                pid: guest.host_pid,
+                stdin,
+                master: None,
+            }),
+            Err(e) => {
+                // Nobody will wait for it: it goes, and so does what the
+                // keeper was given of it.
+                let link = guest.link;
+                let _ = blocking(move || Ok(link.signal(libc::SIGKILL)?)).await;
+                let outputs = self.copies.lock().unwrap().remove(exec_id);
+                let keeper = self.host.keeper.as_deref();
+                outputs.unwrap_or_default().release(keeper, key);
+                if let Some(k) = keeper {
+                    for slot in [Slot::Tty, Slot::TtyOut, Slot::Stdin, Slot::StdinFifo] {
+                        k.release(key, slot);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn reattach_stdio(
+        &self,
+        key: &ProcKey,
+        exec_id: &str,
+        io: &IoSpec,
+    ) -> Option<Option<StdinRelay>> {
+        let keeper = self.host.keeper.as_ref()?;
+        if !io.terminal {
+            // Dropped once the process ended, whatever is taken back here.
+            let mut copies = self.copies.lock().unwrap();
+            let slots = &mut copies.entry(exec_id.to_string()).or_default().slots;
+            slots.extend([
+                Slot::Stdout,
+                Slot::StdoutFifo,
+                Slot::Stderr,
+                Slot::StderrFifo,
+            ]);
+        }
+        let outputs = if io.terminal {
+            vec![(OUTPUT_SLOTS[2], "stdout", &io.stdout)]
+        } else {
+            vec![
+                (OUTPUT_SLOTS[0], "stdout", &io.stdout),
+                (OUTPUT_SLOTS[1], "stderr", &io.stderr),
+            ]
+        };
+        let mut sink = None;
+        for (slots, what, uri) in outputs {
+            let Some(from) = keeper.fetch(key, slots.0).await else {
+                continue;
+            };
+            if io.terminal {
+                sink = from.try_clone().ok();
+            }
+            let fifo = match keeper.fetch(key, slots.1).await {
+                Some(fd) => Ok(Some(fd)),
+                None => stdio::open_output(what, uri),
+            };
+            let copied = fifo
+                .map_err(|e| TaskError::Internal(e.to_string()))
+                .and_then(|fifo| self.copy_output(exec_id, from, fifo));
+            if let Err(e) = copied {
+                tracing::warn!(id = %self.place.id, exec_id, error = %e, "{what} not re-attached");
+            }
+        }
+        if !io.terminal && !io.stdin.is_empty() {
+            sink = keeper.fetch(key, Slot::Stdin).await;
+        }
+        let Some(sink) = sink.filter(|_| !io.stdin.is_empty()) else {
+            return Some(None);
+        };
+        let fifo = keeper.fetch(key, Slot::StdinFifo).await;
+        match self.host.start_stdin(key, &io.stdin, fifo, sink) {
+            Ok(relay) => Some(Some(relay)),
+            Err(e) => {
+                tracing::warn!(id = %self.place.id, exec_id, error = %e, "stdin not re-attached");
+                Some(None)
+            }
+        }
+    }
+
+    async fn signal(&self, exec: Option<(&str, i32)>, signal: i32, all: bool) -> Result<()> {
+        let Some((exec_id, _)) = exec else {
+            return self.init.signal(None, signal, all).await;
+        };
+        let link = self.link(exec_id).await?;
+        blocking(move || Ok(link.signal(signal)?)).await
+    }
+
+    async fn resize(&self, exec_id: &str, width: u32, height: u32) -> Option<Result<()>> {
+        let link = match self.link(exec_id).await {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let rows = height.min(u16::MAX as u32) as u16;
+        let cols = width.min(u16::MAX as u32) as u16;
+        Some(blocking(move || Ok(link.resize(rows, cols)?)).await)
+    }
+
+    async fn delete(&self, live_init: Option<i32>) -> Result<()> {
+        self.init.delete(live_init).await
+    }
+
+    async fn pause(&self, pause: bool) -> Result<()> {
+        self.init.pause(pause).await
+    }
+
+    async fn paused(&self) -> bool {
+        self.init.paused().await
+    }
+
+    async fn pids(&self) -> Result<Vec<i32>> {
+        self.init.pids().await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        self.init.stats().await
+    }
+
+    async fn update(&self, resources: LinuxResources) -> Result<()> {
+        self.init.update(resources).await
+    }
+
+    async fn memory_cgroup(&self) -> Option<PathBuf> {
+        self.init.memory_cgroup().await
+    }
+
+    async fn oom_waiter(&self) -> Option<ironcell_sandbox::OomWaiter> {
+        self.init.oom_waiter().await
+    }
+}
