@@ -93,7 +93,7 @@ rtar() {
 
 # ---------------------------------------------------------------- rootfs
 R="$STAGE/rootfs"
-mkdir -p "$R"/{bin,etc,proc,sys,dev,tmp,root,run,var,usr}
+mkdir -p "$R"/{bin,etc,proc,sys,dev,tmp,root,run,var,usr,mnt}
 chmod 1777 "$R/tmp"
 chmod 0700 "$R/root"
 cp "$BUSYBOX" "$R/bin/busybox"         # a real copy, never a link to the host
