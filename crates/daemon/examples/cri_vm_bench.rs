@@ -6,7 +6,10 @@
 //! 1. Start latency, handlers taking turns: RunPodSandbox, CreateContainer
 //!    and StartContainer of `/bin/true`, until ContainerStatus says it
 //!    exited (timed); the pod's stop and removal (not timed).
-//! 2. Host memory per VM pod at 1, 5 and 10 running pods (one `sleep`
+//! 2. ExecSync latency, handlers taking turns: ExecSync of `true` in a
+//!    running container of each handler (a VM pod's runs in the guest
+//!    through the agent, with no host process for it).
+//! 3. Host memory per VM pod at 1, 5 and 10 running pods (one `sleep`
 //!    container each): the PSS (`/proc/PID/smaps_rollup`) of what ironcell
 //!    runs on the host (ironcelld and its keeper, the relays, the device
 //!    process serving each VM's virtio-fs and vsock), and of QEMU apart.
@@ -109,6 +112,34 @@ async fn one(
         .map(|()| began.elapsed().as_secs_f64() * 1000.0);
     remove(rt, &pod_id).await;
     result
+}
+
+/// ExecSync of `true` in container `id`, in milliseconds.
+async fn exec_true(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<f64, String> {
+    let began = Instant::now();
+    let done = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["true".into()],
+            timeout: 60,
+        })
+        .await
+        .map_err(|e| format!("ExecSync: {e}"))?
+        .into_inner();
+    if done.exit_code != 0 {
+        return Err(format!("ExecSync of true: exit code {}", done.exit_code));
+    }
+    Ok(began.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// The VM handler's median over the namespace handler's.
+fn print_ratio(medians: &[f64]) {
+    if let [vm, namespace] = medians {
+        println!(
+            "ratio of medians {VM_HANDLER}/ironcell: {:.1}x",
+            vm / namespace
+        );
+    }
 }
 
 fn pss_kib(pid: i32) -> u64 {
@@ -244,7 +275,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut memory = Vec::new();
+    let (mut memory, mut execs) = (Vec::new(), Vec::new());
     let mut results = tokio.block_on(async {
         let mut rt = RuntimeServiceClient::new(channel(c.socket()).await);
         let results = interleave(
@@ -254,6 +285,40 @@ fn main() {
             async |h: &str, n: usize| one(&mut rt, h, n, &logs).await,
         )
         .await;
+        // One running container a handler, for the execs.
+        let mut running = Vec::new();
+        for h in HANDLERS {
+            match start(
+                &mut rt,
+                h,
+                &format!("exec-{h}"),
+                &["sleep", "100000"],
+                &logs,
+            )
+            .await
+            {
+                Ok((pod_id, id)) => running.push((pod_id, id)),
+                Err(e) => eprintln!("cri_vm_bench: a pod for execs, {h}: {e}"),
+            }
+        }
+        let ids: Vec<String> = running.iter().map(|(_, id)| id.clone()).collect();
+        execs = if ids.len() == HANDLERS.len() {
+            interleave(
+                "cri_vm_bench exec",
+                &HANDLERS,
+                runs * 4,
+                async |h: &str, _: usize| {
+                    let i = HANDLERS.iter().position(|x| *x == h).unwrap();
+                    exec_true(&mut rt, &ids[i]).await
+                },
+            )
+            .await
+        } else {
+            Vec::new()
+        };
+        for (pod_id, _) in &running {
+            remove(&mut rt, pod_id).await;
+        }
         let mut pods = Vec::new();
         for &count in &counts {
             while pods.len() < count {
@@ -282,11 +347,13 @@ fn main() {
         &HANDLERS,
         &mut results,
     );
-    if medians.len() == 2 {
-        println!(
-            "ratio of medians {VM_HANDLER}/ironcell: {:.1}x",
-            medians[0] / medians[1]
-        );
+    print_ratio(&medians);
+    if !execs.is_empty() {
+        print_ratio(&print_latency_table(
+            "CRI ExecSync of `true` in a running container, interleaved",
+            &HANDLERS,
+            &mut execs,
+        ));
     }
     println!(
         "\nHost memory of running VM pods (one `sleep` container each), PSS after {settle} s idle\n"
