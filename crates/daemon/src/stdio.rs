@@ -200,11 +200,19 @@ pub fn copy_output(
     Ok(tokio::spawn(copy(from, to)))
 }
 
+/// containerd's terminal size (width, height) as a terminal's (rows,
+/// columns), each bounded to what a winsize holds.
+pub fn rows_cols(width: u32, height: u32) -> (u16, u16) {
+    let bound = |v: u32| v.min(u16::MAX as u32) as u16;
+    (bound(height), bound(width))
+}
+
 /// Sets a pty's window size.
 pub fn resize(master: &File, width: u32, height: u32) -> io::Result<()> {
+    let (rows, cols) = rows_cols(width, height);
     let ws = libc::winsize {
-        ws_row: height.min(u16::MAX as u32) as u16,
-        ws_col: width.min(u16::MAX as u32) as u16,
+        ws_row: rows,
+        ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
@@ -219,6 +227,12 @@ pub fn resize(master: &File, width: u32, height: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_terminal_size_is_rows_then_columns_each_bounded() {
+        assert_eq!(rows_cols(101, 33), (33, 101));
+        assert_eq!(rows_cols(u32::MAX, 1), (1, u16::MAX));
+    }
     use std::ffi::CString;
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;

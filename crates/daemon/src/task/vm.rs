@@ -324,12 +324,9 @@ impl TaskBackend for VmTask {
             // Dropped once the process ended, whatever is taken back here.
             let mut copies = self.copies.lock().unwrap();
             let slots = &mut copies.entry(exec_id.to_string()).or_default().slots;
-            slots.extend([
-                Slot::Stdout,
-                Slot::StdoutFifo,
-                Slot::Stderr,
-                Slot::StderrFifo,
-            ]);
+            for (stream, fifo) in &OUTPUT_SLOTS[..2] {
+                slots.extend([*stream, *fifo]);
+            }
         }
         let outputs = if io.terminal {
             vec![(OUTPUT_SLOTS[2], "stdout", &io.stdout)]
@@ -387,8 +384,7 @@ impl TaskBackend for VmTask {
             Ok(l) => l,
             Err(e) => return Some(Err(e)),
         };
-        let rows = height.min(u16::MAX as u32) as u16;
-        let cols = width.min(u16::MAX as u32) as u16;
+        let (rows, cols) = stdio::rows_cols(width, height);
         Some(blocking(move || Ok(link.resize(rows, cols)?)).await)
     }
 
