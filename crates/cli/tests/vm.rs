@@ -385,6 +385,48 @@ fn vm_container_lifecycle() {
     }
 }
 
+/// A CRI pod through the CLI (containerd's runc shim): the container whose
+/// annotations name the pod's sandbox container joins that container's VM
+/// (the same guest boot id), with a relay of its own that is its pid and
+/// ends with its status; its delete leaves the pod's VM running, and the
+/// pod's delete leaves nothing.
+#[test]
+fn a_pods_container_joins_the_pods_vm_with_a_relay() {
+    let Some(vm) = Vm::qemu("a_pods_container_joins_the_pods_vm_with_a_relay", "") else {
+        return;
+    };
+    let pod = "vm-pod";
+    let b = vm.bundle(pod, &["/bin/sleep", "1000"], |_| {});
+    vm.ok(&["run", "-d", "-b", b.to_str().unwrap(), pod]);
+    vm.wait_status(pod, "running");
+    let member = "vm-pod-member";
+    let b = vm.bundle(member, &["/bin/sleep", "1000"], |c| {
+        c["annotations"] = json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": pod,
+        });
+    });
+    vm.ok(&["run", "-d", "-b", b.to_str().unwrap(), member]);
+    vm.wait_status(member, "running");
+    let pod_pid = vm.state(pod)["pid"].as_i64().unwrap();
+    let member_pid = vm.state(member)["pid"].as_i64().unwrap();
+    assert_ne!(member_pid, pod_pid, "the member's relay is its own");
+    assert!(Path::new(&format!("/proc/{member_pid}")).exists());
+    let boot = |id: &str| vm.ok(&["exec", id, "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(boot(pod), boot(member));
+    assert_ne!(
+        boot(member),
+        fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap()
+    );
+    vm.ok(&["kill", member, "KILL"]);
+    vm.wait_status(member, "stopped");
+    vm.ok(&["delete", member]);
+    assert!(!vm.env.root.join(member).exists());
+    assert_eq!(vm.state(pod)["status"], "running");
+    vm.ok(&["delete", "--force", pod]);
+    vm.assert_clean(pod);
+}
+
 /// A detached exec holds its stdio in a relay of its own whose pid is in
 /// --pid-file and whose exit status is the process's.
 #[test]

@@ -7,6 +7,8 @@
 //! - [`agent`]: the agent protocol's client;
 //! - [`relay`]: the host process that stands in for a guest process;
 //! - [`guest_exec`]: an exec'd process without a relay, for ironcelld;
+//! - `member`: a container joining its pod's VM, with a relay (the CLI's)
+//!   or without (ironcelld's);
 //! - [`state`]: a vm container's records on disk;
 //! - [`podnet`]: a VM joined to a pod's network namespace (a tap tied to
 //!   the CNI interface by tc);
@@ -24,6 +26,7 @@ pub mod agent;
 pub mod guest_exec;
 pub mod hooks;
 pub mod hypervisor;
+mod member;
 pub mod pod;
 pub mod podnet;
 pub mod relay;
@@ -109,6 +112,21 @@ impl VmSandbox {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// Makes container `id`'s state directory (the root too, if needed).
+    fn make_dir(&self, id: &str) -> Result<PathBuf> {
+        let dir = self.dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", self.root.display())))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| vm_err(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(dir)
     }
 
     fn load(&self, id: &str) -> Result<VmState> {
@@ -341,6 +359,7 @@ impl VmSandbox {
             pod_network: None,
             pod: None,
             host_cgroup: pod::host_cgroup(&bundle.spec),
+            no_relay: false,
         };
         let state_file = dir.join(STATE_FILE);
         let setup = || {
@@ -368,116 +387,6 @@ impl VmSandbox {
         self.finish_create(id, record, forked, bundle, opts, undo)
     }
 
-    /// Creates container `id` in the running VM of pod `pod_id` (its
-    /// sandbox container's, in this root): its share directory added to
-    /// the VM's, the container made by the agent there, and a relay that
-    /// stands in for it (`pod.rs`).
-    fn create_member(
-        &self,
-        id: &str,
-        dir: &Path,
-        bundle: &Bundle,
-        opts: &CreateOptions,
-        pod_id: &str,
-    ) -> Result<()> {
-        share::check_spec(&bundle.spec)?;
-        if opts.preserve_fds > 0 {
-            return Err(vm_err(
-                "--preserve-fds: file descriptors cannot be passed into a VM",
-            ));
-        }
-        let no_vm = || {
-            vm_err(format!(
-                "container {id} belongs to pod {pod_id}, whose sandbox container is no VM here"
-            ))
-        };
-        let pod = self.load(pod_id).map_err(|_| no_vm())?;
-        if pod.pod.is_some() {
-            return Err(no_vm());
-        }
-        if !pod.ready
-            || self.exit_record(pod_id).is_some()
-            || !is_alive(pod.relay_pid, pod.relay_start)
-        {
-            return Err(vm_err(format!("the VM of pod {pod_id} is not running")));
-        }
-        let terminal = wants_terminal(&bundle.spec);
-        let (mut guest_spec, mounts) = share::plan(id, &bundle.path, &bundle.spec)?;
-        pod::map_namespaces(&bundle.spec, &mut guest_spec, pod_id, &pod)?;
-        pod::use_pod_shm(&bundle.spec, &mut guest_spec, pod_id)?;
-        let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| vm_err(e.to_string()))?;
-        pod::add(&pod.run_dir, id, &mounts)?;
-
-        let mut record = VmState {
-            id: id.to_string(),
-            bundle: bundle.path.clone(),
-            rootfs: mounts[0].source.clone(),
-            created: chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
-            annotations: annotations_of(&bundle.spec),
-            relay_pid: 0,
-            relay_start: 0,
-            run_dir: pod.run_dir.clone(),
-            hypervisor: pod.hypervisor.clone(),
-            ready: false,
-            guest_pid: 0,
-            guest_times: Default::default(),
-            agent_timeout_secs: pod.agent_timeout_secs,
-            pod_network: None,
-            pod: Some(pod_id.to_string()),
-            host_cgroup: pod::host_cgroup(&bundle.spec),
-        };
-        let state_file = dir.join(STATE_FILE);
-        let uds = pod.run_dir.join("vsock.sock");
-        let setup = || {
-            if let Some(cgroup) = pod::host_cgroup(&bundle.spec) {
-                pod::join_host_cgroup(&cgroup)?;
-            }
-            let agent = Agent::connect(&uds, pod.agent_timeout())?;
-            let created = agent.create(id, spec_json)?;
-            let stdio =
-                match relay::attach(&agent, id, "", terminal, opts.console_socket.as_deref()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = agent.delete(id, true);
-                        return Err(e);
-                    }
-                };
-            Ok((
-                Relay {
-                    agent,
-                    uds: uds.clone(),
-                    id: id.to_string(),
-                    exec_id: String::new(),
-                    stdio,
-                    exit_file: Some(dir.join(EXIT_FILE)),
-                    vm: None,
-                },
-                format!(
-                    "{} {} {} {} 0",
-                    created.pid,
-                    pod.guest_times.agent_start_us,
-                    pod.guest_times.agent_ready_us,
-                    created.created_us
-                ),
-            ))
-        };
-        let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
-        let undo = |record: &VmState| {
-            if record.ready {
-                if let Ok(a) = self.agent(record) {
-                    let _ = a.delete(id, true);
-                }
-            }
-            if let Err(e) = pod::remove(&record.run_dir, id) {
-                tracing::warn!("{e}");
-            }
-            if let Some(cgroup) = &record.host_cgroup {
-                pod::remove_host_cgroup(cgroup, id);
-            }
-        };
-        self.finish_create(id, record, forked, bundle, opts, undo)
-    }
-
     /// What a create does once its relay reported: the record completed and
     /// written, the pid file, the prestart and createRuntime hooks; on
     /// error (the relay's included), the relay killed and `undo` run.
@@ -497,7 +406,6 @@ impl VmSandbox {
                 return Err(e);
             }
         };
-        let state_file = self.dir(id).join(STATE_FILE);
         record.relay_pid = forked.pid;
         record.relay_start = ProcStat::of(forked.pid).map_or(0, |s| s.start_time);
         let report: Vec<u64> = forked
@@ -521,40 +429,48 @@ impl VmSandbox {
             };
         }
         record.ready = true;
-        let written = state::write_json(&state_file, &record)
-            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())));
-        let pid_file = match &opts.pid_file {
-            Some(p) => fs::write(p, forked.pid.to_string())
-                .map_err(|e| vm_err(format!("cannot write pid file {}: {e}", p.display()))),
-            None => Ok(()),
-        };
-        let hooks = bundle.spec.hooks().as_ref();
-        let ran = written.and(pid_file).and_then(|()| {
-            let annotations = record.annotations.clone();
-            let state = |status| hooks::HookState {
-                id,
-                status,
-                pid: record.relay_pid,
-                bundle: &record.bundle,
-                annotations: &annotations,
-            };
-            hooks::run(
-                "prestart",
-                hooks.and_then(|h| h.prestart().as_ref()),
-                &state("created"),
-            )?;
-            hooks::run(
-                "createRuntime",
-                hooks.and_then(|h| h.create_runtime().as_ref()),
-                &state("creating"),
-            )
-        });
-        if let Err(e) = ran {
+        if let Err(e) = self.commit_create(id, &record, bundle, opts) {
             kill_relay(&record);
             undo(&record);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Writes a create's finished `record`, its pid file, and runs its
+    /// prestart and createRuntime hooks.
+    fn commit_create(
+        &self,
+        id: &str,
+        record: &VmState,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+    ) -> Result<()> {
+        let state_file = self.dir(id).join(STATE_FILE);
+        state::write_json(&state_file, record)
+            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())))?;
+        if let Some(p) = &opts.pid_file {
+            fs::write(p, record.relay_pid.to_string())
+                .map_err(|e| vm_err(format!("cannot write pid file {}: {e}", p.display())))?;
+        }
+        let hooks = bundle.spec.hooks().as_ref();
+        let state = |status| hooks::HookState {
+            id,
+            status,
+            pid: record.relay_pid,
+            bundle: &record.bundle,
+            annotations: &record.annotations,
+        };
+        hooks::run(
+            "prestart",
+            hooks.and_then(|h| h.prestart().as_ref()),
+            &state("created"),
+        )?;
+        hooks::run(
+            "createRuntime",
+            hooks.and_then(|h| h.create_runtime().as_ref()),
+            &state("creating"),
+        )
     }
 
     /// Runs the bundle's `kind` hooks (poststart, poststop); their failure
@@ -738,9 +654,10 @@ fn leave_pod_network(netns: &Path) {
 }
 
 /// Kills a container's relay (its VM dies with it) and waits until it is
-/// gone.
+/// gone. A container without a relay of its own has none to kill: its
+/// `relay_pid` is its pod VM's.
 fn kill_relay(st: &VmState) {
-    if !is_alive(st.relay_pid, st.relay_start) {
+    if st.no_relay || !is_alive(st.relay_pid, st.relay_start) {
         return;
     }
     // SAFETY: kill(2) takes plain integers and touches no memory.
@@ -806,16 +723,7 @@ impl Sandbox for VmSandbox {
     fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
         // The configuration's errors come before anything is made.
         self.config()?;
-        let dir = self.dir(id);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|e| vm_err(format!("cannot create {}: {e}", self.root.display())))?;
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| vm_err(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = self.make_dir(id)?;
         let result = self.create_in(id, &dir, bundle, opts);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);

@@ -512,6 +512,7 @@ mod tests {
             pod_network: Some("/var/run/netns/cni-1".into()),
             pod: None,
             host_cgroup: None,
+            no_relay: false,
         }
     }
 

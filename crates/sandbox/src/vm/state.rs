@@ -56,6 +56,12 @@ pub struct VmState {
     /// bounds the pod's host resources. Removed at delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_cgroup: Option<PathBuf>,
+    /// The container has no relay of its own: the process that created it
+    /// (ironcelld) carries its stdio and waits for its init through the
+    /// agent. `relay_pid` and `relay_start` then name the relay of its
+    /// pod's VM, the host process that stands for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_relay: bool,
 }
 
 fn default_agent_timeout() -> u32 {
