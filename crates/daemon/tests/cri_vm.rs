@@ -99,21 +99,26 @@ fn hypervisor_pids(dir: &Path, backend: Backend) -> Vec<i32> {
         .collect()
 }
 
-/// Mounts under `dir` in any mount namespace of the host's processes.
-/// The command lines of the host processes that stand for an exec'd
-/// process of a container under `root` (a relay forked by a helper job).
-fn exec_relays(root: &Path) -> Vec<String> {
+/// The relays (forked by helper jobs) of `job` (`create`: a container's,
+/// `exec`: an exec'd process's) for containers under `root`: their pids
+/// and command lines.
+fn relays(root: &Path, job: &str) -> Vec<(i32, String)> {
     let root = root.to_string_lossy().into_owned();
+    let job = format!("\0helper\0{job}\0");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).into_owned())
-        .filter(|c| c.contains("\0helper\0exec\0") && c.contains(&root))
-        .map(|c| c.replace('\0', " "))
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let c = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&c).into_owned()))
+        })
+        .filter(|(_, c)| c.contains(&job) && c.contains(&root))
+        .map(|(pid, c)| (pid, c.replace('\0', " ")))
         .collect()
 }
 
+/// Mounts under `dir` in any mount namespace of the host's processes.
 fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
     let mut out: Vec<String> = std::fs::read_dir("/proc")
@@ -263,9 +268,11 @@ fn cri_pod_in_one_vm_through_the_sandbox_api_by_its_annotation() {
 
 /// VM pod starts through containerd 1.7's shim-side sandbox API with
 /// ironcelld SIGKILLed while each boots its VM (the keeper starts the
-/// daemon again and re-sends the start): each pod starts all the same, and
-/// once the pods are stopped and removed, no VM, share mount, container
-/// state, bundle or pod record is left.
+/// daemon again and re-sends the start): each pod starts all the same.
+/// Then ironcelld SIGKILLed while it makes a container in a pod's VM (the
+/// next daemon undoes the cut-off create, and makes it again): the
+/// container runs. Once the pods are stopped and removed, no VM, share
+/// mount, container state, bundle or pod record is left.
 #[test]
 fn vm_pod_starts_cut_off_by_the_daemons_death_leave_nothing() {
     let test = "vm_pod_starts_cut_off_by_the_daemons_death_leave_nothing";
@@ -300,6 +307,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
         .unwrap();
     tokio.block_on(async {
         let rt = RuntimeServiceClient::new(channel(c.socket()).await);
+        let mut last_pod = None;
         // The first kill lands while the helper boots the VM; the second
         // most likely while the holder starts in the guest.
         for (round, delay) in [(0, 300), (1, 1200)] {
@@ -334,7 +342,65 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
             let st = sandbox_status(&mut client, &pod_id).await;
             assert_eq!(st.state, PodSandboxState::SandboxReady as i32, "{st:?}");
             eprintln!("round {round}: daemon killed after {delay} ms; the pod started");
+            last_pod = Some((pod_id, vm_pod(&format!("cut{round}"), &logs)));
         }
+        // Killed once the container's create has added it to the VM's share
+        // (the pod's holder's mount namespace), before it is done: the next
+        // daemon must undo that much before it makes the container again.
+        let (pod_id, pod) = last_pod.unwrap();
+        let mut client = rt.clone();
+        let made = tokio::spawn(async move {
+            let config = container_config("cutmember", &["sleep", "1000"]);
+            cri::run_container(&mut client, &pod_id, &pod, config).await
+        });
+        let root_path = root.path().to_path_buf();
+        let cut = tokio::task::spawn_blocking(move || {
+            let tasks = root_path.join("tasks/k8s.io");
+            let holders: Vec<i32> = relays(&root_path, "create")
+                .iter()
+                .filter_map(|_| None)
+                .collect();
+            let _ = holders;
+            let start = Instant::now();
+            let shared = loop {
+                let creating: Vec<String> = std::fs::read_dir(&tasks)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|d| d.path().join("creating.json").exists())
+                    .map(|d| d.file_name().to_string_lossy().into_owned())
+                    .collect();
+                let found = !creating.is_empty()
+                    && relays(&root_path, "create").iter().any(|(p, _)| {
+                        let mounts = std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
+                            .unwrap_or_default();
+                        creating.iter().any(|id| mounts.contains(id.as_str()))
+                    });
+                if found || start.elapsed() > Duration::from_secs(60) {
+                    break found;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let old = kill_daemon(&root_path);
+            wait_for_new_daemon(&root_path, &old, Duration::from_secs(20));
+            shared
+        })
+        .await
+        .unwrap();
+        assert!(cut, "no container create was seen adding to the share");
+        let id = made
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a create cut off: {e}\n{}", c.log()));
+        let mut client = rt.clone();
+        wait_state(&mut client, &id, ContainerState::ContainerRunning).await;
+        // The two pods' holders; nothing of the container.
+        let vm_relays = relays(root.path(), "create");
+        assert_eq!(vm_relays.len(), 2, "{vm_relays:#?}");
+        assert!(
+            !vm_relays.iter().any(|(_, c)| c.contains(&id)),
+            "{vm_relays:#?}"
+        );
         let mut rt = rt;
         remove_all_pods(&mut rt, Duration::from_secs(90)).await;
     });
@@ -498,7 +564,14 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
                 "echo web-started; while true; do echo hello-from-the-pod | nc -l -p 8080; done",
                 0,
             ),
-            ("side", "echo side-started; exec sleep 1000", 0),
+            // Writes again once /tmp/go exists (made after a daemon
+            // restart, below).
+            (
+                "side",
+                "echo side-started; while [ ! -e /tmp/go ]; do sleep 0.1; done; \
+                 echo side-after-restart; exec sleep 1000",
+                0,
+            ),
         ] {
             let mut config = container_config(name, &["sh", "-c", script]);
             if memory > 0 {
@@ -686,6 +759,20 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         let st = wait_state(&mut rt, &hog_id, ContainerState::ContainerExited).await;
         assert_eq!(st.reason, "OOMKilled", "{st:?}");
 
+        // A container with a terminal (kubectl run -it): what it writes to
+        // the guest's pty reaches its log file.
+        let mut tty = container_config(
+            "tty",
+            &["sh", "-c", "stty -onlcr; tty; echo tty-ok; exit 5"],
+        );
+        tty.tty = true;
+        tty.stdin = true;
+        let tty_id = run_container(&mut rt, &pod_id, &pod, tty).await;
+        let st = wait_state(&mut rt, &tty_id, ContainerState::ContainerExited).await;
+        assert_eq!(st.exit_code, 5, "{st:?}");
+        let log = wait_log(&logs, "tty", "tty-ok").await;
+        assert!(log.contains("/dev/pts/"), "{log}");
+
         // An exec has no process on the host: the daemon runs it through
         // the agent. One running while the daemon is SIGKILLed is carried
         // on by the next daemon, its output and status intact.
@@ -711,7 +798,16 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(exec_relays(root.path()), Vec::<String>::new());
+        let exec_relays = relays(root.path(), "exec");
+        assert!(exec_relays.is_empty(), "{exec_relays:#?}");
+        // Nor has any of the pod's containers: the one relay is the VM's
+        // (the pause container's, or the pod's holder).
+        let vm_relays = relays(root.path(), "create");
+        assert_eq!(vm_relays.len(), 1, "{vm_relays:#?}");
+        assert!(
+            !ids.iter().any(|id| vm_relays[0].1.contains(id.as_str())),
+            "{vm_relays:#?}"
+        );
 
         // The daemon SIGKILLed under the running pod: the keeper starts the
         // next, which serves the pod's containers in the same VM.
@@ -736,6 +832,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         assert_eq!(code, 0, "{out}");
         let (code, out) = in_flight.await.unwrap();
         assert_eq!((code, out.as_str()), (4, "before\nafter\n"));
+        // A container's own output after the restart reaches its log file.
+        wait_log(&logs, "side", "side-after-restart").await;
         let (code, out) = exec_script(
             &mut rt,
             &ids[1],

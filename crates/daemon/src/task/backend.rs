@@ -32,8 +32,9 @@ pub enum TaskKind {
     Native,
     /// A WASI module run in the daemon itself.
     Wasm,
-    /// A container in a VM: its init as a native task's (its relay owns
-    /// the VM), its exec'd processes run through the agent by the daemon.
+    /// A container in a VM: the init of one that owns its VM as a native
+    /// task's (its relay owns the VM); a pod member's init and every
+    /// exec'd process run through the agent by the daemon.
     Vm,
     /// A fake, for the registry's unit tests.
     #[cfg(test)]
@@ -134,10 +135,10 @@ pub trait TaskBackend: Send + Sync {
     async fn exec(&self, key: &ProcKey, exec_id: &str, io: &IoSpec, spec: &Path)
         -> Result<Spawned>;
 
-    /// A restarted daemon's take-back of exec `exec_id`'s stdio from the
-    /// keeper, for a backend that connects its execs' stdio itself: the
-    /// stdin relay (if any) it started again. None: the registry takes the
-    /// stdio back (a stdin pipe, a pty master).
+    /// A restarted daemon's take-back of process `exec_id`'s stdio (empty:
+    /// the init's) from the keeper, for a backend that connects it itself:
+    /// the stdin relay (if any) it started again. None: the registry takes
+    /// the stdio back (a stdin pipe, a pty master).
     async fn reattach_stdio(
         &self,
         _key: &ProcKey,
@@ -147,9 +148,9 @@ pub trait TaskBackend: Send + Sync {
         None
     }
 
-    /// Resizes the terminal of exec `exec_id` when the backend does it
-    /// (the daemon holds no pty of it); None: the daemon resizes the
-    /// process's pty master.
+    /// Resizes the terminal of process `exec_id` (empty: the init's) when
+    /// the backend does it (the daemon holds no pty of it); None: the
+    /// daemon resizes the process's pty master.
     async fn resize(&self, _exec_id: &str, _width: u32, _height: u32) -> Option<Result<()>> {
         None
     }

@@ -880,11 +880,9 @@ impl Tasks {
         height: u32,
     ) -> Result<()> {
         let task = self.get(ns, id)?;
-        if !exec_id.is_empty() {
-            task.inner.lock().unwrap().proc(id, exec_id)?;
-            if let Some(done) = task.backend.resize(exec_id, width, height).await {
-                return done;
-            }
+        task.inner.lock().unwrap().proc(id, exec_id)?;
+        if let Some(done) = task.backend.resize(exec_id, width, height).await {
+            return done;
         }
         let inner = task.inner.lock().unwrap();
         let p = inner.proc(id, exec_id)?;

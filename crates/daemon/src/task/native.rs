@@ -1,10 +1,10 @@
 //! Native tasks: containers of the namespace and vm sandboxes (the
 //! `sandbox` library, as the CLI runs them). Their processes are forked by
 //! helper jobs (`helper.rs`) under the keeper, which reaps them and reports
-//! their exits through the reaper. A vm container's process is its relay
-//! (docs/vm.md): it owns the VM, carries the stdio, and ends with the
-//! container's status, so the VM outlives a daemon restart as any
-//! container's processes do.
+//! their exits through the reaper. A vm container that owns its VM has a
+//! relay for its process (docs/vm.md): it owns the VM, carries the stdio,
+//! and ends with the container's status, so the VM outlives a daemon
+//! restart as any container's processes do.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -133,6 +133,11 @@ impl NativeTask {
         }
     }
 
+    /// Removes the task's container with force, if it exists.
+    pub async fn remove(&self) -> Result<()> {
+        remove_container(&self.place).await
+    }
+
     /// Runs `f` on the sandbox that owns the task's container, on the
     /// blocking pool.
     async fn on_sandbox<T, F>(&self, f: F) -> Result<T>
@@ -219,7 +224,7 @@ impl TaskBackend for NativeTask {
     }
 
     async fn delete(&self, live_init: Option<i32>) -> Result<()> {
-        remove_container(&self.place).await?;
+        self.remove().await?;
         if let Some(pid) = live_init {
             self.host.reaper.forget(pid);
         }

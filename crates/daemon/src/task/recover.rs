@@ -210,14 +210,12 @@ impl Tasks {
                 .collect()
         };
         for (exec_id, io, key) in procs {
-            if !exec_id.is_empty() {
-                if let Some(relay) = task.backend.reattach_stdio(&key, &exec_id, &io).await {
-                    let mut inner = task.inner.lock().unwrap();
-                    if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
-                        p.stdin = relay;
-                    }
-                    continue;
+            if let Some(relay) = task.backend.reattach_stdio(&key, &exec_id, &io).await {
+                let mut inner = task.inner.lock().unwrap();
+                if let Ok(p) = inner.proc_mut(&task.id, &exec_id) {
+                    p.stdin = relay;
                 }
+                continue;
             }
             let (mut relay, mut master) = (None, None);
             let sink = if io.terminal {

@@ -80,6 +80,9 @@ struct FakeTask {
     world: Arc<World>,
     id: String,
     init: i32,
+    /// The backend resizes the init's terminal too (as a VM pod member's,
+    /// which has no pty on the host): a task of `/in-guest`.
+    resizes_init: bool,
 }
 
 #[async_trait]
@@ -98,6 +101,7 @@ impl Backends for FakeBackends {
             .and_then(|p| p.args().clone());
         let hang = args.as_ref().is_some_and(|a| a[0] == "/hang");
         let slow = args.as_ref().is_some_and(|a| a[0] == "/slow");
+        let resizes_init = args.as_ref().is_some_and(|a| a[0] == "/in-guest");
         if args.is_some_and(|a| a[0] == "/fail") {
             return Err(TaskError::InvalidArgument(
                 "the fake cannot run /fail".into(),
@@ -116,6 +120,7 @@ impl Backends for FakeBackends {
             world: self.0.clone(),
             id: place.id.clone(),
             init: pid,
+            resizes_init,
         };
         Ok((
             Box::new(task),
@@ -138,6 +143,7 @@ impl Backends for FakeBackends {
             world: self.0.clone(),
             id: place.id.clone(),
             init: record.init.pid,
+            resizes_init: false,
         }))
     }
 }
@@ -229,6 +235,9 @@ impl TaskBackend for FakeTask {
     }
 
     async fn resize(&self, exec_id: &str, width: u32, height: u32) -> Option<Result<()>> {
+        if exec_id.is_empty() && !self.resizes_init {
+            return None;
+        }
         self.world
             .call(format!("resize {exec_id} {width}x{height}"));
         Some(Ok(()))
@@ -393,7 +402,7 @@ async fn lifecycle_create_start_exec_kill_wait_delete() {
 }
 
 #[tokio::test]
-async fn an_execs_terminal_is_resized_by_a_backend_that_resizes() {
+async fn a_terminal_is_resized_by_a_backend_that_resizes() {
     let dir = tempfile::tempdir().unwrap();
     let world = World::new(false);
     let (tasks, _events) = registry(&dir.path().join("root"), &world);
@@ -418,6 +427,13 @@ async fn an_execs_terminal_is_resized_by_a_backend_that_resizes() {
         calls[calls.len() - 2..],
         [format!("exec a e1 {}", pid + 1), "resize e1 101x33".into()]
     );
+    // A backend that carries the init's terminal resizes it.
+    tasks
+        .create(request("b", bundle(dir.path(), "b", "/in-guest")))
+        .await
+        .unwrap();
+    tasks.resize("ns", "b", "", 80, 24).await.unwrap();
+    assert_eq!(world.calls().last().unwrap(), "resize  80x24");
 }
 
 #[tokio::test]

@@ -1,8 +1,13 @@
-//! VM tasks: containers of the vm sandbox. The init is a native task's (its
-//! relay stands for it on the host and owns the VM, or joins the pod's).
-//! An exec'd process has no host process: the daemon starts it through the
-//! VM's agent, copies its stdio streams into containerd's FIFOs, and waits
-//! for it through the agent (`ironcell_sandbox::vm::guest_exec`).
+//! VM tasks: containers of the vm sandbox.
+//!
+//! A container that owns its VM (a pod's sandbox container, or a container
+//! in a VM of its own) has a native task's init: its relay stands for it on
+//! the host and owns the VM. Every other process has no host process: a
+//! pod member's init and every exec'd process. The daemon makes it through
+//! the VM's agent, copies its stdio streams into containerd's FIFOs, and
+//! waits for it through the agent (`ironcell_sandbox::vm::guest_exec`).
+//! Such a process's pid is the pod VM's relay's: the guest's would name an
+//! unrelated host process.
 //!
 //! Across a restart of the daemon, the keeper holds what a relay would
 //! have: the streams' connections (output the process writes meanwhile
@@ -36,11 +41,11 @@ use super::backend::{
 use super::native::{NativeBackends, NativeTask};
 use super::IoSpec;
 
-/// After an exec's exit, how long its output copies get to reach their end
+/// After a process's exit, how long its output copies get to reach their end
 /// before the exit is reported (a guest cannot hold an exit back).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The slots the keeper holds an exec's copied output in: (the stream,
+/// The slots the keeper holds a process's copied output in: (the stream,
 /// containerd's FIFO), for stdout and for stderr, or a terminal's.
 const OUTPUT_SLOTS: [(Slot, Slot); 3] = [
     (Slot::Stdout, Slot::StdoutFifo),
@@ -53,10 +58,11 @@ pub struct VmBackends {
     pub host: Arc<Host>,
 }
 
-/// Each exec's output copies still running, by exec id.
+/// Each process's output copies still running, by exec id (empty: the
+/// init).
 type Copies = Arc<Mutex<HashMap<String, Outputs>>>;
 
-/// An exec's output copies, and the slots the backend itself has the keeper
+/// A process's output copies, and the slots the backend itself has the keeper
 /// drop once they are done (a terminal's are the registry's to drop).
 #[derive(Default)]
 struct Outputs {
@@ -78,17 +84,42 @@ impl Outputs {
 pub struct VmTask {
     host: Arc<Host>,
     place: Place,
+    /// The container as the sandbox library runs it: what the agent does
+    /// for the whole container (start, signal, pause, stats...), and its
+    /// relay's exit when it has one.
     init: NativeTask,
+    /// The init has no relay: the daemon carries its stdio and waits for
+    /// it, as for an exec'd process.
+    guest_init: bool,
     copies: Copies,
 }
 
 impl VmTask {
-    fn new(host: &Arc<Host>, place: &Place, init: NativeTask) -> VmTask {
+    fn new(host: &Arc<Host>, place: &Place, guest_init: bool) -> VmTask {
         VmTask {
             host: host.clone(),
             place: place.clone(),
-            init,
+            init: NativeTask::of(host, place),
+            guest_init,
             copies: Arc::default(),
+        }
+    }
+
+    /// Whether process `exec_id` (empty: the init) is the daemon's to carry.
+    fn carried(&self, exec_id: &str) -> bool {
+        self.guest_init || !exec_id.is_empty()
+    }
+
+    /// Forgets process `exec_id`, which nobody will wait for: what the
+    /// keeper was given of it goes.
+    fn forget(&self, key: &ProcKey, exec_id: &str) {
+        let outputs = self.copies.lock().unwrap().remove(exec_id);
+        let keeper = self.host.keeper.as_deref();
+        outputs.unwrap_or_default().release(keeper, key);
+        if let Some(k) = keeper {
+            for slot in [Slot::Tty, Slot::TtyOut, Slot::Stdin, Slot::StdinFifo] {
+                k.release(key, slot);
+            }
         }
     }
 
@@ -96,13 +127,13 @@ impl VmTask {
         VmSandbox::new(self.place.state_root.clone(), None)
     }
 
-    /// The link to exec `exec_id`, from the container's state.
+    /// The link to process `exec_id`, from the container's state.
     async fn link(&self, exec_id: &str) -> Result<GuestLink> {
         let (sandbox, id, exec_id) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
         blocking(move || Ok(sandbox.guest_link(&id, &exec_id)?)).await
     }
 
-    /// Has the keeper hold exec `exec_id`'s output `from` and its `fifo`
+    /// Has the keeper hold process `exec_id`'s output `from` and its `fifo`
     /// as `slots`; the backend drops them once the process ended (a
     /// terminal's are the registry's to drop).
     fn hold(
@@ -125,10 +156,10 @@ impl VmTask {
         }
     }
 
-    /// Copies exec `exec_id`'s output `from` into `fifo`.
+    /// Copies process `exec_id`'s output `from` into `fifo`.
     fn copy_output(&self, exec_id: &str, from: OwnedFd, fifo: Option<OwnedFd>) -> Result<()> {
         let copy = stdio::copy_output(from, fifo)
-            .map_err(|e| TaskError::Internal(format!("cannot copy an exec's output: {e}")))?;
+            .map_err(|e| TaskError::Internal(format!("cannot copy a process's output: {e}")))?;
         let mut copies = self.copies.lock().unwrap();
         copies
             .entry(exec_id.to_string())
@@ -138,7 +169,7 @@ impl VmTask {
         Ok(())
     }
 
-    /// Connects a new exec's streams to containerd's stdio `io`: output
+    /// Connects a new process's streams to containerd's stdio `io`: output
     /// copied into the FIFOs, stdin (if any) relayed into the process's
     /// input. Returns the stdin relay.
     fn connect(
@@ -201,14 +232,38 @@ impl Backends for VmBackends {
         io: &IoSpec,
         sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
-        let (init, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
-        Ok((Box::new(VmTask::new(&self.host, place, init)), spawned))
+        let vm = VmSandbox::new(place.state_root.clone(), None);
+        if vm.pod_to_join(&bundle.spec).is_none() {
+            // It owns its VM: its relay does.
+            let (_, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
+            return Ok((Box::new(VmTask::new(&self.host, place, false)), spawned));
+        }
+        let (id, made) = (place.id.clone(), bundle.clone());
+        let guest: GuestExec = blocking(move || Ok(vm.create_attached(&id, &made)?)).await?;
+        let task = VmTask::new(&self.host, place, true);
+        let key = ProcKey::new(&place.namespace, &place.id, "");
+        match task.connect(&key, "", io, guest.stdio) {
+            Ok(stdin) => Ok((
+                Box::new(task),
+                Spawned {
+                    pid: guest.host_pid,
+                    stdin,
+                    master: None,
+                },
+            )),
+            Err(e) => {
+                // The registry's discard removes the container.
+                task.forget(&key, "");
+                Err(e)
+            }
+        }
     }
 
     fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
         debug_assert_eq!(kind, TaskKind::Vm);
-        let init = NativeTask::of(&self.host, place);
-        Ok(Box::new(VmTask::new(&self.host, place, init)))
+        let guest_init =
+            VmSandbox::new(place.state_root.clone(), None).runs_without_relay(&place.id);
+        Ok(Box::new(VmTask::new(&self.host, place, guest_init)))
     }
 
     async fn discard(&self, place: &Place) -> Result<()> {
@@ -227,9 +282,10 @@ impl TaskBackend for VmTask {
     }
 
     fn watch(&self, exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
-        let Some(exec_id) = exec_id else {
+        let exec_id = exec_id.unwrap_or_default();
+        if !self.carried(exec_id) {
             return self.init.watch(None, pid, on_exit);
-        };
+        }
         let (sandbox, id, exec_id) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
         let (copies, runtime) = (self.copies.clone(), tokio::runtime::Handle::current());
         let key = ProcKey::new(&self.place.namespace, &id, &exec_id);
@@ -237,7 +293,7 @@ impl TaskBackend for VmTask {
         // A thread of its own, not the blocking pool's: the wait lasts as
         // long as the process runs.
         let waiter = std::thread::Builder::new()
-            .name("vm-exec-wait".into())
+            .name("vm-guest-wait".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let status = match sandbox.guest_link(&id, &exec_id).and_then(|l| l.wait()) {
@@ -245,7 +301,7 @@ impl TaskBackend for VmTask {
                     Err(e) => {
                         // Its VM ended (or its container is gone): it can
                         // no longer be asked, and is reported killed.
-                        tracing::warn!(%id, %exec_id, error = %e, "an exec's wait in the guest failed");
+                        tracing::warn!(%id, %exec_id, error = %e, "a wait in the guest failed");
                         exit_status::KILLED
                     }
                 };
@@ -265,7 +321,7 @@ impl TaskBackend for VmTask {
                 on_exit(Exit { pid, status, at });
             });
         if let Err(e) = waiter {
-            tracing::error!(id = %self.place.id, error = %e, "cannot wait for an exec");
+            tracing::error!(id = %self.place.id, error = %e, "cannot wait for a guest process");
         }
     }
 
@@ -296,18 +352,10 @@ impl TaskBackend for VmTask {
                 master: None,
             }),
             Err(e) => {
-                // Nobody will wait for it: it goes, and so does what the
-                // keeper was given of it.
+                // Nobody will wait for it: it goes.
                 let link = guest.link;
                 let _ = blocking(move || Ok(link.signal(libc::SIGKILL)?)).await;
-                let outputs = self.copies.lock().unwrap().remove(exec_id);
-                let keeper = self.host.keeper.as_deref();
-                outputs.unwrap_or_default().release(keeper, key);
-                if let Some(k) = keeper {
-                    for slot in [Slot::Tty, Slot::TtyOut, Slot::Stdin, Slot::StdinFifo] {
-                        k.release(key, slot);
-                    }
-                }
+                self.forget(key, exec_id);
                 Err(e)
             }
         }
@@ -319,6 +367,9 @@ impl TaskBackend for VmTask {
         exec_id: &str,
         io: &IoSpec,
     ) -> Option<Option<StdinRelay>> {
+        if !self.carried(exec_id) {
+            return None;
+        }
         let keeper = self.host.keeper.as_ref()?;
         if !io.terminal {
             // Dropped once the process ended, whatever is taken back here.
@@ -380,6 +431,9 @@ impl TaskBackend for VmTask {
     }
 
     async fn resize(&self, exec_id: &str, width: u32, height: u32) -> Option<Result<()>> {
+        if !self.carried(exec_id) {
+            return None;
+        }
         let link = match self.link(exec_id).await {
             Ok(l) => l,
             Err(e) => return Some(Err(e)),
@@ -389,7 +443,12 @@ impl TaskBackend for VmTask {
     }
 
     async fn delete(&self, live_init: Option<i32>) -> Result<()> {
-        self.init.delete(live_init).await
+        if !self.guest_init {
+            return self.init.delete(live_init).await;
+        }
+        // Its pid is the pod VM's relay's, whose exit is not this task's
+        // to forget. A wait still running fails once it is gone.
+        self.init.remove().await
     }
 
     async fn pause(&self, pause: bool) -> Result<()> {
