@@ -36,8 +36,9 @@ fn start(test: &str, extra: &str) -> Option<(Setup, tempfile::TempDir)> {
 /// `io.ironcell.sandbox=vm` annotation runs the container in a guest of
 /// its own (QEMU with TCG, configured by `IRONCELL_CONFIG` in the daemon's
 /// environment): the guest's kernel and boot id, the exit status, stdin,
-/// a terminal, exec (with a terminal sized as the caller's), metrics,
-/// pause and resume. The daemon is SIGKILLed
+/// a terminal, exec (with a terminal sized as the caller's), containers
+/// that join its VM as a CRI pod's do (with stdin; with a sized terminal),
+/// metrics, pause and resume. The daemon is SIGKILLed
 /// while the VM runs, and the keeper's next daemon serves it: exec works,
 /// the exit comes back, and deleting it leaves no VM. An OOM kill in a
 /// guest is a TaskOOM.
@@ -132,6 +133,68 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let guest_boot = stdout(&out).trim().to_string();
     assert_ne!(guest_boot, host_boot.trim());
+    // Containers whose CRI annotations name vmsvc as their pod's sandbox
+    // join its VM, with no host process (the daemon carries their stdio):
+    // one with stdin, and one with a terminal sized as the caller's (ctr
+    // resizes it once it started, so the process waits for a size).
+    let member = [
+        &vm[..],
+        &[
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=vmsvc",
+        ],
+    ]
+    .concat();
+    let args = s.run_args(
+        &[&["--rm"][..], &member].concat(),
+        &[
+            "vmmember",
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id; read a; echo got:$a; exit 4",
+        ],
+    );
+    let mut fg = c
+        .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(fg.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+    let out = output_within(fg, "vmmember");
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(4), format!("{guest_boot}\ngot:typed\n")),
+        "{}\n{}",
+        stderr(&out),
+        s.daemon_log()
+    );
+    let args = s.run_args(
+        &[&["--rm", "-t"][..], &member].concat(),
+        &[
+            "vmmembertty",
+            "sh",
+            "-c",
+            "[ -t 0 ] && echo is-a-tty; for i in $(seq 100); do s=$(stty size 2>/dev/null); \
+             [ \"$s\" != '0 0' ] && [ -n \"$s\" ] && break; sleep 0.1; done; \
+             echo \"size:$s\"; exit 2",
+        ],
+    );
+    let out = in_sized_terminal(
+        &c.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>()),
+        33,
+        101,
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("is-a-tty") && text.contains("size:33 101"),
+        "{text} {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
     // An exec's stdin, stdout and stderr, each to its own end: the end of
     // the caller's input is the process's.
     let mut piped = exec_with_stdin(
