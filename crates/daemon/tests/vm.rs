@@ -64,13 +64,7 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
             "uname -r; cat /proc/sys/kernel/random/boot_id; read a; echo got:$a; exit 4",
         ],
     );
-    let mut fg = c
-        .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut fg = ctr_piped(c, &args.iter().map(String::as_str).collect::<Vec<_>>());
     std::io::Write::write_all(fg.stdin.as_mut().unwrap(), b"typed\n").unwrap();
     let out = fg.wait_with_output().unwrap();
     assert_eq!(
@@ -156,13 +150,7 @@ fn ctr_runs_containers_in_vms_through_ironcelld() {
             "cat /proc/sys/kernel/random/boot_id; read a; echo got:$a; exit 4",
         ],
     );
-    let mut fg = c
-        .ctr(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut fg = ctr_piped(c, &args.iter().map(String::as_str).collect::<Vec<_>>());
     std::io::Write::write_all(fg.stdin.as_mut().unwrap(), b"typed\n").unwrap();
     let out = output_within(fg, "vmmember");
     assert_eq!(
@@ -478,21 +466,29 @@ fn exec_with_stdin(
     exec_id: &str,
     script: &str,
 ) -> std::process::Child {
-    c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        exec_id,
-        "vmsvc",
-        "sh",
-        "-c",
-        script,
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+    ctr_piped(
+        c,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            exec_id,
+            "vmsvc",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
+/// `ctr ARGS` started with its stdin, stdout and stderr piped.
+fn ctr_piped(c: &ironcell_testutil::containerd::Containerd, args: &[&str]) -> std::process::Child {
+    c.ctr(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// The output of `ctr`, once it ended (within a minute: an exec whose
