@@ -233,13 +233,14 @@ impl Backends for VmBackends {
         sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let vm = VmSandbox::new(place.state_root.clone(), None);
-        if vm.pod_to_join(&bundle.spec).is_none() {
+        let Some(pod_id) = vm.pod_to_join(&bundle.spec) else {
             // It owns its VM: its relay does.
             let (_, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
             return Ok((Box::new(VmTask::new(&self.host, place, false)), spawned));
-        }
+        };
         let (id, made) = (place.id.clone(), bundle.clone());
-        let guest: GuestExec = blocking(move || Ok(vm.create_attached(&id, &made)?)).await?;
+        let guest: GuestExec =
+            blocking(move || Ok(vm.create_attached(&id, &made, &pod_id)?)).await?;
         let task = VmTask::new(&self.host, place, true);
         let key = ProcKey::new(&place.namespace, &place.id, "");
         match task.connect(&key, "", io, guest.stdio) {

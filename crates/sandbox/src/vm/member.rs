@@ -60,15 +60,27 @@ impl Member {
     }
 }
 
-/// Undoes what a member's create made: the container in the guest (if it
-/// got that far), its part of the share, its host cgroup.
-fn undo_member(sandbox: &VmSandbox, id: &str, record: &VmState) {
-    if let Ok(a) = sandbox.agent(record) {
-        // Refused (harmlessly) when the guest never had it.
-        let _ = a.delete(id, true);
+/// What of a member a create made, and its undo removes.
+#[derive(Default)]
+struct Made {
+    /// Its part of the VM's share.
+    shared: bool,
+    /// The container in the guest.
+    in_guest: bool,
+}
+
+/// Undoes what a member's create `made` (never what another create of the
+/// same id may have left), and its host cgroup.
+fn undo_member(sandbox: &VmSandbox, id: &str, record: &VmState, made: Made) {
+    if made.in_guest {
+        if let Ok(a) = sandbox.agent(record) {
+            let _ = a.delete(id, true);
+        }
     }
-    if let Err(e) = pod::remove(&record.run_dir, id) {
-        tracing::warn!("{e}");
+    if made.shared {
+        if let Err(e) = pod::remove(&record.run_dir, id) {
+            tracing::warn!("{e}");
+        }
     }
     if let Some(cgroup) = &record.host_cgroup {
         pod::remove_host_cgroup(cgroup, id);
@@ -184,36 +196,31 @@ impl VmSandbox {
             ))
         };
         let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
-        let undo = |record: &VmState| undo_member(self, id, record);
+        let undo = |record: &VmState| {
+            let made = Made {
+                shared: true,
+                in_guest: record.ready,
+            };
+            undo_member(self, id, record, made)
+        };
         self.finish_create(id, record, forked, bundle, opts, undo)
     }
 
-    /// Creates container `id` of `bundle` in the running VM of the pod its
-    /// spec names, without a relay: the caller carries the init's stdio
-    /// and waits for it through the returned streams and link, as for an
-    /// exec'd process. The host pid it is given is the pod VM's relay's.
-    pub fn create_attached(&self, id: &str, bundle: &Bundle) -> Result<GuestExec> {
-        let pod_id = self.pod_to_join(&bundle.spec).ok_or_else(|| {
-            vm_err(format!(
-                "container {id} names no pod whose VM runs in {}",
-                self.root.display()
-            ))
-        })?;
+    /// Creates container `id` of `bundle` in the running VM of pod `pod_id`
+    /// (as [`VmSandbox::pod_to_join`] names it), without a relay: the
+    /// caller carries the init's stdio and waits for it through the
+    /// returned streams and link, as for an exec'd process. The host pid it
+    /// is given is the pod VM's relay's.
+    pub fn create_attached(&self, id: &str, bundle: &Bundle, pod_id: &str) -> Result<GuestExec> {
         let dir = self.make_dir(id)?;
-        let made = self.attach_member(id, &dir, bundle, &pod_id);
+        let made = self.attach_member(id, bundle, pod_id);
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         made
     }
 
-    fn attach_member(
-        &self,
-        id: &str,
-        dir: &Path,
-        bundle: &Bundle,
-        pod_id: &str,
-    ) -> Result<GuestExec> {
+    fn attach_member(&self, id: &str, bundle: &Bundle, pod_id: &str) -> Result<GuestExec> {
         let member = self.plan_member(id, bundle, 0, pod_id)?;
         let mut record = member.record(id, bundle, pod_id);
         record.relay_pid = member.pod.relay_pid;
@@ -223,35 +230,35 @@ impl VmSandbox {
         record.host_cgroup = None;
         // Written first: a removal meanwhile (a daemon that died in this
         // create) finds what to undo.
-        let state_file = dir.join(STATE_FILE);
-        state::write_json(&state_file, &record)
-            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())))?;
+        self.write_record(id, &record)?;
         let link = GuestLink::of(&record, id, "");
-        let made = pod::add(&record.run_dir, id, &member.mounts).and_then(|()| {
+        let mut made = Made::default();
+        let attached = (|| {
+            pod::add(&record.run_dir, id, &member.mounts)?;
+            made.shared = true;
             let agent = link.connect()?;
             let created = agent.create(id, member.spec_json.clone())?;
+            made.in_guest = true;
             let stdio = GuestStdio::open(&agent, id, "", member.terminal)?;
-            Ok((created, stdio))
-        });
-        let committed = made.and_then(|(created, stdio)| {
             record.guest_pid = created.pid;
             record.guest_times = state::GuestTimes {
+                agent_start_us: member.pod.guest_times.agent_start_us,
+                agent_ready_us: member.pod.guest_times.agent_ready_us,
                 created_us: created.created_us,
-                ..member.pod.guest_times
+                started_us: 0,
             };
-            record.guest_times.started_us = 0;
             record.ready = true;
             self.commit_create(id, &record, bundle, &CreateOptions::default())?;
             Ok(stdio)
-        });
-        match committed {
+        })();
+        match attached {
             Ok(stdio) => Ok(GuestExec {
                 host_pid: record.relay_pid,
                 link,
                 stdio,
             }),
             Err(e) => {
-                undo_member(self, id, &record);
+                undo_member(self, id, &record, made);
                 Err(e)
             }
         }

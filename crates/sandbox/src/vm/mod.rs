@@ -129,6 +129,13 @@ impl VmSandbox {
         Ok(dir)
     }
 
+    /// Writes container `id`'s `vm.json`.
+    fn write_record(&self, id: &str, record: &VmState) -> Result<()> {
+        let state_file = self.dir(id).join(STATE_FILE);
+        state::write_json(&state_file, record)
+            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())))
+    }
+
     fn load(&self, id: &str) -> Result<VmState> {
         state::read_json(&self.dir(id).join(STATE_FILE)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -446,9 +453,7 @@ impl VmSandbox {
         bundle: &Bundle,
         opts: &CreateOptions,
     ) -> Result<()> {
-        let state_file = self.dir(id).join(STATE_FILE);
-        state::write_json(&state_file, record)
-            .map_err(|e| vm_err(format!("cannot write {}: {e}", state_file.display())))?;
+        self.write_record(id, record)?;
         if let Some(p) = &opts.pid_file {
             fs::write(p, record.relay_pid.to_string())
                 .map_err(|e| vm_err(format!("cannot write pid file {}: {e}", p.display())))?;
