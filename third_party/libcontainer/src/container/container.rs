@@ -182,7 +182,15 @@ impl Container {
                 if let Ok(proc) = Process::new(pid.as_raw()) {
                     use procfs::process::ProcState;
 
-                    match proc.stat()?.state()? {
+                    // The process can be reaped between opening its /proc
+                    // directory and reading its stat file: it is gone, so
+                    // the container is stopped (IRONCELL-PATCHES.md, 24).
+                    let state = match proc.stat() {
+                        Ok(stat) => stat.state()?,
+                        Err(procfs::ProcError::NotFound(_)) => ProcState::Dead,
+                        Err(e) => return Err(e.into()),
+                    };
+                    match state {
                         ProcState::Zombie | ProcState::Dead => ContainerStatus::Stopped,
                         _ => match self.status() {
                             ContainerStatus::Creating
