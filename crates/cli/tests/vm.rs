@@ -412,6 +412,27 @@ fn a_pods_container_joins_the_pods_vm_with_a_relay() {
     let member_pid = vm.state(member)["pid"].as_i64().unwrap();
     assert_ne!(member_pid, pod_pid, "the member's relay is its own");
     assert!(Path::new(&format!("/proc/{member_pid}")).exists());
+    // The member's rootfs is in the VM's share, in the pod relay's mount
+    // namespace only.
+    let st: Value =
+        serde_json::from_str(&fs::read_to_string(vm.env.root.join(pod).join("vm.json")).unwrap())
+            .unwrap();
+    let shared = PathBuf::from(st["run_dir"].as_str().unwrap())
+        .join("share")
+        .join(member)
+        .join("rootfs");
+    let in_share = |pid: i64| {
+        fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(shared.to_str().unwrap()))
+    };
+    assert!(
+        in_share(pod_pid),
+        "{} is not in the share",
+        shared.display()
+    );
+    assert!(!in_share(std::process::id().into()));
     let boot = |id: &str| vm.ok(&["exec", id, "cat", "/proc/sys/kernel/random/boot_id"]);
     assert_eq!(boot(pod), boot(member));
     assert_ne!(
@@ -422,6 +443,7 @@ fn a_pods_container_joins_the_pods_vm_with_a_relay() {
     vm.wait_status(member, "stopped");
     vm.ok(&["delete", member]);
     assert!(!vm.env.root.join(member).exists());
+    assert!(!in_share(pod_pid), "the member's delete left it shared");
     assert_eq!(vm.state(pod)["status"], "running");
     vm.ok(&["delete", "--force", pod]);
     vm.assert_clean(pod);

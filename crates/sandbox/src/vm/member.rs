@@ -69,16 +69,16 @@ struct Made {
     in_guest: bool,
 }
 
-/// Undoes what a member's create `made` (never what another create of the
-/// same id may have left), and its host cgroup.
-fn undo_member(sandbox: &VmSandbox, id: &str, record: &VmState, made: Made) {
+/// Undoes what a member's create `made` in the VM of `pod` (never what
+/// another create of the same id may have left), and its host cgroup.
+fn undo_member(sandbox: &VmSandbox, id: &str, record: &VmState, pod: &VmState, made: Made) {
     if made.in_guest {
         if let Ok(a) = sandbox.agent(record) {
             let _ = a.delete(id, true);
         }
     }
     if made.shared {
-        if let Err(e) = pod::remove(&record.run_dir, id) {
+        if let Err(e) = pod::remove(pod, id) {
             tracing::warn!("{e}");
         }
     }
@@ -152,7 +152,7 @@ impl VmSandbox {
         pod_id: &str,
     ) -> Result<()> {
         let member = self.plan_member(id, bundle, opts.preserve_fds, pod_id)?;
-        pod::add(&member.pod.run_dir, id, &member.mounts)?;
+        pod::add(&member.pod, id, &member.mounts)?;
         let mut record = member.record(id, bundle, pod_id);
         let state_file = dir.join(STATE_FILE);
         let (pod, spec_json) = (&member.pod, member.spec_json.clone());
@@ -201,7 +201,7 @@ impl VmSandbox {
                 shared: true,
                 in_guest: record.ready,
             };
-            undo_member(self, id, record, made)
+            undo_member(self, id, record, &member.pod, made)
         };
         self.finish_create(id, record, forked, bundle, opts, undo)
     }
@@ -234,7 +234,7 @@ impl VmSandbox {
         let link = GuestLink::of(&record, id, "");
         let mut made = Made::default();
         let attached = (|| {
-            pod::add(&record.run_dir, id, &member.mounts)?;
+            pod::add(&member.pod, id, &member.mounts)?;
             made.shared = true;
             let agent = link.connect()?;
             let created = agent.create(id, member.spec_json.clone())?;
@@ -258,7 +258,7 @@ impl VmSandbox {
                 stdio,
             }),
             Err(e) => {
-                undo_member(self, id, &record, made);
+                undo_member(self, id, &record, &member.pod, made);
                 Err(e)
             }
         }

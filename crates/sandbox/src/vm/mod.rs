@@ -72,7 +72,7 @@ pub struct VmSandbox {
 /// Never recursive: in the relay's mount namespace the share holds the
 /// container's files.
 pub fn remove_run_dir(dir: &Path) {
-    let share = dir.join("share");
+    let share = dir.join(share::SHARE_DIR);
     let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&share);
     if let Ok(entries) = fs::read_dir(dir) {
@@ -534,7 +534,7 @@ fn container_relay(
         _ => None,
     };
     share::private_mount_namespace()?;
-    let share_dir = run_dir.join("share");
+    let share_dir = run_dir.join(share::SHARE_DIR);
     fs::create_dir(&share_dir).map_err(|e| vm_err(format!("{}: {e}", share_dir.display())))?;
     let mut guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;
     if let Some(pod_id) = pod::shm_pod(&bundle.spec) {
@@ -580,8 +580,6 @@ fn container_relay(
         .create(id, spec_json)
         .map_err(|e| vm_err(format!("{}{}", e.message(), vm.console_tail())))?;
     let stdio = relay::attach(&agent, id, "", terminal, console_socket)?;
-    // The pod's other containers join the VM through the relay.
-    pod::serve(run_dir, &share_dir)?;
     let uds = vm.vsock.clone();
     let joined = match pod_network {
         Some((_, mut guard)) => {
@@ -803,7 +801,8 @@ impl Sandbox for VmSandbox {
                 if let Err(e) = self.agent(&st).and_then(|a| a.delete(id, true)) {
                     tracing::warn!("container {id} in its pod's VM: {e}");
                 }
-                if let Err(e) = pod::remove(&st.run_dir, id) {
+                let owner = st.pod.as_deref().and_then(|p| self.load(p).ok());
+                if let Some(Err(e)) = owner.map(|o| pod::remove(&o, id)) {
                     tracing::warn!("container {id} in its pod's VM: {e}");
                 }
             }

@@ -7,38 +7,31 @@
 //!   VM the container joins ([`pod_of`]).
 //! - **The share.** A container added to a running VM needs its rootfs and
 //!   bind sources under the VM's share, which exists only in the mount
-//!   namespace of the VM's relay (`share.rs`). The relay serves a socket in
-//!   the VM's run directory ([`serve`]): a member's create opens each host
-//!   path as a detached mount tree (`open_tree(2)`, in the host's mount
-//!   namespace, where containerd mounted the rootfs after the relay's
-//!   namespace was made) and passes the trees over it; the relay moves them
-//!   under `<share>/<id>/` (`move_mount(2)`), whence they propagate to the
-//!   device process serving the share. A member's delete asks the relay to
-//!   detach them again.
+//!   namespace of the VM's relay (`share.rs`). A member's create opens each
+//!   host path as a detached mount tree (`open_tree(2)`, in the host's
+//!   mount namespace, where containerd mounted the rootfs after the relay's
+//!   namespace was made), enters the relay's namespace from a thread of its
+//!   own, and moves the trees under `<share>/<id>/` (`move_mount(2)`),
+//!   whence they propagate to the device process serving the share
+//!   ([`add`]). A member's delete detaches them again ([`remove`]).
 //! - **Namespaces.** CRI names the pod's namespaces by the sandbox
 //!   container's host pid (`/proc/<pid>/ns/ipc`, `uts`, `net`, and `pid`
 //!   with `shareProcessNamespace`); that pid is the sandbox's relay, and in
 //!   the guest they are the pause container's ([`map_namespaces`]).
 
 use std::fs::{self, File};
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use ironcell_basics::proc_stat::is_alive;
+use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
-use serde::{Deserialize, Serialize};
 
 use super::share::{self, ShareMount};
 use super::state::VmState;
 use crate::{Result, SandboxError};
-
-/// The relay's socket for adding containers to its VM's share, in the VM's
-/// run directory.
-pub const SHARE_SOCKET: &str = "share.sock";
 
 /// CRI's annotations on a pod's containers.
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -46,10 +39,6 @@ const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 /// The most host paths one container may share (its rootfs and binds).
 const MAX_MOUNTS: usize = 128;
-/// The largest request (JSON) the relay reads.
-const MAX_REQUEST: usize = 64 * 1024;
-/// How long either side waits for the other.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn vm_err(what: impl std::fmt::Display) -> SandboxError {
     SandboxError::Vm(what.to_string())
@@ -214,128 +203,53 @@ pub fn map_namespaces(host: &Spec, guest: &mut Spec, pod_id: &str, pod: &VmState
     Ok(())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-enum Request {
-    /// Adds `<share>/<id>/<name>` for each mount, in the order of the fds
-    /// passed with the request.
-    Add { id: String, mounts: Vec<Shared> },
-    /// Detaches and removes `<share>/<id>`.
-    Remove { id: String },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Shared {
-    name: String,
-    ro: bool,
-}
-
-/// Checks a name under a container's share directory: `rootfs` or
-/// `m<N>`, as `share::plan` names them.
-fn check_name(name: &str) -> Result<()> {
-    let ok = name == "rootfs"
-        || name.strip_prefix('m').is_some_and(|n| {
-            !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit())
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(vm_err(format!("invalid share entry name {name:?}")))
-    }
-}
-
 fn check_id(id: &str) -> Result<()> {
     ironcell_oci::validate_id(id)
         .map(|_| ())
         .map_err(|e| vm_err(format!("invalid container id: {e}")))
 }
 
-/// Serves [`SHARE_SOCKET`] in `run_dir` for the VM whose share is `share`,
-/// on a thread of the calling (relay) process, for as long as it lives.
-pub fn serve(run_dir: &Path, share: &Path) -> Result<()> {
-    let path = run_dir.join(SHARE_SOCKET);
-    let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| vm_err(format!("cannot listen on {}: {e}", path.display())))?;
-    let share = share.to_path_buf();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let answer = match handle(&conn, &share) {
-                Ok(()) => "ok\n".to_string(),
-                Err(e) => format!("err {}\n", e.message().replace('\n', " ")),
-            };
-            let _ = (&conn).write_all(answer.as_bytes());
-        }
-    });
-    Ok(())
+/// Runs `f` on the share of the VM that `owner` (its sandbox container's
+/// record) owns, on a thread of its own in the mount namespace of the
+/// VM's relay, the only one where the share exists. Err if that relay is
+/// gone.
+///
+/// The thread first stops sharing the process's filesystem attributes
+/// (`unshare(CLONE_FS)`): the kernel lets no thread of a multi-threaded
+/// process (ironcelld) change its mount namespace otherwise. The relay is
+/// entered through a pidfd, which names that process and no later one
+/// that may get its pid.
+fn in_share<T: Send>(owner: &VmState, f: impl FnOnce(&Path) -> Result<T> + Send) -> Result<T> {
+    let gone = || vm_err(format!("the VM of pod {} is not running", owner.id));
+    let pid = rustix::process::Pid::from_raw(owner.relay_pid).ok_or_else(gone)?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|_| gone())?;
+    // Checked once the pidfd holds the process: the pid's process is then
+    // the relay, not one that got its pid after it ended.
+    if !is_alive(owner.relay_pid, owner.relay_start) {
+        return Err(gone());
+    }
+    let share = owner.run_dir.join(share::SHARE_DIR);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_FS)
+                .and_then(|()| nix::sched::setns(&pidfd, CloneFlags::CLONE_NEWNS))
+                .map_err(|e| {
+                    vm_err(format!(
+                        "cannot enter the mount namespace of pod {}'s VM: {e}",
+                        owner.id
+                    ))
+                })?;
+            f(&share)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(vm_err("the share's thread panicked")))
+    })
 }
 
-/// Reads one request and its fds, and carries it out.
-fn handle(conn: &UnixStream, share: &Path) -> Result<()> {
-    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let n = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_MOUNTS]);
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| vm_err(format!("share request: {e}")))?;
-        for c in msg
-            .cmsgs()
-            .map_err(|e| vm_err(format!("share request: {e}")))?
-        {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                for fd in received {
-                    // SAFETY: the kernel just installed `fd` in this process
-                    // for this message; nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        msg.bytes
-    };
-    buf.truncate(n);
-    // The rest of the request, up to the client's end of writing.
-    let room = MAX_REQUEST.saturating_sub(buf.len()) as u64 + 1;
-    conn.take(room)
-        .read_to_end(&mut buf)
-        .map_err(|e| vm_err(format!("share request: {e}")))?;
-    if buf.len() > MAX_REQUEST {
-        return Err(vm_err("share request: too long"));
-    }
-    let request: Request =
-        serde_json::from_slice(&buf).map_err(|e| vm_err(format!("share request: {e}")))?;
-    match request {
-        Request::Add { id, mounts } => add_here(share, &id, &mounts, fds),
-        Request::Remove { id } => {
-            check_id(&id)?;
-            remove_here(share, &id)
-        }
-    }
-}
-
-/// Moves the trees `fds` under `<share>/<id>/`, or nothing on error.
-fn add_here(share: &Path, id: &str, mounts: &[Shared], fds: Vec<OwnedFd>) -> Result<()> {
-    check_id(id)?;
-    if mounts.is_empty() || mounts.len() != fds.len() {
-        return Err(vm_err(format!(
-            "share request: {} mounts with {} trees",
-            mounts.len(),
-            fds.len()
-        )));
-    }
-    for (i, m) in mounts.iter().enumerate() {
-        check_name(&m.name)?;
-        if mounts[..i].iter().any(|o| o.name == m.name) {
-            return Err(vm_err(format!("share request: {} twice", m.name)));
-        }
-    }
+/// Moves the trees under `<share>/<id>/`, one per mount, or nothing on
+/// error.
+fn add_here(share: &Path, id: &str, mounts: &[ShareMount], trees: Vec<OwnedFd>) -> Result<()> {
     let dir = share.join(id);
     if fs::symlink_metadata(&dir).is_ok() {
         return Err(vm_err(format!(
@@ -345,8 +259,8 @@ fn add_here(share: &Path, id: &str, mounts: &[Shared], fds: Vec<OwnedFd>) -> Res
     share::set_writable(share, true)?;
     let added = (|| {
         fs::create_dir(&dir).map_err(|e| vm_err(format!("{}: {e}", dir.display())))?;
-        for (m, fd) in mounts.iter().zip(fds) {
-            let tree = File::from(fd);
+        for (m, tree) in mounts.iter().zip(trees) {
+            let tree = File::from(tree);
             let is_dir = tree
                 .metadata()
                 .map_err(|e| vm_err(format!("share entry {}: {e}", m.name)))?
@@ -406,51 +320,13 @@ fn remove_here(share: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sends `request` with `fds` to the relay of the VM in `run_dir`, and
-/// reads its answer.
-fn ask(run_dir: &Path, request: &Request, fds: &[RawFd]) -> Result<()> {
-    let path = run_dir.join(SHARE_SOCKET);
-    let conn = UnixStream::connect(&path).map_err(|e| {
-        vm_err(format!(
-            "the pod's VM does not take containers ({}: {e})",
-            path.display()
-        ))
-    })?;
-    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-    let body = serde_json::to_vec(request).map_err(|e| vm_err(e.to_string()))?;
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-    let sent = sendmsg::<()>(
-        conn.as_raw_fd(),
-        &[IoSlice::new(&body)],
-        cmsgs,
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|e| vm_err(format!("share request: {e}")))?;
-    (&conn)
-        .write_all(&body[sent..])
-        .and_then(|()| conn.shutdown(std::net::Shutdown::Write))
-        .map_err(|e| vm_err(format!("share request: {e}")))?;
-    let mut answer = String::new();
-    (&conn)
-        .take(4096)
-        .read_to_string(&mut answer)
-        .map_err(|e| vm_err(format!("share answer: {e}")))?;
-    let answer = answer.trim_end();
-    if answer == "ok" {
-        return Ok(());
-    }
-    Err(vm_err(answer.strip_prefix("err ").map_or_else(
-        || format!("the pod's VM did not answer ({answer:?})"),
-        str::to_string,
-    )))
-}
-
 /// Adds container `id`'s `mounts` (host paths, in this process's mount
-/// namespace) to the share of the VM whose run directory is `run_dir`.
-pub fn add(run_dir: &Path, id: &str, mounts: &[ShareMount]) -> Result<()> {
+/// namespace) to the share of the VM `owner` owns. Each is opened here as
+/// a detached mount tree (`open_tree(2)`: the host's mount namespace is
+/// where containerd mounted the rootfs, after the VM's namespace was
+/// made), then moved into the share from the VM's namespace.
+pub fn add(owner: &VmState, id: &str, mounts: &[ShareMount]) -> Result<()> {
+    check_id(id)?;
     if mounts.len() > MAX_MOUNTS {
         return Err(vm_err(format!(
             "a container in a pod's VM may have at most {MAX_MOUNTS} bind mounts"
@@ -466,24 +342,17 @@ pub fn add(run_dir: &Path, id: &str, mounts: &[ShareMount]) -> Result<()> {
             .map_err(|e| vm_err(format!("cannot share {}: {e}", m.source.display())))?;
         trees.push(tree);
     }
-    let request = Request::Add {
-        id: id.to_string(),
-        mounts: mounts
-            .iter()
-            .map(|m| Shared {
-                name: m.name.clone(),
-                ro: m.ro,
-            })
-            .collect(),
-    };
-    let fds: Vec<RawFd> = trees.iter().map(|t| t.as_raw_fd()).collect();
-    ask(run_dir, &request, &fds)
+    in_share(owner, |share| add_here(share, id, mounts, trees))
 }
 
-/// Removes container `id` from the share of the VM whose run directory is
-/// `run_dir`.
-pub fn remove(run_dir: &Path, id: &str) -> Result<()> {
-    ask(run_dir, &Request::Remove { id: id.to_string() }, &[])
+/// Removes container `id` from the share of the VM `owner` owns (a VM
+/// gone already took its share with it).
+pub fn remove(owner: &VmState, id: &str) -> Result<()> {
+    check_id(id)?;
+    if !is_alive(owner.relay_pid, owner.relay_start) {
+        return Ok(());
+    }
+    in_share(owner, |share| remove_here(share, id))
 }
 
 #[cfg(test)]
@@ -623,13 +492,86 @@ mod tests {
         );
     }
 
+    /// Whether `path` is a mount point in process `pid`'s mount namespace.
+    fn mounted_in(pid: u32, path: &Path) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+    }
+
+    /// A member's mounts reach the share in its owner's mount namespace
+    /// and no other, and leave it at its removal; a gone owner takes none.
     #[test]
-    fn share_entry_names_are_the_plans() {
-        for ok in ["rootfs", "m0", "m12"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
+    fn a_members_mounts_go_to_the_owners_mount_namespace_only() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: entering a mount namespace needs root");
+            return;
         }
-        for bad in ["", "m", "../x", "m1/..", "rootfs2", "mx", "m12345"] {
-            assert!(check_name(bad).is_err(), "{bad}");
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let share_dir = run_dir.join(share::SHARE_DIR);
+        fs::create_dir_all(&share_dir).unwrap();
+        let source = dir.path().join("rootfs");
+        fs::create_dir(&source).unwrap();
+        fs::write(source.join("file"), "from the host\n").unwrap();
+        // The owner: a process whose mount namespace alone has the share.
+        let mut owner_process = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o ro share {} && echo ready && exec sleep 100",
+                share_dir.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(owner_process.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        let pid = owner_process.id();
+        let mut owner = pod_state();
+        owner.relay_pid = pid as i32;
+        owner.relay_start = ironcell_basics::proc_stat::ProcStat::of(pid as i32)
+            .unwrap()
+            .start_time;
+        owner.run_dir = run_dir.clone();
+        let mounts = [ShareMount {
+            name: "rootfs".into(),
+            source: source.clone(),
+            recursive: false,
+            ro: true,
+        }];
+
+        add(&owner, "c1", &mounts).unwrap();
+        let entry = share_dir.join("c1").join("rootfs");
+        assert!(mounted_in(pid, &entry));
+        assert!(!mounted_in(std::process::id(), &entry));
+        let through_owner =
+            Path::new(&format!("/proc/{pid}/root")).join(entry.strip_prefix("/").unwrap());
+        assert_eq!(
+            fs::read_to_string(through_owner.join("file")).unwrap(),
+            "from the host\n"
+        );
+        assert!(
+            fs::write(through_owner.join("new"), "x").is_err(),
+            "the entry is writable"
+        );
+        let twice = add(&owner, "c1", &mounts).unwrap_err().to_string();
+        assert!(twice.contains("in this VM's share already"), "{twice}");
+        assert!(add(&owner, "../c2", &mounts).is_err());
+
+        remove(&owner, "c1").unwrap();
+        assert!(!mounted_in(pid, &entry));
+        assert!(!through_owner.parent().unwrap().exists());
+
+        owner_process.kill().unwrap();
+        owner_process.wait().unwrap();
+        let gone = add(&owner, "c1", &mounts).unwrap_err().to_string();
+        assert!(gone.contains("is not running"), "{gone}");
+        remove(&owner, "c1").unwrap();
     }
 }

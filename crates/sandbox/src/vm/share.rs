@@ -20,6 +20,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
 
 use crate::{Result, SandboxError};
 
+/// The share's directory in a VM's run directory.
+pub const SHARE_DIR: &str = "share";
+
 /// Where the agent mounts the shared directory in the guest.
 pub const GUEST_SHARE_DIR: &str = "/run/ironcell/share";
 
