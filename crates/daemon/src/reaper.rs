@@ -17,7 +17,7 @@
 //! replaced before the process was known, it is watched through a pidfd.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -222,15 +222,14 @@ impl Reaper {
 }
 
 /// A pidfd for `pid`: it becomes readable when the process ends, whoever
-/// its parent is. (`nix` has no wrapper for pidfd_open.)
+/// its parent is.
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the syscall just returned this fd, owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 #[cfg(test)]
