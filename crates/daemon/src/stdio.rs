@@ -192,12 +192,24 @@ pub fn copy_output(
     stdout: Option<OwnedFd>,
 ) -> io::Result<tokio::task::JoinHandle<()>> {
     let from = register(from)?;
-    let to = match stdout {
-        Some(fd) => register(fd)?,
-        // Nobody reads it: drained so the process never blocks.
-        None => register(File::options().write(true).open("/dev/null")?.into())?,
-    };
-    Ok(tokio::spawn(copy(from, to)))
+    match stdout {
+        Some(fd) => {
+            let to = register(fd)?;
+            Ok(tokio::spawn(copy(from, to)))
+        }
+        // Nobody reads it: drained so the process never blocks. (Not copied
+        // to /dev/null, which epoll refuses to watch.)
+        None => Ok(tokio::spawn(drain(from))),
+    }
+}
+
+/// Reads `from` until EOF or an error, keeping nothing.
+async fn drain(from: AsyncFd<OwnedFd>) {
+    if from.readable().await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(1..) = read(&from, &mut buf).await {}
 }
 
 /// containerd's terminal size (width, height) as a terminal's (rows,
@@ -288,6 +300,28 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, "typed\n");
+    }
+
+    #[tokio::test]
+    async fn output_nobody_reads_is_drained_to_its_end() {
+        let (read, write) = stdin_pipe().unwrap();
+        let copy = copy_output(read, None).unwrap();
+        let mut w = File::from(write);
+        // More than a pipe holds: the writer would block if nothing read.
+        let chunk = vec![b'x'; 64 * 1024];
+        let written = tokio::task::spawn_blocking(move || {
+            for _ in 0..4 {
+                w.write_all(&chunk).unwrap();
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), written)
+            .await
+            .expect("the output was not drained")
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), copy)
+            .await
+            .expect("the drain did not end at EOF")
+            .unwrap();
     }
 
     #[tokio::test]
