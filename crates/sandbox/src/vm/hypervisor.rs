@@ -13,9 +13,10 @@
 //!   backend for them and modern virtio-mmio (`force-legacy=false`).
 //!
 //! Every process started here dies with the process that started it
-//! (`PR_SET_PDEATHSIG`), is in a process group of its own (a terminal's
-//! signals reach only the relay, which forwards them to the container),
-//! and writes its own output to a log file in the VM's run directory.
+//! (`PR_SET_PDEATHSIG`), unless the VM is [`Lifetime::Detached`], is in a
+//! process group of its own (a terminal's signals reach only the relay,
+//! which forwards them to the container), and writes its own output to a
+//! log file in the VM's run directory.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ironcell_basics::proc_stat::ProcStat;
 use ironcell_protocol::stream::read_line;
 use ironcell_protocol::{READY_LINE, READY_PORT};
 
@@ -69,6 +71,16 @@ pub struct Nic {
     pub tap: String,
     /// The pod interface's: the guest's eth0 answers as the pod.
     pub mac: [u8; 6],
+}
+
+/// Whether a VM's processes die with the process that starts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// They die with it: a relay's VM.
+    TiedToStarter,
+    /// They outlive it, and become its parent's (a subreaper's: ironcelld's
+    /// keeper) once it exits; whoever created the VM stops it.
+    Detached,
 }
 
 /// A started VM: the hypervisor and its helpers.
@@ -298,20 +310,23 @@ pub fn qemu_commands(plan: &Plan) -> Vec<(&'static str, Command, Option<PathBuf>
     backends
 }
 
-/// Starts `cmd` as a child that dies with this thread's process, in a
-/// process group of its own, its output in `log`.
-fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Child> {
+/// Starts `cmd` as a child in a process group of its own, its output in
+/// `log`; a [`Lifetime::TiedToStarter`] child dies with this thread.
+fn spawn(name: &str, mut cmd: Command, log: &Path, lifetime: Lifetime) -> Result<Child> {
     let out =
         File::create(log).map_err(|e| vm_err(format!("cannot create {}: {e}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(|e| vm_err(format!("{}: {e}", log.display())))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let tied = lifetime == Lifetime::TiedToStarter;
     // SAFETY: prctl and setpgid are async-signal-safe and touch no memory
     // of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::setpgid(0, 0) != 0 {
+        cmd.pre_exec(move || {
+            if (tied && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0)
+                || libc::setpgid(0, 0) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -348,7 +363,7 @@ fn wait_for_socket(name: &str, child: &mut Child, path: &Path) -> Result<()> {
 
 impl Vm {
     /// Starts the VM of `plan`.
-    pub fn launch(plan: &Plan) -> Result<Vm> {
+    pub fn launch(plan: &Plan, lifetime: Lifetime) -> Result<Vm> {
         check_host(plan.config, plan.kvm)?;
         for (what, p) in [
             ("kernel", &plan.config.kernel),
@@ -381,7 +396,7 @@ impl Vm {
         };
         for (name, cmd, socket) in commands {
             let log = plan.run_dir.join(format!("{name}.log"));
-            let mut child = spawn(name, cmd, &log)?;
+            let mut child = spawn(name, cmd, &log, lifetime)?;
             let ready = match &socket {
                 Some(s) => wait_for_socket(name, &mut child, s),
                 None => Ok(()),
@@ -452,6 +467,24 @@ impl Vm {
                 _ => std::thread::sleep(Duration::from_millis(10)),
             }
         }
+    }
+
+    /// The VM's processes as (pid, start time), the hypervisor last.
+    pub fn processes(&self) -> Vec<(i32, u64)> {
+        self.children
+            .iter()
+            .map(|(_, c)| {
+                let pid = c.id() as i32;
+                let start = ProcStat::of(pid).map_or(0, |s| s.start_time);
+                (pid, start)
+            })
+            .collect()
+    }
+
+    /// Lets the VM's processes go: this handle no longer kills them when
+    /// dropped. For a [`Lifetime::Detached`] VM whose creator hands it on.
+    pub fn let_go(mut self) {
+        self.children.clear();
     }
 
     /// Kills and reaps every process of the VM.

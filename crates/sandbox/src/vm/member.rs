@@ -56,6 +56,7 @@ impl Member {
             pod: Some(pod_id.to_string()),
             host_cgroup: pod::host_cgroup(&bundle.spec),
             no_relay: false,
+            vm_processes: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! the 108 bytes unix sockets allow.
 
 pub mod agent;
+mod detached;
 pub mod guest_exec;
 pub mod hooks;
 pub mod hypervisor;
@@ -54,7 +55,7 @@ use crate::config::{Config, VmConfig};
 use crate::host::KvmKind;
 use crate::{Kind, Result, Sandbox, SandboxError};
 use agent::Agent;
-use hypervisor::{Nic, Plan, Vm};
+use hypervisor::{Lifetime, Nic, Plan, Vm};
 use relay::{OwnedVm, Relay};
 use state::{ExitRecord, VmState, EXIT_FILE, STATE_FILE};
 
@@ -83,6 +84,27 @@ pub fn remove_run_dir(dir: &Path) {
         }
     }
     let _ = fs::remove_dir(dir);
+}
+
+/// A container that owns its VM, checked and planned before its VM starts.
+struct OwnerPlan {
+    /// The VM's configuration, sized for the container.
+    config: VmConfig,
+    kvm: KvmKind,
+    run_dir: PathBuf,
+    record: VmState,
+}
+
+/// Removes what a failed create of a container owning its VM left on the
+/// host (its VM's processes are gone by then).
+fn undo_owner(id: &str, record: &VmState) {
+    remove_run_dir(&record.run_dir);
+    if let Some(netns) = &record.pod_network {
+        leave_pod_network(netns);
+    }
+    if let Some(cgroup) = &record.host_cgroup {
+        pod::remove_host_cgroup(cgroup, id);
+    }
 }
 
 /// An exec checked on the host, before the agent is asked.
@@ -309,6 +331,40 @@ impl VmSandbox {
                  be made by a handler whose pods are VMs (Sandbox = \"vm\")"
             )));
         }
+        let OwnerPlan {
+            config,
+            kvm,
+            run_dir,
+            mut record,
+        } = self.plan_owner(id, dir, bundle, opts)?;
+        let terminal = wants_terminal(&bundle.spec);
+        let state_file = dir.join(STATE_FILE);
+        let setup = || {
+            container_relay(
+                id,
+                bundle,
+                &config,
+                kvm,
+                &run_dir,
+                &dir.join(EXIT_FILE),
+                terminal,
+                opts.console_socket.as_deref(),
+            )
+        };
+        let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
+        let undo = |record: &VmState| undo_owner(id, record);
+        self.finish_create(id, record, forked, bundle, opts, undo)
+    }
+
+    /// Checks a container that owns its VM and plans it: the VM's
+    /// configuration sized for it, its run directory (made), its record.
+    fn plan_owner(
+        &self,
+        id: &str,
+        dir: &Path,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+    ) -> Result<OwnerPlan> {
         let mut config = self.config()?.clone();
         let kvm = KvmKind::detect();
         hypervisor::check_host(&config, kvm)?;
@@ -321,7 +377,6 @@ impl VmSandbox {
                 "--preserve-fds: file descriptors cannot be passed into a VM",
             ));
         }
-        let terminal = wants_terminal(&bundle.spec);
         let run_dir = Self::run_dir(&config, dir);
         fs::DirBuilder::new()
             .recursive(true)
@@ -349,7 +404,7 @@ impl VmSandbox {
                 }
             })
             .unwrap_or_else(|| bundle.path.join("rootfs"));
-        let mut record = VmState {
+        let record = VmState {
             id: id.to_string(),
             bundle: bundle.path.clone(),
             rootfs,
@@ -367,31 +422,14 @@ impl VmSandbox {
             pod: None,
             host_cgroup: pod::host_cgroup(&bundle.spec),
             no_relay: false,
+            vm_processes: Vec::new(),
         };
-        let state_file = dir.join(STATE_FILE);
-        let setup = || {
-            container_relay(
-                id,
-                bundle,
-                &config,
-                kvm,
-                &run_dir,
-                &dir.join(EXIT_FILE),
-                terminal,
-                opts.console_socket.as_deref(),
-            )
-        };
-        let forked = relay::fork(setup, |pid| record.note_relay(pid, &state_file));
-        let undo = |record: &VmState| {
-            remove_run_dir(&run_dir);
-            if let Some(netns) = &record.pod_network {
-                leave_pod_network(netns);
-            }
-            if let Some(cgroup) = &record.host_cgroup {
-                pod::remove_host_cgroup(cgroup, id);
-            }
-        };
-        self.finish_create(id, record, forked, bundle, opts, undo)
+        Ok(OwnerPlan {
+            config,
+            kvm,
+            run_dir,
+            record,
+        })
     }
 
     /// What a create does once its relay reported: the record completed and
@@ -501,26 +539,40 @@ impl VmSandbox {
     }
 }
 
-/// The container relay's setup, in the forked child: its own namespaces,
-/// the share, the VM, the container in the guest, its stdio.
-#[allow(clippy::too_many_arguments)]
-fn container_relay(
+/// A VM booted for a container that owns it, the container created in it.
+struct Booted {
+    vm: Vm,
+    agent: Agent,
+    /// `<guest pid> <agent start> <agent ready> <created> <joined>`, the
+    /// times in microseconds of the guest's clock, joined 1 if the VM is
+    /// tied to the pod network.
+    report: String,
+    /// Unties the VM from the pod network on error, until disarmed.
+    network: Option<PodNetworkGuard>,
+}
+
+/// Boots container `id`'s VM and creates the container in it, from the
+/// calling process: it joins the pod's host cgroup and network namespace,
+/// makes the share in a mount namespace of its own (the VM's processes
+/// inherit all three), and starts the VM's processes with `lifetime`;
+/// `launched` sees them first. A relay's setup, or a detached create's in
+/// a single-threaded process that exits soon after.
+fn boot_owner(
     id: &str,
     bundle: &Bundle,
     config: &VmConfig,
     kvm: KvmKind,
     run_dir: &Path,
-    exit_file: &Path,
-    terminal: bool,
-    console_socket: Option<&Path>,
-) -> Result<(Relay, String)> {
+    lifetime: Lifetime,
+    launched: impl FnOnce(&Vm),
+) -> Result<Booted> {
     if let Some(cgroup) = pod::host_cgroup(&bundle.spec) {
         pod::join_host_cgroup(&cgroup)?;
     }
     let host_network = share::host_network(&bundle.spec);
     share::enter_network(&host_network)?;
     // A namespace CNI (or podman's network backend) set up before create
-    // joins the VM to its network; until the relay hands it on, an error
+    // joins the VM to its network; until the creator hands it on, an error
     // unties it again.
     let pod_network = match &host_network {
         share::HostNetwork::Join(netns) => podnet::connect(netns, POD_TAP)?.map(|iface| {
@@ -555,7 +607,8 @@ fn container_relay(
             mac: iface.mac,
         }),
     };
-    let mut vm = Vm::launch(&plan)?;
+    let mut vm = Vm::launch(&plan, lifetime)?;
+    launched(&vm);
     let deadline = Instant::now() + Duration::from_secs(config.boot_timeout_secs.into());
     let agent = vm.wait_ready(deadline).and_then(|()| {
         Agent::connect(
@@ -579,34 +632,61 @@ fn container_relay(
     let created = agent
         .create(id, spec_json)
         .map_err(|e| vm_err(format!("{}{}", e.message(), vm.console_tail())))?;
-    let stdio = relay::attach(&agent, id, "", terminal, console_socket)?;
-    let uds = vm.vsock.clone();
-    let joined = match pod_network {
-        Some((_, mut guard)) => {
-            // The container's record holds the namespace from here on, and
-            // its delete unties it.
-            guard.netns = None;
-            1
-        }
-        None => 0,
-    };
+    let joined = u8::from(pod_network.is_some());
+    Ok(Booted {
+        vm,
+        agent,
+        report: format!(
+            "{} {} {} {} {joined}",
+            created.pid, details.agent_start_us, details.agent_ready_us, created.created_us
+        ),
+        network: pod_network.map(|(_, guard)| guard),
+    })
+}
+
+/// The container relay's setup, in the forked child: the VM booted and the
+/// container created in it, its stdio.
+#[allow(clippy::too_many_arguments)]
+fn container_relay(
+    id: &str,
+    bundle: &Bundle,
+    config: &VmConfig,
+    kvm: KvmKind,
+    run_dir: &Path,
+    exit_file: &Path,
+    terminal: bool,
+    console_socket: Option<&Path>,
+) -> Result<(Relay, String)> {
+    let booted = boot_owner(
+        id,
+        bundle,
+        config,
+        kvm,
+        run_dir,
+        Lifetime::TiedToStarter,
+        |_| {},
+    )?;
+    let stdio = relay::attach(&booted.agent, id, "", terminal, console_socket)?;
+    // The container's record holds the namespace from here on, and its
+    // delete unties it.
+    if let Some(guard) = booted.network {
+        guard.disarm();
+    }
+    let uds = booted.vm.vsock.clone();
     Ok((
         Relay {
-            agent,
+            agent: booted.agent,
             uds,
             id: id.to_string(),
             exec_id: String::new(),
             stdio,
             exit_file: Some(exit_file.to_path_buf()),
             vm: Some(OwnedVm {
-                vm,
+                vm: booted.vm,
                 run_dir: run_dir.to_path_buf(),
             }),
         },
-        format!(
-            "{} {} {} {} {joined}",
-            created.pid, details.agent_start_us, details.agent_ready_us, created.created_us
-        ),
+        booted.report,
     ))
 }
 
@@ -637,6 +717,13 @@ struct PodNetworkGuard {
     netns: Option<PathBuf>,
 }
 
+impl PodNetworkGuard {
+    /// Leaves the tie in place: a record holds the namespace now.
+    fn disarm(mut self) {
+        self.netns = None;
+    }
+}
+
 impl Drop for PodNetworkGuard {
     fn drop(&mut self) {
         if let Some(netns) = self.netns.take() {
@@ -656,20 +743,32 @@ fn leave_pod_network(netns: &Path) {
     }
 }
 
-/// Kills a container's relay (its VM dies with it) and waits until it is
-/// gone. A container without a relay of its own has none to kill: its
-/// `relay_pid` is its pod VM's.
+/// Kills a container's relay (its VM dies with it), or the processes of a
+/// VM no relay owns, and waits until they are gone. A pod member without a
+/// relay of its own has nothing to kill: its `relay_pid` is its pod VM's.
 fn kill_relay(st: &VmState) {
-    if st.no_relay || !is_alive(st.relay_pid, st.relay_start) {
+    if !st.vm_processes.is_empty() {
+        for (pid, start) in st.vm_processes.iter().rev() {
+            kill_and_wait(*pid, *start);
+        }
+    } else if !st.no_relay {
+        kill_and_wait(st.relay_pid, st.relay_start);
+    }
+}
+
+/// Kills process `pid` (if it is still the one that started at `start`)
+/// and waits until it is gone.
+fn kill_and_wait(pid: i32, start: u64) {
+    if !is_alive(pid, start) {
         return;
     }
     // SAFETY: kill(2) takes plain integers and touches no memory.
-    unsafe { libc::kill(st.relay_pid, libc::SIGKILL) };
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while is_alive(st.relay_pid, st.relay_start) && Instant::now() < deadline {
+    while is_alive(pid, start) && Instant::now() < deadline {
         // Reaped here when it is our child (a foreground run).
         let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(st.relay_pid),
+            nix::unistd::Pid::from_raw(pid),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
         std::thread::sleep(Duration::from_millis(5));

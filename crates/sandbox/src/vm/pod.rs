@@ -7,7 +7,8 @@
 //!   VM the container joins ([`pod_of`]).
 //! - **The share.** A container added to a running VM needs its rootfs and
 //!   bind sources under the VM's share, which exists only in the mount
-//!   namespace of the VM's relay (`share.rs`). A member's create opens each
+//!   namespace of the VM's relay (`share.rs`), or of its hypervisor when no
+//!   relay owns it (`detached.rs`). A member's create opens each
 //!   host path as a detached mount tree (`open_tree(2)`, in the host's
 //!   mount namespace, where containerd mounted the rootfs after the relay's
 //!   namespace was made), enters the relay's namespace from a thread of its
@@ -16,8 +17,9 @@
 //!   ([`add`]). A member's delete detaches them again ([`remove`]).
 //! - **Namespaces.** CRI names the pod's namespaces by the sandbox
 //!   container's host pid (`/proc/<pid>/ns/ipc`, `uts`, `net`, and `pid`
-//!   with `shareProcessNamespace`); that pid is the sandbox's relay, and in
-//!   the guest they are the pause container's ([`map_namespaces`]).
+//!   with `shareProcessNamespace`); that pid is the sandbox's relay (or
+//!   hypervisor), and in the guest they are the pause container's
+//!   ([`map_namespaces`]).
 
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
@@ -211,8 +213,8 @@ fn check_id(id: &str) -> Result<()> {
 
 /// Runs `f` on the share of the VM that `owner` (its sandbox container's
 /// record) owns, on a thread of its own in the mount namespace of the
-/// VM's relay, the only one where the share exists. Err if that relay is
-/// gone.
+/// VM's relay (or hypervisor: `relay_pid`), the only one where the share
+/// exists. Err if that process is gone.
 ///
 /// The thread first stops sharing the process's filesystem attributes
 /// (`unshare(CLONE_FS)`): the kernel lets no thread of a multi-threaded
@@ -382,6 +384,7 @@ mod tests {
             pod: None,
             host_cgroup: None,
             no_relay: false,
+            vm_processes: Vec::new(),
         }
     }
 

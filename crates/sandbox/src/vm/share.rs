@@ -1,8 +1,9 @@
 //! The directory a VM shares with its guest, and the container's spec as
 //! the guest sees it.
 //!
-//! The relay makes the share in a mount namespace of its own (the VM's
-//! processes inherit it): a tmpfs holding, per container, its rootfs
+//! The process that boots the VM (its relay, or ironcelld's helper) makes
+//! the share in a mount namespace of its own (the VM's processes inherit
+//! it): a tmpfs holding, per container, its rootfs
 //! (`<id>/rootfs`) and the source of each bind mount (`<id>/m<N>`), each
 //! bind-mounted there, read-only where the spec says so. Nothing else of
 //! the host is in it, and since the mounts exist only in that namespace,

@@ -22,7 +22,9 @@ pub struct VmState {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// The host process that stands in for the container (state.json's
-    /// pid): it holds the container's stdio and owns the VM.
+    /// pid): its relay, which holds the container's stdio and owns the VM;
+    /// or, with `no_relay`, its pod VM's relay or hypervisor, or its own
+    /// VM's hypervisor.
     pub relay_pid: i32,
     /// The relay's start time (/proc/<pid>/stat), telling it from a later
     /// process with the same pid.
@@ -58,10 +60,16 @@ pub struct VmState {
     pub host_cgroup: Option<PathBuf>,
     /// The container has no relay of its own: the process that created it
     /// (ironcelld) carries its stdio and waits for its init through the
-    /// agent. `relay_pid` and `relay_start` then name the relay of its
-    /// pod's VM, the host process that stands for it.
+    /// agent. `relay_pid` and `relay_start` then name the host process
+    /// that stands for it: its pod VM's relay or hypervisor, or, when it
+    /// owns its VM (`vm_processes`), that VM's hypervisor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_relay: bool,
+    /// The VM's host processes as (pid, start time), the hypervisor last,
+    /// when no relay owns the VM ([`super::VmSandbox::create_detached`]):
+    /// what stops it. `relay_pid` is then the hypervisor's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vm_processes: Vec<(i32, u64)>,
 }
 
 fn default_agent_timeout() -> u32 {
