@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use ironcell_basics::proc_stat::ProcStat;
 use ironcell_container::{CreateOptions, ExecOptions};
 use ironcell_oci::Bundle;
-use ironcell_sandbox::{Kind, Sandboxes};
+use ironcell_sandbox::{Kind, Sandboxes, VmSandbox};
 
 use crate::claim;
 use crate::keeper::{Keeper, Made};
@@ -53,6 +53,10 @@ pub enum Job {
         systemd_cgroup: bool,
         /// The sandbox kind chosen for the task (None: the bundle's).
         sandbox: Option<Kind>,
+        /// A vm container whose VM no relay owns: the VM's processes
+        /// outlive the helper and become the keeper's
+        /// (`VmSandbox::create_detached`).
+        detach_vm: bool,
     },
     Exec {
         root: PathBuf,
@@ -76,6 +80,7 @@ impl Job {
                 console_socket,
                 systemd_cgroup,
                 sandbox,
+                detach_vm,
             } => {
                 a.push("create".into());
                 a.push("--bundle".into());
@@ -88,6 +93,9 @@ impl Job {
                 if let Some(k) = sandbox {
                     a.push("--sandbox".into());
                     a.push(k.as_str().into());
+                }
+                if *detach_vm {
+                    a.push("--detach-vm".into());
                 }
                 (root, id, pid_file, console_socket)
             }
@@ -125,7 +133,7 @@ impl Job {
         };
         let (mut root, mut bundle, mut claim, mut process, mut pid_file, mut console, mut id) =
             (None, None, None, None, None, None, None);
-        let mut systemd = false;
+        let (mut systemd, mut detach_vm) = (false, false);
         let mut sandbox = None;
         while let Some(arg) = p.next()? {
             match arg {
@@ -136,6 +144,7 @@ impl Job {
                 Long("pid-file") => pid_file = Some(PathBuf::from(p.value()?)),
                 Long("console-socket") => console = Some(PathBuf::from(p.value()?)),
                 Long("systemd-cgroup") => systemd = true,
+                Long("detach-vm") => detach_vm = true,
                 Long("sandbox") => sandbox = Some(p.value()?.string()?.parse::<Kind>()?),
                 Value(v) if id.is_none() => id = Some(v.string()?),
                 _ => return Err(arg.unexpected().into()),
@@ -154,6 +163,7 @@ impl Job {
                 console_socket: console,
                 systemd_cgroup: systemd,
                 sandbox,
+                detach_vm,
             },
             "exec" => Job::Exec {
                 root,
@@ -177,6 +187,7 @@ impl Job {
                 console_socket,
                 systemd_cgroup,
                 sandbox,
+                detach_vm,
             } => {
                 // Released when the container is made (or not): a removal
                 // of this create waits for it, then removes what it made.
@@ -190,7 +201,14 @@ impl Job {
                     detach: true,
                     ..Default::default()
                 };
-                sandboxes.create(kind, id, &bundle, &opts)?;
+                if *detach_vm {
+                    if kind != Kind::Vm {
+                        bail!("--detach-vm: container {id} is no vm container");
+                    }
+                    VmSandbox::new(root.clone(), None).create_detached(id, &bundle, &opts)?;
+                } else {
+                    sandboxes.create(kind, id, &bundle, &opts)?;
+                }
             }
             Job::Exec {
                 root,
@@ -657,6 +675,7 @@ mod tests {
                 console_socket: Some("/s".into()),
                 systemd_cgroup: true,
                 sandbox: Some(Kind::Vm),
+                detach_vm: true,
             },
             Job::Exec {
                 root: "/r".into(),

@@ -733,7 +733,7 @@ async fn stop_pod(pod: &Pod, ns: &str, id: &str) {
     let pid = *pod.pid.lock().unwrap();
     if pid > 0 && pod.exit.borrow().is_none() {
         let ours = match &pod.vm {
-            Some(holder) => holder.is_relay(pid) && !holder.kill(id).await,
+            Some(holder) => holder.stands_for_pod(id, pid) && !holder.kill(id).await,
             None => is_holder(pid, ns, id),
         };
         if ours {

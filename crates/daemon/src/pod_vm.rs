@@ -4,10 +4,12 @@
 //! process is the guest agent's own binary run as `pause`
 //! (`ironcell-agent pause`): the holder of the pod's namespaces in the
 //! guest. Made with the sandbox library as containerd's pause container
-//! would be (a helper job under the keeper, its relay owning the VM), it
-//! is the pod's sandbox container: the pod's containers join its VM
+//! would be (a helper job under the keeper, the VM's processes staying the
+//! keeper's, or owned by a relay where the VM needs one), it is the pod's
+//! sandbox container: the pod's containers join its VM
 //! (`ironcell_sandbox::vm::pod`), and the pid the pod reports is its
-//! relay's, from which containerd builds the containers' namespace paths.
+//! hypervisor's (or relay's), from which containerd builds the containers'
+//! namespace paths.
 //!
 //! Its bundle (`<root>/vm-pods/<ns>/<id>/`) is written from the pod's
 //! PodSandboxConfig: hostname, sysctls, cgroup, resources (the VM's size)
@@ -18,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ironcell_sandbox::{Kind, Sandboxes};
+use ironcell_sandbox::{Kind, Sandboxes, VmSandbox};
 use serde_json::json;
 
 use crate::claim;
@@ -122,6 +124,7 @@ impl VmHolder {
             console_socket: None,
             systemd_cgroup: false,
             sandbox: Some(Kind::Vm),
+            detach_vm: self.detaches(),
         };
         let none = HelperStdio {
             stdin: None,
@@ -153,11 +156,21 @@ impl VmHolder {
         Ok((pid, generation))
     }
 
-    /// Asks the holder to end (the relay then shuts the VM down); false
-    /// when the guest cannot be asked.
+    /// Whether the pod's VM can do without a relay (`detach_vm`).
+    fn detaches(&self) -> bool {
+        VmSandbox::new(self.state_root.clone(), None).detaches()
+    }
+
+    /// Ends the pod: a VM no relay owns is stopped; a relay's holder is
+    /// asked to end (the relay then shuts the VM down). False when neither
+    /// could be done.
     pub async fn kill(&self, id: &str) -> bool {
-        let owned = id.to_string();
+        let (owned, root) = (id.to_string(), self.state_root.clone());
         on_sandboxes(&self.state_root, move |s| {
+            let vm = VmSandbox::new(root, None);
+            if vm.owns_detached_vm(&owned) {
+                return vm.stop_vm(&owned).map_err(TaskError::from);
+            }
             s.owner(&owned)
                 .and_then(|s| s.kill(&owned, libc::SIGKILL, false))
                 .map_err(TaskError::from)
@@ -225,13 +238,16 @@ impl VmHolder {
         taken
     }
 
-    /// Whether `pid` is this holder's relay (by its command line, which
-    /// names the bundle): a recorded pid whose relay ended while no daemon
-    /// watched may have been reused.
-    pub fn is_relay(&self, pid: i32) -> bool {
+    /// Whether `pid` stands for pod `id` on the host: its holder's relay
+    /// (by its command line, which names the bundle), or the hypervisor of
+    /// a VM no relay owns (by the holder's record and its start time). A
+    /// recorded pid whose process ended while no daemon watched may have
+    /// been reused.
+    pub fn stands_for_pod(&self, id: &str, pid: i32) -> bool {
         let mark = format!("\0--bundle\0{}\0", self.bundle.display());
         std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark.as_bytes()))
+            || VmSandbox::new(self.state_root.clone(), None).is_hypervisor_of(id, pid)
     }
 }
 

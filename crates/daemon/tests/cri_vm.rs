@@ -99,6 +99,36 @@ fn hypervisor_pids(dir: &Path, backend: Backend) -> Vec<i32> {
         .collect()
 }
 
+/// How many relays a VM pod has on the host: none under QEMU, whose VM the
+/// keeper owns; one under ironcell-vmm, whose jail leaves nothing else to
+/// hold the share's mount namespace (docs/daemon.md).
+fn relays_per_pod(backend: Backend) -> usize {
+    match backend {
+        Backend::QemuTcg => 0,
+        Backend::IroncellVmm => 1,
+    }
+}
+
+/// The processes that hold the VMs' shares under `dir`: the hypervisors
+/// when no relay owns them, else the relays.
+fn share_holders(root: &Path, dir: &Path, backend: Backend) -> Vec<i32> {
+    match relays_per_pod(backend) {
+        0 => hypervisor_pids(dir, backend),
+        _ => relays(root, "create").into_iter().map(|(p, _)| p).collect(),
+    }
+}
+
+/// The pid of process `pid`'s parent.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The relays (forked by helper jobs) of `job` (`create`: a container's,
 /// `exec`: an exec'd process's) for containers under `root`: their pids
 /// and command lines.
@@ -354,6 +384,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
             cri::run_container(&mut client, &pod_id, &pod, config).await
         });
         let root_path = root.path().to_path_buf();
+        let vm_dir = host.vmdir.path().to_path_buf();
         let cut = tokio::task::spawn_blocking(move || {
             let tasks = root_path.join("tasks/k8s.io");
             let start = Instant::now();
@@ -366,7 +397,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
                     .map(|d| d.file_name().to_string_lossy().into_owned())
                     .collect();
                 let found = !creating.is_empty()
-                    && relays(&root_path, "create").iter().any(|(p, _)| {
+                    && share_holders(&root_path, &vm_dir, backend).iter().any(|p| {
                         let mounts = std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
                             .unwrap_or_default();
                         creating.iter().any(|id| mounts.contains(id.as_str()))
@@ -389,9 +420,13 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
             .unwrap_or_else(|e| panic!("a create cut off: {e}\n{}", c.log()));
         let mut client = rt.clone();
         wait_state(&mut client, &id, ContainerState::ContainerRunning).await;
-        // The two pods' holders; nothing of the container.
+        // The two pods' holders' relays, if any; nothing of the container.
         let vm_relays = relays(root.path(), "create");
-        assert_eq!(vm_relays.len(), 2, "{vm_relays:#?}");
+        assert_eq!(
+            vm_relays.len(),
+            2 * relays_per_pod(backend),
+            "{vm_relays:#?}"
+        );
         assert!(
             !vm_relays.iter().any(|(_, c)| c.contains(&id)),
             "{vm_relays:#?}"
@@ -795,14 +830,25 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         }
         let exec_relays = relays(root.path(), "exec");
         assert!(exec_relays.is_empty(), "{exec_relays:#?}");
-        // Nor has any of the pod's containers: the one relay is the VM's
-        // (the pause container's, or the pod's holder).
+        // Nor has any of the pod's containers. The VM's processes are the
+        // keeper's children, unless a relay owns the VM (the pause
+        // container's, or the pod's holder's).
         let vm_relays = relays(root.path(), "create");
-        assert_eq!(vm_relays.len(), 1, "{vm_relays:#?}");
+        assert_eq!(vm_relays.len(), relays_per_pod(backend), "{vm_relays:#?}");
         assert!(
-            !ids.iter().any(|id| vm_relays[0].1.contains(id.as_str())),
+            !vm_relays
+                .iter()
+                .any(|(_, c)| ids.iter().any(|id| c.contains(id.as_str()))),
             "{vm_relays:#?}"
         );
+        if vm_relays.is_empty() {
+            let hypervisor = hypervisor_pids(vmdir.path(), backend)[0];
+            let keepers = ironcell_testutil::ironcelld_processes(root.path(), true);
+            assert!(
+                keepers.contains(&parent_of(hypervisor)),
+                "the hypervisor's parent is not the keeper ({keepers:?})"
+            );
+        }
 
         // The daemon SIGKILLed under the running pod: the keeper starts the
         // next, which serves the pod's containers in the same VM.
@@ -925,6 +971,8 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         })
         .await
         .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+        let left = hypervisor_pids(vmdir.path(), backend);
+        assert!(left.is_empty(), "the pod's stop left its VM: {left:?}");
         let in_netns = |cmd: &[&str]| {
             let netns = format!(
                 "--net=/proc/{}/fd/{}",

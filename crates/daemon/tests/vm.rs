@@ -454,6 +454,10 @@ fn containerd_restart_keeps_vm_tasks() {
     assert_eq!(boot_id(c, "b2"), before);
     c.ok(&["task", "kill", "-s", "KILL", "vmkeep"]);
     c.wait_task("vmkeep", "STOPPED");
+    // The VM ends with its container, before the task's delete.
+    let marker = vmdir.path().join("vmrun");
+    let left = ironcell_testutil::processes_with(marker.to_str().unwrap());
+    assert!(left.is_empty(), "the VM outlived its container: {left:?}");
     c.ok(&["task", "delete", "vmkeep"]);
     c.ok(&["container", "rm", "vmkeep"]);
     assert_no_vm_left(vmdir.path());

@@ -68,7 +68,8 @@ impl Backends for NativeBackends {
         io: &IoSpec,
         sandbox: Option<ironcell_sandbox::Kind>,
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
-        let (task, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
+        let (task, spawned) =
+            NativeTask::create(&self.host, place, bundle, io, sandbox, false).await?;
         Ok((Box::new(task), spawned))
     }
 
@@ -107,6 +108,7 @@ impl NativeTask {
         bundle: &Bundle,
         io: &IoSpec,
         sandbox: Option<ironcell_sandbox::Kind>,
+        detach_vm: bool,
     ) -> Result<(NativeTask, Spawned)> {
         let pid_file = place.dir.join(INIT_PID);
         let systemd_cgroup = systemd_cgroup(bundle);
@@ -119,6 +121,7 @@ impl NativeTask {
             console_socket,
             systemd_cgroup,
             sandbox,
+            detach_vm,
         };
         let key = ProcKey::new(&place.namespace, &place.id, "");
         let spawned = spawn_process(host, &key, io, job, &pid_file).await?;

@@ -1,13 +1,17 @@
 //! VM tasks: containers of the vm sandbox.
 //!
-//! A container that owns its VM (a pod's sandbox container, or a container
-//! in a VM of its own) has a native task's init: its relay stands for it on
-//! the host and owns the VM. Every other process has no host process: a
-//! pod member's init and every exec'd process. The daemon makes it through
+//! A process of a VM task has no host process of its own: a pod member's
+//! init, every exec'd process, and the init of a container that owns its
+//! VM (a pod's sandbox container, or a container in a VM of its own),
+//! whose VM the keeper then owns (`VmSandbox::create_detached`: the daemon
+//! stops it when that init ends). The daemon makes the process through
 //! the VM's agent, copies its stdio streams into containerd's FIFOs, and
 //! waits for it through the agent (`ironcell_sandbox::vm::guest_exec`).
-//! Such a process's pid is the pod VM's relay's: the guest's would name an
-//! unrelated host process.
+//! Its pid is the VM's hypervisor's: the guest's would name an unrelated
+//! host process. Where a relay owns the VM (an init with a terminal,
+//! ironcell-vmm as the hypervisor), the owner's init is a native task's
+//! (the relay stands for it on the host), and the pid of the rest is the
+//! relay's.
 //!
 //! Across a restart of the daemon, the keeper holds what a relay would
 //! have: the streams' connections (output the process writes meanwhile
@@ -91,17 +95,40 @@ pub struct VmTask {
     /// The init has no relay: the daemon carries its stdio and waits for
     /// it, as for an exec'd process.
     guest_init: bool,
+    /// The container owns a VM no relay owns: the daemon stops it when the
+    /// init ends, and acknowledges its processes' exits to the keeper.
+    owns_vm: bool,
     copies: Copies,
 }
 
 impl VmTask {
-    fn new(host: &Arc<Host>, place: &Place, guest_init: bool) -> VmTask {
+    fn new(host: &Arc<Host>, place: &Place, guest_init: bool, owns_vm: bool) -> VmTask {
         VmTask {
             host: host.clone(),
             place: place.clone(),
             init: NativeTask::of(host, place),
             guest_init,
+            owns_vm,
             copies: Arc::default(),
+        }
+    }
+
+    /// Has the exits of the VM's processes (the keeper's children since
+    /// their creator, the helper, exited) acknowledged to the keeper,
+    /// which keeps each until then.
+    fn ack_vm_exits(&self) {
+        let pids = self.sandbox().vm_pids(&self.place.id);
+        let keeper = self.host.keeper.clone();
+        for pid in pids {
+            let rx = self.host.reaper.watch(pid);
+            let keeper = keeper.clone();
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    if let Some(k) = keeper {
+                        k.ack(pid);
+                    }
+                }
+            });
         }
     }
 
@@ -234,14 +261,77 @@ impl Backends for VmBackends {
     ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let vm = VmSandbox::new(place.state_root.clone(), None);
         let Some(pod_id) = vm.pod_to_join(&bundle.spec) else {
-            // It owns its VM: its relay does.
-            let (_, spawned) = NativeTask::create(&self.host, place, bundle, io, sandbox).await?;
-            return Ok((Box::new(VmTask::new(&self.host, place, false)), spawned));
+            // It owns its VM: a relay does when the init's terminal must be
+            // a host pty (containerd's console), or when the VMs of this
+            // configuration need one (`VmSandbox::detaches`).
+            if io.terminal || !blocking(move || Ok(vm.detaches())).await? {
+                let (_, spawned) =
+                    NativeTask::create(&self.host, place, bundle, io, sandbox, false).await?;
+                return Ok((
+                    Box::new(VmTask::new(&self.host, place, false, false)),
+                    spawned,
+                ));
+            }
+            return self.create_owner(place, bundle, io, sandbox).await;
         };
         let (id, made) = (place.id.clone(), bundle.clone());
         let guest: GuestExec =
             blocking(move || Ok(vm.create_attached(&id, &made, &pod_id)?)).await?;
-        let task = VmTask::new(&self.host, place, true);
+        let task = VmTask::new(&self.host, place, true, false);
+        Self::carry_init(task, place, io, guest)
+    }
+
+    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
+        debug_assert_eq!(kind, TaskKind::Vm);
+        let vm = VmSandbox::new(place.state_root.clone(), None);
+        let guest_init = vm.runs_without_relay(&place.id);
+        let owns_vm = vm.owns_detached_vm(&place.id);
+        Ok(Box::new(VmTask::new(
+            &self.host, place, guest_init, owns_vm,
+        )))
+    }
+
+    async fn discard(&self, place: &Place) -> Result<()> {
+        NativeBackends {
+            host: self.host.clone(),
+        }
+        .discard(place)
+        .await
+    }
+}
+
+impl VmBackends {
+    /// Creates a container that owns a VM no relay owns: the helper boots
+    /// the VM and creates the container in it, the VM's processes staying
+    /// the keeper's; the daemon then carries the init.
+    async fn create_owner(
+        &self,
+        place: &Place,
+        bundle: &Bundle,
+        io: &IoSpec,
+        sandbox: Option<ironcell_sandbox::Kind>,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
+        // The helper gets no stdio: the init's comes from the agent.
+        let none = IoSpec::default();
+        NativeTask::create(&self.host, place, bundle, &none, sandbox, true).await?;
+        let (vm, id) = (
+            VmSandbox::new(place.state_root.clone(), None),
+            place.id.clone(),
+        );
+        // On error, the registry's discard removes the container, and its
+        // VM with it.
+        let guest: GuestExec = blocking(move || Ok(vm.attach_init(&id)?)).await?;
+        let task = VmTask::new(&self.host, place, true, true);
+        Self::carry_init(task, place, io, guest)
+    }
+
+    /// Connects a carried init's streams to containerd's stdio `io`.
+    fn carry_init(
+        task: VmTask,
+        place: &Place,
+        io: &IoSpec,
+        guest: GuestExec,
+    ) -> Result<(Box<dyn TaskBackend>, Spawned)> {
         let key = ProcKey::new(&place.namespace, &place.id, "");
         match task.connect(&key, "", io, guest.stdio) {
             Ok(stdin) => Ok((
@@ -259,21 +349,6 @@ impl Backends for VmBackends {
             }
         }
     }
-
-    fn recover(&self, kind: TaskKind, place: &Place) -> Result<Box<dyn TaskBackend>> {
-        debug_assert_eq!(kind, TaskKind::Vm);
-        let guest_init =
-            VmSandbox::new(place.state_root.clone(), None).runs_without_relay(&place.id);
-        Ok(Box::new(VmTask::new(&self.host, place, guest_init)))
-    }
-
-    async fn discard(&self, place: &Place) -> Result<()> {
-        NativeBackends {
-            host: self.host.clone(),
-        }
-        .discard(place)
-        .await
-    }
 }
 
 #[async_trait]
@@ -286,6 +361,10 @@ impl TaskBackend for VmTask {
         let exec_id = exec_id.unwrap_or_default();
         if !self.carried(exec_id) {
             return self.init.watch(None, pid, on_exit);
+        }
+        let stops_vm = self.owns_vm && exec_id.is_empty();
+        if stops_vm {
+            self.ack_vm_exits();
         }
         let (sandbox, id, exec_id) = (self.sandbox(), self.place.id.clone(), exec_id.to_string());
         let (copies, runtime) = (self.copies.clone(), tokio::runtime::Handle::current());
@@ -306,6 +385,13 @@ impl TaskBackend for VmTask {
                         exit_status::KILLED
                     }
                 };
+                if stops_vm {
+                    // The VM ends with the container that owns it, and its
+                    // pod's other containers with it.
+                    if let Err(e) = sandbox.stop_vm(&id) {
+                        tracing::warn!(%id, error = %e, "cannot stop the container's VM");
+                    }
+                }
                 let at = SystemTime::now();
                 // Everything the process wrote, before its status.
                 let mut outputs = copies.lock().unwrap().remove(&exec_id).unwrap_or_default();
@@ -447,8 +533,10 @@ impl TaskBackend for VmTask {
         if !self.guest_init {
             return self.init.delete(live_init).await;
         }
-        // Its pid is the pod VM's relay's, whose exit is not this task's
-        // to forget. A wait still running fails once it is gone.
+        // Its pid is the pod VM's relay's or hypervisor's, whose exit is not
+        // this task's to forget (a VM's owner ends its VM as it is removed,
+        // and acknowledges its exits). A wait still running fails once it
+        // is gone.
         self.init.remove().await
     }
 
