@@ -108,8 +108,11 @@ fn main() -> ExitCode {
     if args.first().is_some_and(|a| a == "helper") {
         return ironcell_agent::helper::main(&args[1..]);
     }
-    // (PID 1 gets the kernel's unknown command-line words: never a mode.)
-    if args.len() == 1 && args[0] == "pause" && std::process::id() != 1 {
+    // The guest's init is the kernel's `/init`, which gets the words of
+    // the kernel's command line the kernel does not know: never a mode.
+    // The pod holder (`<path> pause`) is PID 1 of its own PID namespace.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if args.len() == 1 && args[0] == "pause" && argv0 != "/init" {
         return ironcell_agent::pause::main();
     }
     let started_us = guest::boottime_us();

@@ -7,14 +7,31 @@
 
 use std::process::ExitCode;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+/// Never runs (the signals are blocked and waited for): its presence
+/// makes SIGTERM and SIGINT deliverable to PID 1 of a PID namespace, to
+/// which the kernel drops every signal left at its default action.
+extern "C" fn deliverable(_: libc::c_int) {}
 
 /// Waits until SIGTERM or SIGINT, reaping every child meanwhile.
 pub fn main() -> ExitCode {
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
         set.add(s);
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(deliverable),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(s, &action) } {
+            eprintln!("ironcell-agent pause: sigaction: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     if let Err(e) = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
         eprintln!("ironcell-agent pause: sigprocmask: {e}");

@@ -1001,6 +1001,34 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         .await
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
 
+        if cri == (Cri::V17 { sandbox_api: true }) {
+            // The pod's holder ends on SIGTERM (sent through the agent, as
+            // the vm sandbox's kill sends it), though it is PID 1 of its PID
+            // namespace, to which the kernel drops a signal left at its
+            // default action.
+            let pod = vm_pod("holderends", &logs);
+            let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
+                .await
+                .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
+            let holders =
+                ironcell_sandbox::VmSandbox::new(root.path().join("containers/k8s.io"), None);
+            let status = || ironcell_sandbox::Sandbox::state(&holders, &pod_id).map(|s| s.status);
+            assert_eq!(status().unwrap(), ironcell_oci::Status::Running);
+            // Sent again until it ends: one sent before the holder set its
+            // handler up is dropped.
+            let start = Instant::now();
+            while status().unwrap() != ironcell_oci::Status::Stopped {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "the holder ignored SIGTERM"
+                );
+                let _ = ironcell_sandbox::Sandbox::kill(&holders, &pod_id, libc::SIGTERM, false);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            stop_and_remove_pod(&mut rt, &pod_id)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+        }
         if cri == Cri::V2 || handler != VM_HANDLER {
             return;
         }
