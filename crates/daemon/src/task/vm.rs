@@ -117,18 +117,9 @@ impl VmTask {
     /// their creator, the helper, exited) acknowledged to the keeper,
     /// which keeps each until then.
     fn ack_vm_exits(&self) {
-        let pids = self.sandbox().vm_pids(&self.place.id);
-        let keeper = self.host.keeper.clone();
-        for pid in pids {
-            let rx = self.host.reaper.watch(pid);
-            let keeper = keeper.clone();
-            tokio::spawn(async move {
-                if rx.await.is_ok() {
-                    if let Some(k) = keeper {
-                        k.ack(pid);
-                    }
-                }
-            });
+        for pid in self.sandbox().vm_pids(&self.place.id) {
+            // A native task's watch acknowledges the exit it reports.
+            self.init.watch(None, pid, Box::new(|_| {}));
         }
     }
 

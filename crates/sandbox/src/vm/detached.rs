@@ -33,9 +33,7 @@ use ironcell_oci::Bundle;
 use super::guest_exec::{GuestExec, GuestLink, GuestStdio};
 use super::hypervisor::Lifetime;
 use super::state::{self, VmState, STATE_FILE};
-use super::{
-    boot_owner, kill_relay, pod, relay, undo_owner, vm_err, wants_terminal, OwnerPlan, VmSandbox,
-};
+use super::{boot_owner, kill_relay, pod, relay, undo_owner, vm_err, wants_terminal, VmSandbox};
 use crate::Result;
 
 /// How long a guest asked to power off gets before its VM is killed.
@@ -83,7 +81,7 @@ impl VmSandbox {
         bundle: &Bundle,
         opts: &CreateOptions,
     ) -> Result<()> {
-        let plan: OwnerPlan = self.plan_owner(id, dir, bundle, opts)?;
+        let plan = self.plan_owner(id, dir, bundle, opts)?;
         let mut record = plan.record;
         record.no_relay = true;
         let state_file = dir.join(STATE_FILE);
@@ -143,7 +141,7 @@ impl VmSandbox {
     /// are killed if it does not go in time.
     pub fn stop_vm(&self, id: &str) -> Result<()> {
         let st = self.load(id)?;
-        if st.pod.is_some() || !st.no_relay {
+        if !st.owns_vm_without_relay() {
             return Ok(());
         }
         if is_alive(st.relay_pid, st.relay_start)
@@ -178,8 +176,7 @@ impl VmSandbox {
 
     /// Whether container `id` owns its VM without a relay.
     pub fn owns_detached_vm(&self, id: &str) -> bool {
-        self.load(id)
-            .is_ok_and(|st| st.pod.is_none() && st.no_relay)
+        self.load(id).is_ok_and(|st| st.owns_vm_without_relay())
     }
 
     /// Opens the streams of the init of container `id`, which owns its VM
@@ -187,7 +184,7 @@ impl VmSandbox {
     /// [`VmSandbox::create_attached`]'s caller carries a member's.
     pub fn attach_init(&self, id: &str) -> Result<GuestExec> {
         let st = self.load(id)?;
-        if !(st.pod.is_none() && st.no_relay) {
+        if !st.owns_vm_without_relay() {
             return Err(vm_err(format!(
                 "container {id} does not own a VM without a relay"
             )));

@@ -86,6 +86,12 @@ impl VmState {
         let _ = write_json(state_file, self);
     }
 
+    /// Whether the container owns a VM that no relay owns
+    /// ([`super::VmSandbox::create_detached`]).
+    pub fn owns_vm_without_relay(&self) -> bool {
+        self.pod.is_none() && self.no_relay
+    }
+
     /// The deadline of calls to this container's agent.
     pub fn agent_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.agent_timeout_secs.into())
