@@ -32,8 +32,9 @@ use ironcell_oci::Bundle;
 
 use super::guest_exec::{GuestExec, GuestLink, GuestStdio};
 use super::hypervisor::Lifetime;
+use super::owner::{boot_owner, undo_owner};
 use super::state::{self, VmState, STATE_FILE};
-use super::{boot_owner, kill_relay, pod, relay, undo_owner, vm_err, wants_terminal, VmSandbox};
+use super::{kill_relay, pod, relay, vm_err, wants_terminal, VmSandbox};
 use crate::Result;
 
 /// How long a guest asked to power off gets before its VM is killed.
