@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ironcell_testutil::netns::{in_netns, ip, Netns};
-use ironcell_testutil::vm::{backends, config, guest, qemu_tools, run_dirs, Backend, Guest};
+use ironcell_testutil::vm::{
+    backends, config, guest, pvm_test_guest, qemu_tools, run_dirs, Backend, Guest,
+};
 use serde_json::{json, Value};
 
 /// A state root, bundle directory and vm configuration for one test.
@@ -819,28 +821,12 @@ fn vm_end_to_end_under_ironcell_vmm_on_pvm_and_under_qemu() {
         return;
     }
     let Some(g) = guest(test) else { return };
-    let pvm_kernel = std::env::var_os("IRONCELL_GUEST_KERNEL_PVM_TEST").map(PathBuf::from);
     let mut runs: Vec<(String, Vm)> = Vec::new();
-    match (&pvm_kernel, Path::new("/sys/module/kvm_pvm").exists()) {
-        (Some(k), true) if k.is_file() => {
-            let cmdline = fs::read_to_string(k.with_file_name("cmdline")).unwrap();
-            let pvm = Guest {
-                kernel: k.clone(),
-                initrd: g.initrd.clone(),
-            };
-            let extra = format!(
-                "kernel_params = {:?}\npvm_guest = true\nboot_timeout_secs = 600\nagent_timeout_secs = 600",
-                cmdline.trim()
-            );
-            runs.push((
-                "ironcell-vmm, pvm-test kernel (PVM)".into(),
-                Vm::with_guest(&pvm, Backend::IroncellVmm, &extra),
-            ));
-        }
-        _ => eprintln!(
-            "\n!!! SKIPPED {test} under ironcell-vmm: not a PVM host, or no pvm-test kernel \
-             (IRONCELL_GUEST_KERNEL_PVM_TEST, set by make test) !!!\n"
-        ),
+    if let Some((pvm, extra)) = pvm_test_guest(test, &g) {
+        runs.push((
+            "ironcell-vmm, pvm-test kernel (PVM)".into(),
+            Vm::with_guest(&pvm, Backend::IroncellVmm, &extra),
+        ));
     }
     if qemu_tools(test) {
         runs.push((

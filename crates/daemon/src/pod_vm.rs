@@ -124,7 +124,7 @@ impl VmHolder {
             console_socket: None,
             systemd_cgroup: false,
             sandbox: Some(Kind::Vm),
-            detach_vm: self.detaches(),
+            detach_vm: true,
         };
         let none = HelperStdio {
             stdin: None,
@@ -154,11 +154,6 @@ impl VmHolder {
             return Err(e);
         }
         Ok((pid, generation))
-    }
-
-    /// Whether the pod's VM can do without a relay (`detach_vm`).
-    fn detaches(&self) -> bool {
-        VmSandbox::new(self.state_root.clone(), None).detaches()
     }
 
     /// Ends the pod: a VM no relay owns is stopped; a relay's holder is

@@ -99,55 +99,6 @@ fn hypervisor_pids(dir: &Path, backend: Backend) -> Vec<i32> {
         .collect()
 }
 
-/// How many relays a VM pod has on the host: none under QEMU, whose VM the
-/// keeper owns; one under ironcell-vmm, whose jail leaves nothing else to
-/// hold the share's mount namespace (docs/daemon.md).
-fn relays_per_pod(backend: Backend) -> usize {
-    match backend {
-        Backend::QemuTcg => 0,
-        Backend::IroncellVmm => 1,
-    }
-}
-
-/// The processes that hold the VMs' shares under `dir`: the hypervisors
-/// when no relay owns them, else the relays.
-fn share_holders(root: &Path, dir: &Path, backend: Backend) -> Vec<i32> {
-    match relays_per_pod(backend) {
-        0 => hypervisor_pids(dir, backend),
-        _ => relays(root, "create").into_iter().map(|(p, _)| p).collect(),
-    }
-}
-
-/// The pid of process `pid`'s parent.
-fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// The relays (forked by helper jobs) of `job` (`create`: a container's,
-/// `exec`: an exec'd process's) for containers under `root`: their pids
-/// and command lines.
-fn relays(root: &Path, job: &str) -> Vec<(i32, String)> {
-    let root = root.to_string_lossy().into_owned();
-    let job = format!("\0helper\0{job}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-            let c = std::fs::read(e.path().join("cmdline")).ok()?;
-            Some((pid, String::from_utf8_lossy(&c).into_owned()))
-        })
-        .filter(|(_, c)| c.contains(&job) && c.contains(&root))
-        .map(|(pid, c)| (pid, c.replace('\0', " ")))
-        .collect()
-}
-
 /// Mounts under `dir` in any mount namespace of the host's processes.
 fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
@@ -397,7 +348,7 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
                     .map(|d| d.file_name().to_string_lossy().into_owned())
                     .collect();
                 let found = !creating.is_empty()
-                    && share_holders(&root_path, &vm_dir, backend).iter().any(|p| {
+                    && hypervisor_pids(&vm_dir, backend).iter().any(|p| {
                         let mounts = std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
                             .unwrap_or_default();
                         creating.iter().any(|id| mounts.contains(id.as_str()))
@@ -420,17 +371,9 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
             .unwrap_or_else(|e| panic!("a create cut off: {e}\n{}", c.log()));
         let mut client = rt.clone();
         wait_state(&mut client, &id, ContainerState::ContainerRunning).await;
-        // The two pods' holders' relays, if any; nothing of the container.
-        let vm_relays = relays(root.path(), "create");
-        assert_eq!(
-            vm_relays.len(),
-            2 * relays_per_pod(backend),
-            "{vm_relays:#?}"
-        );
-        assert!(
-            !vm_relays.iter().any(|(_, c)| c.contains(&id)),
-            "{vm_relays:#?}"
-        );
+        // No relay: neither the pods' holders nor the container have one.
+        let vm_relays = helper_relays(root.path(), "create");
+        assert!(vm_relays.is_empty(), "{vm_relays:#?}");
         let mut rt = rt;
         remove_all_pods(&mut rt, Duration::from_secs(90)).await;
     });
@@ -828,27 +771,19 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let exec_relays = relays(root.path(), "exec");
+        let exec_relays = helper_relays(root.path(), "exec");
         assert!(exec_relays.is_empty(), "{exec_relays:#?}");
-        // Nor has any of the pod's containers. The VM's processes are the
-        // keeper's children, unless a relay owns the VM (the pause
-        // container's, or the pod's holder's).
-        let vm_relays = relays(root.path(), "create");
-        assert_eq!(vm_relays.len(), relays_per_pod(backend), "{vm_relays:#?}");
+        // Nor has the pod itself (its pause container, or its holder): the
+        // VM's processes are the keeper's children, whichever the
+        // hypervisor.
+        let vm_relays = helper_relays(root.path(), "create");
+        assert!(vm_relays.is_empty(), "{vm_relays:#?}");
+        let hypervisor = hypervisor_pids(vmdir.path(), backend)[0];
+        let keepers = ironcell_testutil::ironcelld_processes(root.path(), true);
         assert!(
-            !vm_relays
-                .iter()
-                .any(|(_, c)| ids.iter().any(|id| c.contains(id.as_str()))),
-            "{vm_relays:#?}"
+            keepers.contains(&parent_of(hypervisor)),
+            "the hypervisor's parent is not the keeper ({keepers:?})"
         );
-        if vm_relays.is_empty() {
-            let hypervisor = hypervisor_pids(vmdir.path(), backend)[0];
-            let keepers = ironcell_testutil::ironcelld_processes(root.path(), true);
-            assert!(
-                keepers.contains(&parent_of(hypervisor)),
-                "the hypervisor's parent is not the keeper ({keepers:?})"
-            );
-        }
 
         // The daemon SIGKILLed under the running pod: the keeper starts the
         // next, which serves the pod's containers in the same VM.

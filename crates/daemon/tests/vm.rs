@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ironcell_testutil::vm::{assert_no_vm_left, qemu_config, qemu_guest};
+use ironcell_testutil::vm::{
+    assert_no_vm_left, config, guest, pvm_test_guest, qemu_config, qemu_guest, Backend,
+};
 use ironcell_testutil::*;
 
 mod with_containerd;
@@ -461,6 +463,80 @@ fn containerd_restart_keeps_vm_tasks() {
     c.ok(&["task", "delete", "vmkeep"]);
     c.ok(&["container", "rm", "vmkeep"]);
     assert_no_vm_left(vmdir.path());
+}
+
+/// Under ironcell-vmm, which jails itself in a mount namespace of its own,
+/// a container's VM is the keeper's too, with no relay: the share's
+/// namespace is pinned on a file (crates/sandbox/src/vm/share_ns.rs), and a
+/// container that joins the VM as a pod member's does gets its rootfs
+/// through it into the VMM's jail. On a PVM host with the pvm-test kernel
+/// (minutes: docs/pvm-host.md); on hosts with VT-x or AMD-V the CRI tests
+/// (`cri_vm.rs`) run under ironcell-vmm as well.
+#[test]
+fn ironcell_vmm_vms_have_no_relay_on_pvm() {
+    let test = "ironcell_vmm_vms_have_no_relay_on_pvm";
+    let Some(g) = guest(test) else { return };
+    let Some((pvm, extra)) = pvm_test_guest(test, &g) else {
+        return;
+    };
+    let vmdir = tempfile::Builder::new()
+        .prefix("icdvm-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let config = config(vmdir.path(), &pvm, Backend::IroncellVmm, &extra);
+    let Some(s) = Setup::start_with_env(vec![("IRONCELL_CONFIG".into(), config.into())]) else {
+        return;
+    };
+    let c = s.c();
+    s.ctr_ok(&s.run_args(&[&["-d"][..], &VM].concat(), &["vmvmm", "sleep", "1000"]));
+    c.wait_task("vmvmm", "RUNNING");
+    let relays = helper_relays(&s.root, "create");
+    assert!(relays.is_empty(), "{relays:#?}");
+    let marker = vmdir.path().join("vmrun");
+    let vmm: Vec<i32> = processes_with(marker.to_str().unwrap())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.starts_with("ironcell-vmm"))
+        })
+        .collect();
+    assert_eq!(vmm.len(), 1, "{vmm:?}");
+    let keepers = ironcelld_processes(&s.root, true);
+    assert!(
+        keepers.contains(&parent_of(vmm[0])),
+        "the VMM's parent is not the keeper ({keepers:?})"
+    );
+
+    // A member's rootfs reaches the guest only if its mount reached the
+    // VMM's jail.
+    let member = [
+        &VM[..],
+        &[
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=vmvmm",
+        ],
+    ]
+    .concat();
+    let args = s.run_args(
+        &[&["--rm"][..], &member].concat(),
+        &["vmvmmember", "cat", "/etc/hostname"],
+    );
+    let out = c.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.daemon_log());
+    assert!(!stdout(&out).is_empty(), "the member read nothing");
+
+    c.ok(&["task", "kill", "-s", "KILL", "vmvmm"]);
+    c.wait_task("vmvmm", "STOPPED");
+    let left = processes_with(marker.to_str().unwrap());
+    assert!(left.is_empty(), "the VM outlived its container: {left:?}");
+    c.ok(&["task", "delete", "vmvmm"]);
+    c.ok(&["container", "rm", "vmvmm"]);
+    assert_no_vm_left(vmdir.path());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = vmdir.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&dir), "mounts left: {mounts}");
 }
 
 /// `ctr task exec` of `sh -c script` in task vmsvc as `exec_id`, its stdio

@@ -287,6 +287,36 @@ impl Drop for DaemonGuard {
     }
 }
 
+/// The relays (forked by ironcelld's helper jobs) of `job` (`create`: a
+/// container's, `exec`: an exec'd process's) for containers under daemon
+/// root `root`: their pids and command lines.
+pub fn helper_relays(root: &Path, job: &str) -> Vec<(i32, String)> {
+    let root = root.to_string_lossy().into_owned();
+    let job = format!("\0helper\0{job}\0");
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let c = fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&c).into_owned()))
+        })
+        .filter(|(_, c)| c.contains(&job) && c.contains(&root))
+        .map(|(pid, c)| (pid, c.replace('\0', " ")))
+        .collect()
+}
+
+/// The pid of process `pid`'s parent.
+pub fn parent_of(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// ironcelld processes of daemon root `root`: its daemons, or (with
 /// `keeper`) its keeper.
 pub fn ironcelld_processes(root: &Path, keeper: bool) -> Vec<i32> {

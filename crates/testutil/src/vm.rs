@@ -44,6 +44,38 @@ pub fn guest(test: &str) -> Option<Guest> {
     Some(g)
 }
 
+/// The guest that ironcell-vmm boots on a PVM host: the project's
+/// test-only pvm-test kernel (`IRONCELL_GUEST_KERNEL_PVM_TEST`, set by
+/// `make test`; docs/pvm-host.md) with `guest`'s initramfs, and the `[vm]`
+/// lines it needs (its command line, from the `cmdline` file beside it,
+/// and deadlines for PVM's slow emulator). None, with a loud notice, on
+/// any other host or without that kernel.
+pub fn pvm_test_guest(test: &str, guest: &Guest) -> Option<(Guest, String)> {
+    let kernel = std::env::var_os("IRONCELL_GUEST_KERNEL_PVM_TEST").map(PathBuf::from);
+    match kernel {
+        Some(k) if k.is_file() && Path::new("/sys/module/kvm_pvm").exists() => {
+            let cmdline = fs::read_to_string(k.with_file_name("cmdline")).unwrap();
+            let extra = format!(
+                "kernel_params = {:?}\npvm_guest = true\nboot_timeout_secs = 600\n\
+                 agent_timeout_secs = 600",
+                cmdline.trim()
+            );
+            let pvm = Guest {
+                kernel: k,
+                initrd: guest.initrd.clone(),
+            };
+            Some((pvm, extra))
+        }
+        _ => {
+            eprintln!(
+                "\n!!! SKIPPED {test} under ironcell-vmm: not a PVM host, or no pvm-test kernel \
+                 (IRONCELL_GUEST_KERNEL_PVM_TEST, set by make test) !!!\n"
+            );
+            None
+        }
+    }
+}
+
 /// Whether QEMU and its vhost-user backends are installed; a loud notice
 /// when not.
 pub fn qemu_tools(test: &str) -> bool {

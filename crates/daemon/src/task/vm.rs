@@ -253,9 +253,8 @@ impl Backends for VmBackends {
         let vm = VmSandbox::new(place.state_root.clone(), None);
         let Some(pod_id) = vm.pod_to_join(&bundle.spec) else {
             // It owns its VM: a relay does when the init's terminal must be
-            // a host pty (containerd's console), or when the VMs of this
-            // configuration need one (`VmSandbox::detaches`).
-            if io.terminal || !blocking(move || Ok(vm.detaches())).await? {
+            // a host pty (containerd's console).
+            if io.terminal {
                 let (_, spawned) =
                     NativeTask::create(&self.host, place, bundle, io, sandbox, false).await?;
                 return Ok((

@@ -6,16 +6,18 @@
 //! [`VmSandbox::create_detached`] instead:
 //!
 //! - the helper joins the pod's host cgroup and network namespace and makes
-//!   the share in a mount namespace of its own, as a relay would, and
-//!   starts the VM's processes without tying them to its own death;
+//!   the share in a mount namespace of its own, as a relay would, pins that
+//!   namespace on a file (`share_ns.rs`), and starts the VM's processes
+//!   without tying them to its own death;
 //! - the container is created in the guest with no stream attached (the
 //!   agent keeps what its init writes until one is);
 //! - the helper exits, and the VM's processes become children of the keeper
-//!   (a subreaper). The share's mount namespace lives on in them, and a
-//!   member's create enters it through the hypervisor (`pod.rs`);
+//!   (a subreaper). A member's create enters the share's namespace through
+//!   its pin (`pod.rs`), whichever hypervisor runs the VM;
 //! - the daemon carries the init as it carries a pod member's (`member.rs`):
 //!   it opens the init's streams from the agent, waits for it through the
-//!   agent, and stops the VM when it ends ([`VmSandbox::stop_vm`]).
+//!   agent, and stops the VM when it ends ([`VmSandbox::stop_vm`]), which
+//!   unpins the namespace.
 //!
 //! The container's host pid (`relay_pid`) is the hypervisor's, and
 //! `vm_processes` in its record lists what stopping the VM kills. They are
@@ -34,7 +36,7 @@ use super::guest_exec::{GuestExec, GuestLink, GuestStdio};
 use super::hypervisor::Lifetime;
 use super::owner::{boot_owner, undo_owner};
 use super::state::{self, VmState, STATE_FILE};
-use super::{kill_relay, pod, relay, vm_err, wants_terminal, VmSandbox};
+use super::{kill_relay, pod, relay, share_ns, vm_err, wants_terminal, VmSandbox};
 use crate::Result;
 
 /// How long a guest asked to power off gets before its VM is killed.
@@ -50,12 +52,6 @@ impl VmSandbox {
     /// ([`VmSandbox::stop_vm`]).
     pub fn create_detached(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<()> {
         ironcell_oci::validate_id(id).map_err(ContainerError::from)?;
-        if !self.detaches() {
-            return Err(vm_err(
-                "a VM that no relay owns needs hypervisor = \"qemu\": ironcell-vmm jails \
-                 itself, and nothing would hold the share's mount namespace",
-            ));
-        }
         if let Some(pod_id) = pod::pod_of(&bundle.spec) {
             return Err(vm_err(format!(
                 "container {id} belongs to pod {pod_id}: it joins its pod's VM, which it does \
@@ -85,6 +81,7 @@ impl VmSandbox {
         let plan = self.plan_owner(id, dir, bundle, opts)?;
         let mut record = plan.record;
         record.no_relay = true;
+        record.share_ns = Some(share_ns::pin_path(&plan.run_dir));
         let state_file = dir.join(STATE_FILE);
         let booted = boot_owner(
             id,
@@ -123,16 +120,6 @@ impl VmSandbox {
         self.finish_create(id, record, forked, bundle, opts, undo)
     }
 
-    /// Whether this configuration's VMs can do without a relay: the
-    /// hypervisor must hold the mount namespace the share is made in once
-    /// its creator is gone. QEMU does; ironcell-vmm jails itself in a
-    /// namespace of its own (docs/daemon.md, "Where this departs from the
-    /// design").
-    pub fn detaches(&self) -> bool {
-        self.config()
-            .is_ok_and(|c| c.hypervisor == crate::config::Hypervisor::Qemu)
-    }
-
     /// Stops the VM container `id` owns without a relay, and its members'
     /// waits in it fail. Nothing for any other container.
     ///
@@ -154,6 +141,7 @@ impl VmSandbox {
             }
         }
         kill_relay(&st);
+        share_ns::unpin(&st.run_dir);
         Ok(())
     }
 

@@ -57,6 +57,7 @@ impl Member {
             host_cgroup: pod::host_cgroup(&bundle.spec),
             no_relay: false,
             vm_processes: Vec::new(),
+            share_ns: None,
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod pod;
 pub mod podnet;
 pub mod relay;
 pub mod share;
+pub mod share_ns;
 pub mod sizing;
 pub mod state;
 
@@ -75,6 +76,7 @@ pub struct VmSandbox {
 /// Never recursive: in the relay's mount namespace the share holds the
 /// container's files.
 pub fn remove_run_dir(dir: &Path) {
+    share_ns::unpin(dir);
     let share = dir.join(share::SHARE_DIR);
     let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&share);

@@ -17,7 +17,9 @@ use super::agent::Agent;
 use super::hypervisor::{self, Lifetime, Nic, Plan, Vm};
 use super::relay::{self, OwnedVm, Relay};
 use super::state::VmState;
-use super::{annotations_of, pod, podnet, remove_run_dir, share, sizing, vm_err, VmSandbox};
+use super::{
+    annotations_of, pod, podnet, remove_run_dir, share, share_ns, sizing, vm_err, VmSandbox,
+};
 use crate::config::VmConfig;
 use crate::host::KvmKind;
 use crate::Result;
@@ -111,6 +113,7 @@ impl VmSandbox {
             host_cgroup: pod::host_cgroup(&bundle.spec),
             no_relay: false,
             vm_processes: Vec::new(),
+            share_ns: None,
         };
         Ok(OwnerPlan {
             config,
@@ -167,7 +170,11 @@ pub(super) fn boot_owner(
         }),
         _ => None,
     };
-    share::private_mount_namespace()?;
+    match lifetime {
+        // Nothing holds the share's namespace once the creator is gone.
+        Lifetime::Detached => share_ns::private_pinned_namespace(run_dir)?,
+        Lifetime::TiedToStarter => share::private_mount_namespace()?,
+    }
     let share_dir = run_dir.join(share::SHARE_DIR);
     fs::create_dir(&share_dir).map_err(|e| vm_err(format!("{}: {e}", share_dir.display())))?;
     let mut guest_spec: Spec = share::prepare(&share_dir, id, &bundle.path, &bundle.spec)?;

@@ -32,6 +32,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
 
 use super::share::{self, ShareMount};
+use super::share_ns;
 use super::state::VmState;
 use crate::{Result, SandboxError};
 
@@ -212,13 +213,13 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 /// Runs `f` on the share of the VM that `owner` (its sandbox container's
-/// record) owns, on a thread of its own in the mount namespace of the
-/// VM's relay (or hypervisor: `relay_pid`), the only one where the share
-/// exists. Err if that process is gone.
+/// record) owns, on a thread of its own in the mount namespace where the
+/// share exists: the one pinned for a VM no relay owns (`share_ns`), else
+/// the relay's (`relay_pid`). Err if the VM's relay or hypervisor is gone.
 ///
 /// The thread first stops sharing the process's filesystem attributes
 /// (`unshare(CLONE_FS)`): the kernel lets no thread of a multi-threaded
-/// process (ironcelld) change its mount namespace otherwise. The relay is
+/// process (ironcelld) change its mount namespace otherwise. A relay is
 /// entered through a pidfd, which names that process and no later one
 /// that may get its pid.
 fn in_share<T: Send>(owner: &VmState, f: impl FnOnce(&Path) -> Result<T> + Send) -> Result<T> {
@@ -231,11 +232,15 @@ fn in_share<T: Send>(owner: &VmState, f: impl FnOnce(&Path) -> Result<T> + Send)
     if !is_alive(owner.relay_pid, owner.relay_start) {
         return Err(gone());
     }
+    let ns: OwnedFd = match &owner.share_ns {
+        Some(pin) => share_ns::open_pinned(pin)?.into(),
+        None => pidfd,
+    };
     let share = owner.run_dir.join(share::SHARE_DIR);
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::unshare(CloneFlags::CLONE_FS)
-                .and_then(|()| nix::sched::setns(&pidfd, CloneFlags::CLONE_NEWNS))
+                .and_then(|()| nix::sched::setns(&ns, CloneFlags::CLONE_NEWNS))
                 .map_err(|e| {
                     vm_err(format!(
                         "cannot enter the mount namespace of pod {}'s VM: {e}",
@@ -385,6 +390,7 @@ mod tests {
             host_cgroup: None,
             no_relay: false,
             vm_processes: Vec::new(),
+            share_ns: None,
         }
     }
 
@@ -503,6 +509,41 @@ mod tests {
             .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
     }
 
+    /// A temporary directory with a VM's run directory and share directory
+    /// in it, and a rootfs to share (its `file` says "from the host").
+    fn share_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let share_dir = run_dir.join(share::SHARE_DIR);
+        fs::create_dir_all(&share_dir).unwrap();
+        let source = dir.path().join("rootfs");
+        fs::create_dir(&source).unwrap();
+        fs::write(source.join("file"), "from the host\n").unwrap();
+        (dir, run_dir, share_dir, source)
+    }
+
+    /// The record of a pod's sandbox container whose VM (in `run_dir`)
+    /// process `pid` stands for.
+    fn owned_by(pid: u32, run_dir: &Path) -> VmState {
+        let mut owner = pod_state();
+        owner.relay_pid = pid as i32;
+        owner.relay_start = ironcell_basics::proc_stat::ProcStat::of(pid as i32)
+            .unwrap()
+            .start_time;
+        owner.run_dir = run_dir.to_path_buf();
+        owner
+    }
+
+    /// A member's read-only rootfs from `source`.
+    fn rootfs_read_only(source: &Path) -> [ShareMount; 1] {
+        [ShareMount {
+            name: "rootfs".into(),
+            source: source.to_path_buf(),
+            recursive: false,
+            ro: true,
+        }]
+    }
+
     /// A member's mounts reach the share in its owner's mount namespace
     /// and no other, and leave it at its removal; a gone owner takes none.
     #[test]
@@ -511,13 +552,7 @@ mod tests {
             eprintln!("SKIPPED: entering a mount namespace needs root");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let run_dir = dir.path().join("run");
-        let share_dir = run_dir.join(share::SHARE_DIR);
-        fs::create_dir_all(&share_dir).unwrap();
-        let source = dir.path().join("rootfs");
-        fs::create_dir(&source).unwrap();
-        fs::write(source.join("file"), "from the host\n").unwrap();
+        let (_dir, run_dir, share_dir, source) = share_fixture();
         // The owner: a process whose mount namespace alone has the share.
         let mut owner_process = std::process::Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c"])
@@ -536,18 +571,8 @@ mod tests {
         .unwrap();
         assert_eq!(ready, "ready\n");
         let pid = owner_process.id();
-        let mut owner = pod_state();
-        owner.relay_pid = pid as i32;
-        owner.relay_start = ironcell_basics::proc_stat::ProcStat::of(pid as i32)
-            .unwrap()
-            .start_time;
-        owner.run_dir = run_dir.clone();
-        let mounts = [ShareMount {
-            name: "rootfs".into(),
-            source: source.clone(),
-            recursive: false,
-            ro: true,
-        }];
+        let owner = owned_by(pid, &run_dir);
+        let mounts = rootfs_read_only(&source);
 
         add(&owner, "c1", &mounts).unwrap();
         let entry = share_dir.join("c1").join("rootfs");
@@ -576,5 +601,67 @@ mod tests {
         let gone = add(&owner, "c1", &mounts).unwrap_err().to_string();
         assert!(gone.contains("is not running"), "{gone}");
         remove(&owner, "c1").unwrap();
+    }
+
+    /// For a VM no relay owns, a member's mounts go to the namespace pinned
+    /// for its share, not to its hypervisor's (which ironcell-vmm's jail
+    /// makes another), and none once it is unpinned.
+    #[test]
+    fn a_members_mounts_go_to_the_pinned_namespace_of_a_detached_vm() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: pinning a mount namespace needs root");
+            return;
+        }
+        let (_dir, run_dir, share_dir, source) = share_fixture();
+        // The share's namespace, pinned by a maker that then ends.
+        share_ns::on_own_thread(|| {
+            share_ns::private_pinned_namespace(&run_dir).unwrap();
+            nix::mount::mount(
+                Some("share"),
+                &share_dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .unwrap();
+        });
+        // The hypervisor, in a mount namespace of its own.
+        let mut hypervisor = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "100"])
+            .spawn()
+            .unwrap();
+        let pid = hypervisor.id();
+        let mut owner = owned_by(pid, &run_dir);
+        owner.share_ns = Some(share_ns::pin_path(&run_dir));
+        let mounts = rootfs_read_only(&source);
+        let entry = share_dir.join("c1").join("rootfs");
+        let pinned_sees = || {
+            let pin = share_ns::pin_path(&run_dir);
+            share_ns::on_own_thread(|| {
+                let ns = share_ns::open_pinned(&pin).unwrap();
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNS).unwrap();
+                fs::read_to_string(entry.join("file")).ok()
+            })
+        };
+
+        add(&owner, "c1", &mounts).unwrap();
+        assert_eq!(pinned_sees().as_deref(), Some("from the host\n"));
+        assert!(
+            !mounted_in(pid, &entry),
+            "the entry went to the hypervisor's"
+        );
+        assert!(!mounted_in(std::process::id(), &entry));
+
+        remove(&owner, "c1").unwrap();
+        assert_eq!(pinned_sees(), None, "the entry outlived its removal");
+
+        share_ns::unpin(&run_dir);
+        let unpinned = add(&owner, "c1", &mounts).unwrap_err().to_string();
+        assert!(
+            unpinned.contains("no mount namespace is pinned"),
+            "{unpinned}"
+        );
+        hypervisor.kill().unwrap();
+        hypervisor.wait().unwrap();
     }
 }

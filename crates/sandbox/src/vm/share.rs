@@ -7,7 +7,8 @@
 //! (`<id>/rootfs`) and the source of each bind mount (`<id>/m<N>`), each
 //! bind-mounted there, read-only where the spec says so. Nothing else of
 //! the host is in it, and since the mounts exist only in that namespace,
-//! they vanish with the VM's last process, whatever kills it.
+//! they vanish with the VM's last process, whatever kills it (for a VM no
+//! relay owns, once its namespace is unpinned too: `share_ns.rs`).
 //!
 //! The guest mounts the share at [`GUEST_SHARE_DIR`]; the spec sent to the
 //! agent names the rootfs and bind sources there.

@@ -70,6 +70,11 @@ pub struct VmState {
     /// what stops it. `relay_pid` is then the hypervisor's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vm_processes: Vec<(i32, u64)>,
+    /// The file the share's mount namespace is bound onto, when no relay
+    /// owns the VM (`share_ns.rs`): how a pod member's create reaches the
+    /// share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_ns: Option<PathBuf>,
 }
 
 fn default_agent_timeout() -> u32 {
