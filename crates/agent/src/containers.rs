@@ -82,6 +82,19 @@ pub struct State {
 /// support) has no `memory.swap.*` files in its cgroups, where a swap
 /// limit (podman sets one with every memory limit) would fail the whole
 /// create. Such a limit means nothing without swap: it is dropped.
+/// Whether `spec` gives the container a PID namespace of its own (one with
+/// no path to join).
+fn owns_pid_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+            })
+        })
+}
+
 fn drop_swap_limit(resources: &mut LinuxResources) {
     if std::path::Path::new("/proc/swaps").exists() {
         return;
@@ -274,6 +287,9 @@ impl Containers {
             None => None,
         };
         let init = Arc::new(Process::new(pid, pipes, tty));
+        if !owns_pid_namespace(spec) {
+            self.kill_rest_with(id, &init);
+        }
         self.reaper.watch(pid, init.clone());
         drop(spawning);
         let memory = container.memory_cgroup();
@@ -289,6 +305,27 @@ impl Containers {
             }),
         );
         Ok(pid)
+    }
+
+    /// Kills what is left of container `id` once `init` has exited. A
+    /// container without a PID namespace of its own (a pod member in the
+    /// pod's) keeps its other processes when its init ends, as the kernel
+    /// ends them only with a namespace's init; they would hold the init's
+    /// stdio open, and its wait would never answer. containerd's shim does
+    /// the same for runc containers (`ShouldKillAllOnExit`).
+    fn kill_rest_with(&self, id: &str, init: &Process) {
+        let (engine, id) = (self.engine.clone(), id.to_string());
+        init.on_exit(Box::new(move || {
+            // Off the reaper's thread: the engine reads its state and the
+            // cgroup's.
+            let _ = std::thread::Builder::new()
+                .name("kill-rest".into())
+                .spawn(move || {
+                    if let Ok(mut c) = engine.load(&id) {
+                        let _ = c.kill(libc::SIGKILL, true);
+                    }
+                });
+        }));
     }
 
     /// Removes a container the engine made but the agent could not finish.

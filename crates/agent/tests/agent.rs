@@ -1230,6 +1230,69 @@ fn pause_resume_stats_update_delete() {
 
 /// Deleting a container whose streams were never attached (a host that
 /// went away) releases a Wait on it: its output has nowhere to go.
+/// A container that joins another's PID namespace (a pod's shared one, the
+/// pause container's): its processes see that container's init as PID 1,
+/// its init is still the agent's to wait for, and when the init is killed
+/// its other processes, which the kernel leaves running there, are killed
+/// with it (else they hold its output open, and its wait never answers).
+#[test]
+fn a_container_in_anothers_pid_namespace_is_waited_for() {
+    let Some(mut agent) = Agent::start("a_container_in_anothers_pid_namespace_is_waited_for")
+    else {
+        return;
+    };
+    let pod = agent.id("agent-pidpod");
+    let created = agent
+        .create(&pod, spec(&["sleep", "1000"], |_| {}))
+        .unwrap();
+    agent.start_container(&pod).unwrap();
+    let member = agent.id("agent-pidmember");
+    let pod_pid_ns = format!("/proc/{}/ns/pid", created.pid);
+    agent
+        .create(
+            &member,
+            spec(&["sh", "-c", "sleep 1000 & wait"], |c| {
+                for ns in c["linux"]["namespaces"].as_array_mut().unwrap() {
+                    if ns["type"] == "pid" {
+                        ns["path"] = json!(pod_pid_ns);
+                    }
+                }
+            }),
+        )
+        .unwrap();
+    agent.start_container(&member).unwrap();
+    agent
+        .exec(
+            &member,
+            "e",
+            process(&["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"], false),
+        )
+        .unwrap();
+    let out = agent.output(&member, "e");
+    let exec = agent.wait_in_thread(&member, "e");
+    let (stdout, stderr) = out.collect();
+    assert_eq!(stdout.trim(), "sleep 1000", "PID 1 of the pod: {stderr}");
+    assert_eq!(exec.join().unwrap().unwrap().exit_code, 0);
+
+    let init_out = agent.output(&member, "");
+    let init = agent.wait_in_thread(&member, "");
+    agent.signal(&member, "", 9, false).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !init.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the member's init was never reaped: {}",
+            fs::read_to_string(agent.dir.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(init.join().unwrap().unwrap().signal, 9);
+    init_out.collect();
+    agent.delete(&member, false).unwrap();
+    agent.delete(&pod, true).unwrap();
+    agent.finish();
+}
+
 #[test]
 fn delete_releases_waits_on_unattached_processes() {
     let Some(mut agent) = Agent::start("delete_releases_waits_on_unattached_processes") else {

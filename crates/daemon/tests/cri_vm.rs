@@ -30,8 +30,9 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A pod on the CNI network, with its own IPC and UTS namespaces, asking
-/// for a VM by its annotation (which only the handlers that read it heed).
+/// A pod on the CNI network, with its own IPC, UTS and PID namespaces
+/// (`shareProcessNamespace`), asking for a VM by its annotation (which only
+/// the handlers that read it heed).
 fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
     let mut pod = pod_config(name, logs);
     pod.annotations
@@ -41,20 +42,38 @@ fn vm_pod(name: &str, logs: &Path) -> PodSandboxConfig {
     let ns = pod_namespaces(&mut pod);
     ns.network = NamespaceMode::Pod as i32;
     ns.ipc = NamespaceMode::Pod as i32;
-    ns.pid = NamespaceMode::Container as i32;
+    ns.pid = NamespaceMode::Pod as i32;
     pod
 }
 
 /// [`ironcell_testutil::cri::run_container`], which must succeed.
+/// (with the pod's namespace options: [`with_pod_namespaces`]).
 async fn run_container(
     rt: &mut RuntimeServiceClient<Channel>,
     pod_id: &str,
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    cri::run_container(rt, pod_id, pod, config)
+    cri::run_container(rt, pod_id, pod, with_pod_namespaces(pod, config))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `config` with `pod`'s namespace options, as the kubelet gives a pod's
+/// containers (CRI shares the pod's PID namespace by the container's).
+fn with_pod_namespaces(pod: &PodSandboxConfig, mut config: ContainerConfig) -> ContainerConfig {
+    let ns = pod
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = ns;
+    config
 }
 
 async fn sandbox_status(rt: &mut RuntimeServiceClient<Channel>, pod_id: &str) -> PodSandboxStatus {
@@ -332,7 +351,13 @@ fn cut_off_vm_pod_starts(test: &str, guest: &Guest, backend: Backend) {
         let mut client = rt.clone();
         let made = tokio::spawn(async move {
             let config = container_config("cutmember", &["sleep", "1000"]);
-            cri::run_container(&mut client, &pod_id, &pod, config).await
+            cri::run_container(
+                &mut client,
+                &pod_id,
+                &pod,
+                with_pod_namespaces(&pod, config),
+            )
+            .await
         });
         let root_path = root.path().to_path_buf();
         let vm_dir = host.vmdir.path().to_path_buf();
@@ -576,13 +601,15 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         assert!(cgroups.contains(&format!(":{pod_path}/")), "{cgroups}");
 
         // One guest: the same boot id in both containers, not the host's;
-        // the pod's IPC and UTS namespaces shared.
+        // the pod's IPC, UTS and PID namespaces shared, the pod's PID 1
+        // its pause container's (the test pause image sleeps) or holder.
         let mut seen = Vec::new();
         for id in &ids {
             let (code, out) = exec_script(
                 &mut rt,
                 id,
                 "cat /proc/sys/kernel/random/boot_id; readlink /proc/self/ns/ipc; \
+                 readlink /proc/self/ns/pid; tr '\\0' ' ' < /proc/1/cmdline; echo; \
                  cat /etc/resolv.conf; hostname",
             )
             .await;
@@ -590,6 +617,11 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
             seen.push(out);
         }
         assert_eq!(seen[0], seen[1]);
+        let first = seen[0].lines().nth(3).unwrap_or_default();
+        assert!(
+            first.starts_with("/bin/sleep 2147483647") || first.contains("ironcell-agent pause"),
+            "the pod's PID 1: {seen:?}"
+        );
         assert!(!seen[0].contains(host_boot.trim()), "{seen:?}");
         assert!(seen[0].ends_with("vmpod\n"), "{seen:?}");
         // The pod's DNS config is the guest's resolv.conf.

@@ -102,6 +102,8 @@ impl Pipes {
 struct State {
     streams: Streams,
     exit: Option<Exit>,
+    /// Run once the process has exited ([`Process::on_exit`]).
+    on_exit: Option<Box<dyn FnOnce() + Send>>,
 }
 
 pub struct Process {
@@ -122,6 +124,7 @@ impl Process {
             state: Mutex::new(State {
                 streams: Streams::new(pipes, tty),
                 exit: None,
+                on_exit: None,
             }),
             changed: Condvar::new(),
         }
@@ -135,13 +138,31 @@ impl Process {
         self.changed.wait(s).unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the exit (from the reaper).
+    /// Records the exit (from the reaper), and runs what waited for it.
     pub fn exited(&self, exit: Exit) {
+        let hook = {
+            let mut s = self.lock();
+            if s.exit.is_none() {
+                s.exit = Some(exit);
+            }
+            self.changed.notify_all();
+            s.on_exit.take()
+        };
+        if let Some(f) = hook {
+            f();
+        }
+    }
+
+    /// Runs `f` once the process has exited (now, if it has), on the thread
+    /// that records the exit: `f` must not block.
+    pub fn on_exit(&self, f: Box<dyn FnOnce() + Send>) {
         let mut s = self.lock();
         if s.exit.is_none() {
-            s.exit = Some(exit);
+            s.on_exit = Some(f);
+            return;
         }
-        self.changed.notify_all();
+        drop(s);
+        f();
     }
 
     pub fn exit(&self) -> Option<Exit> {
