@@ -82,19 +82,6 @@ pub struct State {
 /// support) has no `memory.swap.*` files in its cgroups, where a swap
 /// limit (podman sets one with every memory limit) would fail the whole
 /// create. Such a limit means nothing without swap: it is dropped.
-/// Whether `spec` gives the container a PID namespace of its own (one with
-/// no path to join).
-fn owns_pid_namespace(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
-            })
-        })
-}
-
 fn drop_swap_limit(resources: &mut LinuxResources) {
     if std::path::Path::new("/proc/swaps").exists() {
         return;
@@ -287,7 +274,7 @@ impl Containers {
             None => None,
         };
         let init = Arc::new(Process::new(pid, pipes, tty));
-        if !owns_pid_namespace(spec) {
+        if !ironcell_oci::has_own_namespace(spec, oci_spec::runtime::LinuxNamespaceType::Pid) {
             self.kill_rest_with(id, &init);
         }
         self.reaper.watch(pid, init.clone());

@@ -344,6 +344,50 @@ fn oom_kill_is_reported() {
     );
 }
 
+/// A container in another's PID namespace (`ctr run --with-ns`, as a pod's
+/// containers share the pod's): when its init is killed, its other
+/// processes, which the kernel leaves running in that namespace, are
+/// killed before its exit is told, as containerd's shim does for runc.
+#[test]
+fn a_containers_rest_ends_with_its_init_in_a_shared_pid_namespace() {
+    let Some(s) = Setup::start() else { return };
+    let c = s.c();
+    s.ctr_ok(&s.run_args(&["-d"], &["pidholder", "sleep", "2001"]));
+    c.wait_task("pidholder", "RUNNING");
+    let tasks = c.ok(&["task", "ls"]);
+    let holder = tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some("pidholder")).then(|| f.next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no pid for pidholder: {tasks}"));
+    let ns = format!("pid:/proc/{holder}/ns/pid");
+    s.ctr_ok(&s.run_args(
+        &["-d", "--with-ns", &ns],
+        &["pidmember", "sh", "-c", "sleep 2002 & wait"],
+    ));
+    c.wait_task("pidmember", "RUNNING");
+    let start = Instant::now();
+    while processes_with("sleep 2002").len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the member's child never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.ok(&["task", "kill", "-s", "KILL", "pidmember"]);
+    c.wait_task("pidmember", "STOPPED");
+    let left = processes_with("sleep 2002");
+    assert!(left.is_empty(), "the member's child outlived it: {left:?}");
+    c.ok(&["task", "delete", "pidmember"]);
+    c.ok(&["container", "rm", "pidmember"]);
+    c.ok(&["task", "kill", "-s", "KILL", "pidholder"]);
+    c.wait_task("pidholder", "STOPPED");
+    c.ok(&["task", "delete", "pidholder"]);
+    c.ok(&["container", "rm", "pidholder"]);
+}
+
 /// containerd restarted while a task runs finds it again (the shim wrote
 /// the task's address into the bundle) and still gets its exit.
 #[test]

@@ -111,6 +111,18 @@ pub fn joins_namespace(
         .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_some()))
 }
 
+/// Whether `spec` gives the container a namespace of type `typ` of its own
+/// (one with no path to join).
+pub fn has_own_namespace(
+    spec: &oci_spec::runtime::Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
+}
+
 /// config-linux.md "Namespaces": `path` MUST be a namespace of `typ`.
 /// Says why not: it cannot be opened, or it is another kind (a mistyped
 /// path would otherwise fail as EINVAL from setns, naming nothing).

@@ -9,6 +9,6 @@ mod id;
 mod state;
 pub mod wasm;
 
-pub use bundle::{joins_namespace, Bundle, BundleError, SANDBOX_ANNOTATION};
+pub use bundle::{has_own_namespace, joins_namespace, Bundle, BundleError, SANDBOX_ANNOTATION};
 pub use id::{validate_id, IdError};
 pub use state::{ContainerState, Status, OCI_VERSION};

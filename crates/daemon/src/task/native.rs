@@ -141,6 +141,17 @@ impl NativeTask {
         remove_container(&self.place).await
     }
 
+    /// Whether the task's container has a PID namespace of its own. One
+    /// that has not (a pod's container in the pod's shared namespace) keeps
+    /// its other processes when its init ends, since the kernel ends a
+    /// namespace's processes only with that namespace's init; they are
+    /// killed when the init's exit is seen ([`TaskBackend::watch`]).
+    fn owns_pid_namespace(&self) -> bool {
+        Bundle::load(&self.place.bundle).is_ok_and(|b| {
+            ironcell_oci::has_own_namespace(&b.spec, oci_spec::runtime::LinuxNamespaceType::Pid)
+        })
+    }
+
     /// Runs `f` on the sandbox that owns the task's container, on the
     /// blocking pool.
     async fn on_sandbox<T, F>(&self, f: F) -> Result<T>
@@ -159,11 +170,27 @@ impl TaskBackend for NativeTask {
         TaskKind::Native
     }
 
-    fn watch(&self, _exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
+    fn watch(&self, exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
         let rx = self.host.reaper.watch(pid);
         let keeper = self.host.keeper.clone();
+        let rest = (exec_id.is_none() && !self.owns_pid_namespace())
+            .then(|| (self.place.state_root.clone(), self.place.id.clone()));
         tokio::spawn(async move {
             let Ok(exit) = rx.await else { return };
+            if let Some((root, id)) = rest {
+                // Before the exit is told, as containerd's shim does for
+                // runc (`ShouldKillAllOnExit`). A VM's agent does it in
+                // the guest.
+                let _ = blocking(move || {
+                    let sandboxes = Sandboxes::new(&root, false);
+                    let sandbox = sandboxes.owner(&id)?;
+                    if sandbox.kind() == ironcell_sandbox::Kind::Namespace {
+                        sandbox.kill(&id, libc::SIGKILL, true)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            }
             on_exit(exit);
             // The keeper keeps each exit until the daemon has recorded it.
             if let Some(k) = keeper {
