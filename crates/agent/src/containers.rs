@@ -543,11 +543,17 @@ impl Containers {
         Ok(())
     }
 
-    /// Waits for process `exec_id` (the init for "") to exit and its output
-    /// to be sent; with whether its container saw an OOM kill.
-    pub fn wait(&self, id: &str, exec_id: &str) -> Result<(Exit, bool), AgentError> {
+    /// Waits for process `exec_id` (the init for "") to exit and (unless
+    /// `exit_only`) its output to be sent; with whether its container saw
+    /// an OOM kill.
+    pub fn wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+        exit_only: bool,
+    ) -> Result<(Exit, bool), AgentError> {
         let p = self.process(id, exec_id)?;
-        let exit = p.wait();
+        let exit = if exit_only { p.wait_exit() } else { p.wait() };
         let oom = self
             .entry(id)
             .ok()

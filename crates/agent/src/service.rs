@@ -322,7 +322,7 @@ impl agent_ttrpc::Agent for Agent {
     fn wait_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> Reply<WaitProcessResponse> {
         let (exit, oom) = self
             .containers
-            .wait(&req.container_id, &req.exec_id)
+            .wait(&req.container_id, &req.exec_id, req.exit_only)
             .map_err(status)?;
         Ok(exit_reply(exit, oom))
     }

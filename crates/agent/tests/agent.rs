@@ -1293,6 +1293,38 @@ fn a_container_in_anothers_pid_namespace_is_waited_for() {
     agent.finish();
 }
 
+/// A wait for the exit only answers when the process exits, though its
+/// output was never attached (a pod's holder); an ordinary wait still waits
+/// for the output, which is all there once attached.
+#[test]
+fn a_wait_for_the_exit_only_does_not_wait_for_output() {
+    let Some(mut agent) = Agent::start("a_wait_for_the_exit_only_does_not_wait_for_output") else {
+        return;
+    };
+    let id = agent.id("agent-exitonly");
+    agent
+        .create(&id, spec(&["sh", "-c", "echo unread; exit 5"], |_| {}))
+        .unwrap();
+    let waiting = agent.wait_in_thread(&id, "");
+    agent.start_container(&id).unwrap();
+    let req = ProcessRequest {
+        exit_only: true,
+        ..Agent::preq(&id, "")
+    };
+    let exit = agent.client.wait_process(ctx(), &req).unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (5, 0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting.is_finished(),
+        "a wait answered before the output was sent"
+    );
+    let (stdout, _) = agent.output(&id, "").collect();
+    assert_eq!(stdout, "unread\n");
+    assert_eq!(waiting.join().unwrap().unwrap().exit_code, 5);
+    agent.delete(&id, false).unwrap();
+    agent.finish();
+}
+
 #[test]
 fn delete_releases_waits_on_unattached_processes() {
     let Some(mut agent) = Agent::start("delete_releases_waits_on_unattached_processes") else {

@@ -173,8 +173,12 @@ impl Pods {
         }
     }
 
-    /// Watches a pod's holder; its exit (from the keeper) ends the pod.
-    fn watch(&self, pod: &Arc<Pod>, pid: i32) {
+    /// Watches a pod's holder (for a VM pod, its hypervisor, and the holder
+    /// in the guest); its exit (from the keeper) ends the pod.
+    fn watch(&self, pod: &Arc<Pod>, id: &str, pid: i32) {
+        if let Some(holder) = &pod.vm {
+            holder.stop_vm_with_holder(id);
+        }
         let rx = self.reaper.watch(pid);
         let (keeper, p) = (self.keeper.clone(), pod.clone());
         tokio::spawn(async move {
@@ -233,7 +237,7 @@ impl Pods {
                     keeper: Mutex::new(r.keeper),
                 });
                 if r.pid > 0 {
-                    self.watch(&pod, r.pid);
+                    self.watch(&pod, &id, r.pid);
                     tracing::info!(namespace = %ns_name, %id, "pod re-attached");
                 } else {
                     cut_off.push((ns_name.clone(), id.clone()));
@@ -505,7 +509,7 @@ impl Pods {
         keeper: &Keeper,
     ) -> Result<(), TaskError> {
         *pod.pid.lock().unwrap() = pid;
-        self.watch(pod, pid);
+        self.watch(pod, id, pid);
         // The identity first: a keeper replaced since has its generation
         // counted before its identity is set (`Keeper::replace`), so either
         // the check below sees the loss, or the identity recorded is the

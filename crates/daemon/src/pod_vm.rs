@@ -156,6 +156,35 @@ impl VmHolder {
         Ok((pid, generation))
     }
 
+    /// Stops the pod's VM once its holder ends, as a pause container's end
+    /// ends its pod (a container sharing the pod's PID namespace can end it
+    /// with SIGTERM, as it could a pause container): on a thread of its own,
+    /// waiting on the agent for as long as the VM runs. The VM's end then
+    /// ends the pod (its pid is the hypervisor's). A relay that owns the VM
+    /// does this itself.
+    pub fn stop_vm_with_holder(&self, id: &str) {
+        let (root, owned) = (self.state_root.clone(), id.to_string());
+        let watcher = std::thread::Builder::new()
+            .name("holder-wait".into())
+            .spawn(move || {
+                let id = owned;
+                let vm = VmSandbox::new(root, None);
+                if !vm.owns_detached_vm(&id) {
+                    return;
+                }
+                // An error: the VM ended, which ends the pod already.
+                if let Ok(status) = vm.wait_init_exit(&id) {
+                    tracing::info!(%id, status, "the pod's holder ended: stopping its VM");
+                    if let Err(e) = vm.stop_vm(&id) {
+                        tracing::warn!(%id, error = %e, "cannot stop the pod's VM");
+                    }
+                }
+            });
+        if let Err(e) = watcher {
+            tracing::warn!(%id, error = %e, "cannot watch the pod's holder");
+        }
+    }
+
     /// Ends the pod: a VM no relay owns is stopped; a relay's holder is
     /// asked to end (the relay then shuts the VM down). False when neither
     /// could be done.

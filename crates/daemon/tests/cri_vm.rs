@@ -969,28 +969,41 @@ fn run_vm_pod(test: &str, cri: Cri, handler: &str, guest: &Guest, backend: Backe
         .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
 
         if cri == (Cri::V17 { sandbox_api: true }) {
-            // The pod's holder ends on SIGTERM (sent through the agent, as
-            // the vm sandbox's kill sends it), though it is PID 1 of its PID
-            // namespace, to which the kernel drops a signal left at its
-            // default action.
+            // The pod's holder ends on SIGTERM from a container of the pod
+            // (as a pause container would), though it is PID 1 of the
+            // pod's PID namespace, to which the kernel drops a signal left
+            // at its default action; and its end ends the pod, as a pause
+            // container's does: its VM stops, and the pod is not ready.
             let pod = vm_pod("holderends", &logs);
             let pod_id = run_pod_sandbox(&mut rt, &pod, handler)
                 .await
                 .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()));
-            let holders =
-                ironcell_sandbox::VmSandbox::new(root.path().join("containers/k8s.io"), None);
-            let status = || ironcell_sandbox::Sandbox::state(&holders, &pod_id).map(|s| s.status);
-            assert_eq!(status().unwrap(), ironcell_oci::Status::Running);
+            assert_eq!(hypervisor_pids(vmdir.path(), backend).len(), 1);
             // Sent again until it ends: one sent before the holder set its
             // handler up is dropped.
+            let killer = container_config(
+                "killer",
+                &["sh", "-c", "while kill -TERM 1; do sleep 0.5; done"],
+            );
+            run_container(&mut rt, &pod_id, &pod, killer).await;
             let start = Instant::now();
-            while status().unwrap() != ironcell_oci::Status::Stopped {
+            while !hypervisor_pids(vmdir.path(), backend).is_empty() {
                 assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "the holder ignored SIGTERM"
+                    start.elapsed() < Duration::from_secs(30),
+                    "the pod's VM outlived its holder\n{}",
+                    std::fs::read_to_string(root.path().join("ironcelld.log")).unwrap_or_default()
                 );
-                let _ = ironcell_sandbox::Sandbox::kill(&holders, &pod_id, libc::SIGTERM, false);
-                std::thread::sleep(Duration::from_millis(500));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let start = Instant::now();
+            while sandbox_status(&mut rt, &pod_id).await.state
+                != PodSandboxState::SandboxNotready as i32
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the pod is still ready without its holder"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             stop_and_remove_pod(&mut rt, &pod_id)
                 .await

@@ -68,7 +68,7 @@ pub const HOST_CID: u32 = 2;
 /// This build's protocol version. A different major is refused by both
 /// sides; a higher minor only adds fields and calls.
 pub const PROTOCOL_MAJOR: u32 = 1;
-pub const PROTOCOL_MINOR: u32 = 2;
+pub const PROTOCOL_MINOR: u32 = 3;
 
 /// The largest OCI document (config.json, process, resources) either side
 /// accepts in one request.

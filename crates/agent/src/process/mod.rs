@@ -169,6 +169,17 @@ impl Process {
         self.lock().exit
     }
 
+    /// Blocks until the process has exited.
+    pub fn wait_exit(&self) -> Exit {
+        let mut s = self.lock();
+        loop {
+            if let Some(exit) = s.exit {
+                return exit;
+            }
+            s = self.wait_for_change(s);
+        }
+    }
+
     /// Blocks until the process has exited and its output streams have all
     /// been sent to their end.
     pub fn wait(&self) -> Exit {

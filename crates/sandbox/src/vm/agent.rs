@@ -245,11 +245,23 @@ impl Agent {
             .map_err(|e| call_err("signal in the guest", e))
     }
 
-    /// Blocks until the process exits (no deadline: it may run forever).
+    /// Blocks until the process has exited and its output was sent (no
+    /// deadline: it may run forever).
     pub fn wait(&self, id: &str, exec_id: &str) -> Result<WaitProcessResponse> {
+        self.wait_for(id, exec_id, false)
+    }
+
+    /// Waits, without a deadline, for process `exec_id` of container `id`
+    /// to exit, whether or not its output was read (protocol 1.3).
+    pub fn wait_exit(&self, id: &str, exec_id: &str) -> Result<WaitProcessResponse> {
+        self.wait_for(id, exec_id, true)
+    }
+
+    fn wait_for(&self, id: &str, exec_id: &str, exit_only: bool) -> Result<WaitProcessResponse> {
         let req = ProcessRequest {
             container_id: id.into(),
             exec_id: exec_id.into(),
+            exit_only,
             ..Default::default()
         };
         self.client
@@ -257,8 +269,6 @@ impl Agent {
             .map_err(|e| call_err("wait in the guest", e))
     }
 
-    /// Waits, without a deadline, for the next container whose cgroup saw
-    /// an OOM kill; returns its id.
     /// Waits for the next OOM kill of container `id`; returns its id (an
     /// agent older than protocol 1.2 may answer another container's).
     pub fn next_oom(&self, id: &str) -> Result<String> {

@@ -32,7 +32,7 @@ use ironcell_basics::proc_stat::is_alive;
 use ironcell_container::{ContainerError, CreateOptions};
 use ironcell_oci::Bundle;
 
-use super::guest_exec::{GuestExec, GuestLink, GuestStdio};
+use super::guest_exec::{status_of, GuestExec, GuestLink, GuestStdio};
 use super::hypervisor::Lifetime;
 use super::owner::{boot_owner, undo_owner};
 use super::state::{self, VmState, STATE_FILE};
@@ -166,6 +166,21 @@ impl VmSandbox {
     /// Whether container `id` owns its VM without a relay.
     pub fn owns_detached_vm(&self, id: &str) -> bool {
         self.load(id).is_ok_and(|st| st.owns_vm_without_relay())
+    }
+
+    /// Blocks, without a deadline, until the init of container `id`, which
+    /// owns its VM without a relay, has exited, whether or not anyone reads
+    /// its output (a pod's holder, whose output nobody attaches); returns
+    /// its exit status. Err once its VM cannot be asked (it ended).
+    pub fn wait_init_exit(&self, id: &str) -> Result<u32> {
+        let st = self.load(id)?;
+        if !st.owns_vm_without_relay() {
+            return Err(vm_err(format!(
+                "container {id} does not own a VM without a relay"
+            )));
+        }
+        let agent = self.agent(&st)?;
+        Ok(status_of(&agent.wait_exit(id, "")?))
     }
 
     /// Opens the streams of the init of container `id`, which owns its VM
