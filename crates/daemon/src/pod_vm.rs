@@ -5,11 +5,11 @@
 //! (`ironcell-agent pause`): the holder of the pod's namespaces in the
 //! guest. Made with the sandbox library as containerd's pause container
 //! would be (a helper job under the keeper, the VM's processes staying the
-//! keeper's, or owned by a relay where the VM needs one), it is the pod's
-//! sandbox container: the pod's containers join its VM
-//! (`ironcell_sandbox::vm::pod`), and the pid the pod reports is its
-//! hypervisor's (or relay's), from which containerd builds the containers'
-//! namespace paths.
+//! keeper's), it is the pod's sandbox container: the pod's containers join
+//! its VM (`ironcell_sandbox::vm::pod`), and the pid the pod reports is its
+//! hypervisor's, from which containerd builds the containers' namespace
+//! paths. The holder's end stops the VM, as a pause container's ends its
+//! pod.
 //!
 //! Its bundle (`<root>/vm-pods/<ns>/<id>/`) is written from the pod's
 //! PodSandboxConfig: hostname, sysctls, cgroup, resources (the VM's size)
@@ -105,8 +105,8 @@ impl VmHolder {
     }
 
     /// Boots the pod's VM with the holder running in it; returns the
-    /// relay's pid (the keeper's child), watched through `reaper`, and the
-    /// keeper generation it was made under.
+    /// hypervisor's pid (the keeper's child), watched through `reaper`, and
+    /// the keeper generation it was made under.
     pub async fn start(
         &self,
         id: &str,
@@ -161,7 +161,7 @@ impl VmHolder {
     /// with SIGTERM, as it could a pause container): on a thread of its own,
     /// waiting on the agent for as long as the VM runs. The VM's end then
     /// ends the pod (its pid is the hypervisor's). A relay that owns the VM
-    /// does this itself.
+    /// (a pod an earlier daemon made with one) does this itself.
     pub fn stop_vm_with_holder(&self, id: &str) {
         let (root, owned) = (self.state_root.clone(), id.to_string());
         let watcher = std::thread::Builder::new()
@@ -185,9 +185,9 @@ impl VmHolder {
         }
     }
 
-    /// Ends the pod: a VM no relay owns is stopped; a relay's holder is
-    /// asked to end (the relay then shuts the VM down). False when neither
-    /// could be done.
+    /// Ends the pod: a VM no relay owns is stopped; a relay's holder (a pod
+    /// an earlier daemon made with one) is asked to end (the relay then
+    /// shuts the VM down). False when neither could be done.
     pub async fn kill(&self, id: &str) -> bool {
         let (owned, root) = (id.to_string(), self.state_root.clone());
         on_sandboxes(&self.state_root, move |s| {
