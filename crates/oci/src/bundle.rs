@@ -105,10 +105,7 @@ pub fn joins_namespace(
     spec: &oci_spec::runtime::Spec,
     typ: oci_spec::runtime::LinuxNamespaceType,
 ) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_some()))
+    namespaces_of(spec, typ).any(|n| n.path().is_some())
 }
 
 /// Whether `spec` gives the container a namespace of type `typ` of its own
@@ -117,10 +114,20 @@ pub fn has_own_namespace(
     spec: &oci_spec::runtime::Spec,
     typ: oci_spec::runtime::LinuxNamespaceType,
 ) -> bool {
+    namespaces_of(spec, typ).any(|n| n.path().is_none())
+}
+
+/// The entries of `spec`'s namespaces of type `typ`.
+fn namespaces_of(
+    spec: &oci_spec::runtime::Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> impl Iterator<Item = &oci_spec::runtime::LinuxNamespace> {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
+        .into_iter()
+        .flatten()
+        .filter(move |n| n.typ() == typ)
 }
 
 /// config-linux.md "Namespaces": `path` MUST be a namespace of `typ`.
