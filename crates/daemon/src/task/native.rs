@@ -152,6 +152,37 @@ impl NativeTask {
         })
     }
 
+    /// Hands the exit of `pid` (a process of the keeper's) to `on_exit`,
+    /// then acknowledges it to the keeper, which keeps each exit until the
+    /// daemon has recorded it.
+    pub fn watch_exit(&self, pid: i32, on_exit: ExitSink) {
+        self.watch_pid(pid, false, on_exit);
+    }
+
+    /// [`NativeTask::watch_exit`]; with `kill_rest`, the container's other
+    /// processes are killed before the exit is told, as containerd's shim
+    /// does for runc (`ShouldKillAllOnExit`).
+    fn watch_pid(&self, pid: i32, kill_rest: bool, on_exit: ExitSink) {
+        let rx = self.host.reaper.watch(pid);
+        let keeper = self.host.keeper.clone();
+        let (root, id) = (self.place.state_root.clone(), self.place.id.clone());
+        tokio::spawn(async move {
+            let Ok(exit) = rx.await else { return };
+            if kill_rest {
+                let _ = blocking(move || {
+                    Ok(Sandboxes::new(&root, false)
+                        .owner(&id)?
+                        .kill(&id, libc::SIGKILL, true)?)
+                })
+                .await;
+            }
+            on_exit(exit);
+            if let Some(k) = keeper {
+                k.ack(exit.pid);
+            }
+        });
+    }
+
     /// Runs `f` on the sandbox that owns the task's container, on the
     /// blocking pool.
     async fn on_sandbox<T, F>(&self, f: F) -> Result<T>
@@ -171,32 +202,8 @@ impl TaskBackend for NativeTask {
     }
 
     fn watch(&self, exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
-        let rx = self.host.reaper.watch(pid);
-        let keeper = self.host.keeper.clone();
-        let rest = (exec_id.is_none() && !self.owns_pid_namespace())
-            .then(|| (self.place.state_root.clone(), self.place.id.clone()));
-        tokio::spawn(async move {
-            let Ok(exit) = rx.await else { return };
-            if let Some((root, id)) = rest {
-                // Before the exit is told, as containerd's shim does for
-                // runc (`ShouldKillAllOnExit`). A VM's agent does it in
-                // the guest.
-                let _ = blocking(move || {
-                    let sandboxes = Sandboxes::new(&root, false);
-                    let sandbox = sandboxes.owner(&id)?;
-                    if sandbox.kind() == ironcell_sandbox::Kind::Namespace {
-                        sandbox.kill(&id, libc::SIGKILL, true)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            }
-            on_exit(exit);
-            // The keeper keeps each exit until the daemon has recorded it.
-            if let Some(k) = keeper {
-                k.ack(exit.pid);
-            }
-        });
+        let kill_rest = exec_id.is_none() && !self.owns_pid_namespace();
+        self.watch_pid(pid, kill_rest, on_exit);
     }
 
     async fn start(&self, announce: Announce<'_>) -> Result<()> {

@@ -8,10 +8,9 @@
 //! the VM's agent, copies its stdio streams into containerd's FIFOs, and
 //! waits for it through the agent (`ironcell_sandbox::vm::guest_exec`).
 //! Its pid is the VM's hypervisor's: the guest's would name an unrelated
-//! host process. Where a relay owns the VM (an init with a terminal,
-//! ironcell-vmm as the hypervisor), the owner's init is a native task's
-//! (the relay stands for it on the host), and the pid of the rest is the
-//! relay's.
+//! host process. Where a relay owns the VM (an init with a terminal), the
+//! owner's init is a native task's (the relay stands for it on the host),
+//! and the pid of the rest is the relay's.
 //!
 //! Across a restart of the daemon, the keeper holds what a relay would
 //! have: the streams' connections (output the process writes meanwhile
@@ -118,8 +117,7 @@ impl VmTask {
     /// which keeps each until then.
     fn ack_vm_exits(&self) {
         for pid in self.sandbox().vm_pids(&self.place.id) {
-            // A native task's watch acknowledges the exit it reports.
-            self.init.watch(None, pid, Box::new(|_| {}));
+            self.init.watch_exit(pid, Box::new(|_| {}));
         }
     }
 
@@ -350,7 +348,8 @@ impl TaskBackend for VmTask {
     fn watch(&self, exec_id: Option<&str>, pid: i32, on_exit: ExitSink) {
         let exec_id = exec_id.unwrap_or_default();
         if !self.carried(exec_id) {
-            return self.init.watch(None, pid, on_exit);
+            // A relay's exit; the agent kills what is left in the guest.
+            return self.init.watch_exit(pid, on_exit);
         }
         let stops_vm = self.owns_vm && exec_id.is_empty();
         if stops_vm {

@@ -7,12 +7,13 @@
 //!   VM the container joins ([`pod_of`]).
 //! - **The share.** A container added to a running VM needs its rootfs and
 //!   bind sources under the VM's share, which exists only in the mount
-//!   namespace of the VM's relay (`share.rs`), or of its hypervisor when no
-//!   relay owns it (`detached.rs`). A member's create opens each
-//!   host path as a detached mount tree (`open_tree(2)`, in the host's
-//!   mount namespace, where containerd mounted the rootfs after the relay's
-//!   namespace was made), enters the relay's namespace from a thread of its
-//!   own, and moves the trees under `<share>/<id>/` (`move_mount(2)`),
+//!   namespace it was made in (`share.rs`): the VM's relay's, or, when no
+//!   relay owns the VM, the one pinned on a file (`share_ns.rs`). A
+//!   member's create opens each host path as a detached mount tree
+//!   (`open_tree(2)`, in the host's mount namespace, where containerd
+//!   mounted the rootfs after the share's namespace was made), enters the
+//!   share's namespace from a thread of its own, and moves the trees under
+//!   `<share>/<id>/` (`move_mount(2)`),
 //!   whence they propagate to the device process serving the share
 //!   ([`add`]). A member's delete detaches them again ([`remove`]).
 //! - **Namespaces.** CRI names the pod's namespaces by the sandbox
